@@ -1,0 +1,210 @@
+//! Cardinality limits: a bounded set of services, endpoints per service and metric series.
+//! What does not fit goes to an `__overflow__` series and is counted, so a flood of distinct
+//! routes or attribute values costs a counter, not memory.
+
+use std::collections::HashMap;
+
+use crate::model::{EndpointKey, MetricSeriesKey};
+
+pub const OVERFLOW: &str = "__overflow__";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_services: usize,
+    pub max_endpoints_per_service: usize,
+    pub max_metric_series: usize,
+    /// A key unseen for this long is forgotten and frees its place.
+    pub idle_expiry_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_services: 200,
+            max_endpoints_per_service: 2_000,
+            max_metric_series: 20_000,
+            idle_expiry_ms: 60 * 60 * 1000,
+        }
+    }
+}
+
+/// Counts of what went to overflow since start, for `/metrics` and the dashboard.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct OverflowCounts {
+    pub services: u64,
+    pub endpoints: u64,
+    pub metric_series: u64,
+}
+
+#[derive(Debug)]
+pub struct CardinalityGuard {
+    limits: Limits,
+    /// service → (method, route) → last seen (unix ms).
+    endpoints: HashMap<String, HashMap<(String, String), i64>>,
+    metric_series: HashMap<MetricSeriesKey, i64>,
+    overflow: OverflowCounts,
+}
+
+impl CardinalityGuard {
+    pub fn new(limits: Limits) -> Self {
+        CardinalityGuard {
+            limits,
+            endpoints: HashMap::new(),
+            metric_series: HashMap::new(),
+            overflow: OverflowCounts::default(),
+        }
+    }
+
+    /// The key to aggregate `endpoint` under: itself, or its service's overflow series, or
+    /// the global overflow service.
+    pub fn admit_endpoint(&mut self, endpoint: &EndpointKey, now_ms: i64) -> EndpointKey {
+        let services_full = self.endpoints.len() >= self.limits.max_services;
+        if !self.endpoints.contains_key(&endpoint.service) && services_full {
+            self.overflow.services += 1;
+            return overflow_endpoint(OVERFLOW);
+        }
+        let routes = self.endpoints.entry(endpoint.service.clone()).or_default();
+        let key = (endpoint.method.clone(), endpoint.route.clone());
+        if let Some(seen) = routes.get_mut(&key) {
+            *seen = now_ms;
+            return endpoint.clone();
+        }
+        if routes.len() >= self.limits.max_endpoints_per_service {
+            self.overflow.endpoints += 1;
+            return overflow_endpoint(&endpoint.service);
+        }
+        routes.insert(key, now_ms);
+        endpoint.clone()
+    }
+
+    /// The key to aggregate `series` under: itself, or its service's overflow series.
+    pub fn admit_series(&mut self, series: &MetricSeriesKey, now_ms: i64) -> MetricSeriesKey {
+        if let Some(seen) = self.metric_series.get_mut(series) {
+            *seen = now_ms;
+            return series.clone();
+        }
+        if self.metric_series.len() >= self.limits.max_metric_series {
+            self.overflow.metric_series += 1;
+            return MetricSeriesKey {
+                service: series.service.clone(),
+                name: OVERFLOW.to_string(),
+                attributes: [("otel.metric.overflow".to_string(), "true".to_string())].into(),
+            };
+        }
+        self.metric_series.insert(series.clone(), now_ms);
+        series.clone()
+    }
+
+    /// Forgets keys not seen since `now_ms − idle_expiry`.
+    pub fn expire(&mut self, now_ms: i64) {
+        let cutoff = now_ms - self.limits.idle_expiry_ms;
+        for routes in self.endpoints.values_mut() {
+            routes.retain(|_, seen| *seen >= cutoff);
+        }
+        self.endpoints.retain(|_, routes| !routes.is_empty());
+        self.metric_series.retain(|_, seen| *seen >= cutoff);
+    }
+
+    pub fn knows_series(&self, series: &MetricSeriesKey) -> bool {
+        self.metric_series.contains_key(series)
+    }
+
+    pub fn overflow(&self) -> OverflowCounts {
+        self.overflow
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.values().map(HashMap::len).sum()
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.metric_series.len()
+    }
+}
+
+fn overflow_endpoint(service: &str) -> EndpointKey {
+    EndpointKey {
+        service: service.to_string(),
+        method: OVERFLOW.to_string(),
+        route: OVERFLOW.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(service: &str, route: &str) -> EndpointKey {
+        EndpointKey {
+            service: service.into(),
+            method: "GET".into(),
+            route: route.into(),
+        }
+    }
+
+    fn guard() -> CardinalityGuard {
+        CardinalityGuard::new(Limits {
+            max_services: 2,
+            max_endpoints_per_service: 3,
+            max_metric_series: 2,
+            idle_expiry_ms: 1000,
+        })
+    }
+
+    #[test]
+    fn excess_endpoints_go_to_the_service_overflow_series() {
+        let mut guard = guard();
+        for i in 0..10 {
+            let admitted = guard.admit_endpoint(&endpoint("a", &format!("/r{i}")), 0);
+            if i < 3 {
+                assert_eq!(admitted.route, format!("/r{i}"));
+            } else {
+                assert_eq!(admitted, overflow_endpoint("a"));
+            }
+        }
+        assert_eq!(guard.overflow().endpoints, 7);
+        assert_eq!(guard.endpoint_count(), 3);
+        // Known endpoints keep working when the service is full.
+        assert_eq!(guard.admit_endpoint(&endpoint("a", "/r1"), 0).route, "/r1");
+    }
+
+    #[test]
+    fn excess_services_go_to_the_overflow_service() {
+        let mut guard = guard();
+        guard.admit_endpoint(&endpoint("a", "/"), 0);
+        guard.admit_endpoint(&endpoint("b", "/"), 0);
+        assert_eq!(guard.admit_endpoint(&endpoint("c", "/"), 0).service, OVERFLOW);
+        assert_eq!(guard.overflow().services, 1);
+    }
+
+    #[test]
+    fn idle_keys_expire_and_free_their_place() {
+        let mut guard = guard();
+        for i in 0..3 {
+            guard.admit_endpoint(&endpoint("a", &format!("/r{i}")), 0);
+        }
+        guard.admit_endpoint(&endpoint("a", "/r0"), 5000);
+        guard.expire(5500);
+        assert_eq!(guard.endpoint_count(), 1);
+        assert_eq!(guard.admit_endpoint(&endpoint("a", "/new"), 5500).route, "/new");
+    }
+
+    #[test]
+    fn excess_metric_series_overflow() {
+        let mut guard = guard();
+        let series = |v: &str| MetricSeriesKey {
+            service: "a".into(),
+            name: "m".into(),
+            attributes: [("k".to_string(), v.to_string())].into(),
+        };
+        guard.admit_series(&series("1"), 0);
+        guard.admit_series(&series("2"), 0);
+        let third = guard.admit_series(&series("3"), 0);
+        assert_eq!(third.name, OVERFLOW);
+        assert_eq!(guard.overflow().metric_series, 1);
+    }
+}

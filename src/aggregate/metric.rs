@@ -1,0 +1,229 @@
+//! OTLP metric series in windows: cumulative points become deltas (counter resets handled), and
+//! every window keeps what its kind needs (last/min/max/avg for gauges, the delta for counters,
+//! the merged buckets for histograms).
+
+use std::collections::HashMap;
+
+use crate::aggregate::histogram;
+use crate::model::{HistogramValue, MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality};
+
+/// One series over one window. Merges associatively.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetricAgg {
+    /// Number of data points folded in.
+    pub samples: u64,
+    /// Counters: the increase in the window; gauges: the sum of sampled values (for the mean).
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    /// The newest value and its time, for gauges and up-down counters.
+    pub last: f64,
+    pub last_time_ms: i64,
+    pub histogram: Option<HistogramValue>,
+}
+
+impl Default for MetricAgg {
+    fn default() -> Self {
+        MetricAgg {
+            samples: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            last: 0.0,
+            last_time_ms: i64::MIN,
+            histogram: None,
+        }
+    }
+}
+
+impl MetricAgg {
+    /// Folds in a number: a counter's increase, or a sampled value.
+    pub fn add_number(&mut self, value: f64, time_ms: i64) {
+        self.samples += 1;
+        self.sum += value;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        if time_ms >= self.last_time_ms {
+            self.last = value;
+            self.last_time_ms = time_ms;
+        }
+    }
+
+    /// Folds in a delta histogram.
+    pub fn add_histogram(&mut self, value: &HistogramValue, time_ms: i64) {
+        self.samples += 1;
+        self.last_time_ms = self.last_time_ms.max(time_ms);
+        match &mut self.histogram {
+            Some(existing) => histogram::merge(existing, value),
+            None => self.histogram = Some(value.clone()),
+        }
+    }
+
+    pub fn merge(&mut self, other: &MetricAgg) {
+        self.samples += other.samples;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        if other.last_time_ms >= self.last_time_ms {
+            self.last = other.last;
+            self.last_time_ms = other.last_time_ms;
+        }
+        match (&mut self.histogram, &other.histogram) {
+            (Some(mine), Some(theirs)) => histogram::merge(mine, theirs),
+            (None, Some(theirs)) => self.histogram = Some(theirs.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// The previous cumulative point of a series, to turn the next one into a delta.
+#[derive(Debug, Clone)]
+struct CumulativeState {
+    start_unix_ns: u64,
+    value: MetricValue,
+}
+
+/// Turns cumulative points into deltas, one series at a time.
+#[derive(Debug, Default)]
+pub struct DeltaConverter {
+    previous: HashMap<MetricSeriesKey, CumulativeState>,
+    /// Points that start before this (redline's start) carry history redline never saw: their
+    /// first value is only a baseline, not an increase.
+    started_unix_ns: u64,
+}
+
+/// What a point contributes to its window.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Contribution {
+    Number(f64),
+    Histogram(HistogramValue),
+    /// First sight of a long-running cumulative series: remembered, counts nothing yet.
+    Baseline,
+}
+
+impl DeltaConverter {
+    pub fn new(started_unix_ns: u64) -> Self {
+        DeltaConverter {
+            previous: HashMap::new(),
+            started_unix_ns,
+        }
+    }
+
+    /// The contribution of `point` to its window. Gauges and up-down counters pass through as
+    /// values; cumulative counters and histograms become increases.
+    pub fn contribution(&mut self, point: &MetricPoint) -> Contribution {
+        let cumulative_increase = point.temporality == Temporality::Cumulative
+            && matches!(
+                point.kind,
+                MetricKind::Counter | MetricKind::Histogram | MetricKind::ExponentialHistogram
+            );
+        if !cumulative_increase {
+            return match &point.value {
+                MetricValue::Number(v) => Contribution::Number(*v),
+                MetricValue::Histogram(h) => Contribution::Histogram(h.clone()),
+            };
+        }
+        let previous = self.previous.insert(
+            point.series.clone(),
+            CumulativeState {
+                start_unix_ns: point.start_unix_ns,
+                value: point.value.clone(),
+            },
+        );
+        let same_run = previous
+            .as_ref()
+            .is_some_and(|p| p.start_unix_ns == point.start_unix_ns || point.start_unix_ns == 0);
+        match (previous, &point.value) {
+            (Some(prev), MetricValue::Number(now)) if same_run => match prev.value {
+                // A drop is a counter reset: everything since the reset is new.
+                MetricValue::Number(before) if *now >= before => Contribution::Number(now - before),
+                _ => Contribution::Number(*now),
+            },
+            (Some(prev), MetricValue::Histogram(now)) if same_run => match &prev.value {
+                MetricValue::Histogram(before) => Contribution::Histogram(
+                    histogram::subtract(now, before).unwrap_or_else(|| now.clone()),
+                ),
+                MetricValue::Number(_) => Contribution::Histogram(now.clone()),
+            },
+            (previous, value) => {
+                let new_run_since_start = point.start_unix_ns >= self.started_unix_ns
+                    || (previous.is_some() && point.start_unix_ns != 0);
+                if !new_run_since_start {
+                    return Contribution::Baseline;
+                }
+                match value {
+                    MetricValue::Number(v) => Contribution::Number(*v),
+                    MetricValue::Histogram(h) => Contribution::Histogram(h.clone()),
+                }
+            }
+        }
+    }
+
+    /// Forgets series the cardinality guard dropped, so this map stays bounded with it.
+    pub fn retain(&mut self, keep: impl Fn(&MetricSeriesKey) -> bool) {
+        self.previous.retain(|k, _| keep(k));
+    }
+
+    pub fn len(&self) -> usize {
+        self.previous.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.previous.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn counter(value: f64, start: u64) -> MetricPoint {
+        MetricPoint {
+            series: MetricSeriesKey {
+                service: "s".into(),
+                name: "requests".into(),
+                attributes: BTreeMap::new(),
+            },
+            kind: MetricKind::Counter,
+            unit: "1".into(),
+            description: String::new(),
+            start_unix_ns: start,
+            time_unix_ms: 0,
+            temporality: Temporality::Cumulative,
+            value: MetricValue::Number(value),
+        }
+    }
+
+    #[test]
+    fn cumulative_counters_become_increases_with_resets() {
+        let mut converter = DeltaConverter::new(100);
+        assert_eq!(converter.contribution(&counter(10.0, 200)), Contribution::Number(10.0));
+        assert_eq!(converter.contribution(&counter(15.0, 200)), Contribution::Number(5.0));
+        // Reset within the same run (value went down): the new value is all new.
+        assert_eq!(converter.contribution(&counter(3.0, 200)), Contribution::Number(3.0));
+        // A restart of the exporter (new start time).
+        assert_eq!(converter.contribution(&counter(2.0, 300)), Contribution::Number(2.0));
+    }
+
+    #[test]
+    fn series_older_than_redline_start_with_a_baseline() {
+        let mut converter = DeltaConverter::new(1_000);
+        assert_eq!(converter.contribution(&counter(500.0, 10)), Contribution::Baseline);
+        assert_eq!(converter.contribution(&counter(510.0, 10)), Contribution::Number(10.0));
+    }
+
+    #[test]
+    fn windows_merge_and_keep_the_newest_value() {
+        let mut a = MetricAgg::default();
+        a.add_number(5.0, 10);
+        let mut b = MetricAgg::default();
+        b.add_number(1.0, 20);
+        a.merge(&b);
+        assert_eq!(a.samples, 2);
+        assert_eq!(a.last, 1.0);
+        assert_eq!(a.min, 1.0);
+        assert_eq!(a.max, 5.0);
+        assert_eq!(a.sum, 6.0);
+    }
+}

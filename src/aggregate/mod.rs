@@ -1,0 +1,412 @@
+//! The aggregator: folds converted OTLP records into per-window deltas (RED statistics per
+//! endpoint, metric windows per series, kept trace spans) until the next flush hands them to
+//! the store. Pure and synchronous: one task owns it, tests drive it directly.
+
+pub mod cardinality;
+pub mod histogram;
+pub mod metric;
+pub mod red;
+pub mod sampler;
+pub mod sketch;
+
+use std::collections::HashMap;
+
+use crate::model::{
+    EndpointKey, IngestBatch, MetricKind, MetricPoint, MetricSeriesKey, RedSource, RequestRecord,
+    SpanRecord,
+};
+use cardinality::{CardinalityGuard, Limits, OverflowCounts};
+use metric::{Contribution, DeltaConverter, MetricAgg};
+use red::RedStats;
+use sampler::{KeepReason, SamplerConfig, TraceSampler};
+
+/// The stable HTTP server metric; its histograms give RED figures like server spans do.
+pub const HTTP_SERVER_DURATION: &str = "http.server.request.duration";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AggregatorConfig {
+    pub window_ms: i64,
+    pub limits: Limits,
+    pub sampler: SamplerConfig,
+    /// Timestamps further than this from now are placed at now (a skewed client clock must
+    /// not create windows outside retention).
+    pub max_clock_skew_ms: i64,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            window_ms: 10_000,
+            limits: Limits::default(),
+            sampler: SamplerConfig::default(),
+            max_clock_skew_ms: 6 * 60 * 60 * 1000,
+        }
+    }
+}
+
+/// RED statistics of one endpoint for one window, not yet in the store.
+#[derive(Debug, Clone)]
+pub struct RedDelta {
+    pub source: RedSource,
+    pub endpoint: EndpointKey,
+    pub window_start_ms: i64,
+    pub stats: RedStats,
+}
+
+/// Identity and description of a metric series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesInfo {
+    pub key: MetricSeriesKey,
+    pub kind: MetricKind,
+    pub unit: String,
+    pub description: String,
+}
+
+/// One metric series window, not yet in the store.
+#[derive(Debug, Clone)]
+pub struct MetricDelta {
+    pub series: SeriesInfo,
+    pub window_start_ms: i64,
+    pub agg: MetricAgg,
+}
+
+/// What one flush hands to the store.
+#[derive(Debug, Clone, Default)]
+pub struct FlushBatch {
+    pub red: Vec<RedDelta>,
+    pub metrics: Vec<MetricDelta>,
+    pub spans: Vec<(SpanRecord, KeepReason)>,
+}
+
+impl FlushBatch {
+    pub fn is_empty(&self) -> bool {
+        self.red.is_empty() && self.metrics.is_empty() && self.spans.is_empty()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AggregatorStats {
+    pub overflow: OverflowCounts,
+    pub services: usize,
+    pub endpoints: usize,
+    pub metric_series: usize,
+    pub clock_skew_corrected: u64,
+    pub traces_dropped_for_budget: u64,
+}
+
+type RedKey = (RedSource, EndpointKey, i64);
+type MetricKey = (MetricSeriesKey, i64);
+
+pub struct Aggregator {
+    config: AggregatorConfig,
+    guard: CardinalityGuard,
+    converter: DeltaConverter,
+    sampler: TraceSampler,
+    red: HashMap<RedKey, RedStats>,
+    metrics: HashMap<MetricKey, (SeriesInfo, MetricAgg)>,
+    clock_skew_corrected: u64,
+}
+
+impl Aggregator {
+    /// `started_unix_ns`: cumulative series that began before this are only baselined.
+    pub fn new(config: AggregatorConfig, started_unix_ns: u64) -> Self {
+        Aggregator {
+            config,
+            guard: CardinalityGuard::new(config.limits),
+            converter: DeltaConverter::new(started_unix_ns),
+            sampler: TraceSampler::new(config.sampler),
+            red: HashMap::new(),
+            metrics: HashMap::new(),
+            clock_skew_corrected: 0,
+        }
+    }
+
+    pub fn window_ms(&self) -> i64 {
+        self.config.window_ms
+    }
+
+    fn window_start(&mut self, time_ms: i64, now_ms: i64) -> i64 {
+        let time_ms = if (time_ms - now_ms).abs() > self.config.max_clock_skew_ms {
+            self.clock_skew_corrected += 1;
+            now_ms
+        } else {
+            time_ms
+        };
+        time_ms.div_euclid(self.config.window_ms) * self.config.window_ms
+    }
+
+    pub fn apply(&mut self, batch: IngestBatch, now_ms: i64) {
+        for request in &batch.requests {
+            self.add_request(request, now_ms);
+        }
+        for point in &batch.metric_points {
+            self.add_metric_point(point, now_ms);
+        }
+        for span in batch.spans {
+            self.sampler.offer(span);
+        }
+    }
+
+    fn add_request(&mut self, request: &RequestRecord, now_ms: i64) {
+        let endpoint = self.guard.admit_endpoint(&request.endpoint, now_ms);
+        let window = self.window_start(request.end_unix_ms, now_ms);
+        self.red
+            .entry((RedSource::Spans, endpoint, window))
+            .or_default()
+            .add_request(request);
+    }
+
+    fn add_metric_point(&mut self, point: &MetricPoint, now_ms: i64) {
+        let key = self.guard.admit_series(&point.series, now_ms);
+        let overflowed = key != point.series;
+        let window = self.window_start(point.time_unix_ms, now_ms);
+        // Overflow series fold many series together: deltas of each are not tracked.
+        let contribution = if overflowed {
+            Contribution::Baseline
+        } else {
+            self.converter.contribution(point)
+        };
+        if let Contribution::Histogram(delta) = &contribution {
+            if point.series.name == HTTP_SERVER_DURATION {
+                self.add_request_histogram(point, delta, window, now_ms);
+            }
+        }
+        let info = SeriesInfo {
+            key: key.clone(),
+            kind: point.kind,
+            unit: point.unit.clone(),
+            description: point.description.clone(),
+        };
+        let (_, agg) = self
+            .metrics
+            .entry((key, window))
+            .or_insert_with(|| (info, MetricAgg::default()));
+        match contribution {
+            Contribution::Number(v) => agg.add_number(v, point.time_unix_ms),
+            Contribution::Histogram(h) => agg.add_histogram(&h, point.time_unix_ms),
+            Contribution::Baseline => {}
+        }
+    }
+
+    /// `http.server.request.duration` → RED: one data point is one (method, route, status).
+    fn add_request_histogram(
+        &mut self,
+        point: &MetricPoint,
+        delta: &crate::model::HistogramValue,
+        window: i64,
+        now_ms: i64,
+    ) {
+        let attributes = &point.series.attributes;
+        let method = attributes
+            .get("http.request.method")
+            .or_else(|| attributes.get("http.method"))
+            .map(|m| crate::ingest::convert::normalize_method(m))
+            .unwrap_or_default();
+        let route = attributes
+            .get("http.route")
+            .cloned()
+            .unwrap_or_else(|| "(no route)".to_string());
+        let status_code = attributes
+            .get("http.response.status_code")
+            .or_else(|| attributes.get("http.status_code"))
+            .and_then(|s| s.parse::<u16>().ok());
+        let is_error = status_code.is_some_and(|c| c >= 500) || attributes.contains_key("error.type");
+        let to_ms = match point.unit.as_str() {
+            "ms" => 1.0,
+            "us" | "µs" => 0.001,
+            "ns" => 0.000_001,
+            _ => 1000.0, // "s", the unit the semantic conventions require
+        };
+        let endpoint = self.guard.admit_endpoint(
+            &EndpointKey {
+                service: point.series.service.clone(),
+                method,
+                route,
+            },
+            now_ms,
+        );
+        self.red
+            .entry((RedSource::Metrics, endpoint, window))
+            .or_default()
+            .add_histogram(delta, status_code, is_error, to_ms);
+    }
+
+    /// Hands over everything gathered since the last flush and starts afresh.
+    pub fn take_flush(&mut self, now_ms: i64) -> FlushBatch {
+        self.guard.expire(now_ms);
+        let guard = &self.guard;
+        self.converter.retain(|k| guard.knows_series(k));
+        FlushBatch {
+            red: self
+                .red
+                .drain()
+                .map(|((source, endpoint, window_start_ms), stats)| RedDelta {
+                    source,
+                    endpoint,
+                    window_start_ms,
+                    stats,
+                })
+                .collect(),
+            metrics: self
+                .metrics
+                .drain()
+                .map(|((_, window_start_ms), (series, agg))| MetricDelta {
+                    series,
+                    window_start_ms,
+                    agg,
+                })
+                .collect(),
+            spans: self.sampler.take_kept(),
+        }
+    }
+
+    /// A copy of what has not been flushed yet, for queries that must see it.
+    pub fn snapshot(&self, service: Option<&str>) -> FlushBatch {
+        let wanted = |s: &str| service.is_none_or(|w| w == s);
+        FlushBatch {
+            red: self
+                .red
+                .iter()
+                .filter(|((_, endpoint, _), _)| wanted(&endpoint.service))
+                .map(|((source, endpoint, window), stats)| RedDelta {
+                    source: *source,
+                    endpoint: endpoint.clone(),
+                    window_start_ms: *window,
+                    stats: stats.clone(),
+                })
+                .collect(),
+            metrics: self
+                .metrics
+                .iter()
+                .filter(|((key, _), _)| wanted(&key.service))
+                .map(|((_, window), (series, agg))| MetricDelta {
+                    series: series.clone(),
+                    window_start_ms: *window,
+                    agg: agg.clone(),
+                })
+                .collect(),
+            spans: self.sampler.pending_kept().to_vec(),
+        }
+    }
+
+    pub fn stats(&self) -> AggregatorStats {
+        AggregatorStats {
+            overflow: self.guard.overflow(),
+            services: self.guard.service_count(),
+            endpoints: self.guard.endpoint_count(),
+            metric_series: self.guard.series_count(),
+            clock_skew_corrected: self.clock_skew_corrected,
+            traces_dropped_for_budget: self.sampler.dropped_for_budget(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Buckets, HistogramValue, MetricValue, Temporality};
+    use std::collections::BTreeMap;
+
+    fn request(route: &str, end_ms: i64, duration: f64, status: u16) -> RequestRecord {
+        RequestRecord {
+            endpoint: EndpointKey {
+                service: "api".into(),
+                method: "GET".into(),
+                route: route.into(),
+            },
+            end_unix_ms: end_ms,
+            duration_ms: duration,
+            status_code: Some(status),
+            is_error: status >= 500,
+        }
+    }
+
+    #[test]
+    fn requests_land_in_aligned_windows() {
+        let mut aggregator = Aggregator::new(AggregatorConfig::default(), 0);
+        let now = 1_000_000;
+        let batch = IngestBatch {
+            requests: vec![
+                request("/a", now - 1, 10.0, 200),
+                request("/a", now + 5, 20.0, 500),
+                request("/a", now + 10_000, 30.0, 200),
+            ],
+            ..Default::default()
+        };
+        aggregator.apply(batch, now);
+        let mut flush = aggregator.take_flush(now);
+        flush.red.sort_by_key(|d| d.window_start_ms);
+        let windows: Vec<_> = flush.red.iter().map(|d| (d.window_start_ms, d.stats.requests)).collect();
+        assert_eq!(windows, vec![(990_000, 1), (1_000_000, 1), (1_010_000, 1)]);
+        assert_eq!(flush.red[1].stats.errors, 1);
+        assert!(aggregator.take_flush(now).is_empty());
+    }
+
+    #[test]
+    fn skewed_timestamps_are_placed_at_now() {
+        let mut aggregator = Aggregator::new(AggregatorConfig::default(), 0);
+        let now = 100_000_000_000;
+        aggregator.apply(
+            IngestBatch {
+                requests: vec![request("/a", 5, 1.0, 200)],
+                ..Default::default()
+            },
+            now,
+        );
+        assert_eq!(aggregator.take_flush(now).red[0].window_start_ms, now);
+        assert_eq!(aggregator.stats().clock_skew_corrected, 1);
+    }
+
+    #[test]
+    fn duration_histograms_give_red_figures() {
+        let mut aggregator = Aggregator::new(AggregatorConfig::default(), 0);
+        let attributes: BTreeMap<String, String> = [
+            ("http.request.method", "GET"),
+            ("http.route", "/items/{id}"),
+            ("http.response.status_code", "503"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let point = |count: u64| MetricPoint {
+            series: MetricSeriesKey {
+                service: "api".into(),
+                name: HTTP_SERVER_DURATION.into(),
+                attributes: attributes.clone(),
+            },
+            kind: MetricKind::Histogram,
+            unit: "s".into(),
+            description: String::new(),
+            start_unix_ns: 10,
+            time_unix_ms: 50_000,
+            temporality: Temporality::Cumulative,
+            value: MetricValue::Histogram(HistogramValue {
+                count,
+                sum: count as f64 * 0.1,
+                min: None,
+                max: None,
+                buckets: Buckets::Explicit {
+                    bounds: vec![0.05, 0.2],
+                    counts: vec![0, count, 0],
+                },
+            }),
+        };
+        aggregator.apply(
+            IngestBatch {
+                metric_points: vec![point(4), point(10)],
+                ..Default::default()
+            },
+            50_000,
+        );
+        let flush = aggregator.take_flush(50_000);
+        let red = &flush.red[0];
+        assert_eq!(red.source, RedSource::Metrics);
+        assert_eq!(red.endpoint.route, "/items/{id}");
+        // Cumulative 4 then 10: 10 requests in all, all errors.
+        assert_eq!(red.stats.requests, 10);
+        assert_eq!(red.stats.errors, 10);
+        assert_eq!(red.stats.estimate(), red::Estimate::ExplicitBuckets);
+        assert_eq!(flush.metrics.len(), 1);
+        assert_eq!(flush.metrics[0].agg.histogram.as_ref().unwrap().count, 10);
+    }
+}

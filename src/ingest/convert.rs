@@ -1,0 +1,669 @@
+//! OTLP → redline's plain records. Pure functions: what counts as a request, an error and an
+//! endpoint (HTTP semantic conventions), and which data points are malformed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, exponential_histogram_data_point, metric, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
+
+use crate::model::{
+    Buckets, EndpointKey, HistogramValue, IncomingSpan, IngestBatch, MetricKind, MetricPoint,
+    MetricSeriesKey, MetricValue, RequestRecord, SpanEvent, SpanRecord, Temporality,
+};
+
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// What a conversion kept and what it refused, for `partial_success`.
+#[derive(Debug, Default)]
+pub struct Converted {
+    pub batch: IngestBatch,
+    pub rejected: u64,
+    /// The first reason something was rejected, for the response's `error_message`.
+    pub first_error: Option<String>,
+}
+
+impl Converted {
+    fn reject(&mut self, count: u64, why: impl FnOnce() -> String) {
+        self.rejected += count;
+        if self.first_error.is_none() {
+            self.first_error = Some(why());
+        }
+    }
+}
+
+/// Converts a trace export. Spans with invalid ids or times are rejected, the rest are kept.
+pub fn convert_traces(request: ExportTraceServiceRequest) -> Converted {
+    let mut out = Converted::default();
+    for resource_spans in request.resource_spans {
+        let service: Arc<str> = service_name(resource_spans.resource.as_ref()).into();
+        for scope_spans in resource_spans.scope_spans {
+            for span in scope_spans.spans {
+                if let Err(why) = validate_span(&span) {
+                    out.reject(1, || why);
+                    continue;
+                }
+                let incoming = classify_span(service.clone(), span);
+                if let Some(endpoint) = &incoming.endpoint {
+                    out.batch.requests.push(RequestRecord {
+                        endpoint: endpoint.clone(),
+                        end_unix_ms: (incoming.span.end_time_unix_nano / 1_000_000) as i64,
+                        duration_ms: duration_ms(&incoming.span),
+                        status_code: http_status_code(&incoming.span.attributes),
+                        is_error: incoming.is_error,
+                    });
+                }
+                out.batch.spans.push(incoming);
+            }
+        }
+    }
+    out
+}
+
+fn validate_span(span: &Span) -> Result<(), String> {
+    if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
+        return Err(format!(
+            "span {:?}: trace_id must be 16 bytes and not all zero",
+            span.name
+        ));
+    }
+    if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
+        return Err(format!(
+            "span {:?}: span_id must be 8 bytes and not all zero",
+            span.name
+        ));
+    }
+    if span.end_time_unix_nano < span.start_time_unix_nano || span.start_time_unix_nano == 0 {
+        return Err(format!(
+            "span {:?}: start time must be set and not after the end time",
+            span.name
+        ));
+    }
+    Ok(())
+}
+
+fn duration_ms(span: &Span) -> f64 {
+    (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e6
+}
+
+fn classify_span(service: Arc<str>, span: Span) -> IncomingSpan {
+    let status_code = http_status_code(&span.attributes);
+    let is_error = span.status.as_ref().map(|s| s.code) == Some(StatusCode::Error as i32)
+        || status_code.is_some_and(|code| code >= 500);
+    let endpoint = (span.kind == SpanKind::Server as i32).then(|| EndpointKey {
+        service: service.to_string(),
+        method: request_method(&span),
+        route: route(&span),
+    });
+    IncomingSpan {
+        service,
+        endpoint,
+        is_error,
+        span,
+    }
+}
+
+/// The resource's `service.name`, or `unknown_service` when it is missing or empty.
+pub fn service_name(resource: Option<&Resource>) -> String {
+    resource
+        .and_then(|r| find_attribute(&r.attributes, "service.name"))
+        .map(any_value_to_string)
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| UNKNOWN_SERVICE.to_string())
+}
+
+fn find_attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+}
+
+fn string_attribute<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<&'a str> {
+    keys.iter().find_map(|key| match find_attribute(attributes, key)?.value.as_ref()? {
+        any_value::Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
+        _ => None,
+    })
+}
+
+/// `http.response.status_code`, or the older `http.status_code`, as int or string.
+fn http_status_code(attributes: &[KeyValue]) -> Option<u16> {
+    ["http.response.status_code", "http.status_code"]
+        .iter()
+        .find_map(|key| match find_attribute(attributes, key)?.value.as_ref()? {
+            any_value::Value::IntValue(v) => u16::try_from(*v).ok(),
+            any_value::Value::StringValue(s) => s.parse().ok(),
+            any_value::Value::DoubleValue(v) => Some(*v as u16),
+            _ => None,
+        })
+}
+
+const KNOWN_METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+];
+
+/// Normalises an HTTP method as the semantic conventions ask: unknown methods become `_OTHER`,
+/// so a client cannot mint endpoints by sending made-up methods.
+pub fn normalize_method(method: &str) -> String {
+    let upper = method.to_ascii_uppercase();
+    if KNOWN_METHODS.contains(&upper.as_str()) {
+        upper
+    } else {
+        "_OTHER".to_string()
+    }
+}
+
+fn request_method(span: &Span) -> String {
+    if let Some(method) = string_attribute(&span.attributes, &["http.request.method", "http.method"])
+    {
+        return normalize_method(method);
+    }
+    // Non-HTTP servers: name the protocol (`grpc`, …) so the endpoint list still reads well.
+    string_attribute(&span.attributes, &["rpc.system"])
+        .unwrap_or("")
+        .to_ascii_uppercase()
+}
+
+fn is_http(span: &Span) -> bool {
+    string_attribute(&span.attributes, &["http.request.method", "http.method"]).is_some()
+}
+
+/// `http.route`; for HTTP spans without one, the templated URL path; for everything else, the
+/// span name. Never a raw path: that would make one endpoint per id.
+fn route(span: &Span) -> String {
+    if let Some(route) = string_attribute(&span.attributes, &["http.route"]) {
+        return route.to_string();
+    }
+    if is_http(span) {
+        if let Some(path) = url_path(&span.attributes) {
+            return template_path(&path);
+        }
+    }
+    span.name.clone()
+}
+
+fn url_path(attributes: &[KeyValue]) -> Option<String> {
+    if let Some(path) = string_attribute(attributes, &["url.path", "http.target"]) {
+        return Some(path.split(['?', '#']).next().unwrap_or("").to_string());
+    }
+    let full = string_attribute(attributes, &["url.full", "http.url"])?;
+    let after_scheme = full.split_once("://").map_or(full, |(_, rest)| rest);
+    let path_start = after_scheme.find('/')?;
+    let path = &after_scheme[path_start..];
+    Some(path.split(['?', '#']).next().unwrap_or("").to_string())
+}
+
+/// Replaces id-like path segments (numbers, UUIDs, long hex strings) with `{id}`.
+pub fn template_path(path: &str) -> String {
+    let templated: Vec<&str> = path
+        .split('/')
+        .map(|segment| if is_id_segment(segment) { "{id}" } else { segment })
+        .collect();
+    let joined = templated.join("/");
+    if joined.is_empty() {
+        "/".to_string()
+    } else {
+        joined
+    }
+}
+
+fn is_id_segment(segment: &str) -> bool {
+    if segment.is_empty() {
+        return false;
+    }
+    let all_digits = segment.bytes().all(|b| b.is_ascii_digit());
+    let is_uuid = segment.len() == 36
+        && segment.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    let long_hex = segment.len() >= 16 && segment.bytes().all(|b| b.is_ascii_hexdigit());
+    all_digits || is_uuid || long_hex
+}
+
+/// Renders an attribute value as text (arrays and maps as JSON-like text).
+pub fn any_value_to_string(value: &AnyValue) -> String {
+    match &value.value {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::BytesValue(b)) => hex::encode(b),
+        Some(any_value::Value::ArrayValue(a)) => {
+            let items: Vec<String> = a.values.iter().map(any_value_to_string).collect();
+            format!("[{}]", items.join(","))
+        }
+        Some(any_value::Value::KvlistValue(kv)) => {
+            let items: Vec<String> = kv
+                .values
+                .iter()
+                .map(|kv| {
+                    let v = kv.value.as_ref().map(any_value_to_string).unwrap_or_default();
+                    format!("{}={}", kv.key, v)
+                })
+                .collect();
+            format!("{{{}}}", items.join(","))
+        }
+        Some(any_value::Value::StringValueStrindex(i)) => format!("#{i}"),
+        None => String::new(),
+    }
+}
+
+fn attributes_map(attributes: &[KeyValue]) -> BTreeMap<String, String> {
+    attributes
+        .iter()
+        .map(|kv| {
+            let value = kv.value.as_ref().map(any_value_to_string).unwrap_or_default();
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+/// Flattens a kept span into the form stored for trace views.
+pub fn span_record(incoming: &IncomingSpan) -> SpanRecord {
+    let span = &incoming.span;
+    let status = match span.status.as_ref().map(|s| s.code) {
+        Some(c) if c == StatusCode::Error as i32 => "error",
+        Some(c) if c == StatusCode::Ok as i32 => "ok",
+        _ => "unset",
+    };
+    SpanRecord {
+        trace_id: hex::encode(&span.trace_id),
+        span_id: hex::encode(&span.span_id),
+        parent_span_id: (!span.parent_span_id.is_empty()).then(|| hex::encode(&span.parent_span_id)),
+        service: incoming.service.to_string(),
+        name: span.name.clone(),
+        kind: span_kind_name(span.kind).to_string(),
+        start_unix_ns: span.start_time_unix_nano,
+        end_unix_ns: span.end_time_unix_nano,
+        status: status.to_string(),
+        status_message: span.status.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
+        attributes: attributes_map(&span.attributes),
+        events: span
+            .events
+            .iter()
+            .map(|e| SpanEvent {
+                name: e.name.clone(),
+                time_unix_ns: e.time_unix_nano,
+                attributes: attributes_map(&e.attributes),
+            })
+            .collect(),
+        endpoint: incoming.endpoint.clone(),
+        is_error: incoming.is_error,
+    }
+}
+
+fn span_kind_name(kind: i32) -> &'static str {
+    match SpanKind::try_from(kind) {
+        Ok(SpanKind::Internal) => "internal",
+        Ok(SpanKind::Server) => "server",
+        Ok(SpanKind::Client) => "client",
+        Ok(SpanKind::Producer) => "producer",
+        Ok(SpanKind::Consumer) => "consumer",
+        _ => "unspecified",
+    }
+}
+
+/// Converts a metrics export. Summary metrics and malformed points are rejected.
+pub fn convert_metrics(request: ExportMetricsServiceRequest) -> Converted {
+    let mut out = Converted::default();
+    for resource_metrics in request.resource_metrics {
+        let service = service_name(resource_metrics.resource.as_ref());
+        for scope_metrics in resource_metrics.scope_metrics {
+            for metric in scope_metrics.metrics {
+                convert_metric(&service, metric, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn temporality(value: i32) -> Option<Temporality> {
+    match AggregationTemporality::try_from(value).ok()? {
+        AggregationTemporality::Delta => Some(Temporality::Delta),
+        AggregationTemporality::Cumulative => Some(Temporality::Cumulative),
+        AggregationTemporality::Unspecified => None,
+    }
+}
+
+/// Fields every data point of one metric shares.
+struct PointContext<'a> {
+    service: &'a str,
+    name: &'a str,
+    unit: &'a str,
+    description: &'a str,
+    kind: MetricKind,
+    temporality: Temporality,
+}
+
+impl PointContext<'_> {
+    fn point(
+        &self,
+        attributes: &[KeyValue],
+        start_unix_ns: u64,
+        time_unix_ns: u64,
+        value: MetricValue,
+    ) -> MetricPoint {
+        MetricPoint {
+            series: MetricSeriesKey {
+                service: self.service.to_string(),
+                name: self.name.to_string(),
+                attributes: attributes_map(attributes),
+            },
+            kind: self.kind,
+            unit: self.unit.to_string(),
+            description: self.description.to_string(),
+            start_unix_ns,
+            time_unix_ms: (time_unix_ns / 1_000_000) as i64,
+            temporality: self.temporality,
+            value,
+        }
+    }
+}
+
+fn convert_metric(
+    service: &str,
+    metric: opentelemetry_proto::tonic::metrics::v1::Metric,
+    out: &mut Converted,
+) {
+    let name = metric.name.as_str();
+    let context = |kind, temporality| PointContext {
+        service,
+        name,
+        unit: &metric.unit,
+        description: &metric.description,
+        kind,
+        temporality,
+    };
+    if name.is_empty() {
+        out.reject(count_points(&metric.data), || "metric without a name".into());
+        return;
+    }
+    match &metric.data {
+        None => out.reject(0, || format!("metric {name:?} has no data")),
+        Some(metric::Data::Gauge(gauge)) => {
+            let ctx = context(MetricKind::Gauge, Temporality::Delta);
+            for p in &gauge.data_points {
+                match number_value(p.value.as_ref()) {
+                    Some(v) => out.batch.metric_points.push(ctx.point(
+                        &p.attributes,
+                        p.start_time_unix_nano,
+                        p.time_unix_nano,
+                        MetricValue::Number(v),
+                    )),
+                    None => out.reject(1, || format!("gauge {name:?}: data point without value")),
+                }
+            }
+        }
+        Some(metric::Data::Sum(sum)) => {
+            let Some(temporality) = temporality(sum.aggregation_temporality) else {
+                out.reject(sum.data_points.len() as u64, || {
+                    format!("sum {name:?}: unspecified aggregation temporality")
+                });
+                return;
+            };
+            let kind = if sum.is_monotonic {
+                MetricKind::Counter
+            } else {
+                MetricKind::UpDownCounter
+            };
+            let ctx = context(kind, temporality);
+            for p in &sum.data_points {
+                match number_value(p.value.as_ref()) {
+                    Some(v) => out.batch.metric_points.push(ctx.point(
+                        &p.attributes,
+                        p.start_time_unix_nano,
+                        p.time_unix_nano,
+                        MetricValue::Number(v),
+                    )),
+                    None => out.reject(1, || format!("sum {name:?}: data point without value")),
+                }
+            }
+        }
+        Some(metric::Data::Histogram(histogram)) => {
+            let Some(temporality) = temporality(histogram.aggregation_temporality) else {
+                out.reject(histogram.data_points.len() as u64, || {
+                    format!("histogram {name:?}: unspecified aggregation temporality")
+                });
+                return;
+            };
+            let ctx = context(MetricKind::Histogram, temporality);
+            for p in &histogram.data_points {
+                let valid_layout = p.bucket_counts.is_empty()
+                    || p.bucket_counts.len() == p.explicit_bounds.len() + 1;
+                let sorted = p.explicit_bounds.windows(2).all(|w| w[0] < w[1]);
+                if !valid_layout || !sorted {
+                    out.reject(1, || {
+                        format!("histogram {name:?}: bucket counts do not match sorted bounds")
+                    });
+                    continue;
+                }
+                let value = HistogramValue {
+                    count: p.count,
+                    sum: p.sum.unwrap_or(0.0),
+                    min: p.min,
+                    max: p.max,
+                    buckets: Buckets::Explicit {
+                        bounds: p.explicit_bounds.clone(),
+                        counts: p.bucket_counts.clone(),
+                    },
+                };
+                out.batch.metric_points.push(ctx.point(
+                    &p.attributes,
+                    p.start_time_unix_nano,
+                    p.time_unix_nano,
+                    MetricValue::Histogram(value),
+                ));
+            }
+        }
+        Some(metric::Data::ExponentialHistogram(histogram)) => {
+            let Some(temporality) = temporality(histogram.aggregation_temporality) else {
+                out.reject(histogram.data_points.len() as u64, || {
+                    format!("exponential histogram {name:?}: unspecified aggregation temporality")
+                });
+                return;
+            };
+            let ctx = context(MetricKind::ExponentialHistogram, temporality);
+            for p in &histogram.data_points {
+                if !(-10..=20).contains(&p.scale) {
+                    out.reject(1, || {
+                        format!("exponential histogram {name:?}: scale {} out of range", p.scale)
+                    });
+                    continue;
+                }
+                let positive = p.positive.clone().unwrap_or(
+                    exponential_histogram_data_point::Buckets {
+                        offset: 0,
+                        bucket_counts: Vec::new(),
+                    },
+                );
+                let value = HistogramValue {
+                    count: p.count,
+                    sum: p.sum.unwrap_or(0.0),
+                    min: p.min,
+                    max: p.max,
+                    // Durations and sizes are never negative; negative buckets are ignored.
+                    buckets: Buckets::Exponential {
+                        scale: p.scale,
+                        zero_count: p.zero_count,
+                        offset: positive.offset,
+                        counts: positive.bucket_counts,
+                    },
+                };
+                out.batch.metric_points.push(ctx.point(
+                    &p.attributes,
+                    p.start_time_unix_nano,
+                    p.time_unix_nano,
+                    MetricValue::Histogram(value),
+                ));
+            }
+        }
+        Some(metric::Data::Summary(summary)) => {
+            out.reject(summary.data_points.len() as u64, || {
+                format!("summary {name:?}: summary metrics are not supported, export a histogram")
+            });
+        }
+    }
+}
+
+fn count_points(data: &Option<metric::Data>) -> u64 {
+    (match data {
+        None => 0,
+        Some(metric::Data::Gauge(g)) => g.data_points.len(),
+        Some(metric::Data::Sum(s)) => s.data_points.len(),
+        Some(metric::Data::Histogram(h)) => h.data_points.len(),
+        Some(metric::Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(metric::Data::Summary(s)) => s.data_points.len(),
+    }) as u64
+}
+
+fn number_value(value: Option<&number_data_point::Value>) -> Option<f64> {
+    match value? {
+        number_data_point::Value::AsDouble(v) if v.is_finite() => Some(*v),
+        number_data_point::Value::AsInt(v) => Some(*v as f64),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::Status;
+
+    fn kv(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+
+    fn s(v: &str) -> any_value::Value {
+        any_value::Value::StringValue(v.into())
+    }
+
+    fn server_span(attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "GET".into(),
+            kind: SpanKind::Server as i32,
+            start_time_unix_nano: 1_000_000_000,
+            end_time_unix_nano: 1_250_000_000,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    fn classify(span: Span) -> IncomingSpan {
+        classify_span("svc".into(), span)
+    }
+
+    #[test]
+    fn route_and_method_come_from_semantic_conventions() {
+        let span = classify(server_span(vec![
+            kv("http.request.method", s("get")),
+            kv("http.route", s("/users/{id}")),
+            kv("url.path", s("/users/42")),
+        ]));
+        let endpoint = span.endpoint.unwrap();
+        assert_eq!(endpoint.method, "GET");
+        assert_eq!(endpoint.route, "/users/{id}");
+    }
+
+    #[test]
+    fn old_attribute_names_are_accepted() {
+        let span = classify(server_span(vec![
+            kv("http.method", s("POST")),
+            kv("http.target", s("/orders/123?x=1")),
+            kv("http.status_code", any_value::Value::IntValue(503)),
+        ]));
+        assert!(span.is_error);
+        let endpoint = span.endpoint.unwrap();
+        assert_eq!(endpoint.method, "POST");
+        assert_eq!(endpoint.route, "/orders/{id}");
+    }
+
+    #[test]
+    fn paths_without_route_are_templated() {
+        assert_eq!(template_path("/users/123"), "/users/{id}");
+        assert_eq!(
+            template_path("/a/550e8400-e29b-41d4-a716-446655440000/b"),
+            "/a/{id}/b"
+        );
+        assert_eq!(template_path("/blob/0123456789abcdef0123"), "/blob/{id}");
+        assert_eq!(template_path("/v1/products"), "/v1/products");
+        assert_eq!(template_path(""), "/");
+        let from_url = classify(server_span(vec![
+            kv("http.request.method", s("GET")),
+            kv("url.full", s("https://x.example/items/99?q=1")),
+        ]));
+        assert_eq!(from_url.endpoint.unwrap().route, "/items/{id}");
+    }
+
+    #[test]
+    fn unknown_methods_collapse_to_other() {
+        assert_eq!(normalize_method("BREW"), "_OTHER");
+        assert_eq!(normalize_method("patch"), "PATCH");
+    }
+
+    #[test]
+    fn non_http_servers_use_the_span_name() {
+        let mut span = server_span(vec![kv("rpc.system", s("grpc"))]);
+        span.name = "shop.Cart/Add".into();
+        let endpoint = classify(span).endpoint.unwrap();
+        assert_eq!(endpoint.method, "GRPC");
+        assert_eq!(endpoint.route, "shop.Cart/Add");
+    }
+
+    #[test]
+    fn errors_are_status_error_or_5xx_but_not_4xx() {
+        let not_found = classify(server_span(vec![kv(
+            "http.response.status_code",
+            any_value::Value::IntValue(404),
+        )]));
+        assert!(!not_found.is_error);
+        let mut failed = server_span(vec![]);
+        failed.status = Some(Status {
+            code: StatusCode::Error as i32,
+            message: "boom".into(),
+        });
+        assert!(classify(failed).is_error);
+    }
+
+    #[test]
+    fn client_spans_are_not_requests() {
+        let mut span = server_span(vec![]);
+        span.kind = SpanKind::Client as i32;
+        assert!(classify(span).endpoint.is_none());
+    }
+
+    #[test]
+    fn invalid_spans_are_rejected_with_a_reason() {
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+        let mut bad = server_span(vec![]);
+        bad.trace_id = vec![0; 16];
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: None,
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![server_span(vec![]), bad],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let converted = convert_traces(request);
+        assert_eq!(converted.rejected, 1);
+        assert!(converted.first_error.unwrap().contains("trace_id"));
+        assert_eq!(converted.batch.requests.len(), 1);
+        assert_eq!(converted.batch.requests[0].endpoint.service, UNKNOWN_SERVICE);
+        assert!((converted.batch.requests[0].duration_ms - 250.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,31 @@
+//! # redline
+//!
+//! An OpenTelemetry sidecar: it receives OTLP traces and metrics, computes RED figures (rate,
+//! errors, duration percentiles) per service and endpoint in mergeable windows, keeps history in
+//! one SQLite file and serves a JSON query API (and, later, alerts and a dashboard).
+//!
+//! ## Layout — data flows one way
+//! ```text
+//! ingest (gRPC :4317, HTTP :4318) ──convert──▶ bounded queue ──▶ aggregate (windows, sketches,
+//!   cardinality limits, trace sampling) ──flush──▶ store (SQLite writer thread, rollups,
+//!   retention) ──▶ query (stored rows + unflushed deltas) ──▶ web (JSON API, /metrics)
+//! ```
+//! - [`model`]: the plain records passed between stages.
+//! - [`ingest`]: OTLP receivers and the pure OTLP → record conversion.
+//! - [`aggregate`]: per-window RED statistics, metric windows, trace sampling.
+//! - [`pipeline`]: the task that owns the aggregator, flushes it and shares unflushed data.
+//! - [`store`]: SQLite schema, migrations, the writer thread, reads and retention.
+//! - [`query`]: the read model every consumer uses.
+//! - [`web`]: the HTTP API, health and Prometheus endpoints.
+//! - [`config`] and [`app`]: settings, wiring and ordered shutdown.
+
+pub mod aggregate;
+pub mod app;
+pub mod config;
+pub mod ingest;
+pub mod model;
+pub mod pipeline;
+pub mod query;
+pub mod self_metrics;
+pub mod store;
+pub mod web;

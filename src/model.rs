@@ -1,0 +1,211 @@
+//! Plain data that flows from the receivers to the aggregator: what one OTLP export means to
+//! redline once the protocol details are gone. Nothing here knows about protobuf or SQLite.
+
+use std::collections::BTreeMap;
+
+/// Identifies one endpoint of one service: the unit every RED figure is kept for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct EndpointKey {
+    pub service: String,
+    pub method: String,
+    pub route: String,
+}
+
+/// Where a RED figure came from. Spans give exact counts and a 1 % sketch; the
+/// `http.server.request.duration` histogram metric gives counts and a coarser estimate.
+/// A service that sends both is read from its spans only, so nothing is counted twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RedSource {
+    Spans = 0,
+    Metrics = 1,
+}
+
+/// One finished server request, taken from a SERVER span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRecord {
+    pub endpoint: EndpointKey,
+    /// Span end time; requests are placed in the window in which they completed.
+    pub end_unix_ms: i64,
+    pub duration_ms: f64,
+    pub status_code: Option<u16>,
+    pub is_error: bool,
+}
+
+/// An already-aggregated group of requests, taken from one `http.server.request.duration`
+/// histogram data point (one method + route + status code).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestHistogram {
+    pub endpoint: EndpointKey,
+    pub time_unix_ms: i64,
+    pub status_code: Option<u16>,
+    pub is_error: bool,
+    /// Delta for this point (cumulative points are turned into deltas by the aggregator).
+    pub histogram: HistogramValue,
+}
+
+/// Identifies one OTLP metric series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MetricSeriesKey {
+    pub service: String,
+    pub name: String,
+    /// Data-point attributes, sorted by key, values rendered as strings.
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    Gauge,
+    /// A monotonic sum (a counter): shown as a rate.
+    Counter,
+    /// A non-monotonic sum (an up-down counter): shown as its value.
+    UpDownCounter,
+    Histogram,
+    ExponentialHistogram,
+}
+
+impl MetricKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Gauge => "gauge",
+            MetricKind::Counter => "counter",
+            MetricKind::UpDownCounter => "updowncounter",
+            MetricKind::Histogram => "histogram",
+            MetricKind::ExponentialHistogram => "exponential_histogram",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "gauge" => MetricKind::Gauge,
+            "counter" => MetricKind::Counter,
+            "updowncounter" => MetricKind::UpDownCounter,
+            "histogram" => MetricKind::Histogram,
+            "exponential_histogram" => MetricKind::ExponentialHistogram,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Temporality {
+    Delta,
+    Cumulative,
+}
+
+/// One OTLP metric data point, still in the exporter's temporality.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    pub series: MetricSeriesKey,
+    pub kind: MetricKind,
+    pub unit: String,
+    pub description: String,
+    pub start_unix_ns: u64,
+    pub time_unix_ms: i64,
+    pub temporality: Temporality,
+    pub value: MetricValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricValue {
+    Number(f64),
+    Histogram(HistogramValue),
+}
+
+/// A histogram in either OTLP layout. Counts are per bucket.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistogramValue {
+    pub count: u64,
+    pub sum: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub buckets: Buckets,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Buckets {
+    /// `counts.len() == bounds.len() + 1`; bucket i is (bounds[i-1], bounds[i]].
+    Explicit { bounds: Vec<f64>, counts: Vec<u64> },
+    /// Bucket `offset + i` covers (base^(offset+i), base^(offset+i+1)], base = 2^(2^-scale).
+    Exponential {
+        scale: i32,
+        zero_count: u64,
+        offset: i32,
+        counts: Vec<u64>,
+    },
+}
+
+/// One span as kept for trace views. Attributes are already flattened to strings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SpanRecord {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub service: String,
+    pub name: String,
+    pub kind: String,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    /// "unset", "ok" or "error".
+    pub status: String,
+    pub status_message: String,
+    pub attributes: BTreeMap<String, String>,
+    pub events: Vec<SpanEvent>,
+    /// Set for SERVER spans: the endpoint the request belongs to.
+    pub endpoint: Option<EndpointKey>,
+    pub is_error: bool,
+}
+
+impl SpanRecord {
+    pub fn duration_ms(&self) -> f64 {
+        self.end_unix_ns.saturating_sub(self.start_unix_ns) as f64 / 1e6
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SpanEvent {
+    pub name: String,
+    pub time_unix_ns: u64,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A span as received, kept in its protobuf form until the trace sampler decides to keep it:
+/// most spans are dropped, so they are never flattened into a [`SpanRecord`].
+#[derive(Debug, Clone)]
+pub struct IncomingSpan {
+    pub service: std::sync::Arc<str>,
+    /// Set for SERVER spans: the endpoint the request belongs to.
+    pub endpoint: Option<EndpointKey>,
+    pub is_error: bool,
+    pub span: opentelemetry_proto::tonic::trace::v1::Span,
+}
+
+/// Everything one export request contributes, after conversion.
+#[derive(Debug, Default, Clone)]
+pub struct IngestBatch {
+    pub requests: Vec<RequestRecord>,
+    pub metric_points: Vec<MetricPoint>,
+    pub spans: Vec<IncomingSpan>,
+}
+
+impl IngestBatch {
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.metric_points.is_empty() && self.spans.is_empty()
+    }
+
+    /// Items counted against the ingest queue's capacity.
+    pub fn item_count(&self) -> usize {
+        self.spans.len() + self.metric_points.len()
+    }
+}
+
+/// Status class index (0 = 1xx … 4 = 5xx) of an HTTP status code.
+pub fn status_class(code: u16) -> Option<usize> {
+    match code {
+        100..=599 => Some((code / 100 - 1) as usize),
+        _ => None,
+    }
+}
+
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
