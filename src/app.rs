@@ -1,1 +1,255 @@
-//! todo
+//! Wiring: binds the three listeners (port 0 friendly), opens the store, starts the pipeline and
+//! servers, and stops them in the order that loses nothing: receivers first, then the pipeline
+//! drains and flushes, then the web server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::aggregate::Aggregator;
+use crate::config::Settings;
+use crate::ingest::{self, Ingestor};
+use crate::pipeline::{self, Live, PipelineConfig};
+use crate::query::Query;
+use crate::store::{self, Readers, StoreError};
+use crate::{self_metrics, web};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0} server failed: {1}")]
+    Server(&'static str, String),
+}
+
+/// A running redline. Dropping it without `run_until_stopped` aborts the servers.
+pub struct App {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    web_addr: SocketAddr,
+    receivers_stop: watch::Sender<bool>,
+    web_stop: watch::Sender<bool>,
+    pipeline_stop: oneshot::Sender<()>,
+    grpc_task: JoinHandle<Result<(), AppError>>,
+    http_task: JoinHandle<Result<(), AppError>>,
+    web_task: JoinHandle<Result<(), AppError>>,
+    pipeline_task: JoinHandle<()>,
+    query: Query,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { what, addr, source })
+}
+
+fn local_addr(
+    listener: &TcpListener,
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, AppError> {
+    listener
+        .local_addr()
+        .map_err(|source| AppError::Bind { what, addr, source })
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> Result<App, AppError> {
+        let grpc_listener = bind("OTLP/gRPC", settings.otlp_grpc_addr).await?;
+        let http_listener = bind("OTLP/HTTP", settings.otlp_http_addr).await?;
+        let web_listener = bind("web", settings.web_addr).await?;
+        let grpc_addr = local_addr(&grpc_listener, "OTLP/gRPC", settings.otlp_grpc_addr)?;
+        let http_addr = local_addr(&http_listener, "OTLP/HTTP", settings.otlp_http_addr)?;
+        let web_addr = local_addr(&web_listener, "web", settings.web_addr)?;
+
+        std::fs::create_dir_all(&settings.data_dir).map_err(|source| AppError::DataDir {
+            path: settings.data_dir.clone(),
+            source,
+        })?;
+        let db_path = store::database_path(&settings.data_dir);
+        let conn = tokio::task::spawn_blocking({
+            let path = db_path.clone();
+            move || store::open_writer(&path)
+        })
+        .await
+        .map_err(|e| AppError::Server("store", e.to_string()))??;
+        let last_seq: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'flushed_seq'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(StoreError::from)?;
+
+        let started_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let live = Arc::new(Live::new(
+            Aggregator::new(settings.aggregator, started_ns),
+            last_seq as u64,
+        ));
+        let writer = store::spawn_writer(conn, settings.retention, {
+            let live = live.clone();
+            move |seq| live.committed(seq)
+        });
+        let readers = Readers::new(&db_path);
+        let query = Query::new(live.clone(), readers.clone(), settings.retention);
+        let (queue, queue_rx) = pipeline::queue(settings.queue_capacity);
+        let ingestor = Ingestor::new(queue.clone());
+
+        let (pipeline_stop, pipeline_stop_rx) = oneshot::channel();
+        let pipeline_task = tokio::spawn(pipeline::run(
+            queue_rx,
+            live,
+            writer,
+            PipelineConfig {
+                queue_capacity: settings.queue_capacity,
+                flush_interval: settings.flush_interval,
+                retention_interval: Duration::from_secs(60),
+            },
+            pipeline_stop_rx,
+        ));
+
+        let (receivers_stop, receivers_stop_rx) = watch::channel(false);
+        let grpc_routes = ingest::grpc::router(ingestor.clone(), settings.max_body_bytes);
+        let grpc_stop = receivers_stop_rx.clone();
+        let grpc_task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_routes(grpc_routes)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    stopped(grpc_stop),
+                )
+                .await
+                .map_err(|e| AppError::Server("OTLP/gRPC", e.to_string()))
+        });
+
+        let http_router = ingest::http::router(
+            ingestor,
+            settings.max_body_bytes,
+            &settings.cors_allowed_origins,
+        );
+        let http_stop = receivers_stop_rx;
+        let http_task = tokio::spawn(async move {
+            axum::serve(http_listener, http_router)
+                .with_graceful_shutdown(stopped(http_stop))
+                .await
+                .map_err(|e| AppError::Server("OTLP/HTTP", e.to_string()))
+        });
+
+        let (web_stop, web_stop_rx) = watch::channel(false);
+        let web_router = web::router(
+            query.clone(),
+            self_metrics::install(),
+            queue,
+            readers,
+            settings.queue_capacity,
+        );
+        let web_task = tokio::spawn(async move {
+            axum::serve(web_listener, web_router)
+                .with_graceful_shutdown(stopped(web_stop_rx))
+                .await
+                .map_err(|e| AppError::Server("web", e.to_string()))
+        });
+
+        Ok(App {
+            grpc_addr,
+            http_addr,
+            web_addr,
+            receivers_stop,
+            web_stop,
+            pipeline_stop,
+            grpc_task,
+            http_task,
+            web_task,
+            pipeline_task,
+            query,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn web_addr(&self) -> SocketAddr {
+        self.web_addr
+    }
+
+    /// The read model, for in-process consumers (alerts, pages).
+    pub fn query(&self) -> Query {
+        self.query.clone()
+    }
+
+    /// Serves until `shutdown` resolves (or a server fails), then stops in order: receivers
+    /// stop accepting and finish their requests, the pipeline drains the queue and writes
+    /// everything, the web server stops last.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AppError> {
+        let App {
+            receivers_stop,
+            web_stop,
+            pipeline_stop,
+            mut grpc_task,
+            mut http_task,
+            web_task,
+            pipeline_task,
+            ..
+        } = self;
+        let mut failure = None;
+        tokio::select! {
+            _ = shutdown => {}
+            result = &mut grpc_task => failure = Some(joined(result)),
+            result = &mut http_task => failure = Some(joined(result)),
+        }
+        let _ = receivers_stop.send(true);
+        let mut results = Vec::new();
+        if !grpc_task.is_finished() || failure.is_none() {
+            results.push(joined(grpc_task.await));
+        }
+        if !http_task.is_finished() || failure.is_none() {
+            results.push(joined(http_task.await));
+        }
+        let _ = pipeline_stop.send(());
+        let _ = pipeline_task.await;
+        let _ = web_stop.send(true);
+        results.push(joined(web_task.await));
+        if let Some(Err(e)) = failure {
+            return Err(e);
+        }
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
+    }
+}
+
+fn joined(result: Result<Result<(), AppError>, tokio::task::JoinError>) -> Result<(), AppError> {
+    result.map_err(|e| AppError::Server("task", e.to_string()))?
+}

@@ -1,1 +1,337 @@
-//! todo
+//! Settings: `redline.toml` (`--config`), overridden by `REDLINE_*` environment variables,
+//! overridden by flags. One struct of optional values is all three layers; resolving it checks
+//! every value and reports every problem at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::aggregate::AggregatorConfig;
+use crate::aggregate::cardinality::Limits;
+use crate::aggregate::sampler::SamplerConfig;
+use crate::store::Retention;
+
+/// Every setting, each optional so that layers can be merged. Field names are the TOML keys;
+/// flags are the same in kebab-case, environment variables the same in upper case.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsLayer {
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317]
+    #[arg(long, env = "REDLINE_OTLP_GRPC_ADDR", value_name = "ADDR")]
+    pub otlp_grpc_addr: Option<String>,
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318]
+    #[arg(long, env = "REDLINE_OTLP_HTTP_ADDR", value_name = "ADDR")]
+    pub otlp_http_addr: Option<String>,
+    /// Dashboard, query API, /healthz and /metrics listen address [default: 127.0.0.1:9900]
+    #[arg(long, env = "REDLINE_WEB_ADDR", value_name = "ADDR")]
+    pub web_addr: Option<String>,
+    /// Directory of the database file redline.db [default: ./data]
+    #[arg(long, env = "REDLINE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest accepted OTLP request body, after decompression, in bytes [default: 16777216]
+    #[arg(long, env = "REDLINE_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Origins allowed to export OTLP/HTTP from a browser (CORS), comma-separated; "*" for any [default: none]
+    #[arg(
+        long,
+        env = "REDLINE_CORS_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_allowed_origins: Option<Vec<String>>,
+    /// Spans and data points that may wait for the aggregator; beyond it exports get 503/UNAVAILABLE [default: 200000]
+    #[arg(long, env = "REDLINE_QUEUE_CAPACITY", value_name = "ITEMS")]
+    pub queue_capacity: Option<usize>,
+    /// Width of the finest aggregation window [default: 10s]
+    #[arg(long, env = "REDLINE_WINDOW", value_name = "DURATION")]
+    pub window: Option<String>,
+    /// How often aggregated data is written to SQLite; the most a `kill -9` can lose [default: 1s]
+    #[arg(long, env = "REDLINE_FLUSH_INTERVAL", value_name = "DURATION")]
+    pub flush_interval: Option<String>,
+    /// Most services tracked; others go to the `__overflow__` service [default: 200]
+    #[arg(long, env = "REDLINE_MAX_SERVICES", value_name = "N")]
+    pub max_services: Option<usize>,
+    /// Most endpoints per service; others go to route `__overflow__` [default: 2000]
+    #[arg(long, env = "REDLINE_MAX_ENDPOINTS_PER_SERVICE", value_name = "N")]
+    pub max_endpoints_per_service: Option<usize>,
+    /// Most OTLP metric series; others go to a per-service `__overflow__` series [default: 20000]
+    #[arg(long, env = "REDLINE_MAX_METRIC_SERIES", value_name = "N")]
+    pub max_metric_series: Option<usize>,
+    /// Keep 10-second windows this long [default: 6h]
+    #[arg(long, env = "REDLINE_RETENTION_10S", value_name = "DURATION")]
+    pub retention_10s: Option<String>,
+    /// Keep 1-minute windows this long [default: 7d]
+    #[arg(long, env = "REDLINE_RETENTION_1M", value_name = "DURATION")]
+    pub retention_1m: Option<String>,
+    /// Keep 1-hour windows this long [default: 90d]
+    #[arg(long, env = "REDLINE_RETENTION_1H", value_name = "DURATION")]
+    pub retention_1h: Option<String>,
+    /// Keep sampled traces this long [default: 3d]
+    #[arg(long, env = "REDLINE_TRACE_RETENTION", value_name = "DURATION")]
+    pub trace_retention: Option<String>,
+    /// Delete the oldest traces beyond this many stored spans [default: 1000000]
+    #[arg(long, env = "REDLINE_TRACE_MAX_SPANS", value_name = "N")]
+    pub trace_max_spans: Option<u64>,
+    /// Fraction of traces kept at random, besides error and slowest traces [default: 0.01]
+    #[arg(long, env = "REDLINE_TRACE_SAMPLE_RATIO", value_name = "RATIO")]
+    pub trace_sample_ratio: Option<f64>,
+    /// Slowest requests kept per endpoint per minute [default: 3]
+    #[arg(long, env = "REDLINE_TRACE_SLOWEST_PER_MINUTE", value_name = "N")]
+    pub trace_slowest_per_minute: Option<usize>,
+}
+
+impl SettingsLayer {
+    /// `self` where set, else `lower`.
+    fn over(self, lower: SettingsLayer) -> SettingsLayer {
+        macro_rules! pick {
+            ($($field:ident),*) => { SettingsLayer { $($field: self.$field.or(lower.$field)),* } };
+        }
+        pick!(
+            otlp_grpc_addr,
+            otlp_http_addr,
+            web_addr,
+            data_dir,
+            max_body_bytes,
+            cors_allowed_origins,
+            queue_capacity,
+            window,
+            flush_interval,
+            max_services,
+            max_endpoints_per_service,
+            max_metric_series,
+            retention_10s,
+            retention_1m,
+            retention_1h,
+            trace_retention,
+            trace_max_spans,
+            trace_sample_ratio,
+            trace_slowest_per_minute
+        )
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub otlp_grpc_addr: SocketAddr,
+    pub otlp_http_addr: SocketAddr,
+    pub web_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub cors_allowed_origins: Vec<String>,
+    pub queue_capacity: usize,
+    pub flush_interval: Duration,
+    pub aggregator: AggregatorConfig,
+    pub retention: Retention,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("invalid settings:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl Settings {
+    /// Merges flags/env (`cli`) over the file named by `config_file`, then validates.
+    pub fn load(cli: SettingsLayer, config_file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let file = match config_file {
+            Some(path) => read_file(path)?,
+            None => SettingsLayer::default(),
+        };
+        Settings::resolve(cli.over(file))
+    }
+
+    pub fn resolve(layer: SettingsLayer) -> Result<Settings, ConfigError> {
+        let mut problems = Vec::new();
+        let mut addr = |name: &str, value: Option<String>, default: &str| {
+            let text = value.unwrap_or_else(|| default.to_string());
+            text.parse::<SocketAddr>().unwrap_or_else(|_| {
+                problems.push(format!(
+                    "{name}: {text:?} is not an address like 127.0.0.1:4317"
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
+        };
+        let otlp_grpc_addr = addr("otlp_grpc_addr", layer.otlp_grpc_addr, "127.0.0.1:4317");
+        let otlp_http_addr = addr("otlp_http_addr", layer.otlp_http_addr, "127.0.0.1:4318");
+        let web_addr = addr("web_addr", layer.web_addr, "127.0.0.1:9900");
+        let mut duration = |name: &str, value: Option<String>, default: &str| {
+            let text = value.unwrap_or_else(|| default.to_string());
+            match humantime::parse_duration(&text) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    problems.push(format!(
+                        "{name}: {text:?} is not a duration like 10s, 5m, 6h or 7d"
+                    ));
+                    Duration::from_secs(1)
+                }
+            }
+        };
+        let window = duration("window", layer.window, "10s");
+        let flush_interval = duration("flush_interval", layer.flush_interval, "1s");
+        let retention = Retention {
+            ten_seconds: duration("retention_10s", layer.retention_10s, "6h"),
+            one_minute: duration("retention_1m", layer.retention_1m, "7d"),
+            one_hour: duration("retention_1h", layer.retention_1h, "90d"),
+            traces: duration("trace_retention", layer.trace_retention, "3d"),
+            max_spans: layer.trace_max_spans.unwrap_or(1_000_000),
+        };
+        let window_ms = window.as_millis() as i64;
+        if window_ms > 0 && 60_000 % window_ms != 0 {
+            problems.push(format!(
+                "window: {window:?} must divide one minute evenly (1s, 5s, 10s, 30s, 1m)"
+            ));
+        }
+        let ratio = layer.trace_sample_ratio.unwrap_or(0.01);
+        if !(0.0..=1.0).contains(&ratio) {
+            problems.push(format!(
+                "trace_sample_ratio: {ratio} must be between 0 and 1"
+            ));
+        }
+        let positive =
+            |problems: &mut Vec<String>, name: &str, value: Option<usize>, default: usize| {
+                let v = value.unwrap_or(default);
+                if v == 0 {
+                    problems.push(format!("{name}: must be at least 1"));
+                }
+                v.max(1)
+            };
+        let max_body_bytes = positive(
+            &mut problems,
+            "max_body_bytes",
+            layer.max_body_bytes,
+            16 << 20,
+        );
+        let queue_capacity = positive(
+            &mut problems,
+            "queue_capacity",
+            layer.queue_capacity,
+            200_000,
+        );
+        let limits = Limits {
+            max_services: positive(&mut problems, "max_services", layer.max_services, 200),
+            max_endpoints_per_service: positive(
+                &mut problems,
+                "max_endpoints_per_service",
+                layer.max_endpoints_per_service,
+                2_000,
+            ),
+            max_metric_series: positive(
+                &mut problems,
+                "max_metric_series",
+                layer.max_metric_series,
+                20_000,
+            ),
+            ..Limits::default()
+        };
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(Settings {
+            otlp_grpc_addr,
+            otlp_http_addr,
+            web_addr,
+            data_dir: layer.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            max_body_bytes,
+            cors_allowed_origins: layer.cors_allowed_origins.unwrap_or_default(),
+            queue_capacity,
+            flush_interval,
+            aggregator: AggregatorConfig {
+                window_ms,
+                limits,
+                sampler: SamplerConfig {
+                    uniform_ratio: ratio,
+                    slowest_per_minute: layer.trace_slowest_per_minute.unwrap_or(3),
+                    ..SamplerConfig::default()
+                },
+                ..AggregatorConfig::default()
+            },
+            retention,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<SettingsLayer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let position = e
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(":{line}:{column}")
+            })
+            .unwrap_or_default();
+        ConfigError::File {
+            path: PathBuf::from(format!("{}{position}", path.display())),
+            message: e.message().to_string(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let settings = Settings::resolve(SettingsLayer::default()).unwrap();
+        assert_eq!(settings.otlp_grpc_addr.to_string(), "127.0.0.1:4317");
+        assert_eq!(settings.otlp_http_addr.to_string(), "127.0.0.1:4318");
+        assert_eq!(settings.web_addr.to_string(), "127.0.0.1:9900");
+        assert_eq!(settings.max_body_bytes, 16 << 20);
+        assert_eq!(settings.aggregator.window_ms, 10_000);
+        assert_eq!(
+            settings.retention.one_minute,
+            Duration::from_secs(7 * 86_400)
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redline.toml");
+        std::fs::write(&path, "web_addr = \"127.0.0.1:1\"\nwindow = \"5s\"\n").unwrap();
+        let cli = SettingsLayer {
+            web_addr: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let settings = Settings::load(cli, Some(&path)).unwrap();
+        assert_eq!(settings.web_addr.port(), 2);
+        assert_eq!(settings.aggregator.window_ms, 5_000);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let layer = SettingsLayer {
+            web_addr: Some("nowhere".into()),
+            window: Some("7s".into()),
+            trace_sample_ratio: Some(2.0),
+            ..Default::default()
+        };
+        let ConfigError::Invalid(problems) = Settings::resolve(layer).unwrap_err() else {
+            panic!("expected validation errors");
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_name_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redline.toml");
+        std::fs::write(&path, "window = \"10s\"\nwindw = \"5s\"\n").unwrap();
+        let message = Settings::load(SettingsLayer::default(), Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("redline.toml:2:1"), "{message}");
+        assert!(message.contains("windw"), "{message}");
+    }
+}

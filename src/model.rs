@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 /// Identifies one endpoint of one service: the unit every RED figure is kept for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct EndpointKey {
     pub service: String,
     pub method: String,

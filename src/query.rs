@@ -1,1 +1,596 @@
-//! todo
+//! The read model: RED summaries, time series, metric series and traces over a time range,
+//! merging stored windows with the data still in memory. The JSON API, the dashboard and the
+//! alert engine all read through here, so they always agree.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use crate::aggregate::histogram;
+use crate::aggregate::metric::MetricAgg;
+use crate::aggregate::red::{Estimate, RedStats};
+use crate::aggregate::{FlushBatch, MetricDelta, RedDelta, SeriesInfo};
+use crate::model::{EndpointKey, MetricKind, RedSource, STATUS_CLASSES, SpanRecord};
+use crate::pipeline::{Live, now_ms};
+use crate::store::read::{self, RedFilter};
+use crate::store::{Readers, Resolution, Retention, StoreError, TraceFilter, TraceSummary};
+
+/// A half-open time range `[from_ms, to_ms)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+impl TimeRange {
+    pub fn last(duration_ms: i64) -> Self {
+        let now = now_ms();
+        TimeRange {
+            from_ms: now - duration_ms,
+            to_ms: now,
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        ((self.to_ms.min(now_ms()) - self.from_ms).max(1)) as f64 / 1000.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Latency {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+    pub mean: Option<f64>,
+}
+
+impl Latency {
+    fn of(stats: &RedStats) -> Self {
+        Latency {
+            p50: stats.quantile_ms(0.5),
+            p90: stats.quantile_ms(0.9),
+            p95: stats.quantile_ms(0.95),
+            p99: stats.quantile_ms(0.99),
+            max: stats.max_ms(),
+            mean: stats.mean_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ServiceSummary {
+    pub service: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub rate_per_s: f64,
+    pub latency_ms: Latency,
+    /// How the percentiles were estimated: sketch, exponential_histogram or explicit_buckets.
+    pub estimate: Estimate,
+    /// Spans or the `http.server.request.duration` metric.
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EndpointSummary {
+    pub method: String,
+    pub route: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub rate_per_s: f64,
+    pub status: BTreeMap<&'static str, u64>,
+    pub latency_ms: Latency,
+    pub estimate: Estimate,
+    pub source: &'static str,
+}
+
+/// One statistic of a RED time series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedStat {
+    Quantile(u8),
+    Rate,
+    ErrorRate,
+    Requests,
+    Errors,
+    Mean,
+    Max,
+}
+
+impl RedStat {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "p50" => RedStat::Quantile(50),
+            "p90" => RedStat::Quantile(90),
+            "p95" => RedStat::Quantile(95),
+            "p99" => RedStat::Quantile(99),
+            "rate" => RedStat::Rate,
+            "error_rate" => RedStat::ErrorRate,
+            "requests" => RedStat::Requests,
+            "errors" => RedStat::Errors,
+            "mean" => RedStat::Mean,
+            "max" => RedStat::Max,
+            _ => return None,
+        })
+    }
+
+    fn value(self, stats: &RedStats, seconds: f64) -> Option<f64> {
+        match self {
+            RedStat::Quantile(q) => stats.quantile_ms(q as f64 / 100.0),
+            RedStat::Rate => Some(stats.requests as f64 / seconds),
+            RedStat::ErrorRate => (stats.requests > 0).then(|| stats.error_rate()),
+            RedStat::Requests => Some(stats.requests as f64),
+            RedStat::Errors => Some(stats.errors as f64),
+            RedStat::Mean => stats.mean_ms(),
+            RedStat::Max => stats.max_ms(),
+        }
+    }
+}
+
+/// How metric windows are reduced to one number per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricAggregation {
+    Avg,
+    Min,
+    Max,
+    Last,
+    Sum,
+    Rate,
+    Count,
+    Quantile(u8),
+}
+
+impl MetricAggregation {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "avg" => MetricAggregation::Avg,
+            "min" => MetricAggregation::Min,
+            "max" => MetricAggregation::Max,
+            "last" => MetricAggregation::Last,
+            "sum" => MetricAggregation::Sum,
+            "rate" => MetricAggregation::Rate,
+            "count" => MetricAggregation::Count,
+            "p50" => MetricAggregation::Quantile(50),
+            "p90" => MetricAggregation::Quantile(90),
+            "p95" => MetricAggregation::Quantile(95),
+            "p99" => MetricAggregation::Quantile(99),
+            _ => return None,
+        })
+    }
+
+    /// What a chart of this kind shows when the user does not say.
+    pub fn default_for(kind: MetricKind) -> Self {
+        match kind {
+            MetricKind::Counter => MetricAggregation::Rate,
+            MetricKind::Gauge | MetricKind::UpDownCounter => MetricAggregation::Last,
+            MetricKind::Histogram | MetricKind::ExponentialHistogram => {
+                MetricAggregation::Quantile(95)
+            }
+        }
+    }
+
+    fn value(self, agg: &MetricAgg, seconds: f64) -> Option<f64> {
+        let numeric = agg.samples > 0 && agg.histogram.is_none();
+        match self {
+            MetricAggregation::Avg => match &agg.histogram {
+                Some(h) => (h.count > 0).then(|| h.sum / h.count as f64),
+                None => numeric.then(|| agg.sum / agg.samples as f64),
+            },
+            MetricAggregation::Min => numeric.then_some(agg.min),
+            MetricAggregation::Max => match &agg.histogram {
+                Some(h) => h.max,
+                None => numeric.then_some(agg.max),
+            },
+            MetricAggregation::Last => numeric.then_some(agg.last),
+            MetricAggregation::Sum => match &agg.histogram {
+                Some(h) => Some(h.sum),
+                None => numeric.then_some(agg.sum),
+            },
+            MetricAggregation::Rate => match &agg.histogram {
+                Some(h) => Some(h.count as f64 / seconds),
+                None => numeric.then(|| agg.sum / seconds),
+            },
+            MetricAggregation::Count => match &agg.histogram {
+                Some(h) => Some(h.count as f64),
+                None => Some(agg.samples as f64),
+            },
+            MetricAggregation::Quantile(q) => {
+                histogram::quantile(agg.histogram.as_ref()?, q as f64 / 100.0)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MetricDescription {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: MetricKind,
+    pub unit: String,
+    pub description: String,
+    pub attribute_keys: Vec<String>,
+    pub series: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MetricSeriesPoints {
+    pub attributes: BTreeMap<String, String>,
+    pub points: Vec<(i64, f64)>,
+}
+
+#[derive(Clone)]
+pub struct Query {
+    live: Arc<Live>,
+    readers: Readers,
+    retention: Retention,
+}
+
+impl Query {
+    pub fn new(live: Arc<Live>, readers: Readers, retention: Retention) -> Self {
+        Query {
+            live,
+            readers,
+            retention,
+        }
+    }
+
+    /// The finest resolution that still holds data from `from_ms` and gives at most
+    /// `max_windows` windows for the range.
+    fn resolution_for(&self, range: TimeRange, max_windows: i64) -> Resolution {
+        let age_ms = now_ms() - range.from_ms;
+        let span_ms = (range.to_ms - range.from_ms).max(1);
+        Resolution::ALL
+            .into_iter()
+            .find(|r| {
+                age_ms <= self.retention.of(*r).as_millis() as i64
+                    && span_ms / r.millis() <= max_windows
+            })
+            .unwrap_or(Resolution::OneHour)
+    }
+
+    /// Stored windows plus unflushed ones for the range, at one resolution (unflushed windows
+    /// are 10 s windows, aligned down to `resolution` here).
+    async fn red_windows(
+        &self,
+        filter: RedFilter,
+        range: TimeRange,
+        resolution: Resolution,
+    ) -> Result<Vec<RedDelta>, StoreError> {
+        let parts = self.live.unflushed(filter.service.as_deref());
+        let from = resolution.align(range.from_ms);
+        let to = range.to_ms;
+        let read_filter = filter.clone();
+        let stored = self
+            .readers
+            .run(move |conn| read::red_windows(conn, &read_filter, resolution, from, to))
+            .await?;
+        let mut rows = stored.rows;
+        for (_, batch) in parts.iter().filter(|(seq, _)| *seq > stored.flushed_seq) {
+            for delta in &batch.red {
+                let start = resolution.align(delta.window_start_ms);
+                if start >= from && start < to && matches_filter(&delta.endpoint, &filter) {
+                    let mut delta = delta.clone();
+                    delta.window_start_ms = start;
+                    rows.push(delta);
+                }
+            }
+        }
+        Ok(prefer_spans(rows))
+    }
+
+    pub async fn services(&self, range: TimeRange) -> Result<Vec<ServiceSummary>, StoreError> {
+        let resolution = self.resolution_for(range, 400);
+        let rows = self
+            .red_windows(RedFilter::default(), range, resolution)
+            .await?;
+        let mut by_service: BTreeMap<String, (RedStats, RedSource)> = BTreeMap::new();
+        for row in rows {
+            let entry = by_service
+                .entry(row.endpoint.service.clone())
+                .or_insert_with(|| (RedStats::default(), row.source));
+            entry.0.merge(&row.stats);
+        }
+        let seconds = range.seconds();
+        Ok(by_service
+            .into_iter()
+            .map(|(service, (stats, source))| ServiceSummary {
+                service,
+                requests: stats.requests,
+                errors: stats.errors,
+                error_rate: stats.error_rate(),
+                rate_per_s: stats.requests as f64 / seconds,
+                latency_ms: Latency::of(&stats),
+                estimate: stats.estimate(),
+                source: source_name(source),
+            })
+            .collect())
+    }
+
+    pub async fn endpoints(
+        &self,
+        service: &str,
+        range: TimeRange,
+    ) -> Result<Vec<EndpointSummary>, StoreError> {
+        let resolution = self.resolution_for(range, 400);
+        let filter = RedFilter {
+            service: Some(service.to_string()),
+            ..Default::default()
+        };
+        let rows = self.red_windows(filter, range, resolution).await?;
+        let mut by_endpoint: BTreeMap<(String, String), (RedStats, RedSource)> = BTreeMap::new();
+        for row in rows {
+            let entry = by_endpoint
+                .entry((row.endpoint.method.clone(), row.endpoint.route.clone()))
+                .or_insert_with(|| (RedStats::default(), row.source));
+            entry.0.merge(&row.stats);
+        }
+        let seconds = range.seconds();
+        Ok(by_endpoint
+            .into_iter()
+            .map(|((method, route), (stats, source))| EndpointSummary {
+                method,
+                route,
+                requests: stats.requests,
+                errors: stats.errors,
+                error_rate: stats.error_rate(),
+                rate_per_s: stats.requests as f64 / seconds,
+                status: STATUS_CLASSES
+                    .iter()
+                    .zip(stats.status)
+                    .map(|(class, n)| (*class, n))
+                    .collect(),
+                latency_ms: Latency::of(&stats),
+                estimate: stats.estimate(),
+                source: source_name(source),
+            })
+            .collect())
+    }
+
+    /// A RED statistic per step for a service, or one endpoint of it. Steps without data have
+    /// no point (a gap, not a zero).
+    pub async fn series(
+        &self,
+        filter: RedFilter,
+        stat: RedStat,
+        range: TimeRange,
+        step_ms: i64,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        let resolution = self.resolution_for_step(range, step_ms);
+        let step_ms = step_ms.max(resolution.millis());
+        let rows = self.red_windows(filter, range, resolution).await?;
+        let mut steps: BTreeMap<i64, RedStats> = BTreeMap::new();
+        for row in rows {
+            steps
+                .entry(row.window_start_ms.div_euclid(step_ms) * step_ms)
+                .or_default()
+                .merge(&row.stats);
+        }
+        let now = now_ms();
+        Ok(steps
+            .into_iter()
+            .filter_map(|(start, stats)| {
+                // The newest step is still filling: a rate divides by the time it has covered.
+                let seconds = ((start + step_ms).min(now) - start).max(1000) as f64 / 1000.0;
+                stat.value(&stats, seconds).map(|v| (start, v))
+            })
+            .collect())
+    }
+
+    fn resolution_for_step(&self, range: TimeRange, step_ms: i64) -> Resolution {
+        let age_ms = now_ms() - range.from_ms;
+        Resolution::ALL
+            .into_iter()
+            .rev()
+            .find(|r| r.millis() <= step_ms && age_ms <= self.retention.of(*r).as_millis() as i64)
+            .unwrap_or_else(|| self.resolution_for(range, 2_000))
+    }
+
+    /// Metric names of a service, with type, unit and attribute keys.
+    pub async fn metrics(
+        &self,
+        service: Option<&str>,
+    ) -> Result<Vec<MetricDescription>, StoreError> {
+        let wanted = service.map(str::to_string);
+        let stored = self
+            .readers
+            .run(move |conn| read::metric_series(conn, wanted.as_deref()))
+            .await?;
+        let mut series: Vec<SeriesInfo> = stored.into_iter().map(|row| row.series).collect();
+        for (_, batch) in self.live.unflushed(service) {
+            series.extend(batch.metrics.iter().map(|delta| delta.series.clone()));
+        }
+        // (service, name) → (description, attribute keys, distinct attribute sets)
+        type Described = (
+            SeriesInfo,
+            HashSet<String>,
+            HashSet<BTreeMap<String, String>>,
+        );
+        let mut by_name: BTreeMap<(String, String), Described> = BTreeMap::new();
+        for info in series {
+            let entry = by_name
+                .entry((info.key.service.clone(), info.key.name.clone()))
+                .or_insert_with(|| (info.clone(), HashSet::new(), HashSet::new()));
+            entry.1.extend(info.key.attributes.keys().cloned());
+            entry.2.insert(info.key.attributes.clone());
+        }
+        Ok(by_name
+            .into_values()
+            .map(|(info, keys, sets)| {
+                let mut attribute_keys: Vec<String> = keys.into_iter().collect();
+                attribute_keys.sort();
+                MetricDescription {
+                    name: info.key.name,
+                    kind: info.kind,
+                    unit: info.unit,
+                    description: info.description,
+                    attribute_keys,
+                    series: sets.len(),
+                }
+            })
+            .collect())
+    }
+
+    /// One OTLP metric per step, one line per attribute set (after `filter` and `group_by`:
+    /// series are merged over attributes not in `group_by`, when it is given).
+    pub async fn metric_series(
+        &self,
+        service: &str,
+        name: &str,
+        request: MetricQuery,
+    ) -> Result<(Option<SeriesInfo>, Vec<MetricSeriesPoints>), StoreError> {
+        let MetricQuery {
+            range,
+            step_ms,
+            aggregation,
+            filter,
+            group_by,
+        } = request;
+        let resolution = self.resolution_for_step(range, step_ms);
+        let step_ms = step_ms.max(resolution.millis());
+        let (svc, metric) = (service.to_string(), name.to_string());
+        let from = resolution.align(range.from_ms);
+        let to = range.to_ms;
+        let stored = self
+            .readers
+            .run(move |conn| read::metric_windows(conn, &svc, &metric, resolution, from, to))
+            .await?;
+        let mut rows: Vec<MetricDelta> = stored.rows;
+        for (seq, batch) in self.live.unflushed(Some(service)) {
+            if seq <= stored.flushed_seq {
+                continue;
+            }
+            for delta in &batch.metrics {
+                let start = resolution.align(delta.window_start_ms);
+                if delta.series.key.name == name && start >= from && start < to {
+                    let mut delta = delta.clone();
+                    delta.window_start_ms = start;
+                    rows.push(delta);
+                }
+            }
+        }
+        let info = rows.first().map(|r| r.series.clone());
+        let aggregation = aggregation.unwrap_or_else(|| {
+            info.as_ref()
+                .map(|i| MetricAggregation::default_for(i.kind))
+                .unwrap_or(MetricAggregation::Avg)
+        });
+        let mut lines: BTreeMap<BTreeMap<String, String>, BTreeMap<i64, MetricAgg>> =
+            BTreeMap::new();
+        for row in rows {
+            let attributes = &row.series.key.attributes;
+            if !filter.iter().all(|(k, v)| attributes.get(k) == Some(v)) {
+                continue;
+            }
+            let line_key: BTreeMap<String, String> = match &group_by {
+                Some(keys) => attributes
+                    .iter()
+                    .filter(|(k, _)| keys.contains(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                None => attributes.clone(),
+            };
+            lines
+                .entry(line_key)
+                .or_default()
+                .entry(row.window_start_ms.div_euclid(step_ms) * step_ms)
+                .or_default()
+                .merge(&row.agg);
+        }
+        let now = now_ms();
+        let series = lines
+            .into_iter()
+            .map(|(attributes, steps)| MetricSeriesPoints {
+                attributes,
+                points: steps
+                    .into_iter()
+                    .filter_map(|(start, agg)| {
+                        let seconds =
+                            ((start + step_ms).min(now) - start).max(1000) as f64 / 1000.0;
+                        aggregation.value(&agg, seconds).map(|v| (start, v))
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok((info, series))
+    }
+
+    pub async fn traces(&self, filter: TraceFilter) -> Result<Vec<TraceSummary>, StoreError> {
+        self.readers
+            .run(move |conn| read::traces(conn, &filter))
+            .await
+    }
+
+    /// Every span of a trace: stored ones plus kept spans not yet flushed.
+    pub async fn trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
+        let id = trace_id.to_string();
+        let mut spans = self
+            .readers
+            .run(move |conn| read::trace_spans(conn, &id))
+            .await?;
+        let known: HashSet<String> = spans.iter().map(|s| s.span_id.clone()).collect();
+        let pending: Vec<Arc<FlushBatch>> = self
+            .live
+            .unflushed(None)
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        for batch in pending {
+            for (span, _) in &batch.spans {
+                if span.trace_id == trace_id && !known.contains(&span.span_id) {
+                    spans.push(span.clone());
+                }
+            }
+        }
+        spans.sort_by(|a, b| {
+            a.start_unix_ns
+                .cmp(&b.start_unix_ns)
+                .then(a.span_id.cmp(&b.span_id))
+        });
+        spans.dedup_by(|a, b| a.span_id == b.span_id);
+        Ok(spans)
+    }
+}
+
+/// Options of a metric series query.
+#[derive(Debug, Clone)]
+pub struct MetricQuery {
+    pub range: TimeRange,
+    pub step_ms: i64,
+    pub aggregation: Option<MetricAggregation>,
+    /// Attribute equality filters.
+    pub filter: BTreeMap<String, String>,
+    pub group_by: Option<Vec<String>>,
+}
+
+fn matches_filter(endpoint: &EndpointKey, filter: &RedFilter) -> bool {
+    filter
+        .service
+        .as_ref()
+        .is_none_or(|s| *s == endpoint.service)
+        && filter.method.as_ref().is_none_or(|m| *m == endpoint.method)
+        && filter.route.as_ref().is_none_or(|r| *r == endpoint.route)
+}
+
+/// A service that sends spans is read from its spans only; its duration metric would count
+/// the same requests again.
+fn prefer_spans(rows: Vec<RedDelta>) -> Vec<RedDelta> {
+    let with_spans: HashSet<String> = rows
+        .iter()
+        .filter(|r| r.source == RedSource::Spans)
+        .map(|r| r.endpoint.service.clone())
+        .collect();
+    let mut kept: Vec<RedDelta> = rows
+        .into_iter()
+        .filter(|r| r.source == RedSource::Spans || !with_spans.contains(&r.endpoint.service))
+        .collect();
+    kept.sort_by_key(|r| r.window_start_ms);
+    kept
+}
+
+fn source_name(source: RedSource) -> &'static str {
+    match source {
+        RedSource::Spans => "spans",
+        RedSource::Metrics => "metrics",
+    }
+}

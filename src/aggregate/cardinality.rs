@@ -177,7 +177,10 @@ mod tests {
         let mut guard = guard();
         guard.admit_endpoint(&endpoint("a", "/"), 0);
         guard.admit_endpoint(&endpoint("b", "/"), 0);
-        assert_eq!(guard.admit_endpoint(&endpoint("c", "/"), 0).service, OVERFLOW);
+        assert_eq!(
+            guard.admit_endpoint(&endpoint("c", "/"), 0).service,
+            OVERFLOW
+        );
         assert_eq!(guard.overflow().services, 1);
     }
 
@@ -190,7 +193,10 @@ mod tests {
         guard.admit_endpoint(&endpoint("a", "/r0"), 5000);
         guard.expire(5500);
         assert_eq!(guard.endpoint_count(), 1);
-        assert_eq!(guard.admit_endpoint(&endpoint("a", "/new"), 5500).route, "/new");
+        assert_eq!(
+            guard.admit_endpoint(&endpoint("a", "/new"), 5500).route,
+            "/new"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use crate::aggregate::histogram;
-use crate::model::{HistogramValue, MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality};
+use crate::model::{
+    HistogramValue, MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality,
+};
 
 /// One series over one window. Merges associatively.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -198,19 +200,37 @@ mod tests {
     #[test]
     fn cumulative_counters_become_increases_with_resets() {
         let mut converter = DeltaConverter::new(100);
-        assert_eq!(converter.contribution(&counter(10.0, 200)), Contribution::Number(10.0));
-        assert_eq!(converter.contribution(&counter(15.0, 200)), Contribution::Number(5.0));
+        assert_eq!(
+            converter.contribution(&counter(10.0, 200)),
+            Contribution::Number(10.0)
+        );
+        assert_eq!(
+            converter.contribution(&counter(15.0, 200)),
+            Contribution::Number(5.0)
+        );
         // Reset within the same run (value went down): the new value is all new.
-        assert_eq!(converter.contribution(&counter(3.0, 200)), Contribution::Number(3.0));
+        assert_eq!(
+            converter.contribution(&counter(3.0, 200)),
+            Contribution::Number(3.0)
+        );
         // A restart of the exporter (new start time).
-        assert_eq!(converter.contribution(&counter(2.0, 300)), Contribution::Number(2.0));
+        assert_eq!(
+            converter.contribution(&counter(2.0, 300)),
+            Contribution::Number(2.0)
+        );
     }
 
     #[test]
     fn series_older_than_redline_start_with_a_baseline() {
         let mut converter = DeltaConverter::new(1_000);
-        assert_eq!(converter.contribution(&counter(500.0, 10)), Contribution::Baseline);
-        assert_eq!(converter.contribution(&counter(510.0, 10)), Contribution::Number(10.0));
+        assert_eq!(
+            converter.contribution(&counter(500.0, 10)),
+            Contribution::Baseline
+        );
+        assert_eq!(
+            converter.contribution(&counter(510.0, 10)),
+            Contribution::Number(10.0)
+        );
     }
 
     #[test]

@@ -166,10 +166,10 @@ impl Aggregator {
         } else {
             self.converter.contribution(point)
         };
-        if let Contribution::Histogram(delta) = &contribution {
-            if point.series.name == HTTP_SERVER_DURATION {
-                self.add_request_histogram(point, delta, window, now_ms);
-            }
+        if let Contribution::Histogram(delta) = &contribution
+            && point.series.name == HTTP_SERVER_DURATION
+        {
+            self.add_request_histogram(point, delta, window, now_ms);
         }
         let info = SeriesInfo {
             key: key.clone(),
@@ -210,7 +210,8 @@ impl Aggregator {
             .get("http.response.status_code")
             .or_else(|| attributes.get("http.status_code"))
             .and_then(|s| s.parse::<u16>().ok());
-        let is_error = status_code.is_some_and(|c| c >= 500) || attributes.contains_key("error.type");
+        let is_error =
+            status_code.is_some_and(|c| c >= 500) || attributes.contains_key("error.type");
         let to_ms = match point.unit.as_str() {
             "ms" => 1.0,
             "us" | "µs" => 0.001,
@@ -336,7 +337,11 @@ mod tests {
         aggregator.apply(batch, now);
         let mut flush = aggregator.take_flush(now);
         flush.red.sort_by_key(|d| d.window_start_ms);
-        let windows: Vec<_> = flush.red.iter().map(|d| (d.window_start_ms, d.stats.requests)).collect();
+        let windows: Vec<_> = flush
+            .red
+            .iter()
+            .map(|d| (d.window_start_ms, d.stats.requests))
+            .collect();
         assert_eq!(windows, vec![(990_000, 1), (1_000_000, 1), (1_010_000, 1)]);
         assert_eq!(flush.red[1].stats.errors, 1);
         assert!(aggregator.take_flush(now).is_empty());

@@ -88,7 +88,11 @@ impl RedStats {
         if value.count == 0 {
             return;
         }
-        self.count(value.count, if is_error { value.count } else { 0 }, status_code);
+        self.count(
+            value.count,
+            if is_error { value.count } else { 0 },
+            status_code,
+        );
         self.duration_sum_ms += value.sum * to_ms;
         if let Some(min) = value.min {
             self.duration_min_ms = self.duration_min_ms.min(min * to_ms);
@@ -164,11 +168,15 @@ impl RedStats {
     }
 
     pub fn min_ms(&self) -> Option<f64> {
-        self.duration_min_ms.is_finite().then_some(self.duration_min_ms)
+        self.duration_min_ms
+            .is_finite()
+            .then_some(self.duration_min_ms)
     }
 
     pub fn max_ms(&self) -> Option<f64> {
-        self.duration_max_ms.is_finite().then_some(self.duration_max_ms)
+        self.duration_max_ms
+            .is_finite()
+            .then_some(self.duration_max_ms)
     }
 
     pub fn error_rate(&self) -> f64 {

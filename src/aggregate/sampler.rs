@@ -96,7 +96,11 @@ impl TraceSampler {
         };
         let end_ms = (span.span.end_time_unix_nano / 1_000_000) as i64;
         if self.kept.contains(&trace_id) {
-            let reason = if span.is_error { KeepReason::Error } else { KeepReason::Sampled };
+            let reason = if span.is_error {
+                KeepReason::Error
+            } else {
+                KeepReason::Sampled
+            };
             self.out.push((span_record(&span), reason));
             return;
         }
@@ -119,13 +123,20 @@ impl TraceSampler {
         }
     }
 
-    fn decide(&mut self, trace_id: &TraceId, span: &IncomingSpan, end_ms: i64) -> Option<KeepReason> {
+    fn decide(
+        &mut self,
+        trace_id: &TraceId,
+        span: &IncomingSpan,
+        end_ms: i64,
+    ) -> Option<KeepReason> {
         if span.is_error {
             return Some(KeepReason::Error);
         }
         if let Some(endpoint) = &span.endpoint {
-            let duration = span.span.end_time_unix_nano.saturating_sub(span.span.start_time_unix_nano)
-                as f64;
+            let duration = span
+                .span
+                .end_time_unix_nano
+                .saturating_sub(span.span.start_time_unix_nano) as f64;
             if self.is_among_slowest(endpoint, duration, end_ms) {
                 return Some(KeepReason::Slow);
             }
@@ -272,7 +283,11 @@ mod tests {
         sampler.offer(span(1, 1, 100, false, true)); // first: slowest so far
         sampler.offer(span(2, 1, 50, false, true)); // not slower
         sampler.offer(span(3, 1, 200, false, true)); // slower: kept
-        let kept: Vec<_> = sampler.take_kept().into_iter().map(|(s, _)| s.trace_id).collect();
+        let kept: Vec<_> = sampler
+            .take_kept()
+            .into_iter()
+            .map(|(s, _)| s.trace_id)
+            .collect();
         assert_eq!(kept.len(), 2);
         assert!(kept[0].starts_with("01"));
         assert!(kept[1].starts_with("03"));

@@ -126,22 +126,26 @@ fn find_attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyVa
 }
 
 fn string_attribute<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<&'a str> {
-    keys.iter().find_map(|key| match find_attribute(attributes, key)?.value.as_ref()? {
-        any_value::Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
-        _ => None,
-    })
+    keys.iter().find_map(
+        |key| match find_attribute(attributes, key)?.value.as_ref()? {
+            any_value::Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
+            _ => None,
+        },
+    )
 }
 
 /// `http.response.status_code`, or the older `http.status_code`, as int or string.
 fn http_status_code(attributes: &[KeyValue]) -> Option<u16> {
     ["http.response.status_code", "http.status_code"]
         .iter()
-        .find_map(|key| match find_attribute(attributes, key)?.value.as_ref()? {
-            any_value::Value::IntValue(v) => u16::try_from(*v).ok(),
-            any_value::Value::StringValue(s) => s.parse().ok(),
-            any_value::Value::DoubleValue(v) => Some(*v as u16),
-            _ => None,
-        })
+        .find_map(
+            |key| match find_attribute(attributes, key)?.value.as_ref()? {
+                any_value::Value::IntValue(v) => u16::try_from(*v).ok(),
+                any_value::Value::StringValue(s) => s.parse().ok(),
+                any_value::Value::DoubleValue(v) => Some(*v as u16),
+                _ => None,
+            },
+        )
 }
 
 const KNOWN_METHODS: [&str; 10] = [
@@ -160,7 +164,8 @@ pub fn normalize_method(method: &str) -> String {
 }
 
 fn request_method(span: &Span) -> String {
-    if let Some(method) = string_attribute(&span.attributes, &["http.request.method", "http.method"])
+    if let Some(method) =
+        string_attribute(&span.attributes, &["http.request.method", "http.method"])
     {
         return normalize_method(method);
     }
@@ -180,10 +185,10 @@ fn route(span: &Span) -> String {
     if let Some(route) = string_attribute(&span.attributes, &["http.route"]) {
         return route.to_string();
     }
-    if is_http(span) {
-        if let Some(path) = url_path(&span.attributes) {
-            return template_path(&path);
-        }
+    if is_http(span)
+        && let Some(path) = url_path(&span.attributes)
+    {
+        return template_path(&path);
     }
     span.name.clone()
 }
@@ -203,7 +208,13 @@ fn url_path(attributes: &[KeyValue]) -> Option<String> {
 pub fn template_path(path: &str) -> String {
     let templated: Vec<&str> = path
         .split('/')
-        .map(|segment| if is_id_segment(segment) { "{id}" } else { segment })
+        .map(|segment| {
+            if is_id_segment(segment) {
+                "{id}"
+            } else {
+                segment
+            }
+        })
         .collect();
     let joined = templated.join("/");
     if joined.is_empty() {
@@ -244,7 +255,11 @@ pub fn any_value_to_string(value: &AnyValue) -> String {
                 .values
                 .iter()
                 .map(|kv| {
-                    let v = kv.value.as_ref().map(any_value_to_string).unwrap_or_default();
+                    let v = kv
+                        .value
+                        .as_ref()
+                        .map(any_value_to_string)
+                        .unwrap_or_default();
                     format!("{}={}", kv.key, v)
                 })
                 .collect();
@@ -259,7 +274,11 @@ fn attributes_map(attributes: &[KeyValue]) -> BTreeMap<String, String> {
     attributes
         .iter()
         .map(|kv| {
-            let value = kv.value.as_ref().map(any_value_to_string).unwrap_or_default();
+            let value = kv
+                .value
+                .as_ref()
+                .map(any_value_to_string)
+                .unwrap_or_default();
             (kv.key.clone(), value)
         })
         .collect()
@@ -276,14 +295,19 @@ pub fn span_record(incoming: &IncomingSpan) -> SpanRecord {
     SpanRecord {
         trace_id: hex::encode(&span.trace_id),
         span_id: hex::encode(&span.span_id),
-        parent_span_id: (!span.parent_span_id.is_empty()).then(|| hex::encode(&span.parent_span_id)),
+        parent_span_id: (!span.parent_span_id.is_empty())
+            .then(|| hex::encode(&span.parent_span_id)),
         service: incoming.service.to_string(),
         name: span.name.clone(),
         kind: span_kind_name(span.kind).to_string(),
         start_unix_ns: span.start_time_unix_nano,
         end_unix_ns: span.end_time_unix_nano,
         status: status.to_string(),
-        status_message: span.status.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
+        status_message: span
+            .status
+            .as_ref()
+            .map(|s| s.message.clone())
+            .unwrap_or_default(),
         attributes: attributes_map(&span.attributes),
         events: span
             .events
@@ -382,7 +406,9 @@ fn convert_metric(
         temporality,
     };
     if name.is_empty() {
-        out.reject(count_points(&metric.data), || "metric without a name".into());
+        out.reject(count_points(&metric.data), || {
+            "metric without a name".into()
+        });
         return;
     }
     match &metric.data {
@@ -473,16 +499,20 @@ fn convert_metric(
             for p in &histogram.data_points {
                 if !(-10..=20).contains(&p.scale) {
                     out.reject(1, || {
-                        format!("exponential histogram {name:?}: scale {} out of range", p.scale)
+                        format!(
+                            "exponential histogram {name:?}: scale {} out of range",
+                            p.scale
+                        )
                     });
                     continue;
                 }
-                let positive = p.positive.clone().unwrap_or(
-                    exponential_histogram_data_point::Buckets {
-                        offset: 0,
-                        bucket_counts: Vec::new(),
-                    },
-                );
+                let positive =
+                    p.positive
+                        .clone()
+                        .unwrap_or(exponential_histogram_data_point::Buckets {
+                            offset: 0,
+                            bucket_counts: Vec::new(),
+                        });
                 let value = HistogramValue {
                     count: p.count,
                     sum: p.sum.unwrap_or(0.0),
@@ -663,7 +693,10 @@ mod tests {
         assert_eq!(converted.rejected, 1);
         assert!(converted.first_error.unwrap().contains("trace_id"));
         assert_eq!(converted.batch.requests.len(), 1);
-        assert_eq!(converted.batch.requests[0].endpoint.service, UNKNOWN_SERVICE);
+        assert_eq!(
+            converted.batch.requests[0].endpoint.service,
+            UNKNOWN_SERVICE
+        );
         assert!((converted.batch.requests[0].duration_ms - 250.0).abs() < 1e-9);
     }
 }

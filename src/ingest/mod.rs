@@ -1,4 +1,82 @@
 //! OTLP receivers: gRPC and HTTP front ends that decode, convert and hand batches to the
-//! bounded ingest queue, answering as the OTLP specification requires.
+//! bounded ingest queue, answering as the OTLP specification requires. Both share
+//! [`Ingestor`], so they count, reject and throttle the same way.
 
 pub mod convert;
+pub mod grpc;
+pub mod http;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+use crate::pipeline::{IngestQueue, SubmitError};
+use crate::self_metrics::{self, Signal};
+
+/// What an accepted export reports back (`partial_success`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Accepted {
+    pub rejected: u64,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IngestError {
+    #[error("redline is overloaded: the ingest queue is full, retry later")]
+    Overloaded,
+    #[error("redline is shutting down")]
+    ShuttingDown,
+}
+
+/// Seconds a throttled client is asked to wait.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
+#[derive(Clone)]
+pub struct Ingestor {
+    queue: IngestQueue,
+}
+
+impl Ingestor {
+    pub fn new(queue: IngestQueue) -> Self {
+        Ingestor { queue }
+    }
+
+    pub fn traces(&self, request: ExportTraceServiceRequest) -> Result<Accepted, IngestError> {
+        let converted = convert::convert_traces(request);
+        let count = converted.batch.spans.len() as u64;
+        self.submit(Signal::Traces, converted, count)
+    }
+
+    pub fn metrics(&self, request: ExportMetricsServiceRequest) -> Result<Accepted, IngestError> {
+        let converted = convert::convert_metrics(request);
+        let count = converted.batch.metric_points.len() as u64;
+        self.submit(Signal::Metrics, converted, count)
+    }
+
+    fn submit(
+        &self,
+        signal: Signal,
+        converted: convert::Converted,
+        count: u64,
+    ) -> Result<Accepted, IngestError> {
+        if converted.rejected > 0 {
+            self_metrics::rejected(signal, "invalid", converted.rejected);
+        }
+        match self.queue.try_submit(converted.batch) {
+            Ok(()) => {
+                self_metrics::accepted(signal, count);
+                Ok(Accepted {
+                    rejected: converted.rejected,
+                    message: converted.first_error,
+                })
+            }
+            Err(SubmitError::Full) => {
+                self_metrics::rejected(signal, "overload", count);
+                Err(IngestError::Overloaded)
+            }
+            Err(SubmitError::Closed) => {
+                self_metrics::rejected(signal, "shutting_down", count);
+                Err(IngestError::ShuttingDown)
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! How RED statistics map onto table columns, in both directions.
+
+use rusqlite::Row;
+
+use crate::aggregate::red::{ExplicitBuckets, RedStats};
+use crate::aggregate::sketch::LatencySketch;
+use crate::store::StoreError;
+
+/// Column values of one RED row, ready for binding.
+pub struct RedColumns {
+    pub requests: i64,
+    pub errors: i64,
+    pub status: Vec<u8>,
+    pub sum_ms: f64,
+    pub min_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub sketch: Option<Vec<u8>>,
+    pub sketch_from_buckets: bool,
+    pub explicit: Option<String>,
+}
+
+pub fn to_columns(stats: &RedStats) -> RedColumns {
+    RedColumns {
+        requests: stats.requests as i64,
+        errors: stats.errors as i64,
+        status: stats.status.iter().flat_map(|c| c.to_le_bytes()).collect(),
+        sum_ms: stats.duration_sum_ms,
+        min_ms: stats.min_ms(),
+        max_ms: stats.max_ms(),
+        sketch: (stats.sketch.count() > 0).then(|| stats.sketch.encode()),
+        sketch_from_buckets: stats.sketch_from_buckets,
+        explicit: stats
+            .explicit
+            .as_ref()
+            .map(|e| serde_json::to_string(e).expect("buckets serialize")),
+    }
+}
+
+/// Column list matching [`from_row`], starting at the given row offset.
+pub const RED_COLUMNS: &str =
+    "requests, errors, status, sum_ms, min_ms, max_ms, sketch, sketch_from_buckets, explicit";
+
+pub fn from_row(row: &Row<'_>, offset: usize) -> Result<RedStats, StoreError> {
+    let requests: i64 = row.get(offset)?;
+    let errors: i64 = row.get(offset + 1)?;
+    let status_bytes: Vec<u8> = row.get(offset + 2)?;
+    let mut status = [0u64; 5];
+    if status_bytes.len() != 40 {
+        return Err(StoreError::Corrupt("status counts".into()));
+    }
+    for (i, chunk) in status_bytes.chunks_exact(8).enumerate() {
+        status[i] = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+    }
+    let sketch: Option<Vec<u8>> = row.get(offset + 6)?;
+    let explicit: Option<String> = row.get(offset + 8)?;
+    Ok(RedStats {
+        requests: requests as u64,
+        errors: errors as u64,
+        status,
+        duration_sum_ms: row.get(offset + 3)?,
+        duration_min_ms: row
+            .get::<_, Option<f64>>(offset + 4)?
+            .unwrap_or(f64::INFINITY),
+        duration_max_ms: row
+            .get::<_, Option<f64>>(offset + 5)?
+            .unwrap_or(f64::NEG_INFINITY),
+        sketch: match sketch {
+            Some(bytes) => {
+                LatencySketch::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
+            None => LatencySketch::default(),
+        },
+        sketch_from_buckets: row.get(offset + 7)?,
+        explicit: match explicit {
+            Some(text) => Some(
+                serde_json::from_str::<ExplicitBuckets>(&text)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            ),
+            None => None,
+        },
+    })
+}

@@ -1,0 +1,312 @@
+//! Reads: stored windows for a time range, metric series, sampled traces. Each RED or metric
+//! read returns the flush sequence number it saw, read in the same snapshot, so the query layer
+//! can add exactly the unflushed data the snapshot does not contain.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, params_from_iter, types::Value};
+
+use crate::aggregate::metric::MetricAgg;
+use crate::aggregate::{MetricDelta, RedDelta, SeriesInfo};
+use crate::model::{EndpointKey, MetricKind, MetricSeriesKey, RedSource, SpanEvent, SpanRecord};
+use crate::store::codec::{self, RED_COLUMNS};
+use crate::store::{Resolution, StoreError};
+
+/// Which endpoints a RED read covers.
+#[derive(Debug, Clone, Default)]
+pub struct RedFilter {
+    pub service: Option<String>,
+    pub method: Option<String>,
+    pub route: Option<String>,
+}
+
+pub struct RedRows {
+    pub rows: Vec<RedDelta>,
+    pub flushed_seq: u64,
+}
+
+fn flushed_seq(conn: &Connection) -> Result<u64, StoreError> {
+    let seq: i64 = conn.query_row(
+        "SELECT value FROM meta WHERE key = 'flushed_seq'",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok(seq as u64)
+}
+
+/// Runs `f` inside one read transaction: one consistent WAL snapshot.
+fn in_snapshot<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let tx = conn.transaction()?;
+    let result = f(&tx)?;
+    tx.finish()?;
+    Ok(result)
+}
+
+pub fn red_windows(
+    conn: &mut Connection,
+    filter: &RedFilter,
+    resolution: Resolution,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<RedRows, StoreError> {
+    in_snapshot(conn, |conn| {
+        let mut sql = format!(
+            "SELECT e.source, e.service, e.method, e.route, r.start_ms, {columns}
+             FROM red_{suffix} r JOIN endpoints e ON e.id = r.endpoint_id
+             WHERE r.start_ms >= ?1 AND r.start_ms < ?2",
+            columns = RED_COLUMNS
+                .split(", ")
+                .map(|c| format!("r.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            suffix = resolution.suffix(),
+        );
+        let mut values: Vec<Value> = vec![from_ms.into(), to_ms.into()];
+        for (column, value) in [
+            ("e.service", &filter.service),
+            ("e.method", &filter.method),
+            ("e.route", &filter.route),
+        ] {
+            if let Some(value) = value {
+                values.push(value.clone().into());
+                sql.push_str(&format!(" AND {column} = ?{}", values.len()));
+            }
+        }
+        let mut statement = conn.prepare_cached(&sql)?;
+        let mut rows = statement.query(params_from_iter(values))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let source: i64 = row.get(0)?;
+            out.push(RedDelta {
+                source: if source == RedSource::Metrics as i64 {
+                    RedSource::Metrics
+                } else {
+                    RedSource::Spans
+                },
+                endpoint: EndpointKey {
+                    service: row.get(1)?,
+                    method: row.get(2)?,
+                    route: row.get(3)?,
+                },
+                window_start_ms: row.get(4)?,
+                stats: codec::from_row(row, 5)?,
+            });
+        }
+        Ok(RedRows {
+            rows: out,
+            flushed_seq: flushed_seq(conn)?,
+        })
+    })
+}
+
+pub struct MetricSeriesRow {
+    pub series: SeriesInfo,
+}
+
+/// Metric series of a service (all services when `None`) that have data in the hour table.
+pub fn metric_series(
+    conn: &mut Connection,
+    service: Option<&str>,
+) -> Result<Vec<MetricSeriesRow>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT service, name, attributes, kind, unit, description FROM metric_series
+         WHERE ?1 IS NULL OR service = ?1 ORDER BY service, name, attributes",
+    )?;
+    let mut rows = statement.query([service])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(MetricSeriesRow {
+            series: series_info(row, 0)?,
+        });
+    }
+    Ok(out)
+}
+
+fn series_info(row: &rusqlite::Row<'_>, offset: usize) -> Result<SeriesInfo, StoreError> {
+    let attributes: String = row.get(offset + 2)?;
+    let kind: String = row.get(offset + 3)?;
+    Ok(SeriesInfo {
+        key: MetricSeriesKey {
+            service: row.get(offset)?,
+            name: row.get(offset + 1)?,
+            attributes: serde_json::from_str::<BTreeMap<String, String>>(&attributes)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        },
+        kind: MetricKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("metric kind {kind:?}")))?,
+        unit: row.get(offset + 4)?,
+        description: row.get(offset + 5)?,
+    })
+}
+
+pub struct MetricRows {
+    pub rows: Vec<MetricDelta>,
+    pub flushed_seq: u64,
+}
+
+/// Windows of every series named `name` of `service` in the range.
+pub fn metric_windows(
+    conn: &mut Connection,
+    service: &str,
+    name: &str,
+    resolution: Resolution,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<MetricRows, StoreError> {
+    in_snapshot(conn, |conn| {
+        let sql = format!(
+            "SELECT s.service, s.name, s.attributes, s.kind, s.unit, s.description, m.start_ms, m.agg
+             FROM metric_{suffix} m JOIN metric_series s ON s.id = m.series_id
+             WHERE s.service = ?1 AND s.name = ?2 AND m.start_ms >= ?3 AND m.start_ms < ?4",
+            suffix = resolution.suffix()
+        );
+        let mut statement = conn.prepare_cached(&sql)?;
+        let mut rows = statement.query(rusqlite::params![service, name, from_ms, to_ms])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let agg: String = row.get(7)?;
+            out.push(MetricDelta {
+                series: series_info(row, 0)?,
+                window_start_ms: row.get(6)?,
+                agg: serde_json::from_str::<MetricAgg>(&agg)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            });
+        }
+        Ok(MetricRows {
+            rows: out,
+            flushed_seq: flushed_seq(conn)?,
+        })
+    })
+}
+
+/// Which sampled traces to list.
+#[derive(Debug, Clone, Default)]
+pub struct TraceFilter {
+    pub service: Option<String>,
+    pub method: Option<String>,
+    pub route: Option<String>,
+    pub errors_only: bool,
+    pub min_duration_ms: Option<f64>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub limit: usize,
+    /// Slowest first instead of newest first.
+    pub slowest_first: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TraceSummary {
+    pub trace_id: String,
+    pub service: Option<String>,
+    pub method: Option<String>,
+    pub route: Option<String>,
+    pub root_name: Option<String>,
+    pub start_unix_ms: f64,
+    pub duration_ms: f64,
+    pub error: bool,
+    pub span_count: u64,
+    /// Why it was kept: "error", "slow" or "sampled".
+    pub reason: String,
+}
+
+pub fn traces(
+    conn: &mut Connection,
+    filter: &TraceFilter,
+) -> Result<Vec<TraceSummary>, StoreError> {
+    let mut sql = String::from(
+        "SELECT trace_id, service, method, route, root_name, start_ns, end_ns, error, span_count,
+                reason
+         FROM traces WHERE start_ns >= ?1 AND start_ns < ?2",
+    );
+    let mut values: Vec<Value> = vec![
+        (filter.from_ms.saturating_mul(1_000_000)).into(),
+        (filter.to_ms.saturating_mul(1_000_000)).into(),
+    ];
+    for (column, value) in [
+        ("service", &filter.service),
+        ("method", &filter.method),
+        ("route", &filter.route),
+    ] {
+        if let Some(value) = value {
+            values.push(value.clone().into());
+            sql.push_str(&format!(" AND {column} = ?{}", values.len()));
+        }
+    }
+    if filter.errors_only {
+        sql.push_str(" AND error = 1");
+    }
+    if let Some(min) = filter.min_duration_ms {
+        values.push(((min * 1e6) as i64).into());
+        sql.push_str(&format!(" AND end_ns - start_ns >= ?{}", values.len()));
+    }
+    sql.push_str(if filter.slowest_first {
+        " ORDER BY end_ns - start_ns DESC"
+    } else {
+        " ORDER BY start_ns DESC"
+    });
+    values.push((filter.limit as i64).into());
+    sql.push_str(&format!(" LIMIT ?{}", values.len()));
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query(params_from_iter(values))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let start: i64 = row.get(5)?;
+        let end: i64 = row.get(6)?;
+        out.push(TraceSummary {
+            trace_id: row.get(0)?,
+            service: row.get(1)?,
+            method: row.get(2)?,
+            route: row.get(3)?,
+            root_name: row.get(4)?,
+            start_unix_ms: start as f64 / 1e6,
+            duration_ms: (end - start) as f64 / 1e6,
+            error: row.get(7)?,
+            span_count: row.get::<_, i64>(8)? as u64,
+            reason: row.get(9)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Every stored span of a trace, by start time.
+pub fn trace_spans(conn: &mut Connection, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT trace_id, span_id, parent_span_id, service, name, kind, start_ns, end_ns, status,
+                status_message, attributes, events
+         FROM spans WHERE trace_id = ?1 ORDER BY start_ns, span_id",
+    )?;
+    let mut rows = statement.query([trace_id])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let attributes: String = row.get(10)?;
+        let events: String = row.get(11)?;
+        let status: String = row.get(8)?;
+        let attributes: BTreeMap<String, String> =
+            serde_json::from_str(&attributes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let is_error = status == "error"
+            || ["http.response.status_code", "http.status_code"]
+                .iter()
+                .any(|k| attributes.get(*k).and_then(|v| v.parse::<u16>().ok()) >= Some(500));
+        out.push(SpanRecord {
+            trace_id: row.get(0)?,
+            span_id: row.get(1)?,
+            parent_span_id: row.get(2)?,
+            service: row.get(3)?,
+            name: row.get(4)?,
+            kind: row.get(5)?,
+            start_unix_ns: row.get::<_, i64>(6)? as u64,
+            end_unix_ns: row.get::<_, i64>(7)? as u64,
+            status,
+            status_message: row.get(9)?,
+            attributes,
+            events: serde_json::from_str::<Vec<SpanEvent>>(&events)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            endpoint: None,
+            is_error,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,140 @@
+//! The database schema as numbered migrations, applied in order and recorded in
+//! `PRAGMA user_version`, so any older file is brought up to date at open.
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema from version `index` to `index + 1`. Never edit a shipped one:
+/// append a new migration.
+const MIGRATIONS: &[&str] = &[
+    // 1: RED windows at three resolutions, metric windows, sampled traces.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO meta (key, value) VALUES ('flushed_seq', 0);
+
+    CREATE TABLE endpoints (
+        id INTEGER PRIMARY KEY,
+        service TEXT NOT NULL,
+        source INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        route TEXT NOT NULL,
+        UNIQUE (service, source, method, route)
+    );
+
+    CREATE TABLE red_10s (
+        endpoint_id INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        status BLOB NOT NULL,
+        sum_ms REAL NOT NULL,
+        min_ms REAL,
+        max_ms REAL,
+        sketch BLOB,
+        sketch_from_buckets INTEGER NOT NULL,
+        explicit TEXT,
+        PRIMARY KEY (endpoint_id, start_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX red_10s_start ON red_10s (start_ms);
+    CREATE TABLE red_1m AS SELECT * FROM red_10s WHERE 0;
+    CREATE TABLE red_1h AS SELECT * FROM red_10s WHERE 0;
+    CREATE UNIQUE INDEX red_1m_key ON red_1m (endpoint_id, start_ms);
+    CREATE INDEX red_1m_start ON red_1m (start_ms);
+    CREATE UNIQUE INDEX red_1h_key ON red_1h (endpoint_id, start_ms);
+    CREATE INDEX red_1h_start ON red_1h (start_ms);
+
+    CREATE TABLE metric_series (
+        id INTEGER PRIMARY KEY,
+        service TEXT NOT NULL,
+        name TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        description TEXT NOT NULL,
+        UNIQUE (service, name, attributes)
+    );
+    CREATE TABLE metric_10s (
+        series_id INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL,
+        agg TEXT NOT NULL,
+        PRIMARY KEY (series_id, start_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX metric_10s_start ON metric_10s (start_ms);
+    CREATE TABLE metric_1m AS SELECT * FROM metric_10s WHERE 0;
+    CREATE TABLE metric_1h AS SELECT * FROM metric_10s WHERE 0;
+    CREATE UNIQUE INDEX metric_1m_key ON metric_1m (series_id, start_ms);
+    CREATE INDEX metric_1m_start ON metric_1m (start_ms);
+    CREATE UNIQUE INDEX metric_1h_key ON metric_1h (series_id, start_ms);
+    CREATE INDEX metric_1h_start ON metric_1h (start_ms);
+
+    CREATE TABLE traces (
+        trace_id TEXT PRIMARY KEY,
+        start_ns INTEGER NOT NULL,
+        end_ns INTEGER NOT NULL,
+        service TEXT,
+        method TEXT,
+        route TEXT,
+        root_name TEXT,
+        error INTEGER NOT NULL,
+        span_count INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX traces_start ON traces (start_ns);
+    CREATE INDEX traces_service_start ON traces (service, start_ns);
+
+    CREATE TABLE spans (
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        parent_span_id TEXT,
+        service TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        start_ns INTEGER NOT NULL,
+        end_ns INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        status_message TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        events TEXT NOT NULL,
+        PRIMARY KEY (trace_id, span_id)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+pub fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Applies every migration the file has not seen, each in its own transaction.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_are_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, latest_version());
+        let seq: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'flushed_seq'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seq, 0);
+    }
+}

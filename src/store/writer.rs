@@ -1,0 +1,488 @@
+//! The writer thread: the only connection that writes. Applies each flush in one transaction
+//! (every resolution at once, so rollups never lag), records the flush sequence number with it,
+//! and enforces retention.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::aggregate::metric::MetricAgg;
+use crate::aggregate::red::RedStats;
+use crate::aggregate::{FlushBatch, SeriesInfo};
+use crate::model::{EndpointKey, RedSource, SpanRecord};
+use crate::self_metrics;
+use crate::store::codec::{self, RED_COLUMNS};
+use crate::store::{Resolution, Retention, StoreError};
+
+enum Command {
+    Flush {
+        seq: u64,
+        batch: Arc<FlushBatch>,
+    },
+    Retention {
+        now_ms: i64,
+    },
+    /// Replies once every command sent before it has been applied.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Sends work to the writer thread. Dropping every handle (or `close`) stops the thread after
+/// it has applied what was queued.
+pub struct WriterHandle {
+    tx: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Flushes queued ahead of the writer before the pipeline waits (and ingest backs up).
+const QUEUED_FLUSHES: usize = 16;
+
+/// Starts the writer thread on `conn`. `on_commit(seq)` runs after each flush is durable.
+pub fn spawn_writer(
+    conn: Connection,
+    retention: Retention,
+    on_commit: impl Fn(u64) + Send + 'static,
+) -> WriterHandle {
+    let (tx, mut rx) = mpsc::channel(QUEUED_FLUSHES);
+    let thread = std::thread::Builder::new()
+        .name("redline-store-writer".into())
+        .spawn(move || {
+            let mut writer = Writer {
+                conn,
+                retention,
+                endpoint_ids: HashMap::new(),
+                series_ids: HashMap::new(),
+            };
+            while let Some(command) = rx.blocking_recv() {
+                match command {
+                    Command::Flush { seq, batch } => {
+                        writer.flush_with_retries(seq, &batch);
+                        on_commit(seq);
+                    }
+                    Command::Retention { now_ms } => {
+                        if let Err(e) = writer.apply_retention(now_ms) {
+                            tracing::error!(error = %e, "retention failed");
+                        }
+                        writer.report_size();
+                    }
+                    Command::Barrier(reply) => {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+        })
+        .expect("spawn store writer thread");
+    WriterHandle {
+        tx,
+        thread: Some(thread),
+    }
+}
+
+impl WriterHandle {
+    /// Queues a flush; waits (backpressure) while the writer is behind.
+    pub async fn flush(&self, seq: u64, batch: Arc<FlushBatch>) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Flush { seq, batch })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    pub async fn retention(&self, now_ms: i64) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Retention { now_ms })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Resolves once everything queued before it is written.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send(Command::Barrier(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Stops the thread after it has applied everything queued, and waits for it.
+    pub async fn close(mut self) {
+        let thread = self.thread.take();
+        drop(self.tx);
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    retention: Retention,
+    /// Id caches; cleared when retention may have deleted rows, and when they grow past a cap.
+    endpoint_ids: HashMap<(RedSource, EndpointKey), i64>,
+    series_ids: HashMap<String, i64>,
+}
+
+const ID_CACHE_CAP: usize = 100_000;
+const WRITE_ATTEMPTS: u32 = 3;
+
+impl Writer {
+    fn flush_with_retries(&mut self, seq: u64, batch: &FlushBatch) {
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let started = Instant::now();
+            match self.write_flush(seq, batch) {
+                Ok(()) => {
+                    self_metrics::store_write(started.elapsed(), batch);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, "writing a flush failed");
+                    self.endpoint_ids.clear();
+                    self.series_ids.clear();
+                    std::thread::sleep(std::time::Duration::from_millis(100 * attempt as u64));
+                }
+            }
+        }
+        self_metrics::store_write_failed(batch);
+    }
+
+    fn write_flush(&mut self, seq: u64, batch: &FlushBatch) -> Result<(), StoreError> {
+        if self.endpoint_ids.len() > ID_CACHE_CAP {
+            self.endpoint_ids.clear();
+        }
+        if self.series_ids.len() > ID_CACHE_CAP {
+            self.series_ids.clear();
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut red_ids = Vec::with_capacity(batch.red.len());
+        for delta in &batch.red {
+            let key = (delta.source, delta.endpoint.clone());
+            let id = match self.endpoint_ids.get(&key) {
+                Some(id) => *id,
+                None => {
+                    let id = endpoint_id(&tx, delta.source, &delta.endpoint)?;
+                    self.endpoint_ids.insert(key, id);
+                    id
+                }
+            };
+            red_ids.push(id);
+        }
+        for resolution in Resolution::ALL {
+            let mut merged: HashMap<(i64, i64), RedStats> = HashMap::new();
+            for (delta, id) in batch.red.iter().zip(&red_ids) {
+                merged
+                    .entry((*id, resolution.align(delta.window_start_ms)))
+                    .or_default()
+                    .merge(&delta.stats);
+            }
+            for ((id, start_ms), stats) in merged {
+                upsert_red(&tx, resolution, id, start_ms, stats)?;
+            }
+        }
+
+        let mut series_ids = Vec::with_capacity(batch.metrics.len());
+        for delta in &batch.metrics {
+            let attributes =
+                serde_json::to_string(&delta.series.key.attributes).expect("attributes serialize");
+            let cache_key = format!(
+                "{}\u{0}{}\u{0}{}",
+                delta.series.key.service, delta.series.key.name, attributes
+            );
+            let id = match self.series_ids.get(&cache_key) {
+                Some(id) => *id,
+                None => {
+                    let id = series_id(&tx, &delta.series, &attributes)?;
+                    self.series_ids.insert(cache_key, id);
+                    id
+                }
+            };
+            series_ids.push(id);
+        }
+        for resolution in Resolution::ALL {
+            let mut merged: HashMap<(i64, i64), MetricAgg> = HashMap::new();
+            for (delta, id) in batch.metrics.iter().zip(&series_ids) {
+                merged
+                    .entry((*id, resolution.align(delta.window_start_ms)))
+                    .or_default()
+                    .merge(&delta.agg);
+            }
+            for ((id, start_ms), agg) in merged {
+                upsert_metric(&tx, resolution, id, start_ms, agg)?;
+            }
+        }
+
+        for (span, reason) in &batch.spans {
+            insert_span(&tx, span, reason.as_str())?;
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'flushed_seq'",
+            params![seq as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn apply_retention(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for resolution in Resolution::ALL {
+            let cutoff = now_ms - self.retention.of(resolution).as_millis() as i64;
+            let suffix = resolution.suffix();
+            tx.execute(
+                &format!("DELETE FROM red_{suffix} WHERE start_ms < ?1"),
+                params![cutoff],
+            )?;
+            tx.execute(
+                &format!("DELETE FROM metric_{suffix} WHERE start_ms < ?1"),
+                params![cutoff],
+            )?;
+        }
+        // Every row is written at all resolutions, so the longest-kept one decides.
+        tx.execute(
+            "DELETE FROM endpoints WHERE id NOT IN (SELECT endpoint_id FROM red_1h)",
+            [],
+        )?;
+        tx.execute(
+            "DELETE FROM metric_series WHERE id NOT IN (SELECT series_id FROM metric_1h)",
+            [],
+        )?;
+        let trace_cutoff_ns =
+            (now_ms - self.retention.traces.as_millis() as i64).max(0) as i128 * 1_000_000;
+        delete_traces_before(&tx, trace_cutoff_ns.min(i64::MAX as i128) as i64)?;
+        enforce_span_cap(&tx, self.retention.max_spans)?;
+        tx.commit()?;
+        self.endpoint_ids.clear();
+        self.series_ids.clear();
+        self.conn.execute_batch("PRAGMA incremental_vacuum;")?;
+        Ok(())
+    }
+
+    fn report_size(&self) {
+        let size: rusqlite::Result<i64> = self.conn.query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |row| row.get(0),
+        );
+        if let Ok(bytes) = size {
+            self_metrics::database_size(bytes as u64);
+        }
+    }
+}
+
+fn endpoint_id(
+    tx: &rusqlite::Transaction<'_>,
+    source: RedSource,
+    endpoint: &EndpointKey,
+) -> Result<i64, StoreError> {
+    let source = source as i64;
+    tx.execute(
+        "INSERT INTO endpoints (service, source, method, route) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT DO NOTHING",
+        params![endpoint.service, source, endpoint.method, endpoint.route],
+    )?;
+    Ok(tx.query_row(
+        "SELECT id FROM endpoints WHERE service = ?1 AND source = ?2 AND method = ?3 AND route = ?4",
+        params![endpoint.service, source, endpoint.method, endpoint.route],
+        |row| row.get(0),
+    )?)
+}
+
+fn series_id(
+    tx: &rusqlite::Transaction<'_>,
+    series: &SeriesInfo,
+    attributes: &str,
+) -> Result<i64, StoreError> {
+    tx.execute(
+        "INSERT INTO metric_series (service, name, attributes, kind, unit, description)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (service, name, attributes) DO UPDATE SET
+           kind = excluded.kind, unit = excluded.unit, description = excluded.description",
+        params![
+            series.key.service,
+            series.key.name,
+            attributes,
+            series.kind.as_str(),
+            series.unit,
+            series.description
+        ],
+    )?;
+    Ok(tx.query_row(
+        "SELECT id FROM metric_series WHERE service = ?1 AND name = ?2 AND attributes = ?3",
+        params![series.key.service, series.key.name, attributes],
+        |row| row.get(0),
+    )?)
+}
+
+fn upsert_red(
+    tx: &rusqlite::Transaction<'_>,
+    resolution: Resolution,
+    endpoint_id: i64,
+    start_ms: i64,
+    mut stats: RedStats,
+) -> Result<(), StoreError> {
+    let table = format!("red_{}", resolution.suffix());
+    let existing = tx
+        .prepare_cached(&format!(
+            "SELECT {RED_COLUMNS} FROM {table} WHERE endpoint_id = ?1 AND start_ms = ?2"
+        ))?
+        .query_row(params![endpoint_id, start_ms], |row| {
+            Ok(codec::from_row(row, 0))
+        })
+        .optional()?;
+    if let Some(existing) = existing {
+        stats.merge(&existing?);
+    }
+    let c = codec::to_columns(&stats);
+    tx.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO {table} (endpoint_id, start_ms, {RED_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    ))?
+    .execute(params![
+        endpoint_id,
+        start_ms,
+        c.requests,
+        c.errors,
+        c.status,
+        c.sum_ms,
+        c.min_ms,
+        c.max_ms,
+        c.sketch,
+        c.sketch_from_buckets,
+        c.explicit
+    ])?;
+    Ok(())
+}
+
+fn upsert_metric(
+    tx: &rusqlite::Transaction<'_>,
+    resolution: Resolution,
+    series_id: i64,
+    start_ms: i64,
+    mut agg: MetricAgg,
+) -> Result<(), StoreError> {
+    let table = format!("metric_{}", resolution.suffix());
+    let existing: Option<String> = tx
+        .prepare_cached(&format!(
+            "SELECT agg FROM {table} WHERE series_id = ?1 AND start_ms = ?2"
+        ))?
+        .query_row(params![series_id, start_ms], |row| row.get(0))
+        .optional()?;
+    if let Some(text) = existing {
+        let stored: MetricAgg =
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        agg.merge(&stored);
+    }
+    let text = serde_json::to_string(&agg).expect("metric window serializes");
+    tx.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO {table} (series_id, start_ms, agg) VALUES (?1, ?2, ?3)"
+    ))?
+    .execute(params![series_id, start_ms, text])?;
+    Ok(())
+}
+
+fn insert_span(
+    tx: &rusqlite::Transaction<'_>,
+    span: &SpanRecord,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO spans (trace_id, span_id, parent_span_id, service, name, kind,
+               start_ns, end_ns, status, status_message, attributes, events)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(params![
+            span.trace_id,
+            span.span_id,
+            span.parent_span_id,
+            span.service,
+            span.name,
+            span.kind,
+            span.start_unix_ns as i64,
+            span.end_unix_ns as i64,
+            span.status,
+            span.status_message,
+            serde_json::to_string(&span.attributes).expect("attributes serialize"),
+            serde_json::to_string(&span.events).expect("events serialize"),
+        ])?;
+    if inserted == 0 {
+        return Ok(());
+    }
+    let is_root = span.parent_span_id.is_none();
+    let (service, method, route) = match &span.endpoint {
+        Some(e) => (
+            Some(e.service.as_str()),
+            Some(e.method.as_str()),
+            Some(e.route.as_str()),
+        ),
+        None if is_root => (Some(span.service.as_str()), None, None),
+        None => (None, None, None),
+    };
+    tx.prepare_cached(
+        "INSERT INTO traces (trace_id, start_ns, end_ns, service, method, route, root_name,
+           error, span_count, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9)
+         ON CONFLICT (trace_id) DO UPDATE SET
+           start_ns = min(start_ns, excluded.start_ns),
+           end_ns = max(end_ns, excluded.end_ns),
+           service = CASE WHEN excluded.root_name IS NOT NULL AND excluded.service IS NOT NULL
+                          THEN excluded.service ELSE coalesce(service, excluded.service) END,
+           method = CASE WHEN excluded.root_name IS NOT NULL AND excluded.method IS NOT NULL
+                         THEN excluded.method ELSE coalesce(method, excluded.method) END,
+           route = CASE WHEN excluded.root_name IS NOT NULL AND excluded.route IS NOT NULL
+                        THEN excluded.route ELSE coalesce(route, excluded.route) END,
+           root_name = coalesce(excluded.root_name, root_name),
+           error = max(error, excluded.error),
+           span_count = span_count + 1,
+           reason = CASE WHEN excluded.reason = 'error' THEN 'error' ELSE reason END",
+    )?
+    .execute(params![
+        span.trace_id,
+        span.start_unix_ns as i64,
+        span.end_unix_ns as i64,
+        service,
+        method,
+        route,
+        is_root.then_some(span.name.as_str()),
+        span.is_error,
+        reason,
+    ])?;
+    Ok(())
+}
+
+fn delete_traces_before(tx: &rusqlite::Transaction<'_>, cutoff_ns: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM spans WHERE trace_id IN (SELECT trace_id FROM traces WHERE start_ns < ?1)",
+        params![cutoff_ns],
+    )?;
+    tx.execute("DELETE FROM traces WHERE start_ns < ?1", params![cutoff_ns])?;
+    Ok(())
+}
+
+/// Deletes the oldest traces until at most `max_spans` spans remain.
+fn enforce_span_cap(tx: &rusqlite::Transaction<'_>, max_spans: u64) -> Result<(), StoreError> {
+    let total: i64 = tx.query_row("SELECT count(*) FROM spans", [], |row| row.get(0))?;
+    let excess = total - max_spans as i64;
+    if excess <= 0 {
+        return Ok(());
+    }
+    // The start time at which the oldest traces hold `excess` spans.
+    let cutoff: Option<i64> = tx
+        .query_row(
+            "SELECT start_ns FROM (
+               SELECT start_ns, sum(span_count) OVER (ORDER BY start_ns) AS running FROM traces
+             ) WHERE running >= ?1 ORDER BY start_ns LIMIT 1",
+            params![excess],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(cutoff) = cutoff {
+        delete_traces_before(tx, cutoff + 1)?;
+    }
+    Ok(())
+}
