@@ -1,0 +1,519 @@
+//! Every SQL statement of the API, each a small function over [`Sql`]. Columns are always named
+//! (no `SELECT *`); list queries are keyset queries shaped to match an index.
+
+use super::Sql;
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::{Row, params, params_from_iter};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+/// The public fields of a product, with the SQL expression of each.
+pub const PRODUCT_FIELDS: &[(&str, &str)] = &[
+    ("id", "id"),
+    ("name", "name"),
+    ("description", "description"),
+    ("price_cents", "price_cents"),
+    ("category_id", "category_id"),
+    ("category_name", "category_name"),
+    ("review_count", "review_count"),
+    (
+        "rating_avg",
+        "CASE WHEN review_count > 0 THEN ROUND(rating_sum * 1.0 / review_count, 2) END",
+    ),
+    ("created_at", "created_at"),
+    ("updated_at", "updated_at"),
+    ("version", "version"),
+];
+
+pub const REVIEW_FIELDS: &[&str] = &["id", "product_id", "rating", "body", "created_at"];
+pub const CATEGORY_FIELDS: &[&str] = &["id", "name", "product_count"];
+
+/// SQLite's default limit on bound variables is 32766; stay far below it per `IN (…)` chunk.
+const IN_CHUNK: usize = 500;
+
+fn product_columns() -> String {
+    PRODUCT_FIELDS
+        .iter()
+        .map(|(_, e)| *e)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn to_json(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::from(i),
+        ValueRef::Real(f) => Value::from(f),
+        ValueRef::Text(t) => Value::from(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::from(hex::encode(b)),
+    }
+}
+
+fn row_map(row: &Row<'_>, names: &[&str]) -> rusqlite::Result<Map<String, Value>> {
+    let mut m = Map::with_capacity(names.len());
+    for (i, n) in names.iter().enumerate() {
+        m.insert((*n).to_string(), to_json(row.get_ref(i)?));
+    }
+    Ok(m)
+}
+
+fn product_row(row: &Row<'_>) -> rusqlite::Result<Map<String, Value>> {
+    let names: Vec<&str> = PRODUCT_FIELDS.iter().map(|(n, _)| *n).collect();
+    row_map(row, &names)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProductSort {
+    /// Newest first: `created_at DESC, id DESC`.
+    Created,
+    /// Cheapest first: `price_cents ASC, id ASC`.
+    Price,
+}
+
+impl ProductSort {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProductSort::Created => "created",
+            ProductSort::Price => "price",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductFilter {
+    pub category: Option<i64>,
+    pub min_price: Option<i64>,
+    pub max_price: Option<i64>,
+}
+
+/// The keyset list statement and its parameters (shared by the handler and the plan tests).
+/// Fetches `limit + 1` rows so the caller knows whether another page exists.
+pub fn product_list_sql(
+    filter: &ProductFilter,
+    sort: ProductSort,
+    after: Option<(i64, i64)>,
+    limit: u32,
+) -> (String, Vec<SqlValue>) {
+    let mut wheres = Vec::new();
+    let mut params: Vec<SqlValue> = Vec::new();
+    if let Some(c) = filter.category {
+        wheres.push("category_id = ?".to_string());
+        params.push(c.into());
+    }
+    // With sort=created the price bounds are residual filters (unary `+` keeps the planner on
+    // the created index, so pages stay index-ordered instead of sorting a price range).
+    let price_col = if sort == ProductSort::Created {
+        "+price_cents"
+    } else {
+        "price_cents"
+    };
+    if let Some(p) = filter.min_price {
+        wheres.push(format!("{price_col} >= ?"));
+        params.push(p.into());
+    }
+    if let Some(p) = filter.max_price {
+        wheres.push(format!("{price_col} <= ?"));
+        params.push(p.into());
+    }
+    let (order, keyset) = match sort {
+        ProductSort::Created => ("created_at DESC, id DESC", "(created_at, id) < (?, ?)"),
+        ProductSort::Price => ("price_cents ASC, id ASC", "(price_cents, id) > (?, ?)"),
+    };
+    if let Some((a, b)) = after {
+        wheres.push(keyset.to_string());
+        params.push(a.into());
+        params.push(b.into());
+    }
+    let where_sql = if wheres.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", wheres.join(" AND "))
+    };
+    params.push(i64::from(limit + 1).into());
+    (
+        format!(
+            "SELECT {} FROM products{where_sql} ORDER BY {order} LIMIT ?",
+            product_columns()
+        ),
+        params,
+    )
+}
+
+pub fn list_products(
+    sql: &Sql,
+    filter: &ProductFilter,
+    sort: ProductSort,
+    after: Option<(i64, i64)>,
+    limit: u32,
+) -> rusqlite::Result<Vec<Map<String, Value>>> {
+    let (stmt, p) = product_list_sql(filter, sort, after, limit);
+    sql.query(&stmt, params_from_iter(p), product_row)
+}
+
+pub fn get_product(sql: &Sql, id: i64) -> rusqlite::Result<Option<Map<String, Value>>> {
+    let stmt = format!("SELECT {} FROM products WHERE id = ?1", product_columns());
+    sql.query_opt(&stmt, [id], product_row)
+}
+
+pub fn category_name(sql: &Sql, id: i64) -> rusqlite::Result<Option<String>> {
+    sql.query_opt("SELECT name FROM categories WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })
+}
+
+pub struct NewProduct {
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub category_id: i64,
+    pub category_name: String,
+}
+
+pub fn insert_product(sql: &Sql, p: &NewProduct, now: i64) -> rusqlite::Result<i64> {
+    sql.execute(
+        "INSERT INTO products (category_id, category_name, name, description, price_cents,
+            review_count, rating_sum, view_count, created_at, updated_at, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0, ?6, ?6, 1)",
+        params![
+            p.category_id,
+            p.category_name,
+            p.name,
+            p.description,
+            p.price_cents,
+            now
+        ],
+    )?;
+    let id = sql.last_insert_rowid();
+    sql.execute(
+        "UPDATE categories SET product_count = product_count + 1 WHERE id = ?1",
+        [p.category_id],
+    )?;
+    Ok(id)
+}
+
+pub fn update_product(sql: &Sql, id: i64, p: &NewProduct, now: i64) -> rusqlite::Result<usize> {
+    sql.execute(
+        "UPDATE products SET name = ?2, description = ?3, price_cents = ?4, category_id = ?5,
+            category_name = ?6, updated_at = ?7, version = version + 1 WHERE id = ?1",
+        params![
+            id,
+            p.name,
+            p.description,
+            p.price_cents,
+            p.category_id,
+            p.category_name,
+            now
+        ],
+    )
+}
+
+pub fn move_category_count(sql: &Sql, from: i64, to: i64) -> rusqlite::Result<()> {
+    if from != to {
+        sql.execute(
+            "UPDATE categories SET product_count = product_count - 1 WHERE id = ?1",
+            [from],
+        )?;
+        sql.execute(
+            "UPDATE categories SET product_count = product_count + 1 WHERE id = ?1",
+            [to],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn delete_product(sql: &Sql, id: i64, category_id: i64) -> rusqlite::Result<usize> {
+    let n = sql.execute("DELETE FROM products WHERE id = ?1", [id])?;
+    if n > 0 {
+        sql.execute(
+            "UPDATE categories SET product_count = product_count - 1 WHERE id = ?1",
+            [category_id],
+        )?;
+    }
+    Ok(n)
+}
+
+/// Keyset page of a product's reviews, newest first.
+pub fn review_list_sql(
+    product_id: i64,
+    after: Option<(i64, i64)>,
+    limit: u32,
+) -> (String, Vec<SqlValue>) {
+    let mut params: Vec<SqlValue> = vec![product_id.into()];
+    let keyset = if let Some((a, b)) = after {
+        params.push(a.into());
+        params.push(b.into());
+        " AND (created_at, id) < (?, ?)"
+    } else {
+        ""
+    };
+    params.push(i64::from(limit + 1).into());
+    (
+        format!(
+            "SELECT {} FROM reviews WHERE product_id = ?{keyset} ORDER BY created_at DESC, id DESC LIMIT ?",
+            REVIEW_FIELDS.join(", ")
+        ),
+        params,
+    )
+}
+
+pub fn list_reviews(
+    sql: &Sql,
+    product_id: i64,
+    after: Option<(i64, i64)>,
+    limit: u32,
+) -> rusqlite::Result<Vec<Map<String, Value>>> {
+    let (stmt, p) = review_list_sql(product_id, after, limit);
+    sql.query(&stmt, params_from_iter(p), |r| row_map(r, REVIEW_FIELDS))
+}
+
+pub fn insert_review(
+    sql: &Sql,
+    product_id: i64,
+    rating: i64,
+    body: &str,
+    now: i64,
+) -> rusqlite::Result<i64> {
+    sql.execute(
+        "INSERT INTO reviews (product_id, rating, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![product_id, rating, body, now],
+    )?;
+    let id = sql.last_insert_rowid();
+    sql.execute(
+        "UPDATE products SET review_count = review_count + 1, rating_sum = rating_sum + ?2 WHERE id = ?1",
+        params![product_id, rating],
+    )?;
+    Ok(id)
+}
+
+/// Keyset page of categories by id.
+pub fn category_list_sql(after: Option<i64>, limit: u32) -> (String, Vec<SqlValue>) {
+    let mut params: Vec<SqlValue> = Vec::new();
+    let keyset = if let Some(a) = after {
+        params.push(a.into());
+        " WHERE id > ?"
+    } else {
+        ""
+    };
+    params.push(i64::from(limit + 1).into());
+    (
+        format!(
+            "SELECT {} FROM categories{keyset} ORDER BY id ASC LIMIT ?",
+            CATEGORY_FIELDS.join(", ")
+        ),
+        params,
+    )
+}
+
+pub fn list_categories(
+    sql: &Sql,
+    after: Option<i64>,
+    limit: u32,
+) -> rusqlite::Result<Vec<Map<String, Value>>> {
+    let (stmt, p) = category_list_sql(after, limit);
+    sql.query(&stmt, params_from_iter(p), |r| row_map(r, CATEGORY_FIELDS))
+}
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// Batch loader: categories by id, one `IN (…)` query per chunk.
+pub fn categories_by_ids(sql: &Sql, ids: &[i64]) -> rusqlite::Result<HashMap<i64, Value>> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(IN_CHUNK) {
+        let stmt = format!(
+            "SELECT id, name FROM categories WHERE id IN ({})",
+            placeholders(chunk.len())
+        );
+        for (id, v) in sql.query(&stmt, params_from_iter(chunk), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                Value::Object(row_map(r, &["id", "name"])?),
+            ))
+        })? {
+            out.insert(id, v);
+        }
+    }
+    Ok(out)
+}
+
+/// Batch loader: the `per` newest reviews of each product, one query per chunk.
+pub fn latest_reviews_by_products(
+    sql: &Sql,
+    ids: &[i64],
+    per: u32,
+) -> rusqlite::Result<HashMap<i64, Vec<Value>>> {
+    let mut out: HashMap<i64, Vec<Value>> = HashMap::new();
+    for chunk in ids.chunks(IN_CHUNK) {
+        let stmt = format!(
+            "SELECT id, product_id, rating, body, created_at FROM (
+                SELECT id, product_id, rating, body, created_at,
+                       ROW_NUMBER() OVER (PARTITION BY product_id ORDER BY created_at DESC, id DESC) AS rn
+                FROM reviews WHERE product_id IN ({})) WHERE rn <= ? ORDER BY product_id, rn",
+            placeholders(chunk.len())
+        );
+        let mut p: Vec<SqlValue> = chunk.iter().map(|&i| i.into()).collect();
+        p.push(i64::from(per).into());
+        for (pid, v) in sql.query(&stmt, params_from_iter(p), |r| {
+            Ok((
+                r.get::<_, i64>(1)?,
+                Value::Object(row_map(r, REVIEW_FIELDS)?),
+            ))
+        })? {
+            out.entry(pid).or_default().push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// Catalog aggregates for `/v1/stats` (cached by the caller).
+pub fn stats(sql: &Sql) -> rusqlite::Result<Value> {
+    let totals = sql.query_opt(
+        "SELECT COUNT(id), COALESCE(AVG(price_cents), 0), COALESCE(SUM(review_count), 0),
+                COALESCE(SUM(view_count), 0) FROM products",
+        [],
+        |r| {
+            Ok(serde_json::json!({
+                "products": r.get::<_, i64>(0)?,
+                "avg_price_cents": r.get::<_, f64>(1)?.round(),
+                "reviews": r.get::<_, i64>(2)?,
+                "views": r.get::<_, i64>(3)?,
+            }))
+        },
+    )?;
+    let cats = sql.query(
+        "SELECT id, name, product_count FROM categories ORDER BY id",
+        [],
+        |r| Ok(Value::Object(row_map(r, CATEGORY_FIELDS)?)),
+    )?;
+    Ok(serde_json::json!({ "totals": totals, "categories": cats }))
+}
+
+/// Most reviewed products: the fallback when recommendations are unavailable.
+pub fn popular_product_ids(sql: &Sql, n: u32) -> rusqlite::Result<Vec<i64>> {
+    sql.query(
+        "SELECT id FROM products ORDER BY review_count DESC, id DESC LIMIT ?1",
+        [i64::from(n)],
+        |r| r.get(0),
+    )
+}
+
+pub fn add_views(sql: &Sql, counts: &HashMap<i64, u64>) -> rusqlite::Result<()> {
+    for (id, n) in counts {
+        sql.execute(
+            "UPDATE products SET view_count = view_count + ?2 WHERE id = ?1",
+            params![id, *n as i64],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn check_password(sql: &Sql, username: &str, hash: &str) -> rusqlite::Result<bool> {
+    Ok(sql
+        .query_opt(
+            "SELECT password_sha256 FROM users WHERE username = ?1",
+            [username],
+            |r| r.get::<_, String>(0),
+        )?
+        .is_some_and(|h| h == hash))
+}
+
+pub fn insert_api_key(sql: &Sql, key: &str, username: &str, now: i64) -> rusqlite::Result<()> {
+    sql.execute(
+        "INSERT INTO api_keys (key, username, created_at) VALUES (?1, ?2, ?3)",
+        params![key, username, now],
+    )?;
+    Ok(())
+}
+
+pub fn api_key_owner(sql: &Sql, key: &str) -> rusqlite::Result<Option<String>> {
+    sql.query_opt("SELECT username FROM api_keys WHERE key = ?1", [key], |r| {
+        r.get(0)
+    })
+}
+
+/// A stored idempotency record.
+pub struct IdemRecord {
+    pub request_hash: String,
+    /// `None` while the first request is still in progress.
+    pub status: Option<u16>,
+    pub body: Option<String>,
+}
+
+/// Claims `(client, key)`; returns the existing record if someone claimed it first.
+pub fn claim_idempotency_key(
+    sql: &Sql,
+    client: &str,
+    key: &str,
+    hash: &str,
+    now: i64,
+) -> rusqlite::Result<Option<IdemRecord>> {
+    let inserted = sql.execute(
+        "INSERT OR IGNORE INTO idempotency_keys (client, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![client, key, hash, now],
+    )?;
+    if inserted == 1 {
+        return Ok(None);
+    }
+    sql.query_opt(
+        "SELECT request_hash, status, body FROM idempotency_keys WHERE client = ?1 AND key = ?2",
+        params![client, key],
+        |r| {
+            Ok(IdemRecord {
+                request_hash: r.get(0)?,
+                status: r.get::<_, Option<i64>>(1)?.map(|s| s as u16),
+                body: r.get(2)?,
+            })
+        },
+    )
+}
+
+pub fn complete_idempotency_key(
+    sql: &Sql,
+    client: &str,
+    key: &str,
+    status: u16,
+    body: &str,
+) -> rusqlite::Result<()> {
+    sql.execute(
+        "UPDATE idempotency_keys SET status = ?3, body = ?4 WHERE client = ?1 AND key = ?2",
+        params![client, key, i64::from(status), body],
+    )?;
+    Ok(())
+}
+
+pub fn release_idempotency_key(sql: &Sql, client: &str, key: &str) -> rusqlite::Result<()> {
+    sql.execute(
+        "DELETE FROM idempotency_keys WHERE client = ?1 AND key = ?2 AND status IS NULL",
+        params![client, key],
+    )?;
+    Ok(())
+}
+
+/// Forgets keys older than `before` (keeps the table bounded).
+pub fn purge_idempotency_keys(sql: &Sql, before: i64) -> rusqlite::Result<usize> {
+    sql.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < ?1",
+        [before],
+    )
+}
+
+/// Names and prices of the given products, in the given order (missing ids are skipped).
+pub fn product_summaries(sql: &Sql, ids: &[i64]) -> rusqlite::Result<Vec<Value>> {
+    let mut found: HashMap<i64, Value> = HashMap::new();
+    for chunk in ids.chunks(IN_CHUNK) {
+        let stmt = format!(
+            "SELECT id, name, price_cents FROM products WHERE id IN ({})",
+            placeholders(chunk.len())
+        );
+        for (id, v) in sql.query(&stmt, params_from_iter(chunk), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                Value::Object(row_map(r, &["id", "name", "price_cents"])?),
+            ))
+        })? {
+            found.insert(id, v);
+        }
+    }
+    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+}

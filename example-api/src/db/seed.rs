@@ -1,0 +1,157 @@
+//! Generated catalog data: deterministic (seeded RNG), written in one transaction with prepared
+//! statements so the default 10k products / 100k reviews load in about a second. Timestamps come
+//! in groups of seven equal values on purpose: pagination must not rely on unique timestamps.
+
+use super::{Db, DbError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+const CATEGORIES: &[&str] = &[
+    "Books",
+    "Music",
+    "Garden",
+    "Kitchen",
+    "Toys",
+    "Games",
+    "Outdoors",
+    "Tools",
+    "Office",
+    "Health",
+    "Beauty",
+    "Sports",
+    "Automotive",
+    "Pets",
+    "Baby",
+    "Electronics",
+    "Computers",
+    "Clothing",
+    "Shoes",
+    "Grocery",
+];
+const ADJECTIVES: &[&str] = &[
+    "Sturdy", "Compact", "Deluxe", "Classic", "Smart", "Eco", "Pro", "Mini", "Ultra", "Vintage",
+];
+const NOUNS: &[&str] = &[
+    "Lamp", "Kettle", "Backpack", "Chair", "Speaker", "Notebook", "Drill", "Blender", "Tent",
+    "Watch",
+];
+
+/// Demo accounts for `POST /v1/auth/token` (username, password).
+pub const USERS: &[(&str, &str)] = &[("demo", "demo"), ("loadgen", "loadgen")];
+
+/// A salted SHA-256, enough for a demo; a real service would use a slow KDF such as argon2.
+pub fn password_hash(password: &str) -> String {
+    hex::encode(Sha256::digest(format!("example-api:{password}").as_bytes()))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Db {
+    /// Fills an empty database; does nothing if products already exist. Returns rows inserted.
+    pub async fn seed_if_empty(
+        &self,
+        products: usize,
+        reviews_per_product: usize,
+    ) -> Result<usize, DbError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.primary.get()?;
+            seed(&mut conn, products, reviews_per_product)
+        })
+        .await
+        .map_err(|e| DbError::Join(e.to_string()))?
+    }
+}
+
+fn seed(
+    conn: &mut rusqlite::Connection,
+    products: usize,
+    reviews_per: usize,
+) -> Result<usize, DbError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let existing: i64 = tx.query_row("SELECT COUNT(id) FROM products", [], |r| r.get(0))?;
+    if existing > 0 {
+        return Ok(0);
+    }
+    let mut rng = StdRng::seed_from_u64(42);
+    let base = now_ms() - 86_400_000 * 30;
+    {
+        let mut cat = tx.prepare(
+            "INSERT OR IGNORE INTO categories (id, name, product_count) VALUES (?1, ?2, 0)",
+        )?;
+        for (i, name) in CATEGORIES.iter().enumerate() {
+            cat.execute(rusqlite::params![i as i64 + 1, name])?;
+        }
+        let mut user =
+            tx.prepare("INSERT OR IGNORE INTO users (username, password_sha256) VALUES (?1, ?2)")?;
+        for (u, p) in USERS {
+            user.execute(rusqlite::params![u, password_hash(p)])?;
+        }
+        let mut prod = tx.prepare(
+            "INSERT INTO products (id, category_id, category_name, name, description, price_cents,
+                review_count, rating_sum, view_count, created_at, updated_at, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, 1)",
+        )?;
+        let mut rev = tx.prepare(
+            "INSERT INTO reviews (product_id, rating, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut counts = vec![0i64; CATEGORIES.len()];
+        for i in 0..products {
+            let id = i as i64 + 1;
+            let c = rng.random_range(0..CATEGORIES.len());
+            counts[c] += 1;
+            // Groups of seven products share a timestamp (see module docs).
+            let created = base + (i as i64 / 7) * 1000;
+            let n_reviews = if reviews_per == 0 {
+                0
+            } else {
+                rng.random_range(0..=2 * reviews_per)
+            };
+            let ratings: Vec<i64> = (0..n_reviews).map(|_| rng.random_range(1..=5)).collect();
+            let rating_sum: i64 = ratings.iter().sum();
+            let name = format!(
+                "{} {} {}",
+                ADJECTIVES[rng.random_range(0..ADJECTIVES.len())],
+                NOUNS[rng.random_range(0..NOUNS.len())],
+                id
+            );
+            prod.execute(rusqlite::params![
+                id,
+                c as i64 + 1,
+                CATEGORIES[c],
+                name,
+                format!(
+                    "A {} from the {} aisle.",
+                    name.to_lowercase(),
+                    CATEGORIES[c]
+                ),
+                rng.random_range(199..=99_999i64),
+                n_reviews as i64,
+                rating_sum,
+                created,
+            ])?;
+            for (r, rating) in ratings.iter().enumerate() {
+                rev.execute(rusqlite::params![
+                    id,
+                    rating,
+                    "Works as described.",
+                    created + 1000 + r as i64 * 500
+                ])?;
+            }
+        }
+        let mut upd = tx.prepare("UPDATE categories SET product_count = ?1 WHERE id = ?2")?;
+        for (i, n) in counts.iter().enumerate() {
+            upd.execute(rusqlite::params![n, i as i64 + 1])?;
+        }
+    }
+    tx.execute_batch("ANALYZE")?;
+    tx.commit()?;
+    Ok(products)
+}

@@ -1,0 +1,332 @@
+//! Open-model load generator: requests start on a fixed schedule (constant arrival rate),
+//! whatever the server's response times, and each latency is measured from the request's
+//! *intended* start time. That is the coordinated-omission correction of wrk2: when the server
+//! stalls, the requests that should have been sent meanwhile are charged the stall, instead of
+//! silently not being sent (a closed loop would also need `record_corrected_value`; an open
+//! loop measured from the schedule does not). Latencies go into an HDR histogram (1 µs – 60 s,
+//! 3 significant digits). The mix of endpoints is weighted like real catalog traffic.
+
+use hdrhistogram::Histogram;
+use rand::Rng;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadgenError {
+    #[error("invalid options: {0}")]
+    Options(String),
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: String,
+    /// Requests per second.
+    pub rate: f64,
+    pub duration: Duration,
+    /// Requests allowed in flight; beyond it a scheduled request is counted as `client_overload`
+    /// (and charged as an error) instead of letting the generator's own memory grow.
+    pub max_in_flight: usize,
+    /// API keys to spread traffic over (simulated client applications).
+    pub users: usize,
+    pub timeout: Duration,
+}
+
+impl Options {
+    pub fn new(target: String, rate: f64, duration: Duration) -> Self {
+        Options {
+            target,
+            rate,
+            duration,
+            max_in_flight: 10_000,
+            users: 8,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Endpoint templates and their weights in the mix.
+pub const MIX: &[(&str, &str, u32)] = &[
+    ("GET", "/v1/products/{id}", 50),
+    ("GET", "/v1/products", 15),
+    ("GET", "/v1/products?include", 5),
+    ("GET", "/v1/products/{id}/reviews", 8),
+    ("GET", "/v1/products/{id}/recommendations", 12),
+    ("GET", "/v1/categories", 3),
+    ("GET", "/v1/stats", 3),
+    ("POST", "/v1/products/{id}/reviews", 4),
+];
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EndpointCounts {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+struct Shared {
+    hist: Histogram<u64>,
+    by_status: BTreeMap<String, u64>,
+    by_endpoint: BTreeMap<String, EndpointCounts>,
+}
+
+/// The outcome of a run.
+pub struct Report {
+    pub scheduled: u64,
+    pub completed: u64,
+    pub elapsed: Duration,
+    pub hist: Histogram<u64>,
+    /// Count per status code (`"200"`) or client-side failure (`"timeout"`, `"connect"`,
+    /// `"client_overload"`).
+    pub by_status: BTreeMap<String, u64>,
+    /// Requests and errors (5xx and transport failures) per `METHOD /route/{template}`.
+    pub by_endpoint: BTreeMap<String, EndpointCounts>,
+    pub target_rate: f64,
+}
+
+impl Report {
+    fn ms(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    pub fn achieved_rate(&self) -> f64 {
+        self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "target_rate": self.target_rate,
+            "achieved_rate": self.achieved_rate(),
+            "scheduled": self.scheduled,
+            "completed": self.completed,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "latency_ms": { "p50": self.ms(0.5), "p95": self.ms(0.95), "p99": self.ms(0.99), "max": self.hist.max() as f64 / 1000.0 },
+            "by_status": self.by_status,
+            "by_endpoint": self.by_endpoint.iter().map(|(k, v)| (k.clone(), json!({"requests": v.requests, "errors": v.errors}))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "target {:.1} req/s, achieved {:.1} req/s ({} scheduled, {} completed in {:.1} s)\n\
+             latency (from intended start): p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n\
+             responses by status:\n",
+            self.target_rate,
+            self.achieved_rate(),
+            self.scheduled,
+            self.completed,
+            self.elapsed.as_secs_f64(),
+            self.ms(0.5),
+            self.ms(0.95),
+            self.ms(0.99),
+            self.hist.max() as f64 / 1000.0,
+        );
+        for (k, v) in &self.by_status {
+            s.push_str(&format!("  {k:>16}  {v}\n"));
+        }
+        s.push_str("by endpoint (requests / errors):\n");
+        for (k, v) in &self.by_endpoint {
+            s.push_str(&format!("  {k:<45} {:>8} / {}\n", v.requests, v.errors));
+        }
+        s
+    }
+}
+
+/// Picks an endpoint index by weight.
+pub fn pick(r: u32) -> usize {
+    let total: u32 = MIX.iter().map(|m| m.2).sum();
+    let mut x = r % total;
+    for (i, m) in MIX.iter().enumerate() {
+        if x < m.2 {
+            return i;
+        }
+        x -= m.2;
+    }
+    0
+}
+
+async fn fetch_keys(client: &reqwest::Client, target: &str, n: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    for _ in 0..n {
+        let r = client
+            .post(format!("{target}/v1/auth/token"))
+            .json(&json!({"username": "loadgen", "password": "loadgen"}))
+            .send()
+            .await;
+        if let Ok(r) = r
+            && let Ok(v) = r.json::<Value>().await
+            && let Some(k) = v["api_key"].as_str()
+        {
+            keys.push(k.to_string());
+        }
+    }
+    keys
+}
+
+/// Runs until `duration` elapses or `stop` resolves, then waits (up to the request timeout)
+/// for requests in flight.
+pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report, LoadgenError> {
+    if !(opts.rate > 0.0) || !opts.rate.is_finite() {
+        return Err(LoadgenError::Options(
+            "rate must be a positive number".into(),
+        ));
+    }
+    let target = opts.target.trim_end_matches('/').to_string();
+    let client = reqwest::Client::builder()
+        .timeout(opts.timeout)
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let keys = Arc::new(fetch_keys(&client, &target, opts.users).await);
+    let products = match client.get(format!("{target}/v1/stats")).send().await {
+        Ok(r) => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["data"]["totals"]["products"].as_i64())
+            .unwrap_or(1000),
+        Err(_) => 1000,
+    }
+    .max(1);
+    let shared = Arc::new(Mutex::new(Shared {
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+        by_status: BTreeMap::new(),
+        by_endpoint: BTreeMap::new(),
+    }));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.max_in_flight.max(1)));
+    let period = Duration::from_secs_f64(1.0 / opts.rate);
+    let start = Instant::now();
+    let end = start + opts.duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut scheduled = 0u64;
+    tokio::pin!(stop);
+    loop {
+        let intended = start + period.mul_f64(scheduled as f64);
+        if intended >= end {
+            break;
+        }
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep_until(intended) => {}
+        }
+        scheduled += 1;
+        // Reap finished tasks so the set does not grow with the run length.
+        while tasks.try_join_next().is_some() {}
+        let (idx, id, seq) = {
+            let mut rng = rand::rng();
+            let skew: f64 = rng.random::<f64>();
+            // Skewed ids: a few products are hot, as in real catalogs (and caches matter).
+            let id = 1 + ((skew * skew * products as f64) as i64).min(products - 1);
+            (pick(rng.random()), id, rng.random::<u64>())
+        };
+        let (method, route, _) = MIX[idx];
+        let label = format!("{method} {}", route.split('?').next().unwrap_or(route));
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            *s.by_status.entry("client_overload".into()).or_default() += 1;
+            let e = s.by_endpoint.entry(label).or_default();
+            e.requests += 1;
+            e.errors += 1;
+            continue;
+        };
+        let client = client.clone();
+        let target = target.clone();
+        let keys = keys.clone();
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            let key = (!keys.is_empty()).then(|| keys[(seq as usize) % keys.len()].clone());
+            let req = match idx {
+                0 => client.get(format!("{target}/v1/products/{id}")),
+                1 => {
+                    let sort = if seq % 2 == 0 { "created" } else { "price" };
+                    let cat = if seq % 3 == 0 {
+                        format!("&category={}", 1 + seq % 20)
+                    } else {
+                        String::new()
+                    };
+                    client.get(format!("{target}/v1/products?limit=20&sort={sort}{cat}"))
+                }
+                2 => client.get(format!(
+                    "{target}/v1/products?limit=10&include=category,reviews"
+                )),
+                3 => client.get(format!("{target}/v1/products/{id}/reviews?limit=10")),
+                4 => client.get(format!("{target}/v1/products/{id}/recommendations")),
+                5 => client.get(format!("{target}/v1/categories")),
+                6 => client.get(format!("{target}/v1/stats")),
+                _ => client
+                    .post(format!("{target}/v1/products/{id}/reviews"))
+                    .header("idempotency-key", format!("lg-{seq:016x}"))
+                    .json(&json!({"rating": 1 + seq % 5, "body": "load generator review"})),
+            };
+            let req = match &key {
+                Some(k) => req.bearer_auth(k),
+                None => req,
+            };
+            let result = req.send().await;
+            let status = match &result {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(e) if e.is_timeout() => "timeout".to_string(),
+                Err(e) if e.is_connect() => "connect".to_string(),
+                Err(_) => "error".to_string(),
+            };
+            // Drain the body so the connection is reused and the latency includes it.
+            if let Ok(r) = result {
+                let _ = r.bytes().await;
+            }
+            let micros = intended.elapsed().as_micros().max(1) as u64;
+            let failed =
+                !status.starts_with('2') && !status.starts_with('3') && !status.starts_with('4');
+            let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = s.hist.record(micros.min(60_000_000));
+            *s.by_status.entry(status).or_default() += 1;
+            let e = s.by_endpoint.entry(label).or_default();
+            e.requests += 1;
+            if failed {
+                e.errors += 1;
+            }
+            drop(permit);
+        });
+    }
+    let deadline = Instant::now() + opts.timeout;
+    while !tasks.is_empty() {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(_) => {}
+            Err(_) => {
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let completed = s.hist.len();
+    Ok(Report {
+        scheduled,
+        completed,
+        elapsed,
+        hist: s.hist.clone(),
+        by_status: s.by_status.clone(),
+        by_endpoint: s.by_endpoint.clone(),
+        target_rate: opts.rate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pick_follows_weights() {
+        let total: u32 = MIX.iter().map(|m| m.2).sum();
+        let mut counts = vec![0u32; MIX.len()];
+        for r in 0..total * 10 {
+            counts[pick(r)] += 1;
+        }
+        for (i, m) in MIX.iter().enumerate() {
+            assert_eq!(counts[i], m.2 * 10);
+        }
+    }
+}

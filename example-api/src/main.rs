@@ -1,0 +1,181 @@
+//! `example-api`: `serve` the catalog API, generate `loadgen` traffic, or run the whole `demo`.
+//! anyhow lives only here; the library returns typed errors.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use example_api::config::{Config, RatePolicy};
+use example_api::telemetry::{ExportConfig, Telemetry, api_service_name};
+use example_api::{App, demo, loadgen};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "example-api",
+    version,
+    about = "A product catalog API showing every scaling pattern, instrumented with OpenTelemetry"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the API (and its recommendations service on its own port).
+    Serve(ServeArgs),
+    /// Open-model load generator: constant arrival rate, weighted endpoint mix.
+    Loadgen(LoadgenArgs),
+    /// Start redline, the API and the load generator, with a scripted fault scenario.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    addr: SocketAddr,
+    #[arg(long, default_value = "./data/catalog.db")]
+    db: PathBuf,
+    /// Products generated into an empty database (reviews: ~10 per product).
+    #[arg(long, default_value_t = 10_000)]
+    seed_products: usize,
+    /// Loopback address of the admin (fault injection) endpoint [default: --addr port + 1].
+    #[arg(long)]
+    admin_addr: Option<SocketAddr>,
+    /// Address of the in-process recommendations service.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    downstream_addr: SocketAddr,
+    /// Use an external recommendations service instead.
+    #[arg(long)]
+    downstream_url: Option<String>,
+    /// Requests per minute per client (default policy).
+    #[arg(long, default_value_t = 1200)]
+    rate_limit: u64,
+    /// Requests in progress before shedding with 503.
+    #[arg(long, default_value_t = 256)]
+    max_concurrency: usize,
+}
+
+#[derive(Args)]
+struct LoadgenArgs {
+    /// Base URL of the API.
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    target: String,
+    /// Requests per second (arrival rate, independent of response times).
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Load generator arrival rate (requests per second).
+    #[arg(long, default_value_t = 40.0)]
+    rate: f64,
+    /// Seconds before the downstream starts failing.
+    #[arg(long, default_value_t = 120)]
+    fail_after: u64,
+    /// Seconds the failure lasts.
+    #[arg(long, default_value_t = 120)]
+    fail_for: u64,
+    /// Path of the redline binary [default: next to this executable].
+    #[arg(long)]
+    redline: Option<PathBuf>,
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn config(a: &ServeArgs) -> Config {
+    let mut cfg = Config::new(a.addr, a.db.clone());
+    cfg.seed_products = a.seed_products;
+    cfg.admin_addr = a.admin_addr.unwrap_or_else(|| {
+        let port = if a.addr.port() == 0 {
+            0
+        } else {
+            a.addr.port().saturating_add(1)
+        };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    });
+    cfg.downstream_addr = a.downstream_addr;
+    cfg.downstream_url = a.downstream_url.clone();
+    cfg.rate_default = RatePolicy {
+        name: "default",
+        quota: a.rate_limit,
+        window: Duration::from_secs(60),
+    };
+    cfg.max_concurrency = a.max_concurrency;
+    cfg
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let export = ExportConfig::from_env();
+    let tel = Arc::new(Telemetry::new(&api_service_name(), &export).context("telemetry")?);
+    let dtel = Arc::new(Telemetry::new("recommendations", &export).context("telemetry")?);
+    let app = App::build(config(&args), tel.clone(), dtel.clone())
+        .await
+        .context("starting the API")?;
+    // Scripts read these lines; a closed stdout must not stop the server, so errors are ignored.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on http://{}", app.addr());
+    let _ = writeln!(out, "admin on http://{}", app.admin_addr());
+    if let Some(d) = app.downstream_addr() {
+        let _ = writeln!(out, "recommendations on http://{d}");
+    }
+    let _ = out.flush();
+    drop(out);
+    app.run_until_stopped(demo::shutdown_signal())
+        .await
+        .context("serving")?;
+    tel.shutdown().await;
+    dtel.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logs();
+    match Cli::parse().cmd {
+        Cmd::Serve(a) => serve(a).await,
+        Cmd::Loadgen(a) => {
+            let opts = loadgen::Options::new(a.target, a.rate, Duration::from_secs(a.duration));
+            let report = loadgen::run(opts, demo::shutdown_signal())
+                .await
+                .context("load generator")?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
+        Cmd::Demo(a) => {
+            let redline = match a.redline {
+                Some(p) => p,
+                None => std::env::current_exe()?.with_file_name("redline"),
+            };
+            demo::run(demo::DemoOptions {
+                redline,
+                rate: a.rate,
+                fail_after: Duration::from_secs(a.fail_after),
+                fail_for: Duration::from_secs(a.fail_for),
+            })
+            .await
+            .context("demo")
+        }
+    }
+}

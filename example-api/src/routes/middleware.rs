@@ -1,0 +1,202 @@
+//! Cross-cutting request handling, outermost first: HTTP telemetry (server span and metrics per
+//! the HTTP semantic conventions), client identity + rate limiting, load shedding, and route
+//! fault injection.
+
+use super::{ApiError, AppState, Client};
+use crate::faults::Faults;
+use crate::ratelimit;
+use crate::telemetry::{Telemetry, extract_context};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use opentelemetry::KeyValue;
+use opentelemetry::context::FutureExt;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn method_attr(m: &axum::http::Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+/// One SERVER span per request named `{method} {route}`, child of an incoming `traceparent`,
+/// and the `http.server.request.duration` / `http.server.active_requests` metrics.
+pub async fn http_telemetry(
+    State(tel): State<Arc<Telemetry>>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = method_attr(req.method());
+    let route = matched.map(|m| m.as_str().to_string());
+    let name = match &route {
+        Some(r) => format!("{method} {r}"),
+        None => method.to_string(),
+    };
+    let parent = extract_context(req.headers());
+    let mut attrs = vec![
+        KeyValue::new("http.request.method", method),
+        KeyValue::new("url.path", req.uri().path().to_string()),
+        KeyValue::new("url.scheme", "http"),
+    ];
+    if let Some(r) = &route {
+        attrs.push(KeyValue::new("http.route", r.clone()));
+    }
+    if let Some(ua) = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
+    }
+    let span = tel
+        .tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Server)
+        .with_attributes(attrs)
+        .start_with_context(&tel.tracer, &parent);
+    let cx = parent.with_span(span);
+    let active = [
+        KeyValue::new("http.request.method", method),
+        KeyValue::new("url.scheme", "http"),
+    ];
+    tel.m.http_active.add(1, &active);
+    let start = Instant::now();
+    let resp = next.run(req).with_context(cx.clone()).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    tel.m.http_active.add(-1, &active);
+    let status = resp.status().as_u16();
+    let span = cx.span();
+    span.set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    let mut mattrs = vec![
+        KeyValue::new("http.request.method", method),
+        KeyValue::new("url.scheme", "http"),
+        KeyValue::new("http.response.status_code", i64::from(status)),
+    ];
+    if let Some(r) = route {
+        mattrs.push(KeyValue::new("http.route", r));
+    }
+    if status >= 500 {
+        // Server spans: only 5xx is an error (4xx is the client's).
+        span.set_status(Status::error(format!("HTTP {status}")));
+        span.set_attribute(KeyValue::new("error.type", status.to_string()));
+        mattrs.push(KeyValue::new("error.type", status.to_string()));
+    }
+    span.end();
+    tel.m.http_duration.record(elapsed, &mattrs);
+    resp
+}
+
+async fn api_key_owner(st: &AppState, key: &str) -> Result<Option<String>, ApiError> {
+    let db = st.db.clone();
+    let k = key.to_string();
+    st.api_keys
+        .try_get_with(key.to_string(), async move {
+            db.read(None, move |sql| {
+                crate::db::queries::api_key_owner(sql, &k).map_err(ApiError::from)
+            })
+            .await
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Identifies the client (API key if valid, else peer IP; `X-Forwarded-For` is not trusted)
+/// and applies the default sliding-window policy. `/v1/auth/token` gets its stricter policy in
+/// the handler, where the username is known.
+pub async fn rate_limit(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.strip_prefix("Bearer "))
+        .map(|s| s.trim().to_string());
+    let user = match &bearer {
+        Some(k) => match api_key_owner(&st, k).await {
+            Ok(Some(u)) => Some(u),
+            Ok(None) => return ApiError::Unauthorized.into_response(),
+            Err(e) => return e.into_response(),
+        },
+        None => None,
+    };
+    let key = match (&user, &bearer) {
+        (Some(_), Some(k)) => format!("key:{k}"),
+        _ => format!("ip:{ip}"),
+    };
+    req.extensions_mut().insert(Client {
+        key: key.clone(),
+        user,
+        ip,
+    });
+    if req.uri().path() == "/v1/auth/token" {
+        return next.run(req).await;
+    }
+    let decision = st.limiter.check(&st.cfg.rate_default, &key).await;
+    if !decision.allowed {
+        return ratelimit::reject(&decision);
+    }
+    let mut resp = next.run(req).await;
+    decision.apply(resp.headers_mut());
+    resp
+}
+
+/// Answers 503 + `Retry-After` at once when `max_concurrency` requests are already in progress,
+/// instead of queueing them (a queue would only add latency to every request behind it).
+pub async fn load_shed(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match st.shed.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let resp = next.run(req).await;
+            drop(permit);
+            resp
+        }
+        Err(_) => {
+            st.telemetry.m.shed.add(1, &[]);
+            let body = json!({ "error": { "code": "overloaded", "message": "server is at capacity; retry later" } });
+            let mut resp = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+    }
+}
+
+/// Demo fault: fails a share of the requests to one route with 500.
+pub async fn route_faults(
+    State(st): State<AppState>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let f = st.faults.get();
+    if let (Some(route), Some(m)) = (f.error_route.as_deref(), matched.as_ref())
+        && route == m.as_str()
+        && Faults::roll(f.route_error_rate)
+    {
+        return ApiError::Internal("injected fault".into()).into_response();
+    }
+    next.run(req).await
+}

@@ -1,0 +1,388 @@
+//! OpenTelemetry wiring: one [`Telemetry`] per service (the API and the recommendations service
+//! each get their own `service.name`), exporting traces and metrics over OTLP to
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`. Export runs on the SDK's own threads with bounded queues, so a
+//! slow or absent collector drops telemetry instead of slowing requests.
+//!
+//! Also holds the instruments every module records into and small span helpers that follow the
+//! HTTP and database semantic conventions.
+
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _, UpDownCounter};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{SdkMeterProvider, Temporality};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use std::time::Duration;
+
+/// Bucket boundaries the HTTP semantic conventions advise for `http.server.request.duration`.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("building the OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// Where and how to export; read from the standard environment variables.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// Base endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`); `None` disables export.
+    pub endpoint: Option<String>,
+    /// `grpc`, `http/protobuf` (the spec's default) or `http/json`.
+    pub protocol: String,
+    /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta` selects delta temporality.
+    pub delta: bool,
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (ms); 10 s by default so dashboards move during a demo.
+    pub metric_interval: Duration,
+    /// `OTEL_SDK_DISABLED=true` turns everything off.
+    pub disabled: bool,
+}
+
+impl ExportConfig {
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        ExportConfig {
+            endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            protocol: var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "http/protobuf".into()),
+            delta: var("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
+                .is_some_and(|v| v.eq_ignore_ascii_case("delta")),
+            metric_interval: var("OTEL_METRIC_EXPORT_INTERVAL")
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(Duration::from_secs(10)),
+            disabled: var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        }
+    }
+
+    /// Export over gRPC to `endpoint` (used by the demo, which knows where redline listens).
+    pub fn grpc(endpoint: &str) -> Self {
+        ExportConfig {
+            endpoint: Some(endpoint.to_string()),
+            protocol: "grpc".into(),
+            ..ExportConfig::from_env()
+        }
+    }
+}
+
+/// The service name of the API: `OTEL_SERVICE_NAME`, else `example-api`.
+pub fn api_service_name() -> String {
+    std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "example-api".into())
+}
+
+/// The instruments shared by all modules of one service.
+#[derive(Clone)]
+pub struct Instruments {
+    pub http_duration: Histogram<f64>,
+    pub http_active: UpDownCounter<i64>,
+    pub client_duration: Histogram<f64>,
+    pub db_pool_wait: Histogram<f64>,
+    pub db_duration: Histogram<f64>,
+    pub cache_requests: Counter<u64>,
+    pub ratelimit_rejections: Counter<u64>,
+    pub breaker_transitions: Counter<u64>,
+    pub retries: Counter<u64>,
+    pub shed: Counter<u64>,
+    pub view_flushes: Counter<u64>,
+}
+
+impl Instruments {
+    fn new(meter: &Meter) -> Self {
+        Instruments {
+            http_duration: meter
+                .f64_histogram("http.server.request.duration")
+                .with_unit("s")
+                .with_description("Duration of HTTP server requests.")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            http_active: meter
+                .i64_up_down_counter("http.server.active_requests")
+                .with_unit("{request}")
+                .build(),
+            client_duration: meter
+                .f64_histogram("http.client.request.duration")
+                .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            db_pool_wait: meter
+                .f64_histogram("db.client.connection.wait_time")
+                .with_unit("s")
+                .with_boundaries(vec![
+                    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+                ])
+                .build(),
+            db_duration: meter
+                .f64_histogram("db.client.operation.duration")
+                .with_unit("s")
+                .with_boundaries(vec![
+                    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+                ])
+                .build(),
+            cache_requests: meter
+                .u64_counter("cache.requests")
+                .with_unit("{request}")
+                .build(),
+            ratelimit_rejections: meter
+                .u64_counter("ratelimit.rejections")
+                .with_unit("{request}")
+                .build(),
+            breaker_transitions: meter
+                .u64_counter("circuit_breaker.transitions")
+                .with_unit("{transition}")
+                .build(),
+            retries: meter
+                .u64_counter("http.client.retries")
+                .with_unit("{retry}")
+                .build(),
+            shed: meter
+                .u64_counter("http.server.shed_requests")
+                .with_unit("{request}")
+                .build(),
+            view_flushes: meter
+                .u64_counter("write_behind.flushes")
+                .with_unit("{flush}")
+                .build(),
+        }
+    }
+}
+
+/// Tracing and metrics of one service.
+pub struct Telemetry {
+    pub tracer: SdkTracer,
+    pub meter: Meter,
+    pub m: Instruments,
+    /// Whether anything reads the metrics; observable instruments are only registered then
+    /// (the SDK rejects them, noisily, when there is no reader).
+    pub metrics_enabled: bool,
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+}
+
+impl Telemetry {
+    /// Export according to `cfg`; without an endpoint, spans are not recorded at all (an
+    /// `AlwaysOff` sampler), which is the "telemetry off" side of the overhead benchmark.
+    pub fn new(service_name: &str, cfg: &ExportConfig) -> Result<Self, TelemetryError> {
+        let resource = Resource::builder()
+            .with_service_name(service_name.to_string())
+            .build();
+        let mut enabled = false;
+        let mut tp = SdkTracerProvider::builder().with_resource(resource.clone());
+        let mut mp = SdkMeterProvider::builder().with_resource(resource);
+        match cfg.endpoint.as_deref() {
+            Some(endpoint) if !cfg.disabled => {
+                let (spans, metrics) = build_exporters(endpoint, cfg)?;
+                tp = tp.with_batch_exporter(spans);
+                let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(metrics)
+                    .with_interval(cfg.metric_interval)
+                    .build();
+                mp = mp.with_reader(reader);
+                enabled = true;
+            }
+            _ => tp = tp.with_sampler(Sampler::AlwaysOff),
+        }
+        let mut t = Self::from_providers(tp.build(), mp.build());
+        t.metrics_enabled = enabled;
+        Ok(t)
+    }
+
+    /// No export, no recording: for tests that do not look at telemetry.
+    pub fn disabled() -> Self {
+        let tp = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .build();
+        let mut t = Self::from_providers(tp, SdkMeterProvider::builder().build());
+        t.metrics_enabled = false;
+        t
+    }
+
+    /// Wraps existing providers (tests pass in-memory exporters here).
+    pub fn from_providers(
+        tracer_provider: SdkTracerProvider,
+        meter_provider: SdkMeterProvider,
+    ) -> Self {
+        let tracer = tracer_provider.tracer("example-api");
+        let meter = meter_provider.meter("example-api");
+        let m = Instruments::new(&meter);
+        Telemetry {
+            tracer,
+            meter,
+            m,
+            metrics_enabled: true,
+            tracer_provider,
+            meter_provider,
+        }
+    }
+
+    /// Flushes and stops both providers. The SDK's flush blocks, so it runs off the runtime.
+    pub async fn shutdown(&self) {
+        let tp = self.tracer_provider.clone();
+        let mp = self.meter_provider.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = tp.force_flush();
+            let _ = tp.shutdown();
+            let _ = mp.shutdown();
+        })
+        .await;
+    }
+
+    /// Forces an export of finished spans and metrics (tests and shutdown).
+    pub async fn flush(&self) {
+        let tp = self.tracer_provider.clone();
+        let mp = self.meter_provider.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = tp.force_flush();
+            let _ = mp.force_flush();
+        })
+        .await;
+    }
+
+    /// Starts a child span of `parent` (an INTERNAL or CLIENT span) and returns its context.
+    pub fn child(
+        &self,
+        parent: &Context,
+        name: String,
+        kind: SpanKind,
+        attrs: Vec<KeyValue>,
+    ) -> Context {
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attrs)
+            .start_with_context(&self.tracer, parent);
+        parent.with_span(span)
+    }
+
+    /// Registers process CPU and memory gauges (read from `/proc`, Linux only).
+    pub fn register_process_metrics(&self) {
+        if !self.metrics_enabled {
+            return;
+        }
+        let _cpu = self
+            .meter
+            .f64_observable_counter("process.cpu.time")
+            .with_unit("s")
+            .with_callback(|obs| {
+                if let Some(secs) = proc_cpu_seconds() {
+                    obs.observe(secs, &[]);
+                }
+            })
+            .build();
+        let _mem = self
+            .meter
+            .i64_observable_up_down_counter("process.memory.usage")
+            .with_unit("By")
+            .with_callback(|obs| {
+                if let Some(bytes) = proc_rss_bytes() {
+                    obs.observe(bytes, &[]);
+                }
+            })
+            .build();
+    }
+}
+
+fn build_exporters(
+    endpoint: &str,
+    cfg: &ExportConfig,
+) -> Result<
+    (
+        opentelemetry_otlp::SpanExporter,
+        opentelemetry_otlp::MetricExporter,
+    ),
+    TelemetryError,
+> {
+    let base = endpoint.trim_end_matches('/');
+    let temporality = if cfg.delta {
+        Temporality::Delta
+    } else {
+        Temporality::Cumulative
+    };
+    if cfg.protocol == "grpc" {
+        let spans = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(base)
+            .build()?;
+        let metrics = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(base)
+            .with_temporality(temporality)
+            .build()?;
+        Ok((spans, metrics))
+    } else {
+        let protocol = if cfg.protocol == "http/json" {
+            Protocol::HttpJson
+        } else {
+            Protocol::HttpBinary
+        };
+        // The HTTP exporter uses an explicit endpoint as given, so the signal path is ours to add.
+        let spans = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(protocol)
+            .with_endpoint(format!("{base}/v1/traces"))
+            .build()?;
+        let metrics = opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .with_protocol(protocol)
+            .with_endpoint(format!("{base}/v1/metrics"))
+            .with_temporality(temporality)
+            .build()?;
+        Ok((spans, metrics))
+    }
+}
+
+fn proc_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0) // USER_HZ is 100 on Linux
+}
+
+fn proc_rss_bytes() -> Option<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Reads W3C trace context from incoming HTTP headers.
+pub fn extract_context(headers: &http::HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
+/// Writes the W3C `traceparent` of `cx` into outgoing headers.
+pub fn inject_context(cx: &Context, headers: &mut http::HeaderMap) {
+    TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(val)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, val);
+        }
+    }
+}
+
+pub use opentelemetry::trace::Status as SpanStatus;

@@ -1,0 +1,188 @@
+//! Test harness: starts the API in process on port 0 against a temporary database, with a
+//! small seed, and stops it (awaiting the ordered shutdown) on request.
+
+use example_api::App;
+use example_api::config::{Config, RatePolicy};
+use example_api::faults::FaultSettings;
+use example_api::routes::AppState;
+use example_api::telemetry::Telemetry;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const SEED_PRODUCTS: usize = 120;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    pub db_path: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+    /// Kept alive with the app; clone it to keep the database after `stop`.
+    pub dir: Arc<tempfile::TempDir>,
+}
+
+/// A config for tests: small seed, generous limits, no Redis unless a test asks.
+pub fn test_config(dir: &tempfile::TempDir) -> Config {
+    let mut cfg = Config::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir.path().join("catalog.db"),
+    );
+    cfg.seed_products = SEED_PRODUCTS;
+    cfg.reviews_per_product = 2;
+    cfg.replicas = 2;
+    cfg.redis_url = None;
+    cfg.cursor_secret = b"test-secret".to_vec();
+    cfg.rate_default = RatePolicy {
+        name: "default",
+        quota: 100_000,
+        window: Duration::from_secs(60),
+    };
+    cfg
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(f: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut cfg = test_config(&dir);
+        f(&mut cfg);
+        Self::spawn_config(cfg, dir, Arc::new(Telemetry::disabled())).await
+    }
+
+    pub async fn spawn_config(
+        cfg: Config,
+        dir: Arc<tempfile::TempDir>,
+        tel: Arc<Telemetry>,
+    ) -> TestApp {
+        let db_path = cfg.db_path.clone();
+        let app = App::build(cfg, tel, Arc::new(Telemetry::disabled()))
+            .await
+            .expect("app builds");
+        let (tx, rx) = oneshot::channel::<()>();
+        let (addr, admin, state) = (app.addr(), app.admin_addr(), app.state());
+        let handle = tokio::spawn(app.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        TestApp {
+            addr,
+            admin,
+            state,
+            http: reqwest::Client::new(),
+            db_path,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let r = self.get(path).send().await.expect("request");
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An API key for the demo user.
+    pub async fn token(&self) -> String {
+        let r = self
+            .http
+            .post(self.url("/v1/auth/token"))
+            .json(&json!({"username": "demo", "password": "demo"}))
+            .send()
+            .await
+            .expect("token request");
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["api_key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn set_faults(&self, f: FaultSettings) {
+        let r = self
+            .http
+            .put(format!("http://{}/admin/faults", self.admin))
+            .json(&f)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    pub async fn admin_state(&self) -> Value {
+        self.http
+            .get(format!("http://{}/admin/state", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server (graceful, write-behind flushed) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("server task").expect("server result");
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some` or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A unique Redis key prefix per test.
+pub fn redis_prefix(test: &str) -> String {
+    format!("ea-test-{test}-{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";

@@ -1,0 +1,5 @@
+//! One integration-test binary: every test starts the API on port 0 with a temporary database.
+
+mod helpers;
+mod lists;
+mod writes;

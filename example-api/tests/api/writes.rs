@@ -1,0 +1,345 @@
+//! HTTP caching and conditional writes, write-behind counters, idempotency keys, rate limits
+//! and load shedding.
+
+use crate::helpers::TestApp;
+use example_api::config::RatePolicy;
+use example_api::faults::FaultSettings;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn etags_304_and_conditional_writes() {
+    let app = TestApp::spawn().await;
+    let token = app.token().await;
+    let r = app.get("/v1/products/9").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let cc = r.headers()["cache-control"].to_str().unwrap().to_string();
+    assert!(cc.starts_with("public, max-age="), "{cc}");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "strong etag: {etag}"
+    );
+
+    for inm in [
+        etag.clone(),
+        format!("W/{etag}"),
+        format!("\"nope\", {etag}"),
+    ] {
+        let r = app
+            .get("/v1/products/9")
+            .header("if-none-match", &inm)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 304, "{inm}");
+        assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+        assert_eq!(r.headers()["cache-control"].to_str().unwrap(), cc);
+        assert!(r.bytes().await.unwrap().is_empty());
+    }
+    let r = app
+        .get("/v1/products/9")
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The ETag depends on the fields asked for.
+    let r = app.get("/v1/products/9?fields=name").send().await.unwrap();
+    assert_ne!(r.headers()["etag"].to_str().unwrap(), etag);
+
+    let patch = |tag: Option<&str>, auth: bool| {
+        let mut rb = app
+            .http
+            .patch(app.url("/v1/products/9"))
+            .json(&json!({"name": "Renamed"}));
+        if auth {
+            rb = rb.bearer_auth(&token);
+        }
+        if let Some(t) = tag {
+            rb = rb.header("if-match", t);
+        }
+        rb.send()
+    };
+    assert_eq!(patch(Some(&etag), false).await.unwrap().status(), 401);
+    assert_eq!(patch(None, true).await.unwrap().status(), 428);
+    assert_eq!(patch(Some("\"stale\""), true).await.unwrap().status(), 412);
+    assert_eq!(
+        patch(Some(&format!("W/{etag}")), true)
+            .await
+            .unwrap()
+            .status(),
+        412,
+        "If-Match is strong"
+    );
+    let r = patch(Some(&etag), true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let new_etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(new_etag, etag);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["data"]["name"], "Renamed");
+    assert_eq!(body["data"]["version"], 2);
+    // A lost update is refused: the old validator no longer matches.
+    assert_eq!(patch(Some(&etag), true).await.unwrap().status(), 412);
+    // The cache was written through: everyone sees the new version and the PATCH's ETag.
+    let r = app.get("/v1/products/9").send().await.unwrap();
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), new_etag);
+
+    let del = |tag: Option<&str>| {
+        let mut rb = app
+            .http
+            .delete(app.url("/v1/products/9"))
+            .bearer_auth(&token);
+        if let Some(t) = tag {
+            rb = rb.header("if-match", t);
+        }
+        rb.send()
+    };
+    assert_eq!(del(None).await.unwrap().status(), 428);
+    assert_eq!(del(Some(&etag)).await.unwrap().status(), 412);
+    assert_eq!(del(Some(&new_etag)).await.unwrap().status(), 204);
+    assert_eq!(
+        app.get("/v1/products/9").send().await.unwrap().status(),
+        404
+    );
+    app.stop().await;
+}
+
+fn view_counts(path: &std::path::Path, ids: &[i64]) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    ids.iter()
+        .map(|id| {
+            conn.query_row("SELECT view_count FROM products WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn write_behind_view_counts_are_flushed_on_shutdown() {
+    // A flush interval far longer than the test: only the shutdown flush can save the counts.
+    let app = TestApp::spawn_with(|c| c.view_flush_interval = Duration::from_secs(3600)).await;
+    for _ in 0..25 {
+        assert_eq!(
+            app.get("/v1/products/7").send().await.unwrap().status(),
+            200
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            app.get("/v1/products/8?fields=name")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let path = app.db_path.clone();
+    let _keep = app.dir.clone();
+    assert_eq!(
+        view_counts(&path, &[7, 8]),
+        vec![0, 0],
+        "not yet written: write-behind"
+    );
+    app.stop().await;
+    assert_eq!(view_counts(&path, &[7, 8]), vec![25, 5]);
+}
+
+#[tokio::test]
+async fn write_behind_flushes_in_batches_while_running() {
+    let app = TestApp::spawn_with(|c| c.view_flush_interval = Duration::from_millis(50)).await;
+    for _ in 0..10 {
+        app.get("/v1/products/3").send().await.unwrap();
+    }
+    let path = app.db_path.clone();
+    crate::helpers::eventually("views flushed", Duration::from_secs(5), || async {
+        (view_counts(&path, &[3])[0] == 10).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_reject_and_conflict() {
+    let app = TestApp::spawn().await;
+    let token = app.token().await;
+    let post = |key: &str, body: Value| {
+        app.http
+            .post(app.url("/v1/products"))
+            .bearer_auth(&token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let body = json!({"name": "Idem", "price_cents": 999, "category_id": 4});
+    let first = post("k1", body.clone()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let loc = first.headers()["location"].to_str().unwrap().to_string();
+    let first: Value = first.json().await.unwrap();
+    let again = post("k1", body.clone()).await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["location"].to_str().unwrap(), loc);
+    assert_eq!(
+        again.json::<Value>().await.unwrap(),
+        first,
+        "the stored response is replayed"
+    );
+    // Only one product was created.
+    let (_, list) = app
+        .get_json("/v1/products?category=4&limit=100&fields=name")
+        .await;
+    let n = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "Idem")
+        .count();
+    assert_eq!(n, 1);
+    // Same key, different request.
+    let r = post(
+        "k1",
+        json!({"name": "Other", "price_cents": 1, "category_id": 4}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+
+    // Still in progress: a slow database keeps the first request running.
+    app.set_faults(FaultSettings {
+        db_latency_ms: 300,
+        ..Default::default()
+    })
+    .await;
+    let slow = tokio::spawn(post("k2", body.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = post("k2", body.clone()).await.unwrap();
+    let first = slow.await.unwrap().unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(second.status(), 409);
+    app.set_faults(FaultSettings::default()).await;
+    // Failed requests are not stored: fixing the body with the same key works.
+    let bad = post(
+        "k3",
+        json!({"name": "x", "price_cents": 1, "category_id": 999}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), 422);
+    let ok = post(
+        "k3",
+        json!({"name": "x", "price_cents": 1, "category_id": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), 201);
+    assert!(ok.headers().get("idempotent-replayed").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_headers_and_auth_is_stricter() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_default = RatePolicy {
+            name: "default",
+            quota: 5,
+            window: Duration::from_secs(60),
+        };
+        c.rate_auth = RatePolicy {
+            name: "auth",
+            quota: 2,
+            window: Duration::from_secs(60),
+        };
+    })
+    .await;
+    for i in 0..5 {
+        let r = app.get("/v1/categories").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["ratelimit-policy"], "\"default\";q=5;w=60");
+        let state = r.headers()["ratelimit"].to_str().unwrap().to_string();
+        assert!(
+            state.starts_with(&format!("\"default\";r={};t=", 4 - i)),
+            "{state}"
+        );
+    }
+    let r = app.get("/v1/categories").send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert!(r.headers()["ratelimit"].to_str().unwrap().contains("r=0"));
+
+    // The token endpoint has its own, stricter budget per IP + username.
+    let login = |user: &str| {
+        app.http
+            .post(app.url("/v1/auth/token"))
+            .json(&json!({"username": user, "password": "wrong"}))
+            .send()
+    };
+    assert_eq!(login("demo").await.unwrap().status(), 401);
+    assert_eq!(login("demo").await.unwrap().status(), 401);
+    let r = login("demo").await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["ratelimit-policy"], "\"auth\";q=2;w=60");
+    assert_eq!(
+        login("loadgen").await.unwrap().status(),
+        401,
+        "another username has its own budget"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn load_shedding_rejects_instead_of_queueing() {
+    let app = TestApp::spawn_with(|c| c.max_concurrency = 2).await;
+    app.set_faults(FaultSettings {
+        db_latency_ms: 600,
+        ..Default::default()
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let rb = app.get("/v1/products?limit=1");
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let r = rb.send().await.unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), start.elapsed(), retry)
+        }));
+    }
+    let mut ok = 0;
+    let mut shed = 0;
+    for t in tasks {
+        let (status, took, retry) = t.await.unwrap();
+        match status {
+            200 => {
+                ok += 1;
+                assert!(took >= Duration::from_millis(600));
+            }
+            503 => {
+                shed += 1;
+                assert!(
+                    took < Duration::from_millis(400),
+                    "shed at once, not queued: {took:?}"
+                );
+                assert_eq!(retry.as_deref(), Some("1"));
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!((ok, shed), (2, 8));
+    app.set_faults(FaultSettings::default()).await;
+    // Health checks are never shed.
+    assert_eq!(app.get("/healthz").send().await.unwrap().status(), 200);
+    app.stop().await;
+}
