@@ -54,13 +54,23 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let data_dir = settings.data_dir.clone();
     let app = App::build(settings).await?;
     // One line per address, so scripts (and people) can find the ports picked for port 0.
-    println!("redline: OTLP/gRPC listening on {}", app.grpc_addr());
-    println!("redline: OTLP/HTTP listening on http://{}", app.http_addr());
-    println!("redline: dashboard and API on http://{}/", app.web_addr());
-    println!("redline: data in {}", data_dir.display());
+    announce(&format!("OTLP/gRPC listening on {}", app.grpc_addr()));
+    announce(&format!(
+        "OTLP/HTTP listening on http://{}",
+        app.http_addr()
+    ));
+    announce(&format!("dashboard and API on http://{}/", app.web_addr()));
+    announce(&format!("data in {}", data_dir.display()));
     app.run_until_stopped(shutdown_signal()).await?;
-    println!("redline: stopped, everything acknowledged is stored");
+    announce("stopped, everything acknowledged is stored");
     Ok(())
+}
+
+/// Prints a status line; a closed stdout (a parent that stopped reading) must not stop redline.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "redline: {line}").and_then(|_| stdout.flush());
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,1 +1,8 @@
-fn main(){}
+//! redline's integration tests: one binary, the real server on port 0 through `helpers`.
+
+mod helpers;
+
+mod ingest_errors;
+mod otlp_export;
+mod restart;
+mod sketch_properties;
