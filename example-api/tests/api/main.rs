@@ -2,4 +2,6 @@
 
 mod helpers;
 mod lists;
+mod resilience;
+mod with_redis;
 mod writes;
