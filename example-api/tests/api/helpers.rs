@@ -65,10 +65,18 @@ impl TestApp {
         dir: Arc<tempfile::TempDir>,
         tel: Arc<Telemetry>,
     ) -> TestApp {
+        Self::spawn_telemetry(cfg, dir, tel, Arc::new(Telemetry::disabled())).await
+    }
+
+    /// `dtel` is the telemetry of the in-process recommendations service.
+    pub async fn spawn_telemetry(
+        cfg: Config,
+        dir: Arc<tempfile::TempDir>,
+        tel: Arc<Telemetry>,
+        dtel: Arc<Telemetry>,
+    ) -> TestApp {
         let db_path = cfg.db_path.clone();
-        let app = App::build(cfg, tel, Arc::new(Telemetry::disabled()))
-            .await
-            .expect("app builds");
+        let app = App::build(cfg, tel, dtel).await.expect("app builds");
         let (tx, rx) = oneshot::channel::<()>();
         let (addr, admin, state) = (app.addr(), app.admin_addr(), app.state());
         let handle = tokio::spawn(app.run_until_stopped(async {

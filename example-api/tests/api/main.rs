@@ -3,5 +3,6 @@
 mod helpers;
 mod lists;
 mod resilience;
+mod telemetry;
 mod with_redis;
 mod writes;

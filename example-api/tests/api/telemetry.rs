@@ -1,0 +1,277 @@
+//! Spans and metrics follow the semantic conventions. Uses the SDK's in-memory exporters (real
+//! SDK components) instead of an OTLP endpoint; the OTLP path is covered end to end with redline.
+
+use crate::helpers::{TestApp, eventually, test_config};
+use example_api::faults::FaultSettings;
+use example_api::telemetry::Telemetry;
+use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::{KeyValue, Value};
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a Value> {
+    s.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+fn has(attrs: &[KeyValue], key: &str, v: Value) -> bool {
+    attrs
+        .iter()
+        .any(|kv| kv.key.as_str() == key && kv.value == v)
+}
+
+struct Harness {
+    app: TestApp,
+    spans: InMemorySpanExporter,
+    metrics: InMemoryMetricExporter,
+    tel: Arc<Telemetry>,
+}
+
+async fn harness() -> Harness {
+    let spans = InMemorySpanExporter::default();
+    let metrics = InMemoryMetricExporter::default();
+    let tp = SdkTracerProvider::builder()
+        .with_simple_exporter(spans.clone())
+        .build();
+    let mp = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(metrics.clone()).build())
+        .build();
+    let tel = Arc::new(Telemetry::from_providers(tp, mp));
+    let dtp = SdkTracerProvider::builder()
+        .with_simple_exporter(spans.clone())
+        .build();
+    let dtel = Arc::new(Telemetry::from_providers(
+        dtp,
+        SdkMeterProvider::builder().build(),
+    ));
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let cfg = test_config(&dir);
+    let app = TestApp::spawn_telemetry(cfg, dir, tel.clone(), dtel).await;
+    Harness {
+        app,
+        spans,
+        metrics,
+        tel,
+    }
+}
+
+async fn find_span(h: &Harness, pred: impl Fn(&SpanData) -> bool) -> SpanData {
+    eventually("span", Duration::from_secs(5), || async {
+        h.spans
+            .get_finished_spans()
+            .unwrap()
+            .into_iter()
+            .find(|s| pred(s))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn server_spans_follow_http_semantic_conventions() {
+    let h = harness().await;
+    let r = h.app.get("/v1/products/5").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let server = find_span(&h, |s| s.name == "GET /v1/products/{id}").await;
+    assert_eq!(server.span_kind, SpanKind::Server);
+    assert_eq!(
+        attr(&server, "http.request.method"),
+        Some(&Value::from("GET"))
+    );
+    assert_eq!(
+        attr(&server, "http.route"),
+        Some(&Value::from("/v1/products/{id}"))
+    );
+    assert_eq!(
+        attr(&server, "http.response.status_code"),
+        Some(&Value::I64(200))
+    );
+    assert_eq!(server.status, Status::Unset);
+    let trace = server.span_context.trace_id();
+    let id = server.span_context.span_id();
+
+    // Children: the cache lookup and, on this first (missed) read, the SQL statement.
+    let cache = find_span(&h, |s| {
+        s.name == "cache.get product" && s.span_context.trace_id() == trace
+    })
+    .await;
+    assert_eq!(cache.parent_span_id, id);
+    assert_eq!(attr(&cache, "cache.l1.hit"), Some(&Value::Bool(false)));
+    let sql = find_span(&h, |s| {
+        s.name == "SELECT products" && s.span_context.trace_id() == trace
+    })
+    .await;
+    assert_eq!(attr(&sql, "db.system"), Some(&Value::from("sqlite")));
+    let text = attr(&sql, "db.query.text").unwrap().as_str();
+    assert!(
+        text.contains("FROM products WHERE id = ?1"),
+        "statement shape, no values: {text}"
+    );
+    assert_eq!(sql.span_context.trace_id(), trace);
+
+    // An incoming W3C traceparent is continued.
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    h.app
+        .get("/v1/categories")
+        .header("traceparent", parent)
+        .send()
+        .await
+        .unwrap();
+    let s = find_span(&h, |s| s.name == "GET /v1/categories").await;
+    assert_eq!(
+        s.span_context.trace_id().to_string(),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(s.parent_span_id.to_string(), "00f067aa0ba902b7");
+
+    // 5xx marks the server span as an error; 4xx does not.
+    h.app
+        .set_faults(FaultSettings {
+            error_route: Some("/v1/stats".into()),
+            route_error_rate: 1.0,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(h.app.get("/v1/stats").send().await.unwrap().status(), 500);
+    let s = find_span(&h, |s| s.name == "GET /v1/stats").await;
+    assert!(matches!(s.status, Status::Error { .. }));
+    assert_eq!(
+        attr(&s, "http.response.status_code"),
+        Some(&Value::I64(500))
+    );
+    assert_eq!(
+        h.app
+            .get("/v1/products/99999")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let s = find_span(&h, |s| {
+        s.name == "GET /v1/products/{id}"
+            && attr(s, "http.response.status_code") == Some(&Value::I64(404))
+    })
+    .await;
+    assert_eq!(s.status, Status::Unset);
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn downstream_calls_are_client_spans_joined_to_the_downstream_trace() {
+    let h = harness().await;
+    h.app
+        .set_faults(FaultSettings {
+            downstream_error_rate: 1.0,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        h.app
+            .get("/v1/products/6/recommendations")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let server = find_span(&h, |s| s.name == "GET /v1/products/{id}/recommendations").await;
+    let trace = server.span_context.trace_id();
+    let spans = h.spans.get_finished_spans().unwrap();
+    let mut clients: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| {
+            s.span_kind == SpanKind::Client && s.name == "GET /recommendations/{product_id}"
+        })
+        .collect();
+    clients.sort_by_key(|s| s.start_time);
+    // One CLIENT span per attempt (3 by default), retries numbered, all children of the request.
+    assert_eq!(clients.len(), 3);
+    for (i, c) in clients.iter().enumerate() {
+        assert_eq!(c.span_context.trace_id(), trace);
+        assert_eq!(c.parent_span_id, server.span_context.span_id());
+        assert_eq!(attr(c, "http.response.status_code"), Some(&Value::I64(500)));
+        assert!(matches!(c.status, Status::Error { .. }));
+        let resend = attr(c, "http.request.resend_count").cloned();
+        assert_eq!(
+            resend,
+            if i == 0 {
+                None
+            } else {
+                Some(Value::I64(i as i64))
+            }
+        );
+        // The downstream's SERVER span continues this attempt's context.
+        let ds = spans
+            .iter()
+            .find(|s| {
+                s.span_kind == SpanKind::Server && s.parent_span_id == c.span_context.span_id()
+            })
+            .expect("downstream server span");
+        assert_eq!(ds.span_context.trace_id(), trace);
+        assert_eq!(ds.name, "GET /recommendations/{product_id}");
+    }
+    h.app.stop().await;
+}
+
+#[tokio::test]
+async fn http_and_internal_metrics_are_recorded() {
+    let h = harness().await;
+    for _ in 0..3 {
+        h.app.get("/v1/products/5").send().await.unwrap();
+    }
+    h.app
+        .get("/v1/products/5/recommendations")
+        .send()
+        .await
+        .unwrap();
+    h.tel.flush().await;
+    let exported = h.metrics.get_finished_metrics().unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    let mut found = false;
+    for rm in &exported {
+        for sm in rm.scope_metrics() {
+            for m in sm.metrics() {
+                names.insert(m.name().to_string());
+                if m.name() == "http.server.request.duration" {
+                    assert_eq!(m.unit(), "s");
+                    if let AggregatedMetrics::F64(MetricData::Histogram(hist)) = m.data() {
+                        for dp in hist.data_points() {
+                            let attrs: Vec<KeyValue> = dp.attributes().cloned().collect();
+                            if has(&attrs, "http.route", Value::from("/v1/products/{id}"))
+                                && has(&attrs, "http.request.method", Value::from("GET"))
+                                && has(&attrs, "http.response.status_code", Value::I64(200))
+                            {
+                                assert_eq!(dp.count(), 3);
+                                assert!(dp.sum() > 0.0 && dp.sum() < 10.0, "seconds, not ms");
+                                found = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(found, "duration histogram with route, method and status");
+    for expected in [
+        "http.server.active_requests",
+        "http.client.request.duration",
+        "db.client.connection.count",
+        "db.client.connection.wait_time",
+        "cache.requests",
+        "circuit_breaker.state",
+        "write_behind.queue.depth",
+        "process.cpu.time",
+        "process.memory.usage",
+    ] {
+        assert!(
+            names.contains(expected),
+            "missing {expected}; have {names:?}"
+        );
+    }
+    h.app.stop().await;
+}
