@@ -4,5 +4,6 @@ mod helpers;
 
 mod ingest_errors;
 mod otlp_export;
+mod query_semantics;
 mod restart;
 mod sketch_properties;

@@ -486,3 +486,143 @@ fn enforce_span_cap(tx: &rusqlite::Transaction<'_>, max_spans: u64) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::RedDelta;
+    use crate::aggregate::sampler::KeepReason;
+    use crate::model::RequestRecord;
+    use std::time::Duration;
+
+    fn delta(window_start_ms: i64, route: &str) -> RedDelta {
+        let endpoint = EndpointKey {
+            service: "svc".into(),
+            method: "GET".into(),
+            route: route.into(),
+        };
+        let mut stats = RedStats::default();
+        stats.add_request(&RequestRecord {
+            endpoint: endpoint.clone(),
+            end_unix_ms: window_start_ms,
+            duration_ms: 12.0,
+            status_code: Some(200),
+            is_error: false,
+        });
+        RedDelta {
+            source: RedSource::Spans,
+            endpoint,
+            window_start_ms,
+            stats,
+        }
+    }
+
+    fn span(trace: u8, start_ms: i64) -> SpanRecord {
+        SpanRecord {
+            trace_id: format!("{trace:032x}"),
+            span_id: format!("{trace:016x}"),
+            parent_span_id: None,
+            service: "svc".into(),
+            name: "GET /".into(),
+            kind: "server".into(),
+            start_unix_ns: start_ms as u64 * 1_000_000,
+            end_unix_ns: start_ms as u64 * 1_000_000 + 5_000_000,
+            status: "unset".into(),
+            status_message: String::new(),
+            attributes: Default::default(),
+            events: Vec::new(),
+            endpoint: None,
+            is_error: false,
+        }
+    }
+
+    fn count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn writer(retention: Retention) -> (tempfile::TempDir, Writer) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open_writer(&dir.path().join("redline.db")).unwrap();
+        let writer = Writer {
+            conn,
+            retention,
+            endpoint_ids: HashMap::new(),
+            series_ids: HashMap::new(),
+        };
+        (dir, writer)
+    }
+
+    #[test]
+    fn flushes_merge_into_every_resolution() {
+        let (_dir, mut writer) = writer(Retention::default());
+        let minute = 1_800_000_000_000;
+        for (seq, offset) in [(1, 0), (2, 10_000), (3, 10_000)] {
+            let batch = FlushBatch {
+                red: vec![delta(minute + offset, "/a")],
+                ..Default::default()
+            };
+            writer.write_flush(seq, &batch).unwrap();
+        }
+        let conn = &writer.conn;
+        assert_eq!(count(conn, "red_10s"), 2);
+        assert_eq!(count(conn, "red_1m"), 1);
+        let requests: i64 = conn
+            .query_row("SELECT requests FROM red_1m", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(requests, 3);
+        let seq: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'flushed_seq'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seq, 3);
+    }
+
+    #[test]
+    fn retention_deletes_old_windows_traces_and_orphans() {
+        let retention = Retention {
+            ten_seconds: Duration::from_secs(3600),
+            one_minute: Duration::from_secs(86_400),
+            one_hour: Duration::from_secs(7 * 86_400),
+            traces: Duration::from_secs(3600),
+            max_spans: 2,
+        };
+        let (_dir, mut writer) = writer(retention);
+        let now = 1_800_000_000_000i64;
+        let batch = FlushBatch {
+            red: vec![
+                delta(now - 2 * 3_600_000, "/recent"),
+                delta(now - 30 * 86_400_000, "/ancient"),
+            ],
+            spans: vec![
+                (span(1, now - 2 * 3_600_000), KeepReason::Sampled),
+                (span(2, now - 1_000), KeepReason::Sampled),
+                (span(3, now - 2_000), KeepReason::Sampled),
+                (span(4, now - 3_000), KeepReason::Error),
+            ],
+            ..Default::default()
+        };
+        writer.write_flush(1, &batch).unwrap();
+        writer.apply_retention(now).unwrap();
+        let conn = &writer.conn;
+        // The 2 h old window: gone from 10 s, kept at 1 m and 1 h.
+        assert_eq!(count(conn, "red_10s"), 0);
+        assert_eq!(count(conn, "red_1m"), 1);
+        assert_eq!(count(conn, "red_1h"), 1);
+        // The 30 day old endpoint lost all its rows and its row in `endpoints`.
+        assert_eq!(count(conn, "endpoints"), 1);
+        // Traces: the 2 h old one by age, then the oldest beyond the 2-span cap.
+        assert_eq!(count(conn, "spans"), 2);
+        let kept: Vec<String> = conn
+            .prepare("SELECT trace_id FROM traces ORDER BY start_ns")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(kept, vec![format!("{:032x}", 3), format!("{:032x}", 2)]);
+    }
+}
