@@ -24,6 +24,7 @@ pub mod app;
 pub mod config;
 pub mod ingest;
 pub mod model;
+pub mod notify;
 pub mod pipeline;
 pub mod query;
 pub mod self_metrics;

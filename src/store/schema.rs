@@ -97,6 +97,68 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (trace_id, span_id)
     ) WITHOUT ROWID;
     "#,
+    // 2: alerting — rule state, transition history, notification log, silences, e-mail outbox.
+    r#"
+    CREATE TABLE alert_state (
+        alert_key TEXT PRIMARY KEY,
+        rule TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        state TEXT NOT NULL,
+        active_at_ms INTEGER NOT NULL,
+        fired_at_ms INTEGER,
+        resolved_at_ms INTEGER,
+        keep_firing_since_ms INTEGER,
+        value REAL,
+        annotations TEXT NOT NULL,
+        last_eval_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE alert_history (
+        id INTEGER PRIMARY KEY,
+        alert_key TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        value REAL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX alert_history_at ON alert_history (at_ms);
+    CREATE INDEX alert_history_rule ON alert_history (rule, at_ms);
+
+    CREATE TABLE notification_log (
+        group_key TEXT PRIMARY KEY,
+        receiver TEXT NOT NULL,
+        firing_hash TEXT NOT NULL,
+        resolved_hash TEXT NOT NULL,
+        last_sent_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE silences (
+        id TEXT PRIMARY KEY,
+        matchers TEXT NOT NULL,
+        starts_at_ms INTEGER NOT NULL,
+        ends_at_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        comment TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        group_key TEXT NOT NULL,
+        receiver TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        recipients TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        message BLOB NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT,
+        sent_ms INTEGER
+    );
+    CREATE INDEX outbox_due ON outbox (status, next_attempt_ms);
+    "#,
 ];
 
 pub fn latest_version() -> i64 {
