@@ -170,7 +170,7 @@ async fn fetch_keys(client: &reqwest::Client, target: &str, n: usize) -> Vec<Str
 /// Runs until `duration` elapses or `stop` resolves, then waits (up to the request timeout)
 /// for requests in flight.
 pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report, LoadgenError> {
-    if !(opts.rate > 0.0) || !opts.rate.is_finite() {
+    if !opts.rate.is_finite() || opts.rate <= 0.0 {
         return Err(LoadgenError::Options(
             "rate must be a positive number".into(),
         ));

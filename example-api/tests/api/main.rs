@@ -1,5 +1,6 @@
 //! One integration-test binary: every test starts the API on port 0 with a temporary database.
 
+mod cli;
 mod helpers;
 mod lists;
 mod resilience;
