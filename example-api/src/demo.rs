@@ -94,6 +94,9 @@ async fn start_redline(path: &PathBuf) -> Result<Child, DemoError> {
             "--data-dir",
             "./data/redline",
         ])
+        // Its own process group: a terminal's Ctrl-C reaches only the demo, which stops redline
+        // last, after the API's final telemetry has been flushed to it.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(DemoError::Spawn)?;
