@@ -21,8 +21,10 @@
 //! - [`telemetry`]: OTLP traces and metrics, span helpers and instruments.
 //! - [`loadgen`]: open-model load generator with coordinated-omission-free latencies.
 //! - [`demo`]: redline + API + load + a scripted fault scenario in one command.
+//! - [`bench`]: the performance targets, measured against real server processes.
 
 pub mod app;
+pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod db;

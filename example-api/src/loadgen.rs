@@ -35,6 +35,9 @@ pub struct Options {
     /// API keys to spread traffic over (simulated client applications).
     pub users: usize,
     pub timeout: Duration,
+    /// Instead of the mix, GET only this path; `{id}` becomes a random id in `1..=max_id`
+    /// (benchmarks of one endpoint).
+    pub only: Option<(String, i64)>,
 }
 
 impl Options {
@@ -46,6 +49,7 @@ impl Options {
             max_in_flight: 10_000,
             users: 8,
             timeout: Duration::from_secs(10),
+            only: None,
         }
     }
 }
@@ -70,6 +74,7 @@ pub struct EndpointCounts {
 
 struct Shared {
     hist: Histogram<u64>,
+    admitted: Histogram<u64>,
     by_status: BTreeMap<String, u64>,
     by_endpoint: BTreeMap<String, EndpointCounts>,
 }
@@ -80,6 +85,8 @@ pub struct Report {
     pub completed: u64,
     pub elapsed: Duration,
     pub hist: Histogram<u64>,
+    /// Latencies of requests the server admitted (everything except 429, 503 and failures).
+    pub admitted: Histogram<u64>,
     /// Count per status code (`"200"`) or client-side failure (`"timeout"`, `"connect"`,
     /// `"client_overload"`).
     pub by_status: BTreeMap<String, u64>,
@@ -105,6 +112,11 @@ impl Report {
             "completed": self.completed,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "latency_ms": { "p50": self.ms(0.5), "p95": self.ms(0.95), "p99": self.ms(0.99), "max": self.hist.max() as f64 / 1000.0 },
+            "admitted_latency_ms": {
+                "count": self.admitted.len(),
+                "p50": self.admitted.value_at_quantile(0.5) as f64 / 1000.0,
+                "p99": self.admitted.value_at_quantile(0.99) as f64 / 1000.0,
+            },
             "by_status": self.by_status,
             "by_endpoint": self.by_endpoint.iter().map(|(k, v)| (k.clone(), json!({"requests": v.requests, "errors": v.errors}))).collect::<serde_json::Map<_, _>>(),
         })
@@ -193,6 +205,7 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
     .max(1);
     let shared = Arc::new(Mutex::new(Shared {
         hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+        admitted: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
         by_status: BTreeMap::new(),
         by_endpoint: BTreeMap::new(),
     }));
@@ -223,7 +236,16 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
             (pick(rng.random()), id, rng.random::<u64>())
         };
         let (method, route, _) = MIX[idx];
-        let label = format!("{method} {}", route.split('?').next().unwrap_or(route));
+        let only = opts.only.as_ref().map(|(p, max)| {
+            p.replace(
+                "{id}",
+                &(1 + (seq as i64).rem_euclid((*max).max(1))).to_string(),
+            )
+        });
+        let label = match &opts.only {
+            Some((path, _)) => format!("GET {path}"),
+            None => format!("{method} {}", route.split('?').next().unwrap_or(route)),
+        };
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
             *s.by_status.entry("client_overload".into()).or_default() += 1;
@@ -238,9 +260,10 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         let shared = shared.clone();
         tasks.spawn(async move {
             let key = (!keys.is_empty()).then(|| keys[(seq as usize) % keys.len()].clone());
-            let req = match idx {
-                0 => client.get(format!("{target}/v1/products/{id}")),
-                1 => {
+            let req = match (only, idx) {
+                (Some(path), _) => client.get(format!("{target}{path}")),
+                (None, 0) => client.get(format!("{target}/v1/products/{id}")),
+                (None, 1) => {
                     let sort = if seq % 2 == 0 { "created" } else { "price" };
                     let cat = if seq % 3 == 0 {
                         format!("&category={}", 1 + seq % 20)
@@ -249,14 +272,14 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
                     };
                     client.get(format!("{target}/v1/products?limit=20&sort={sort}{cat}"))
                 }
-                2 => client.get(format!(
+                (None, 2) => client.get(format!(
                     "{target}/v1/products?limit=10&include=category,reviews"
                 )),
-                3 => client.get(format!("{target}/v1/products/{id}/reviews?limit=10")),
-                4 => client.get(format!("{target}/v1/products/{id}/recommendations")),
-                5 => client.get(format!("{target}/v1/categories")),
-                6 => client.get(format!("{target}/v1/stats")),
-                _ => client
+                (None, 3) => client.get(format!("{target}/v1/products/{id}/reviews?limit=10")),
+                (None, 4) => client.get(format!("{target}/v1/products/{id}/recommendations")),
+                (None, 5) => client.get(format!("{target}/v1/categories")),
+                (None, 6) => client.get(format!("{target}/v1/stats")),
+                (None, _) => client
                     .post(format!("{target}/v1/products/{id}/reviews"))
                     .header("idempotency-key", format!("lg-{seq:016x}"))
                     .json(&json!({"rating": 1 + seq % 5, "body": "load generator review"})),
@@ -281,6 +304,12 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
                 !status.starts_with('2') && !status.starts_with('3') && !status.starts_with('4');
             let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
             let _ = s.hist.record(micros.min(60_000_000));
+            let admitted = status.starts_with('2')
+                || status.starts_with('3')
+                || (status.starts_with('4') && status != "429");
+            if admitted {
+                let _ = s.admitted.record(micros.min(60_000_000));
+            }
             *s.by_status.entry(status).or_default() += 1;
             let e = s.by_endpoint.entry(label).or_default();
             e.requests += 1;
@@ -308,6 +337,7 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         completed,
         elapsed,
         hist: s.hist.clone(),
+        admitted: s.admitted.clone(),
         by_status: s.by_status.clone(),
         by_endpoint: s.by_endpoint.clone(),
         target_rate: opts.rate,

@@ -31,6 +31,30 @@ enum Cmd {
     Loadgen(LoadgenArgs),
     /// Start redline, the API and the load generator, with a scripted fault scenario.
     Demo(DemoArgs),
+    /// Measure the performance targets (telemetry overhead, overload); prints Markdown.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Arrival rate of the telemetry-overhead runs.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Interleaved rounds (each runs telemetry on and off).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Base rate of the overload runs (the overload is 10×).
+    #[arg(long, default_value_t = 200.0)]
+    base_rate: f64,
+    /// Concurrency limit of the overload server.
+    #[arg(long, default_value_t = 32)]
+    max_concurrency: usize,
+    /// Working directory for the servers' databases.
+    #[arg(long, default_value = "./data/bench")]
+    dir: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -161,6 +185,21 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", report.render());
             }
+            Ok(())
+        }
+        Cmd::Bench(a) => {
+            let report = example_api::bench::run(example_api::bench::BenchOptions {
+                exe: std::env::current_exe()?,
+                dir: a.dir,
+                rate: a.rate,
+                secs: a.secs,
+                rounds: a.rounds,
+                base_rate: a.base_rate,
+                max_concurrency: a.max_concurrency,
+            })
+            .await
+            .context("benchmark")?;
+            print!("{report}");
             Ok(())
         }
         Cmd::Demo(a) => {
