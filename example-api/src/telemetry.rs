@@ -172,24 +172,37 @@ impl Telemetry {
         let resource = Resource::builder()
             .with_service_name(service_name.to_string())
             .build();
-        let mut enabled = false;
-        let mut tp = SdkTracerProvider::builder().with_resource(resource.clone());
-        let mut mp = SdkMeterProvider::builder().with_resource(resource);
+        let tp = SdkTracerProvider::builder().with_resource(resource.clone());
+        let mp = SdkMeterProvider::builder().with_resource(resource);
         match cfg.endpoint.as_deref() {
             Some(endpoint) if !cfg.disabled => {
                 let (spans, metrics) = build_exporters(endpoint, cfg)?;
-                tp = tp.with_batch_exporter(spans);
                 let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(metrics)
                     .with_interval(cfg.metric_interval)
                     .build();
-                mp = mp.with_reader(reader);
-                enabled = true;
+                let mp = mp.with_reader(reader).build();
+                let exported = mp
+                    .meter("example-api")
+                    .u64_counter("otel.sdk.exporter.span.exported")
+                    .with_unit("{span}")
+                    .build();
+                // The batch processor's queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE, 2048 by
+                // default) and drops when full; export runs on its own thread.
+                let tp = tp
+                    .with_batch_exporter(CountingExporter {
+                        inner: spans,
+                        exported,
+                    })
+                    .build();
+                Ok(Self::from_providers(tp, mp))
             }
-            _ => tp = tp.with_sampler(Sampler::AlwaysOff),
+            _ => {
+                let mut t =
+                    Self::from_providers(tp.with_sampler(Sampler::AlwaysOff).build(), mp.build());
+                t.metrics_enabled = false;
+                Ok(t)
+            }
         }
-        let mut t = Self::from_providers(tp.build(), mp.build());
-        t.metrics_enabled = enabled;
-        Ok(t)
     }
 
     /// No export, no recording: for tests that do not look at telemetry.
@@ -334,6 +347,44 @@ fn build_exporters(
             .with_temporality(temporality)
             .build()?;
         Ok((spans, metrics))
+    }
+}
+
+/// Counts exported and failed spans (`error.type` set on failure), so lost telemetry is visible.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    exported: Counter<u64>,
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for CountingExporter<E>
+{
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let n = batch.len() as u64;
+        let r = self.inner.export(batch).await;
+        match &r {
+            Ok(()) => self.exported.add(n, &[]),
+            Err(_) => self
+                .exported
+                .add(n, &[KeyValue::new("error.type", "export_failed")]),
+        }
+        r
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

@@ -275,3 +275,32 @@ async fn http_and_internal_metrics_are_recorded() {
     }
     h.app.stop().await;
 }
+
+/// Export to an endpoint where nothing listens: every request still succeeds, quickly.
+#[tokio::test]
+async fn failing_export_never_blocks_or_fails_requests() {
+    use example_api::telemetry::ExportConfig;
+    let cfg = ExportConfig {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        protocol: "http/protobuf".into(),
+        delta: false,
+        metric_interval: Duration::from_millis(100),
+        disabled: false,
+    };
+    let tel = Arc::new(Telemetry::new("example-api", &cfg).unwrap());
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = TestApp::spawn_config(test_config(&dir), dir, tel.clone()).await;
+    let start = std::time::Instant::now();
+    for i in 0..300 {
+        let r = app
+            .get(&format!("/v1/products/{}", 1 + i % 50))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "300 requests took {took:?}");
+    app.stop().await;
+    tel.shutdown().await;
+}
