@@ -115,6 +115,7 @@ impl App {
         });
         let readers = Readers::new(&db_path);
         let query = Query::new(live.clone(), readers.clone(), settings.retention);
+        let pages_live = live.clone();
         let (queue, queue_rx) = pipeline::queue(settings.queue_capacity);
         let ingestor = Ingestor::new(queue.clone());
 
@@ -159,13 +160,26 @@ impl App {
         });
 
         let (web_stop, web_stop_rx) = watch::channel(false);
+        let pages = web::pages::Pages::new(
+            query.clone(),
+            pages_live,
+            queue.clone(),
+            settings.queue_capacity,
+            db_path.clone(),
+            settings.dashboards_dir.clone(),
+            grpc_addr,
+            http_addr,
+        );
         let web_router = web::router(
             query.clone(),
             self_metrics::install(),
             queue,
             readers,
             settings.queue_capacity,
-        );
+        )
+        .merge(web::pages::router(pages));
+        // Credentials and the CSRF guard cover every route of the web address.
+        let web_router = web::protect(web_router, settings.web_auth.clone());
         let web_task = tokio::spawn(async move {
             axum::serve(web_listener, web_router)
                 .with_graceful_shutdown(stopped(web_stop_rx))

@@ -12,6 +12,7 @@ use crate::aggregate::AggregatorConfig;
 use crate::aggregate::cardinality::Limits;
 use crate::aggregate::sampler::SamplerConfig;
 use crate::store::Retention;
+use crate::web::auth::WebAuth;
 
 /// Every setting, each optional so that layers can be merged. Field names are the TOML keys;
 /// flags are the same in kebab-case, environment variables the same in upper case.
@@ -80,6 +81,25 @@ pub struct SettingsLayer {
     /// Slowest requests kept per endpoint per minute [default: 3]
     #[arg(long, env = "REDLINE_TRACE_SLOWEST_PER_MINUTE", value_name = "N")]
     pub trace_slowest_per_minute: Option<usize>,
+    /// Bearer token the web address requires (dashboard and API; not /healthz, /readyz) [default: none]
+    #[arg(
+        long,
+        env = "REDLINE_WEB_AUTH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub web_auth_token: Option<String>,
+    /// HTTP basic auth `user:password` the web address requires; browsers prompt for it [default: none]
+    #[arg(
+        long,
+        env = "REDLINE_WEB_BASIC_AUTH",
+        value_name = "USER:PASSWORD",
+        hide_env_values = true
+    )]
+    pub web_basic_auth: Option<String>,
+    /// Directory of the custom dashboards (`*.toml`) [default: ./dashboards]
+    #[arg(long, env = "REDLINE_DASHBOARDS_DIR", value_name = "DIR")]
+    pub dashboards_dir: Option<PathBuf>,
 }
 
 impl SettingsLayer {
@@ -104,6 +124,9 @@ impl SettingsLayer {
             retention_10s,
             retention_1m,
             retention_1h,
+            web_auth_token,
+            web_basic_auth,
+            dashboards_dir,
             trace_retention,
             trace_max_spans,
             trace_sample_ratio,
@@ -125,6 +148,9 @@ pub struct Settings {
     pub flush_interval: Duration,
     pub aggregator: AggregatorConfig,
     pub retention: Retention,
+    /// Credentials the web address requires (required beyond loopback).
+    pub web_auth: WebAuth,
+    pub dashboards_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +254,22 @@ impl Settings {
             ),
             ..Limits::default()
         };
+        let web_auth = WebAuth {
+            token: layer.web_auth_token.filter(|t| !t.is_empty()),
+            basic: layer.web_basic_auth.as_deref().and_then(|text| {
+                let parsed = WebAuth::parse_basic(text);
+                if parsed.is_none() {
+                    problems.push("web_basic_auth: must be user:password".into());
+                }
+                parsed
+            }),
+        };
+        if !web_addr.ip().is_loopback() && !web_auth.is_enabled() {
+            problems.push(format!(
+                "web_addr: {web_addr} is reachable beyond this machine; set web_auth_token or \
+                 web_basic_auth so the dashboard and API require credentials"
+            ));
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -251,6 +293,10 @@ impl Settings {
                 ..AggregatorConfig::default()
             },
             retention,
+            web_auth,
+            dashboards_dir: layer
+                .dashboards_dir
+                .unwrap_or_else(|| PathBuf::from("./dashboards")),
         })
     }
 }
@@ -321,6 +367,36 @@ mod tests {
             panic!("expected validation errors");
         };
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn the_web_address_beyond_loopback_requires_credentials() {
+        let open = SettingsLayer {
+            web_addr: Some("0.0.0.0:9900".into()),
+            ..Default::default()
+        };
+        let message = Settings::resolve(open.clone()).unwrap_err().to_string();
+        assert!(message.contains("web_auth_token"), "{message}");
+        let with_token = SettingsLayer {
+            web_auth_token: Some("s3cret".into()),
+            ..open.clone()
+        };
+        assert!(Settings::resolve(with_token).unwrap().web_auth.is_enabled());
+        let bad_basic = SettingsLayer {
+            web_basic_auth: Some("nopassword".into()),
+            ..open
+        };
+        let message = Settings::resolve(bad_basic).unwrap_err().to_string();
+        assert!(
+            message.contains("web_basic_auth: must be user:password"),
+            "{message}"
+        );
+        assert!(
+            !Settings::resolve(SettingsLayer::default())
+                .unwrap()
+                .web_auth
+                .is_enabled()
+        );
     }
 
     #[test]

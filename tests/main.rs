@@ -4,6 +4,7 @@ mod helpers;
 
 mod ingest_errors;
 mod otlp_export;
+mod pages;
 mod query_semantics;
 mod restart;
 mod sketch_properties;

@@ -361,12 +361,41 @@ pub async fn create(
     .await
 }
 
-fn if_match(headers: &HeaderMap) -> Result<String, ApiError> {
-    headers
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .ok_or(ApiError::PreconditionRequired)
+/// The write preconditions: `If-Match` (required) and an optional `If-None-Match`.
+struct Preconditions {
+    if_match: String,
+    if_none_match: Option<String>,
+}
+
+impl Preconditions {
+    /// RFC 9110 §13.2.2 order: If-Match (strong), then If-None-Match (weak; a match fails a
+    /// state-changing request with 412).
+    fn check(&self, current: &str) -> Result<(), ApiError> {
+        if !etag::match_hits(&self.if_match, current) {
+            return Err(ApiError::PreconditionFailed);
+        }
+        if self
+            .if_none_match
+            .as_deref()
+            .is_some_and(|h| etag::none_match_hits(h, current))
+        {
+            return Err(ApiError::PreconditionFailed);
+        }
+        Ok(())
+    }
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Preconditions, ApiError> {
+    let get = |h| {
+        headers
+            .get(h)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Ok(Preconditions {
+        if_match: get(header::IF_MATCH).ok_or(ApiError::PreconditionRequired)?,
+        if_none_match: get(header::IF_NONE_MATCH),
+    })
 }
 
 /// `PATCH /v1/products/{id}`: requires `If-Match`; the check and the update share one
@@ -387,9 +416,7 @@ pub async fn update(
         .db
         .write(Some(&client.key), move |sql| -> Result<_, ApiError> {
             let cur = queries::get_product(sql, id)?.ok_or(ApiError::NotFound)?;
-            if !etag::match_hits(&precondition, &product_etag(&cur)) {
-                return Err(ApiError::PreconditionFailed);
-            }
+            precondition.check(&product_etag(&cur))?;
             let s = |k: &str| {
                 cur.get(k)
                     .and_then(Value::as_str)
@@ -438,9 +465,7 @@ pub async fn delete(
     st.db
         .write(Some(&client.key), move |sql| -> Result<_, ApiError> {
             let cur = queries::get_product(sql, id)?.ok_or(ApiError::NotFound)?;
-            if !etag::match_hits(&precondition, &product_etag(&cur)) {
-                return Err(ApiError::PreconditionFailed);
-            }
+            precondition.check(&product_etag(&cur))?;
             let cat = cur.get("category_id").and_then(Value::as_i64).unwrap_or(0);
             queries::delete_product(sql, id, cat)?;
             Ok(())

@@ -95,6 +95,17 @@ async fn etags_304_and_conditional_writes() {
         }
         rb.send()
     };
+    // If-None-Match matching the current tag fails a write (RFC 9110).
+    let r = app
+        .http
+        .delete(app.url("/v1/products/9"))
+        .bearer_auth(&token)
+        .header("if-match", "*")
+        .header("if-none-match", &new_etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
     assert_eq!(del(None).await.unwrap().status(), 428);
     assert_eq!(del(Some(&etag)).await.unwrap().status(), 412);
     assert_eq!(del(Some(&new_etag)).await.unwrap().status(), 204);
@@ -341,5 +352,43 @@ async fn load_shedding_rejects_instead_of_queueing() {
     app.set_faults(FaultSettings::default()).await;
     // Health checks are never shed.
     assert_eq!(app.get("/healthz").send().await.unwrap().status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_misses_load_a_product_once() {
+    let app = TestApp::spawn_with(|c| c.view_flush_interval = Duration::from_secs(3600)).await;
+    app.set_faults(FaultSettings {
+        db_latency_ms: 200,
+        ..Default::default()
+    })
+    .await;
+    let before = app
+        .state
+        .db
+        .counters()
+        .statements
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let rb = app.get("/v1/products/21");
+        tasks.push(tokio::spawn(
+            async move { rb.send().await.unwrap().status() },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let after = app
+        .state
+        .db
+        .counters()
+        .statements
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        after - before,
+        1,
+        "20 concurrent misses, one SELECT (no stampede)"
+    );
     app.stop().await;
 }

@@ -1,0 +1,218 @@
+//! `/`: every service with its RED figures and sparklines, and redline's own health.
+
+use askama::Template;
+use axum::extract::State;
+use axum::response::Html;
+
+use super::{
+    EmptyHelp, Layout, PageError, Pages, Pairs, Params, SortHeader, cmp_opt, encode, fmt_bytes,
+    fmt_opt, merged, range_seconds, render, sort_headers, sort_of, stat_points, step_for,
+};
+use crate::query::RedStat;
+use crate::store::read::RedFilter;
+use crate::web::charts::{Unit, number, sparkline_svg};
+
+pub struct ServiceRow {
+    pub name: String,
+    pub href: String,
+    pub rate: String,
+    pub errors: String,
+    pub errors_bad: bool,
+    pub p50: String,
+    pub p95: String,
+    pub p99: String,
+    pub spark_rate: String,
+    pub spark_errors: String,
+    pub spark_p99: String,
+}
+
+pub struct HealthView {
+    pub ingest_rate: String,
+    pub accepted: String,
+    pub rejected: String,
+    pub rejected_bad: bool,
+    pub queue: String,
+    pub series: String,
+    pub overflow: String,
+    pub overflow_bad: bool,
+    pub database: String,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+pub struct Overview {
+    pub layout: Layout,
+    pub rows: Vec<ServiceRow>,
+    pub headers: Vec<SortHeader>,
+    pub health: HealthView,
+    pub help: EmptyHelp,
+    pub empty_title: &'static str,
+}
+
+/// Sort keys of the services table.
+const COLUMNS: [(&str, &str, bool); 6] = [
+    ("name", "service", false),
+    ("rate", "requests/s", true),
+    ("errors", "errors", true),
+    ("p50", "p50", true),
+    ("p95", "p95", true),
+    ("p99", "p99", true),
+];
+
+pub async fn page(State(pages): State<Pages>, pairs: Pairs) -> Result<Html<String>, PageError> {
+    render(&build(&pages, Params::from_pairs(pairs)).await?)
+}
+
+/// Builds the overview (public for the render-time benchmark).
+pub async fn build(pages: &Pages, params: Params) -> Result<Overview, PageError> {
+    let choice = params.range()?;
+    let refresh = params.refresh()?;
+    let range = choice.range;
+    let step = step_for(range, 40);
+    let red = pages
+        .query
+        .red_steps(RedFilter::default(), range, step, false)
+        .await?;
+    let seconds = range_seconds(range);
+    let rate_unit = Unit::PerSecond("req/s".into());
+    struct Figures {
+        name: String,
+        rate: f64,
+        errors: f64,
+        p50: Option<f64>,
+        p95: Option<f64>,
+        p99: Option<f64>,
+        row: ServiceRow,
+    }
+    let mut figures: Vec<Figures> = red
+        .groups
+        .iter()
+        .map(|(key, steps)| {
+            let total = merged(steps.values());
+            let rate = total.requests as f64 / seconds;
+            let errors = total.error_rate();
+            let (p50, p95, p99) = (
+                total.quantile_ms(0.5),
+                total.quantile_ms(0.95),
+                total.quantile_ms(0.99),
+            );
+            let spark = |stat, unit: &Unit, label: &str| {
+                sparkline_svg(
+                    &format!("{} {label}", key.service),
+                    &stat_points(&red, steps, stat),
+                    range.from_ms,
+                    range.to_ms,
+                    red.step_ms,
+                    unit,
+                )
+            };
+            let row = ServiceRow {
+                name: key.service.clone(),
+                href: format!(
+                    "/services/{}{}",
+                    encode(&key.service),
+                    params.with(&[("sort", None), ("dir", None)])
+                ),
+                rate: rate_unit.format(rate),
+                errors: Unit::Ratio.format(errors),
+                errors_bad: errors >= 0.01,
+                p50: fmt_opt(p50, &Unit::Millis),
+                p95: fmt_opt(p95, &Unit::Millis),
+                p99: fmt_opt(p99, &Unit::Millis),
+                spark_rate: spark(RedStat::Rate, &rate_unit, "requests/s"),
+                spark_errors: spark(RedStat::ErrorRate, &Unit::Ratio, "error rate"),
+                spark_p99: spark(RedStat::Quantile(99), &Unit::Millis, "p99"),
+            };
+            Figures {
+                name: key.service.clone(),
+                rate,
+                errors,
+                p50,
+                p95,
+                p99,
+                row,
+            }
+        })
+        .collect();
+    let (key, descending) = sort_of(&params, "name");
+    figures.sort_by(|a, b| {
+        let order = match key {
+            "rate" => a.rate.total_cmp(&b.rate),
+            "errors" => a.errors.total_cmp(&b.errors),
+            "p50" => cmp_opt(a.p50, b.p50),
+            "p95" => cmp_opt(a.p95, b.p95),
+            "p99" => cmp_opt(a.p99, b.p99),
+            _ => a.name.cmp(&b.name),
+        };
+        if descending { order.reverse() } else { order }
+    });
+    Ok(Overview {
+        layout: Layout::new(pages, "Overview", "overview", &params, &choice, refresh),
+        rows: figures.into_iter().map(|f| f.row).collect(),
+        headers: sort_headers(&params, &COLUMNS, "name"),
+        health: health(pages),
+        help: EmptyHelp::of(pages),
+        empty_title: "No requests in this time range",
+    })
+}
+
+fn health(pages: &Pages) -> HealthView {
+    let stats = pages.live.stats();
+    let totals = crate::self_metrics::ingest_totals();
+    let rejected = totals.spans_rejected + totals.points_rejected;
+    let overflow =
+        stats.overflow.services + stats.overflow.endpoints + stats.overflow.metric_series;
+    let database = std::fs::metadata(&pages.database_path)
+        .map(|m| m.len())
+        .unwrap_or(0)
+        + std::fs::metadata(pages.database_path.with_extension("db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    let depth = pages.queue.depth();
+    HealthView {
+        ingest_rate: pages
+            .ingest_rate()
+            .map(|r| format!("{} items/s", number(r)))
+            .unwrap_or_else(|| "measuring…".into()),
+        accepted: format!(
+            "{} spans, {} points",
+            number_int(totals.spans_accepted),
+            number_int(totals.points_accepted)
+        ),
+        rejected: format!(
+            "{} spans, {} points",
+            number_int(totals.spans_rejected),
+            number_int(totals.points_rejected)
+        ),
+        rejected_bad: rejected > 0,
+        queue: format!(
+            "{} / {} ({})",
+            number_int(depth as u64),
+            number_int(pages.queue_capacity as u64),
+            Unit::Ratio.format(depth as f64 / pages.queue_capacity.max(1) as f64)
+        ),
+        series: format!(
+            "{} services, {} endpoints, {} metric series",
+            stats.services, stats.endpoints, stats.metric_series
+        ),
+        overflow: format!(
+            "{} services, {} endpoints, {} metric series",
+            stats.overflow.services, stats.overflow.endpoints, stats.overflow.metric_series
+        ),
+        overflow_bad: overflow > 0,
+        database: fmt_bytes(database),
+    }
+}
+
+/// An integer with thin thousands separators.
+pub fn number_int(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
