@@ -171,7 +171,8 @@ impl MetricAggregation {
         }
     }
 
-    fn value(self, agg: &MetricAgg, seconds: f64) -> Option<f64> {
+    /// The aggregation of `agg`, which covers `seconds`.
+    pub fn value(self, agg: &MetricAgg, seconds: f64) -> Option<f64> {
         let numeric = agg.samples > 0 && agg.histogram.is_none();
         match self {
             MetricAggregation::Avg => match &agg.histogram {
@@ -280,6 +281,24 @@ impl Query {
         Ok(prefer_spans(rows))
     }
 
+    /// Merged RED statistics per endpoint for a range (alert rules read these).
+    pub async fn red_stats(
+        &self,
+        filter: RedFilter,
+        range: TimeRange,
+    ) -> Result<Vec<(EndpointKey, RedStats)>, StoreError> {
+        let resolution = self.resolution_for(range, 400);
+        let rows = self.red_windows(filter, range, resolution).await?;
+        let mut by_endpoint: BTreeMap<EndpointKey, RedStats> = BTreeMap::new();
+        for row in rows {
+            by_endpoint
+                .entry(row.endpoint)
+                .or_default()
+                .merge(&row.stats);
+        }
+        Ok(by_endpoint.into_iter().collect())
+    }
+
     pub async fn services(&self, range: TimeRange) -> Result<Vec<ServiceSummary>, StoreError> {
         let resolution = self.resolution_for(range, 400);
         let rows = self
@@ -378,40 +397,6 @@ impl Query {
             .collect())
     }
 
-    /// RED statistics per step for every service (or every endpoint, with `per_endpoint`)
-    /// matching `filter`, from one read: the dashboard draws all its sparklines and charts of a
-    /// page from it. Keys have empty method and route unless `per_endpoint`.
-    pub async fn red_steps(
-        &self,
-        filter: RedFilter,
-        range: TimeRange,
-        step_ms: i64,
-        per_endpoint: bool,
-    ) -> Result<RedSteps, StoreError> {
-        let resolution = self.resolution_for_step(range, step_ms);
-        let step_ms = step_ms.max(resolution.millis());
-        let rows = self.red_windows(filter, range, resolution).await?;
-        let mut groups: BTreeMap<EndpointKey, BTreeMap<i64, RedStats>> = BTreeMap::new();
-        for row in rows {
-            let key = if per_endpoint {
-                row.endpoint
-            } else {
-                EndpointKey {
-                    service: row.endpoint.service,
-                    method: String::new(),
-                    route: String::new(),
-                }
-            };
-            groups
-                .entry(key)
-                .or_default()
-                .entry(row.window_start_ms.div_euclid(step_ms) * step_ms)
-                .or_default()
-                .merge(&row.stats);
-        }
-        Ok(RedSteps { step_ms, groups })
-    }
-
     fn resolution_for_step(&self, range: TimeRange, step_ms: i64) -> Resolution {
         let age_ms = now_ms() - range.from_ms;
         Resolution::ALL
@@ -483,27 +468,7 @@ impl Query {
         } = request;
         let resolution = self.resolution_for_step(range, step_ms);
         let step_ms = step_ms.max(resolution.millis());
-        let (svc, metric) = (service.to_string(), name.to_string());
-        let from = resolution.align(range.from_ms);
-        let to = range.to_ms;
-        let stored = self
-            .readers
-            .run(move |conn| read::metric_windows(conn, &svc, &metric, resolution, from, to))
-            .await?;
-        let mut rows: Vec<MetricDelta> = stored.rows;
-        for (seq, batch) in self.live.unflushed(Some(service)) {
-            if seq <= stored.flushed_seq {
-                continue;
-            }
-            for delta in &batch.metrics {
-                let start = resolution.align(delta.window_start_ms);
-                if delta.series.key.name == name && start >= from && start < to {
-                    let mut delta = delta.clone();
-                    delta.window_start_ms = start;
-                    rows.push(delta);
-                }
-            }
-        }
+        let rows = self.metric_rows(service, name, range, resolution).await?;
         let info = rows.first().map(|r| r.series.clone());
         let aggregation = aggregation.unwrap_or_else(|| {
             info.as_ref()
@@ -550,6 +515,74 @@ impl Query {
         Ok((info, series))
     }
 
+    /// Stored and unflushed windows of every series named `name`, aligned to `resolution`.
+    async fn metric_rows(
+        &self,
+        service: &str,
+        name: &str,
+        range: TimeRange,
+        resolution: Resolution,
+    ) -> Result<Vec<MetricDelta>, StoreError> {
+        let (svc, metric) = (service.to_string(), name.to_string());
+        let from = resolution.align(range.from_ms);
+        let to = range.to_ms;
+        let stored = self
+            .readers
+            .run(move |conn| read::metric_windows(conn, &svc, &metric, resolution, from, to))
+            .await?;
+        let mut rows: Vec<MetricDelta> = stored.rows;
+        for (seq, batch) in self.live.unflushed(Some(service)) {
+            if seq <= stored.flushed_seq {
+                continue;
+            }
+            for delta in &batch.metrics {
+                let start = resolution.align(delta.window_start_ms);
+                if delta.series.key.name == name && start >= from && start < to {
+                    let mut delta = delta.clone();
+                    delta.window_start_ms = start;
+                    rows.push(delta);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// One merged window per attribute group (attributes in `group_by`) of a metric over a
+    /// range, after equality `filter`s (alert rules read these).
+    pub async fn metric_window(
+        &self,
+        service: &str,
+        name: &str,
+        filter: &BTreeMap<String, String>,
+        group_by: &[String],
+        range: TimeRange,
+    ) -> Result<Vec<(SeriesInfo, BTreeMap<String, String>, MetricAgg)>, StoreError> {
+        let resolution = self.resolution_for(range, 400);
+        let rows = self.metric_rows(service, name, range, resolution).await?;
+        let mut groups: BTreeMap<BTreeMap<String, String>, (SeriesInfo, MetricAgg)> =
+            BTreeMap::new();
+        for row in rows {
+            let attributes = &row.series.key.attributes;
+            if !filter.iter().all(|(k, v)| attributes.get(k) == Some(v)) {
+                continue;
+            }
+            let key: BTreeMap<String, String> = attributes
+                .iter()
+                .filter(|(k, _)| group_by.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            groups
+                .entry(key)
+                .or_insert_with(|| (row.series.clone(), MetricAgg::default()))
+                .1
+                .merge(&row.agg);
+        }
+        Ok(groups
+            .into_iter()
+            .map(|(k, (info, agg))| (info, k, agg))
+            .collect())
+    }
+
     pub async fn traces(&self, filter: TraceFilter) -> Result<Vec<TraceSummary>, StoreError> {
         self.readers
             .run(move |conn| read::traces(conn, &filter))
@@ -584,21 +617,6 @@ impl Query {
         });
         spans.dedup_by(|a, b| a.span_id == b.span_id);
         Ok(spans)
-    }
-}
-
-/// Per-step RED statistics by group, from [`Query::red_steps`].
-#[derive(Debug, Clone, Default)]
-pub struct RedSteps {
-    /// The step used (at least the resolution read).
-    pub step_ms: i64,
-    pub groups: BTreeMap<EndpointKey, BTreeMap<i64, RedStats>>,
-}
-
-impl RedSteps {
-    /// Seconds a step starting at `start_ms` covers: the newest step is still filling.
-    pub fn seconds(&self, start_ms: i64) -> f64 {
-        ((start_ms + self.step_ms).min(now_ms()) - start_ms).max(1000) as f64 / 1000.0
     }
 }
 

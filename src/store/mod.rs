@@ -2,6 +2,7 @@
 //! transactions and enforces retention; readers use their own read-only connections. Nothing
 //! here runs on the async runtime: callers go through the writer's channel or `spawn_blocking`.
 
+pub mod alerts;
 mod codec;
 pub mod read;
 pub mod schema;

@@ -1,0 +1,643 @@
+//! The alerting loop: every `eval_interval` evaluate all rules through the query layer, advance
+//! the state machine, persist state and transitions, route and group, and hand notifications
+//! to the sink (the e-mail outbox). Reloads `alerts.toml` on SIGHUP or when the file changes;
+//! a file that fails to validate is logged and the last good rule set stays in force.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use tokio::sync::{Notify, watch};
+
+use crate::alerts::config::{self, AlertsConfig, Rule, RuleKind, Selector};
+use crate::alerts::engine::{Alert, AlertState, Engine, Transition};
+use crate::alerts::routing::{AlertView, Dispatcher, Flush, Silence};
+use crate::alerts::source::{self, DataSource};
+use crate::alerts::template;
+use crate::notify::{AlertStatus, AlertSummary, ChartSpec, Notification, TraceLink};
+use crate::pipeline::now_ms;
+use crate::query::{Query, RedStat, TimeRange};
+use crate::store::TraceFilter;
+use crate::store::alerts::{self as persist, AlertStore, HistoryEntry};
+use crate::store::read::RedFilter;
+
+/// Where notifications go once the dispatcher decides to send them.
+pub trait NotificationSink: Send + Sync + 'static {
+    /// Durably queues the notification (before the notification log records it as sent).
+    fn enqueue(
+        &self,
+        notification: Notification,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// A rule's current standing, for the dashboard and the API.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RuleStatus {
+    pub name: String,
+    pub kind: &'static str,
+    pub service: String,
+    pub method: Option<String>,
+    pub route: Option<String>,
+    pub stat: String,
+    pub op: &'static str,
+    pub threshold: f64,
+    pub unit: &'static str,
+    /// "inactive", "pending" or "firing": the most severe state among its alerts.
+    pub state: &'static str,
+    pub value: Option<f64>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An SLO's error budget over its period.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SloStatus {
+    pub name: String,
+    pub service: String,
+    pub objective_percent: f64,
+    pub error_ratio: Option<f64>,
+    /// 1.0 = untouched, 0.0 = spent, negative = overspent.
+    pub budget_remaining: Option<f64>,
+}
+
+/// What the alerting loop shows the rest of redline.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AlertsView {
+    pub rules: Vec<RuleStatus>,
+    pub alerts: Vec<Alert>,
+    pub silences: Vec<Silence>,
+    pub slos: Vec<SloStatus>,
+    pub last_eval_ms: Option<i64>,
+    /// The last failure to reload the rules file (the previous rules stay in force).
+    pub config_error: Option<String>,
+    pub eval_errors: Vec<String>,
+}
+
+/// Shared access to the alerting state: read by pages and the API, silences written through it.
+#[derive(Clone)]
+pub struct AlertsHandle {
+    view: Arc<RwLock<AlertsView>>,
+    store: AlertStore,
+    reload: Arc<Notify>,
+    wake: Arc<Notify>,
+    rules: Arc<RwLock<Vec<Rule>>>,
+}
+
+impl AlertsHandle {
+    pub fn new(store: AlertStore) -> Self {
+        AlertsHandle {
+            view: Arc::new(RwLock::new(AlertsView::default())),
+            store,
+            reload: Arc::new(Notify::new()),
+            wake: Arc::new(Notify::new()),
+            rules: Arc::new(RwLock::new(Vec::new())),
+        }
+    }
+
+    pub fn view(&self) -> AlertsView {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The loaded rules (thresholds for charts).
+    pub fn rules(&self) -> Vec<Rule> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Asks the loop to reload the rules file (SIGHUP).
+    pub fn request_reload(&self) {
+        self.reload.notify_one();
+    }
+
+    pub async fn add_silence(&self, silence: Silence) -> Result<(), String> {
+        self.store
+            .run(move |conn| persist::save_silence(conn, &silence))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    pub async fn delete_silence(&self, id: String) -> Result<bool, String> {
+        let deleted = self
+            .store
+            .run(move |conn| persist::delete_silence(conn, &id))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.wake.notify_one();
+        Ok(deleted)
+    }
+
+    pub async fn history(&self, since_ms: i64, limit: usize) -> Result<Vec<HistoryEntry>, String> {
+        self.store
+            .run(move |conn| persist::history(conn, since_ms, limit))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn publish(&self, update: impl FnOnce(&mut AlertsView)) {
+        update(&mut self.view.write().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+pub struct AlertsSettings {
+    pub rules_file: PathBuf,
+    /// Base URL of the dashboard for links in e-mails (no trailing slash).
+    pub dashboard_url: String,
+}
+
+/// The rules file, with the modification time it was read at.
+struct Loaded {
+    config: AlertsConfig,
+    modified: Option<SystemTime>,
+}
+
+fn modified(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn load(settings: &AlertsSettings) -> Result<Loaded, String> {
+    let modified = modified(&settings.rules_file);
+    if modified.is_none() {
+        // No rules file: nothing to evaluate, which is a valid state for a new user.
+        return Ok(Loaded {
+            config: AlertsConfig::default(),
+            modified: None,
+        });
+    }
+    let config = config::load(&settings.rules_file).map_err(|e| e.to_string())?;
+    Ok(Loaded { config, modified })
+}
+
+/// Runs until `stop` turns true.
+pub async fn run<N: NotificationSink>(
+    settings: AlertsSettings,
+    query: Query,
+    handle: AlertsHandle,
+    sink: N,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut loaded = match load(&settings) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            tracing::error!(%error, "alert rules not loaded; no rules in force until the file is fixed");
+            handle.publish(|v| v.config_error = Some(error));
+            Loaded {
+                config: AlertsConfig::default(),
+                modified: modified(&settings.rules_file),
+            }
+        }
+    };
+    let store = handle.store.clone();
+    let saved = store.run(persist::load_alerts).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "could not restore alert state");
+        Vec::new()
+    });
+    let mut engine = Engine::restore(saved, now_ms(), loaded.config.outage_tolerance);
+    let log = store.run(persist::load_log).await.unwrap_or_default();
+    let mut dispatcher = Dispatcher::with_log(log);
+    *handle.rules.write().unwrap_or_else(|p| p.into_inner()) = loaded.config.rules.clone();
+
+    loop {
+        let started = now_ms();
+        cycle(
+            &settings,
+            &query,
+            &handle,
+            &sink,
+            &loaded.config,
+            &mut engine,
+            &mut dispatcher,
+            started,
+        )
+        .await;
+        let wait = loaded.config.eval_interval;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = handle.wake.notified() => {}
+            _ = handle.reload.notified() => reload(&settings, &handle, &mut loaded, &mut engine, true),
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        if modified(&settings.rules_file) != loaded.modified {
+            reload(&settings, &handle, &mut loaded, &mut engine, false);
+        }
+    }
+}
+
+/// Loads the file again; on success unchanged rules keep their alerts, changed or removed
+/// rules lose theirs. On failure everything stays as it was.
+fn reload(
+    settings: &AlertsSettings,
+    handle: &AlertsHandle,
+    loaded: &mut Loaded,
+    engine: &mut Engine,
+    forced: bool,
+) {
+    match load(settings) {
+        Ok(fresh) => {
+            let unchanged: HashSet<String> = fresh
+                .config
+                .rules
+                .iter()
+                .filter(|rule| loaded.config.rules.contains(rule))
+                .map(|rule| rule.name.clone())
+                .collect();
+            engine.retain_rules(|name| unchanged.contains(name));
+            tracing::info!(
+                rules = fresh.config.rules.len(),
+                forced,
+                "alert rules reloaded"
+            );
+            *handle.rules.write().unwrap_or_else(|p| p.into_inner()) = fresh.config.rules.clone();
+            handle.publish(|v| v.config_error = None);
+            *loaded = fresh;
+        }
+        Err(error) => {
+            tracing::error!(%error, "alert rules file rejected; the previous rules stay in force");
+            handle.publish(|v| v.config_error = Some(error));
+            loaded.modified = modified(&settings.rules_file);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn cycle<N: NotificationSink>(
+    settings: &AlertsSettings,
+    query: &Query,
+    handle: &AlertsHandle,
+    sink: &N,
+    config: &AlertsConfig,
+    engine: &mut Engine,
+    dispatcher: &mut Dispatcher,
+    now: i64,
+) {
+    let (transitions, errors) = evaluate_all(query, config, engine, now).await;
+    for t in &transitions {
+        tracing::info!(rule = %t.rule, from = t.from, to = t.to, value = ?t.value, "alert transition");
+    }
+    let alerts: Vec<Alert> = engine.alerts().cloned().collect();
+    let store = handle.store.clone();
+    let (to_save, transitions_to_save) = (alerts.clone(), transitions.clone());
+    if let Err(e) = store
+        .run(move |conn| persist::save_evaluation(conn, &to_save, &transitions_to_save))
+        .await
+    {
+        tracing::error!(error = %e, "alert state not saved");
+    }
+    let silences = store
+        .run(move |conn| persist::load_silences(conn, now))
+        .await
+        .unwrap_or_default();
+    let views: Vec<AlertView> = alerts
+        .iter()
+        .filter(|a| a.state != AlertState::Pending)
+        .map(|a| AlertView {
+            key: a.key.clone(),
+            labels: a.labels.clone(),
+            firing: a.state == AlertState::Firing,
+        })
+        .collect();
+    dispatcher.update(&config.route, &config.inhibit, &silences, &views, now);
+    let flushes = dispatcher.due(now);
+    let mut queued_all = true;
+    for flush in flushes {
+        let notification = notification(settings, query, config, engine, &flush, now).await;
+        if let Err(e) = sink.enqueue(notification).await {
+            tracing::error!(error = %e, group = %flush.group_key, "notification not queued");
+            queued_all = false;
+            // Not logged as sent: the next cycle tries again.
+            dispatcher.log.remove(&flush.group_key);
+        }
+    }
+    let log = dispatcher.log.clone();
+    if let Err(e) = store.run(move |conn| persist::save_log(conn, &log)).await {
+        tracing::error!(error = %e, queued_all, "notification log not saved");
+    }
+    let slos = slo_status(query, config, now).await;
+    let rules = rule_statuses(config, engine);
+    handle.publish(|view| {
+        view.rules = rules;
+        view.alerts = alerts;
+        view.silences = silences;
+        view.slos = slos;
+        view.last_eval_ms = Some(now);
+        view.eval_errors = errors;
+    });
+    crate::self_metrics::alerts(engine);
+}
+
+/// Evaluates every rule once.
+pub async fn evaluate_all<S: DataSource>(
+    source: &S,
+    config: &AlertsConfig,
+    engine: &mut Engine,
+    now: i64,
+) -> (Vec<Transition>, Vec<String>) {
+    let mut transitions = Vec::new();
+    let mut errors = Vec::new();
+    for rule in &config.rules {
+        match source::evaluate(source, rule, now).await {
+            Ok(observations) => transitions.extend(engine.evaluate(rule, observations, now)),
+            Err(e) => errors.push(format!("{}: {e}", rule.name)),
+        }
+    }
+    engine.expire_resolved(config.resolved_retention, now);
+    (transitions, errors)
+}
+
+fn rule_statuses(config: &AlertsConfig, engine: &Engine) -> Vec<RuleStatus> {
+    config
+        .rules
+        .iter()
+        .map(|rule| {
+            let mine: Vec<&Alert> = engine.alerts().filter(|a| a.rule == rule.name).collect();
+            let state = if mine.iter().any(|a| a.state == AlertState::Firing) {
+                "firing"
+            } else if mine.iter().any(|a| a.state == AlertState::Pending) {
+                "pending"
+            } else {
+                "inactive"
+            };
+            RuleStatus {
+                name: rule.name.clone(),
+                kind: match rule.kind {
+                    RuleKind::Threshold => "threshold",
+                    RuleKind::Change { .. } => "change",
+                    RuleKind::Absent => "absent",
+                    RuleKind::BurnRate { .. } => "burn_rate",
+                },
+                service: rule.service.clone(),
+                method: rule.method.clone(),
+                route: rule.route.clone(),
+                stat: match &rule.selector {
+                    Selector::Red { stat_name, .. } => stat_name.clone(),
+                    Selector::Metric { name, .. } => name.clone(),
+                },
+                op: rule.op.symbol(),
+                threshold: rule.threshold,
+                unit: rule.unit(),
+                state,
+                value: mine
+                    .iter()
+                    .filter(|a| a.state != AlertState::Resolved)
+                    .filter_map(|a| a.value)
+                    .reduce(f64::max),
+                labels: rule.labels.clone(),
+            }
+        })
+        .collect()
+}
+
+async fn slo_status(query: &Query, config: &AlertsConfig, now: i64) -> Vec<SloStatus> {
+    let mut out = Vec::new();
+    for rule in config.rules.iter().filter(|r| r.name.ends_with("-page")) {
+        let RuleKind::BurnRate { error_budget, .. } = rule.kind else {
+            continue;
+        };
+        let period = TimeRange {
+            from_ms: now - 30 * 86_400_000,
+            to_ms: now,
+        };
+        let filter = RedFilter {
+            service: Some(rule.service.clone()),
+            method: rule.method.clone(),
+            route: rule.route.clone(),
+        };
+        let stats = query.red_stats(filter, period).await.unwrap_or_default();
+        let (requests, errors) = stats.iter().fold((0u64, 0u64), |(r, e), (_, s)| {
+            (r + s.requests, e + s.errors)
+        });
+        let error_ratio = (requests > 0).then(|| errors as f64 / requests as f64);
+        out.push(SloStatus {
+            name: rule
+                .labels
+                .get("slo")
+                .cloned()
+                .unwrap_or_else(|| rule.name.clone()),
+            service: rule.service.clone(),
+            objective_percent: (1.0 - error_budget) * 100.0,
+            error_ratio,
+            budget_remaining: error_ratio.map(|ratio| 1.0 - ratio / error_budget),
+        });
+    }
+    out
+}
+
+/// Builds the e-mail content of one group: every alert with its evidence.
+async fn notification(
+    settings: &AlertsSettings,
+    query: &Query,
+    config: &AlertsConfig,
+    engine: &Engine,
+    flush: &Flush,
+    now: i64,
+) -> Notification {
+    let base = config
+        .dashboard_url
+        .clone()
+        .unwrap_or_else(|| settings.dashboard_url.clone());
+    let mut alerts = Vec::new();
+    for (keys, status) in [
+        (&flush.firing, AlertStatus::Firing),
+        (&flush.resolved, AlertStatus::Resolved),
+    ] {
+        for key in keys {
+            let Some(alert) = engine.get(key) else {
+                continue;
+            };
+            let Some(rule) = config.rules.iter().find(|r| r.name == alert.rule) else {
+                continue;
+            };
+            alerts.push(summary(&base, query, rule, alert, status, now).await);
+        }
+    }
+    let email = config
+        .receiver(&flush.receiver)
+        .map(|r| r.email.clone())
+        .unwrap_or(crate::notify::EmailReceiver {
+            to: Vec::new(),
+            from: "redline@localhost".into(),
+        });
+    Notification {
+        group_key: flush.group_key.clone(),
+        receiver: flush.receiver.clone(),
+        email,
+        group_labels: flush.group_labels.clone(),
+        alerts,
+        created_at_ms: now,
+    }
+}
+
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+async fn summary(
+    base: &str,
+    query: &Query,
+    rule: &Rule,
+    alert: &Alert,
+    status: AlertStatus,
+    now: i64,
+) -> AlertSummary {
+    let service = alert
+        .labels
+        .get("service")
+        .cloned()
+        .unwrap_or_else(|| rule.service.clone());
+    let method = alert.labels.get("method").cloned();
+    let route = alert.labels.get("route").cloned();
+    let dashboard_url = match (&method, &route) {
+        (Some(m), Some(r)) => format!(
+            "{base}/services/{}/endpoints?method={}&route={}",
+            encode(&service),
+            encode(m),
+            encode(r)
+        ),
+        _ => format!("{base}/services/{}", encode(&service)),
+    };
+    let unit = rule.unit();
+    let threshold_text = match rule.kind {
+        RuleKind::Absent => "no requests in the window".to_string(),
+        RuleKind::BurnRate { .. } => {
+            "burn rate over 14.4× (1h and 5m) or 6× (6h and 30m)".to_string()
+        }
+        _ => format!(
+            "{} {}",
+            rule.op.symbol(),
+            template::format_value(Some(rule.threshold), unit)
+        ),
+    };
+    AlertSummary {
+        alertname: rule.name.clone(),
+        status,
+        labels: alert.labels.clone(),
+        annotations: alert.annotations.clone(),
+        value: alert.value,
+        value_text: template::format_value(alert.value, unit),
+        threshold_text,
+        active_since_ms: alert.fired_at_ms.unwrap_or(alert.active_at_ms),
+        resolved_at_ms: alert.resolved_at_ms,
+        dashboard_url,
+        exemplars: exemplars(
+            base,
+            query,
+            &service,
+            method.as_deref(),
+            route.as_deref(),
+            alert,
+            now,
+        )
+        .await,
+        chart: chart(
+            query,
+            rule,
+            &service,
+            method.clone(),
+            route.clone(),
+            alert,
+            now,
+        )
+        .await,
+    }
+}
+
+async fn exemplars(
+    base: &str,
+    query: &Query,
+    service: &str,
+    method: Option<&str>,
+    route: Option<&str>,
+    alert: &Alert,
+    now: i64,
+) -> Vec<TraceLink> {
+    let from = alert.active_at_ms - 10 * 60_000;
+    let mut links = Vec::new();
+    for errors_only in [true, false] {
+        let filter = TraceFilter {
+            service: Some(service.to_string()),
+            method: method.map(str::to_string),
+            route: route.map(str::to_string),
+            errors_only,
+            min_duration_ms: None,
+            from_ms: from,
+            to_ms: now,
+            limit: 3,
+            slowest_first: true,
+        };
+        for trace in query.traces(filter).await.unwrap_or_default() {
+            if links.len() < 3
+                && !links
+                    .iter()
+                    .any(|l: &TraceLink| l.trace_id == trace.trace_id)
+            {
+                links.push(TraceLink {
+                    url: format!("{base}/traces/{}", trace.trace_id),
+                    trace_id: trace.trace_id,
+                    duration_ms: trace.duration_ms,
+                    error: trace.error,
+                });
+            }
+        }
+    }
+    links
+}
+
+/// The rule's figure around the firing time (30 min before it, until now) for the e-mail.
+async fn chart(
+    query: &Query,
+    rule: &Rule,
+    service: &str,
+    method: Option<String>,
+    route: Option<String>,
+    alert: &Alert,
+    now: i64,
+) -> Option<ChartSpec> {
+    let Selector::Red { stat, stat_name } = &rule.selector else {
+        return None;
+    };
+    let (stat, title) = match rule.kind {
+        RuleKind::Threshold => (*stat, stat_name.clone()),
+        // Change and burn-rate rules: chart the underlying figure, no threshold line.
+        _ => (*stat, stat_name.clone()),
+    };
+    let from = alert.active_at_ms.min(now) - 30 * 60_000;
+    let range = TimeRange {
+        from_ms: from,
+        to_ms: now,
+    };
+    let step = ((now - from) / 90).max(10_000) / 10_000 * 10_000;
+    let filter = RedFilter {
+        service: Some(service.to_string()),
+        method,
+        route,
+    };
+    let points = query.series(filter, stat, range, step).await.ok()?;
+    let points: Vec<(i64, f64)> = match stat {
+        RedStat::ErrorRate => points.into_iter().map(|(t, v)| (t, v * 100.0)).collect(),
+        _ => points,
+    };
+    Some(ChartSpec {
+        title: format!("{title} of {service}"),
+        unit: match stat {
+            RedStat::ErrorRate => "%".into(),
+            _ => rule.unit().to_string(),
+        },
+        points,
+        threshold: matches!(rule.kind, RuleKind::Threshold).then(|| match stat {
+            RedStat::ErrorRate => rule.threshold * 100.0,
+            _ => rule.threshold,
+        }),
+        firing_from_ms: alert.fired_at_ms.unwrap_or(alert.active_at_ms),
+        firing_to_ms: alert.resolved_at_ms,
+    })
+}
