@@ -2,6 +2,7 @@
 //! on `/metrics`. Names live here so every stage reports under one vocabulary.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -43,12 +44,38 @@ impl Signal {
 
 pub fn accepted(signal: Signal, count: u64) {
     counter!(format!("redline_{}_accepted_total", signal.item())).increment(count);
+    TOTALS[signal as usize].fetch_add(count, Ordering::Relaxed);
 }
 
 /// `reason`: invalid, overload, too_large, undecodable, unsupported_media_type.
 pub fn rejected(signal: Signal, reason: &'static str, count: u64) {
     counter!(format!("redline_{}_rejected_total", signal.item()), "reason" => reason)
         .increment(count);
+    TOTALS[2 + signal as usize].fetch_add(count, Ordering::Relaxed);
+}
+
+/// Accepted and rejected spans and points since the process started, for the dashboard's
+/// health panel (a typed read instead of parsing Prometheus text). Process-wide, like the
+/// Prometheus recorder: several apps in one test process share them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestTotals {
+    pub spans_accepted: u64,
+    pub points_accepted: u64,
+    pub spans_rejected: u64,
+    pub points_rejected: u64,
+}
+
+/// Spans accepted, points accepted, spans rejected, points rejected (by [`Signal`] index).
+static TOTALS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+pub fn ingest_totals() -> IngestTotals {
+    let get = |i: usize| TOTALS[i].load(Ordering::Relaxed);
+    IngestTotals {
+        spans_accepted: get(0),
+        points_accepted: get(1),
+        spans_rejected: get(2),
+        points_rejected: get(3),
+    }
 }
 
 pub fn requests_rejected(reason: &'static str) {

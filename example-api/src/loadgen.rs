@@ -92,6 +92,9 @@ pub struct Report {
     pub by_status: BTreeMap<String, u64>,
     /// Requests and errors (5xx and transport failures) per `METHOD /route/{template}`.
     pub by_endpoint: BTreeMap<String, EndpointCounts>,
+    /// Requests sent before the measured run (API keys, catalog size), per endpoint, so totals
+    /// can be compared with what the server (or redline) counted.
+    pub setup: BTreeMap<String, u64>,
     pub target_rate: f64,
 }
 
@@ -118,6 +121,7 @@ impl Report {
                 "p99": self.admitted.value_at_quantile(0.99) as f64 / 1000.0,
             },
             "by_status": self.by_status,
+            "setup": self.setup,
             "by_endpoint": self.by_endpoint.iter().map(|(k, v)| (k.clone(), json!({"requests": v.requests, "errors": v.errors}))).collect::<serde_json::Map<_, _>>(),
         })
     }
@@ -193,6 +197,9 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         .pool_max_idle_per_host(1024)
         .build()?;
     let keys = Arc::new(fetch_keys(&client, &target, opts.users).await);
+    let mut setup = BTreeMap::new();
+    setup.insert("POST /v1/auth/token".to_string(), opts.users as u64);
+    setup.insert("GET /v1/stats".to_string(), 1);
     let products = match client.get(format!("{target}/v1/stats")).send().await {
         Ok(r) => r
             .json::<Value>()
@@ -338,6 +345,7 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         elapsed,
         hist: s.hist.clone(),
         admitted: s.admitted.clone(),
+        setup,
         by_status: s.by_status.clone(),
         by_endpoint: s.by_endpoint.clone(),
         target_rate: opts.rate,

@@ -24,6 +24,10 @@ async fn loadgen_keeps_the_arrival_rate_and_counts_by_endpoint() {
     let per_status: u64 = report.by_status.values().sum();
     assert_eq!(per_status, 200);
     assert!(report.by_endpoint.contains_key("GET /v1/products/{id}"));
+    assert_eq!(
+        report.setup["POST /v1/auth/token"], 8,
+        "setup requests are reported separately"
+    );
     assert!(
         !report.by_status.contains_key("500") && !report.by_status.contains_key("timeout"),
         "{:?}",
