@@ -16,13 +16,16 @@
 //! - [`pipeline`]: the task that owns the aggregator, flushes it and shares unflushed data.
 //! - [`store`]: SQLite schema, migrations, the writer thread, reads and retention.
 //! - [`query`]: the read model every consumer uses.
-//! - [`web`]: the HTTP API, health and Prometheus endpoints.
+//! - [`web`]: the dashboard (askama pages, SVG charts), the HTTP API, health and Prometheus
+//!   endpoints.
+//! - [`dashboards`]: custom dashboards as code (`dashboards/*.toml`) and their validation.
 //! - [`config`] and [`app`]: settings, wiring and ordered shutdown.
 
 pub mod aggregate;
 pub mod alerts;
 pub mod app;
 pub mod config;
+pub mod dashboards;
 pub mod ingest;
 pub mod model;
 pub mod notify;

@@ -397,6 +397,40 @@ impl Query {
             .collect())
     }
 
+    /// RED statistics per step for every service (or every endpoint, with `per_endpoint`)
+    /// matching `filter`, from one read: the dashboard draws all its sparklines and charts of a
+    /// page from it. Keys have empty method and route unless `per_endpoint`.
+    pub async fn red_steps(
+        &self,
+        filter: RedFilter,
+        range: TimeRange,
+        step_ms: i64,
+        per_endpoint: bool,
+    ) -> Result<RedSteps, StoreError> {
+        let resolution = self.resolution_for_step(range, step_ms);
+        let step_ms = step_ms.max(resolution.millis());
+        let rows = self.red_windows(filter, range, resolution).await?;
+        let mut groups: BTreeMap<EndpointKey, BTreeMap<i64, RedStats>> = BTreeMap::new();
+        for row in rows {
+            let key = if per_endpoint {
+                row.endpoint
+            } else {
+                EndpointKey {
+                    service: row.endpoint.service,
+                    method: String::new(),
+                    route: String::new(),
+                }
+            };
+            groups
+                .entry(key)
+                .or_default()
+                .entry(row.window_start_ms.div_euclid(step_ms) * step_ms)
+                .or_default()
+                .merge(&row.stats);
+        }
+        Ok(RedSteps { step_ms, groups })
+    }
+
     fn resolution_for_step(&self, range: TimeRange, step_ms: i64) -> Resolution {
         let age_ms = now_ms() - range.from_ms;
         Resolution::ALL
@@ -617,6 +651,21 @@ impl Query {
         });
         spans.dedup_by(|a, b| a.span_id == b.span_id);
         Ok(spans)
+    }
+}
+
+/// Per-step RED statistics by group, from [`Query::red_steps`].
+#[derive(Debug, Clone, Default)]
+pub struct RedSteps {
+    /// The step used (at least the resolution read).
+    pub step_ms: i64,
+    pub groups: BTreeMap<EndpointKey, BTreeMap<i64, RedStats>>,
+}
+
+impl RedSteps {
+    /// Seconds a step starting at `start_ms` covers: the newest step is still filling.
+    pub fn seconds(&self, start_ms: i64) -> f64 {
+        ((start_ms + self.step_ms).min(now_ms()) - start_ms).max(1000) as f64 / 1000.0
     }
 }
 

@@ -1,7 +1,11 @@
-//! The web address: the JSON query API, `/healthz`, `/readyz` and redline's own `/metrics`.
+//! The web address: the dashboard ([`pages`], charts from [`charts`]), the JSON query API,
+//! `/healthz`, `/readyz` and redline's own `/metrics`, behind [`auth`] when configured.
 
 pub mod alerts_api;
 pub mod api;
+pub mod auth;
+pub mod charts;
+pub mod pages;
 
 use axum::Router;
 use axum::extract::State;
@@ -42,6 +46,17 @@ pub fn router(
         .route("/metrics", get(prometheus_metrics))
         .with_state(health)
         .merge(api::router(query))
+}
+
+/// Wraps the finished web router: credentials when configured, and the CSRF guard on every
+/// unsafe method (the outermost layers, so they cover routes merged by any module).
+pub fn protect(router: Router, web_auth: auth::WebAuth) -> Router {
+    router
+        .layer(axum::middleware::from_fn(auth::csrf_guard))
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(web_auth),
+            auth::require_auth,
+        ))
 }
 
 /// Ready when the database answers and the ingest queue has room.
