@@ -39,6 +39,8 @@ pub struct BenchOptions {
     /// Base rate of the overload benchmark (10× is the overload).
     pub base_rate: f64,
     pub max_concurrency: usize,
+    /// Pin servers to the last CPU (`taskset`) and the load generator to the others.
+    pub pin: bool,
 }
 
 struct Server {
@@ -74,8 +76,16 @@ async fn spawn_server(
     db: &Path,
     otlp: Option<&str>,
     max_concurrency: usize,
+    pin: Option<usize>,
 ) -> Result<Server, BenchError> {
-    let mut cmd = Command::new(exe);
+    let mut cmd = match pin {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     cmd.args([
         "serve",
         "--addr",
@@ -151,9 +161,33 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
+/// Restricts this process (the load generator) to CPUs `0..n`.
+#[cfg(target_os = "linux")]
+fn pin_self(n: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
+    // read and write that local set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..n {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_self(_n: usize) {}
+
 /// Runs both benchmarks and returns a Markdown report.
 pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     std::fs::create_dir_all(&o.dir)?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let server_cpu = (o.pin && cpus > 1).then(|| cpus - 1);
+    if server_cpu.is_some() {
+        pin_self(cpus - 1);
+    }
     let seen = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let sink = otlp_sink(seen.clone()).await?;
     let mut out = String::new();
@@ -163,12 +197,16 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     out.push_str(&format!(
         "# example-api benchmarks\n\nMachine: {cores} cores, shared with the load generator (same host). Servers are \
          release builds of `example-api serve` (10k products seeded), telemetry exported over OTLP/HTTP to a local \
-         sink that discards it.\n\n"
+         sink that discards it.{}\n\n",
+        match server_cpu {
+            Some(c) => format!(" Servers pinned to CPU {c}, the load generator to the other CPUs."),
+            None => String::new(),
+        }
     ));
 
     // 1. Telemetry overhead on a cached GET.
-    let off = spawn_server(&o.exe, &o.dir.join("off.db"), None, 4096).await?;
-    let on = spawn_server(&o.exe, &o.dir.join("on.db"), Some(&sink), 4096).await?;
+    let off = spawn_server(&o.exe, &o.dir.join("off.db"), None, 4096, server_cpu).await?;
+    let on = spawn_server(&o.exe, &o.dir.join("on.db"), Some(&sink), 4096, server_cpu).await?;
     let only = Some(("/v1/products/{id}".to_string(), 100));
     for s in [&off, &on] {
         load(&s.url, o.rate, 3, only.clone()).await?; // warm-up: fills the L1 cache
@@ -234,6 +272,7 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
         &o.dir.join("overload.db"),
         Some(&sink),
         o.max_concurrency,
+        server_cpu,
     )
     .await?;
     load(&srv.url, o.base_rate, 3, None).await?; // warm-up

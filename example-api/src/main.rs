@@ -52,6 +52,9 @@ struct BenchArgs {
     /// Concurrency limit of the overload server.
     #[arg(long, default_value_t = 32)]
     max_concurrency: usize,
+    /// Pin the servers to the last CPU and the load generator to the others.
+    #[arg(long)]
+    pin: bool,
     /// Working directory for the servers' databases.
     #[arg(long, default_value = "./data/bench")]
     dir: PathBuf,
@@ -196,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
                 rounds: a.rounds,
                 base_rate: a.base_rate,
                 max_concurrency: a.max_concurrency,
+                pin: a.pin,
             })
             .await
             .context("benchmark")?;
