@@ -21,6 +21,12 @@ if ! (command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping 2>/
   redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG
 fi
 
+# The alert e-mail tests: a real SMTP server (Python aiosmtpd), openssl for its test
+# certificate, and a font for the text of the inline PNG charts (resvg).
+python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q aiosmtpd
+command -v openssl >/dev/null || apt_install openssl
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace

@@ -129,3 +129,22 @@ pub fn alerts(engine: &crate::alerts::engine::Engine) {
         gauge!("redline_alerts", "state" => state.as_str()).set(count as f64);
     }
 }
+
+/// An alert e-mail accepted by the SMTP server (or written as an `.eml` file).
+pub fn notification_sent() {
+    counter!("redline_notifications_sent_total").increment(1);
+}
+
+/// `reason`: permanent (an SMTP 5xx reply), expired (retried past the outbox's maximum age).
+pub fn notification_failed(reason: &'static str) {
+    counter!("redline_notifications_failed_total", "reason" => reason).increment(1);
+}
+
+/// A transient delivery failure that schedules another attempt.
+pub fn notification_retry() {
+    counter!("redline_notification_retries_total").increment(1);
+}
+
+pub fn outbox_pending(messages: u64) {
+    gauge!("redline_outbox_pending").set(messages as f64);
+}

@@ -2,7 +2,9 @@
 
 mod helpers;
 
+mod browser;
 mod ingest_errors;
+mod notify;
 mod otlp_export;
 mod pages;
 mod query_semantics;

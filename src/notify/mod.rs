@@ -3,9 +3,47 @@
 //! attempt, and sends it with retries — over SMTP, or as `.eml` files when no SMTP server is
 //! configured. The alert engine decides *what* to send; this module only delivers.
 
+//!
+//! - [`email`]: [`compose`] a [`Notification`] into a MIME message; [`preview`] renders it.
+//! - [`chart`]: a [`ChartSpec`] as SVG, rasterised to PNG for the inline image.
+//! - [`outbox`]: the durable SQLite outbox and the sender loop ([`run_sender`]).
+//! - [`transport`]: the lettre SMTP transport for `tls = none | starttls | implicit`.
+
+pub mod chart;
+pub mod email;
+pub mod outbox;
+pub mod transport;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use email::{InlineImage, Rendered, compose, preview};
+pub use outbox::{
+    EntryStatus, Outbox, OutboxEntry, OutboxStats, RetryPolicy, SenderOptions, run_sender,
+    run_sender_with,
+};
+
+/// Why a notification could not be queued or delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// A sender or recipient address that does not parse.
+    #[error("invalid address {address:?}: {reason}")]
+    Address { address: String, reason: String },
+    /// The message could not be built (no usable recipient, MIME assembly).
+    #[error("message: {0}")]
+    Message(String),
+    #[error("chart: {0}")]
+    Chart(String),
+    #[error("outbox database: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("smtp settings: {0}")]
+    Settings(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("outbox worker stopped: {0}")]
+    Worker(String),
+}
 
 /// Firing or resolved, as shown in the subject and body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
