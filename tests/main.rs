@@ -2,7 +2,6 @@
 
 mod helpers;
 
-mod browser;
 mod ingest_errors;
 mod notify;
 mod otlp_export;
