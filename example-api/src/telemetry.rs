@@ -437,3 +437,59 @@ impl Injector for HeaderInjector<'_> {
 }
 
 pub use opentelemetry::trace::Status as SpanStatus;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::Span as _;
+    use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader};
+    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+    #[derive(Debug)]
+    struct Failing;
+    impl SpanExporter for Failing {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            Err(OTelSdkError::InternalFailure("collector down".into()))
+        }
+    }
+
+    #[test]
+    fn failed_exports_are_counted() {
+        let metrics = InMemoryMetricExporter::default();
+        let mp = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(metrics.clone()).build())
+            .build();
+        let exported = mp
+            .meter("t")
+            .u64_counter("otel.sdk.exporter.span.exported")
+            .build();
+        let tp = SdkTracerProvider::builder()
+            .with_simple_exporter(CountingExporter {
+                inner: Failing,
+                exported,
+            })
+            .build();
+        let tracer = tp.tracer("t");
+        for _ in 0..3 {
+            tracer.start("x").end();
+        }
+        mp.force_flush().unwrap();
+        let mut failed = 0;
+        for rm in metrics.get_finished_metrics().unwrap() {
+            for sm in rm.scope_metrics() {
+                for m in sm.metrics() {
+                    if let AggregatedMetrics::U64(MetricData::Sum(sum)) = m.data() {
+                        for dp in sum.data_points() {
+                            if dp.attributes().any(|kv| kv.key.as_str() == "error.type") {
+                                failed += dp.value();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(failed, 3);
+    }
+}

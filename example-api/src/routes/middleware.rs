@@ -142,7 +142,11 @@ pub async fn rate_limit(State(st): State<AppState>, mut req: Request, next: Next
         None => None,
     };
     let key = match (&user, &bearer) {
-        (Some(_), Some(k)) => format!("key:{k}"),
+        // Hashed: the key becomes a Redis key name and a log/metric label, never the secret.
+        (Some(_), Some(k)) => {
+            use sha2::{Digest, Sha256};
+            format!("key:{}", hex::encode(&Sha256::digest(k.as_bytes())[..8]))
+        }
         _ => format!("ip:{ip}"),
     };
     req.extensions_mut().insert(Client {
