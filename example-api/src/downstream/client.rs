@@ -103,7 +103,7 @@ impl RecommendationsClient {
 
     /// Recommended product ids for `id`.
     pub async fn get(&self, id: i64) -> Result<Vec<i64>, CallError> {
-        self.breaker.acquire().map_err(|_| CallError::Open)?;
+        let permit = self.breaker.acquire().map_err(|_| CallError::Open)?;
         self.budget.deposit();
         let parent = Context::current();
         let mut last = String::new();
@@ -131,7 +131,7 @@ impl RecommendationsClient {
             }
             match self.attempt(&parent, id, attempt).await {
                 Attempt::Ok(items) => {
-                    self.breaker.record(true);
+                    permit.record(true);
                     self.last_good.insert(id, Arc::new(items.clone())).await;
                     return Ok(items);
                 }
@@ -141,12 +141,12 @@ impl RecommendationsClient {
                 }
                 Attempt::Fatal(e) => {
                     // A 4xx is our mistake, not the dependency failing.
-                    self.breaker.record(true);
+                    permit.record(true);
                     return Err(CallError::Failed(e));
                 }
             }
         }
-        self.breaker.record(false);
+        permit.record(false);
         Err(CallError::Failed(last))
     }
 

@@ -141,23 +141,36 @@ impl CircuitBreaker {
         }
     }
 
-    /// Asks to make a call; every `Ok` must be followed by [`record`](Self::record).
-    pub fn acquire(&self) -> Result<(), Rejected> {
+    /// Asks to make a call. The permit records the outcome; dropped without one (the caller
+    /// was cancelled), it gives its half-open probe slot back so the breaker cannot get stuck.
+    pub fn acquire(&self) -> Result<Permit<'_>, Rejected> {
         let mut g = self.lock();
         self.maybe_half_open(&mut g);
-        match g.state {
-            State::Closed => Ok(()),
-            State::Open => Err(Rejected),
+        let probe = match g.state {
+            State::Closed => false,
+            State::Open => return Err(Rejected),
             State::HalfOpen if g.probes_started < self.cfg.half_open_probes => {
                 g.probes_started += 1;
-                Ok(())
+                true
             }
-            State::HalfOpen => Err(Rejected),
+            State::HalfOpen => return Err(Rejected),
+        };
+        Ok(Permit {
+            breaker: self,
+            probe,
+            done: false,
+        })
+    }
+
+    fn abandon(&self, probe: bool) {
+        let mut g = self.lock();
+        if probe && g.state == State::HalfOpen {
+            g.probes_started = g.probes_started.saturating_sub(1);
         }
     }
 
     /// Records the outcome of a permitted call.
-    pub fn record(&self, success: bool) {
+    fn record(&self, success: bool) {
         let mut g = self.lock();
         match g.state {
             State::Closed => {
@@ -187,6 +200,28 @@ impl CircuitBreaker {
     }
 }
 
+/// Permission for one call; see [`CircuitBreaker::acquire`].
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+    done: bool,
+}
+
+impl Permit<'_> {
+    pub fn record(mut self, success: bool) {
+        self.done = true;
+        self.breaker.record(success);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.abandon(self.probe);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,21 +241,19 @@ mod tests {
     async fn opens_waits_probes_and_closes() {
         let b = CircuitBreaker::new("t", cfg(), Arc::new(Telemetry::disabled()));
         for _ in 0..3 {
-            b.acquire().unwrap();
-            b.record(false);
+            b.acquire().unwrap().record(false);
         }
         assert_eq!(b.state(), State::Closed, "below min_calls");
-        b.acquire().unwrap();
-        b.record(false);
+        b.acquire().unwrap().record(false);
         assert_eq!(b.state(), State::Open);
         assert!(b.acquire().is_err());
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(b.state(), State::HalfOpen);
-        b.acquire().unwrap();
-        b.acquire().unwrap();
+        let p1 = b.acquire().unwrap();
+        let p2 = b.acquire().unwrap();
         assert!(b.acquire().is_err(), "only two probes");
-        b.record(true);
-        b.record(true);
+        p1.record(true);
+        p2.record(true);
         assert_eq!(b.state(), State::Closed);
     }
 
@@ -228,12 +261,10 @@ mod tests {
     async fn failed_probe_reopens() {
         let b = CircuitBreaker::new("t", cfg(), Arc::new(Telemetry::disabled()));
         for _ in 0..4 {
-            b.acquire().unwrap();
-            b.record(false);
+            b.acquire().unwrap().record(false);
         }
         tokio::time::advance(Duration::from_secs(6)).await;
-        b.acquire().unwrap();
-        b.record(false);
+        b.acquire().unwrap().record(false);
         assert_eq!(b.state(), State::Open);
     }
 
@@ -241,9 +272,25 @@ mod tests {
     async fn successes_keep_it_closed() {
         let b = CircuitBreaker::new("t", cfg(), Arc::new(Telemetry::disabled()));
         for i in 0..20 {
-            b.acquire().unwrap();
-            b.record(i % 3 != 2); // 1 failure in 3 < 50 %
+            b.acquire().unwrap().record(i % 3 != 2); // 1 failure in 3 < 50 %
         }
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_frees_its_slot() {
+        let b = CircuitBreaker::new("t", cfg(), Arc::new(Telemetry::disabled()));
+        for _ in 0..4 {
+            b.acquire().unwrap().record(false);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(b.acquire().unwrap());
+        drop(b.acquire().unwrap());
+        // Without giving the slots back, no probe could ever run again.
+        let p1 = b.acquire().unwrap();
+        let p2 = b.acquire().unwrap();
+        p1.record(true);
+        p2.record(true);
         assert_eq!(b.state(), State::Closed);
     }
 }

@@ -70,15 +70,11 @@ pub async fn http_telemetry(
         .with_attributes(attrs)
         .start_with_context(&tel.tracer, &parent);
     let cx = parent.with_span(span);
-    let active = [
-        KeyValue::new("http.request.method", method),
-        KeyValue::new("url.scheme", "http"),
-    ];
-    tel.m.http_active.add(1, &active);
+    let active = ActiveGuard::new(&tel, method);
     let start = Instant::now();
     let resp = next.run(req).with_context(cx.clone()).await;
     let elapsed = start.elapsed().as_secs_f64();
-    tel.m.http_active.add(-1, &active);
+    drop(active);
     let status = resp.status().as_u16();
     let span = cx.span();
     span.set_attribute(KeyValue::new(
@@ -102,6 +98,30 @@ pub async fn http_telemetry(
     span.end();
     tel.m.http_duration.record(elapsed, &mattrs);
     resp
+}
+
+/// Counts a request as active until dropped — also when the client disconnects and the
+/// request future is dropped mid-way.
+struct ActiveGuard<'a> {
+    tel: &'a Telemetry,
+    attrs: [KeyValue; 2],
+}
+
+impl<'a> ActiveGuard<'a> {
+    fn new(tel: &'a Telemetry, method: &'static str) -> Self {
+        let attrs = [
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("url.scheme", "http"),
+        ];
+        tel.m.http_active.add(1, &attrs);
+        ActiveGuard { tel, attrs }
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.tel.m.http_active.add(-1, &self.attrs);
+    }
 }
 
 async fn api_key_owner(st: &AppState, key: &str) -> Result<Option<String>, ApiError> {
