@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod browser;
 mod ingest_errors;
 mod notify;
 mod otlp_export;

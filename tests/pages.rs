@@ -41,13 +41,16 @@ pub struct Request<'a> {
     pub duration_ms: u64,
     pub status: i64,
     pub trace: u128,
+    /// How long ago the request ended, in seconds.
+    pub ago_s: u64,
 }
 
 pub fn traces_request(requests: &[Request<'_>]) -> ExportTraceServiceRequest {
-    let end = now_ns();
+    let now = now_ns();
     let resource_spans = requests
         .iter()
         .map(|r| {
+            let end = now - r.ago_s * 1_000_000_000;
             let start = end - r.duration_ms * 1_000_000;
             let error = r.status >= 500;
             let server = Span {
@@ -121,13 +124,17 @@ pub fn gauge_request(
                     name: name.into(),
                     unit: unit.into(),
                     data: Some(metric::Data::Gauge(Gauge {
-                        data_points: points
-                            .iter()
-                            .map(|(state, v)| NumberDataPoint {
-                                attributes: vec![string("db.client.connection.state", state)],
-                                time_unix_nano: now,
-                                value: Some(number_data_point::Value::AsDouble(*v)),
-                                ..Default::default()
+                        // Every 5 minutes over the last hour, varying around `v`.
+                        data_points: (0..12u64)
+                            .flat_map(|k| {
+                                points.iter().map(move |(state, v)| NumberDataPoint {
+                                    attributes: vec![string("db.client.connection.state", state)],
+                                    time_unix_nano: now - k * 300_000_000_000,
+                                    value: Some(number_data_point::Value::AsDouble(
+                                        v + (k % 4) as f64,
+                                    )),
+                                    ..Default::default()
+                                })
                             })
                             .collect(),
                     })),
@@ -165,6 +172,12 @@ pub async fn fill(redline: &TestRedline) {
             duration_ms: 5 + (i as u64 % 20) * 3,
             status: if i % 10 == 0 { 500 } else { 200 },
             trace: 0x1000 + i,
+            // Spread over the last hour, with a quiet gap in the middle.
+            ago_s: if (i / 4) % 10 == 5 {
+                90
+            } else {
+                (i as u64 / 4) * 330 + i as u64 * 7
+            },
         });
     }
     for i in 0..10u128 {
@@ -176,6 +189,7 @@ pub async fn fill(redline: &TestRedline) {
             duration_ms: 120 + i as u64,
             status: 201,
             trace: 0x2000 + i,
+            ago_s: i as u64 * 300,
         });
     }
     requests.push(Request {
@@ -186,6 +200,7 @@ pub async fn fill(redline: &TestRedline) {
         duration_ms: 7,
         status: 404,
         trace: 0x3000,
+        ago_s: 60,
     });
     requests.push(Request {
         service: XSS_SERVICE,
@@ -195,6 +210,7 @@ pub async fn fill(redline: &TestRedline) {
         duration_ms: 9,
         status: 500,
         trace: 0x4000,
+        ago_s: 30,
     });
     post_otlp(
         redline,

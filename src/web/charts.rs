@@ -124,6 +124,19 @@ impl Unit {
         if !value.is_finite() {
             return "–".into();
         }
+        // A trickle reads better per minute (or hour) than as 2.78e-4/s.
+        if let Unit::PerSecond(suffix) = self
+            && value > 0.0
+            && value < 0.1
+            && let Some(base) = suffix.strip_suffix("/s")
+        {
+            let (scaled, per) = if value * 60.0 >= 0.1 {
+                (value * 60.0, "min")
+            } else {
+                (value * 3600.0, "h")
+            };
+            return format!("{}{}/{per}", number(scaled), spaced(base));
+        }
         let (div, suffix) = self.scale(value);
         format!("{}{suffix}", number(value / div))
     }
@@ -491,9 +504,9 @@ impl TimeChart {
         let y_hi = ticks.last().copied().unwrap_or(hi).max(hi);
         let frame = Frame {
             left: 58.0,
-            top: 12.0,
+            top: 22.0,
             width: self.width as f64 - 58.0 - 14.0,
-            height: self.height as f64 - 12.0 - 24.0 - legend,
+            height: self.height as f64 - 22.0 - 24.0 - legend,
             from_ms: self.from_ms,
             to_ms: self.to_ms,
             y_lo,
@@ -612,7 +625,8 @@ impl TimeChart {
         // The unit of the value axis, above it.
         let _ = write!(
             out,
-            "<text class=\"rl-text rl-unit\" x=\"4\" y=\"10\" fill=\"{TEXT_COLOR}\" font-size=\"10\">{}</text>",
+            "<text class=\"rl-text rl-unit\" x=\"{:.1}\" y=\"11\" text-anchor=\"end\" fill=\"{TEXT_COLOR}\" font-size=\"10\">{}</text>",
+            frame.left - 6.0,
             escape(&self.unit.axis_label(top_value))
         );
         let max_ticks = (frame.width / 80.0).max(2.0) as usize;
@@ -1018,7 +1032,8 @@ pub fn sparkline_svg(
             );
         }
         if segment.len() == 1 {
-            let _ = write!(path, "h1");
+            // A lone step: a short stroke so it stays visible.
+            let _ = write!(path, "m-1.5,0h3");
         }
     }
     let _ = write!(

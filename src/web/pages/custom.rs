@@ -263,6 +263,10 @@ async fn panel_view(
     for t in &panel.thresholds {
         chart = chart.threshold(t.value, t.label.clone());
     }
+    if panel.wide {
+        // Drawn at the width it is shown at, so text keeps its size.
+        chart = chart.size(1300, 280);
+    }
     let mut view = PanelView {
         title: panel.title.clone(),
         svg: String::new(),
@@ -302,7 +306,7 @@ async fn panel_view(
                 .collect();
         }
     }
-    if !matches!(panel.kind, ChartKind::Stat | ChartKind::Table) {
+    if chart.has_data() && !matches!(panel.kind, ChartKind::Stat | ChartKind::Table) {
         view.data = chart.table_html();
     }
     Ok(view)

@@ -151,7 +151,7 @@ pub async fn build(pages: &Pages, params: Params) -> Result<MetricsPage, PageErr
             range.to_ms,
             step,
         )
-        .size(960, 320);
+        .size(1300, 320);
         for line in series.into_iter().take(MAX_LINES) {
             c = c.series(series_name(&line.attributes), line.points);
         }

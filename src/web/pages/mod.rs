@@ -246,11 +246,16 @@ struct Asset {
     body: &'static str,
 }
 
-const ASSETS: [Asset; 2] = [
+const ASSETS: [Asset; 3] = [
     Asset {
         name: "style.css",
         content_type: "text/css; charset=utf-8",
         body: include_str!("../assets/style.css"),
+    },
+    Asset {
+        name: "favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_str!("../assets/favicon.svg"),
     },
     Asset {
         name: "app.js",
@@ -598,6 +603,7 @@ pub struct Layout {
     pub show_picker: bool,
     pub css: String,
     pub js: String,
+    pub icon: String,
 }
 
 impl Layout {
@@ -659,6 +665,7 @@ impl Layout {
             show_picker: true,
             css: asset_url("style.css"),
             js: asset_url("app.js"),
+            icon: asset_url("favicon.svg"),
         }
     }
 
@@ -680,6 +687,7 @@ impl Layout {
             show_picker: false,
             css: asset_url("style.css"),
             js: asset_url("app.js"),
+            icon: asset_url("favicon.svg"),
         }
     }
 

@@ -33,7 +33,11 @@ impl ChartPanel {
         ChartPanel {
             title: chart.title.clone(),
             svg: chart.line_svg(),
-            table: chart.table_html(),
+            table: if chart.has_data() {
+                chart.table_html()
+            } else {
+                String::new()
+            },
             wide: false,
         }
     }
@@ -42,7 +46,11 @@ impl ChartPanel {
         ChartPanel {
             title: chart.title.clone(),
             svg: chart.stacked_svg(),
-            table: chart.table_html(),
+            table: if chart.has_data() {
+                chart.table_html()
+            } else {
+                String::new()
+            },
             wide: false,
         }
     }

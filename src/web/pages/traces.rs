@@ -227,7 +227,7 @@ pub async fn build_trace(
             }
         })
         .collect();
-    let ticks = (0..=4)
+    let ticks = (0..4)
         .map(|i| {
             (
                 format!("{}", i * 25),
