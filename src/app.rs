@@ -12,10 +12,15 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::aggregate::Aggregator;
+use crate::alerts::runtime::{
+    self as alerts_runtime, AlertsHandle, AlertsSettings, NotificationSink,
+};
 use crate::config::Settings;
 use crate::ingest::{self, Ingestor};
+use crate::notify::{Notification, Outbox};
 use crate::pipeline::{self, Live, PipelineConfig};
 use crate::query::Query;
+use crate::store::alerts::AlertStore;
 use crate::store::{self, Readers, StoreError};
 use crate::{self_metrics, web};
 
@@ -50,7 +55,19 @@ pub struct App {
     http_task: JoinHandle<Result<(), AppError>>,
     web_task: JoinHandle<Result<(), AppError>>,
     pipeline_task: JoinHandle<()>,
+    alerts_stop: watch::Sender<bool>,
+    alerts_tasks: Vec<JoinHandle<()>>,
     query: Query,
+    alerts: AlertsHandle,
+}
+
+impl NotificationSink for Outbox {
+    async fn enqueue(&self, notification: Notification) -> Result<(), String> {
+        Outbox::enqueue(self, &notification)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -159,6 +176,34 @@ impl App {
                 .map_err(|e| AppError::Server("OTLP/HTTP", e.to_string()))
         });
 
+        // Alerting: the evaluation loop and the e-mail sender, stopped with the web server.
+        let alert_store = AlertStore::open(&db_path)?;
+        let alerts = AlertsHandle::new(alert_store);
+        let outbox =
+            Outbox::open(&db_path).map_err(|e| AppError::Server("outbox", e.to_string()))?;
+        let delivery = match crate::alerts::config::load(&settings.alerts_file) {
+            Ok(config) => config.delivery(&settings.data_dir.join("outbox")),
+            Err(_) => crate::notify::Delivery::Outbox(settings.data_dir.join("outbox")),
+        };
+        let (alerts_stop, alerts_stop_rx) = watch::channel(false);
+        let alerts_settings = AlertsSettings {
+            rules_file: settings.alerts_file.clone(),
+            dashboard_url: settings
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{web_addr}")),
+        };
+        let alerts_tasks = vec![
+            tokio::spawn(alerts_runtime::run(
+                alerts_settings,
+                query.clone(),
+                alerts.clone(),
+                outbox.clone(),
+                alerts_stop_rx.clone(),
+            )),
+            tokio::spawn(crate::notify::run_sender(outbox, delivery, alerts_stop_rx)),
+        ];
+
         let (web_stop, web_stop_rx) = watch::channel(false);
         let pages = web::pages::Pages::new(
             query.clone(),
@@ -178,6 +223,7 @@ impl App {
             settings.queue_capacity,
         )
         .merge(web::pages::router(pages));
+        let web_router = web_router.merge(web::alerts_api::router(alerts.clone()));
         // Credentials and the CSRF guard cover every route of the web address.
         let web_router = web::protect(web_router, settings.web_auth.clone());
         let web_task = tokio::spawn(async move {
@@ -198,7 +244,10 @@ impl App {
             http_task,
             web_task,
             pipeline_task,
+            alerts_stop,
+            alerts_tasks,
             query,
+            alerts,
         })
     }
 
@@ -219,6 +268,11 @@ impl App {
         self.query.clone()
     }
 
+    /// The alerting state, and the way to ask for a rules reload (SIGHUP).
+    pub fn alerts(&self) -> AlertsHandle {
+        self.alerts.clone()
+    }
+
     /// Serves until `shutdown` resolves (or a server fails), then stops in order: receivers
     /// stop accepting and finish their requests, the pipeline drains the queue and writes
     /// everything, the web server stops last.
@@ -234,6 +288,8 @@ impl App {
             mut http_task,
             web_task,
             pipeline_task,
+            alerts_stop,
+            alerts_tasks,
             ..
         } = self;
         let mut failure = None;
@@ -252,6 +308,10 @@ impl App {
         }
         let _ = pipeline_stop.send(());
         let _ = pipeline_task.await;
+        let _ = alerts_stop.send(true);
+        for task in alerts_tasks {
+            let _ = task.await;
+        }
         let _ = web_stop.send(true);
         results.push(joined(web_task.await));
         if let Some(Err(e)) = failure {

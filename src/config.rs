@@ -100,6 +100,12 @@ pub struct SettingsLayer {
     /// Directory of the custom dashboards (`*.toml`) [default: ./dashboards]
     #[arg(long, env = "REDLINE_DASHBOARDS_DIR", value_name = "DIR")]
     pub dashboards_dir: Option<PathBuf>,
+    /// Alert rules, routes and receivers; reloaded on SIGHUP and on change [default: ./alerts.toml]
+    #[arg(long, env = "REDLINE_ALERTS_FILE", value_name = "FILE")]
+    pub alerts_file: Option<PathBuf>,
+    /// The dashboard's address as users reach it, for links in alert e-mails [default: http://WEB_ADDR]
+    #[arg(long, env = "REDLINE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 impl SettingsLayer {
@@ -130,7 +136,9 @@ impl SettingsLayer {
             trace_retention,
             trace_max_spans,
             trace_sample_ratio,
-            trace_slowest_per_minute
+            trace_slowest_per_minute,
+            alerts_file,
+            public_url
         )
     }
 }
@@ -151,6 +159,10 @@ pub struct Settings {
     /// Credentials the web address requires (required beyond loopback).
     pub web_auth: WebAuth,
     pub dashboards_dir: PathBuf,
+    pub alerts_file: PathBuf,
+    /// Base URL of the dashboard for links, without a trailing slash; `None`: the bound
+    /// web address.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -297,6 +309,12 @@ impl Settings {
             dashboards_dir: layer
                 .dashboards_dir
                 .unwrap_or_else(|| PathBuf::from("./dashboards")),
+            alerts_file: layer
+                .alerts_file
+                .unwrap_or_else(|| PathBuf::from("./alerts.toml")),
+            public_url: layer
+                .public_url
+                .map(|u| u.trim_end_matches('/').to_string()),
         })
     }
 }

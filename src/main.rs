@@ -18,6 +18,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Receive OTLP, aggregate, store and serve the query API.
@@ -31,6 +33,33 @@ enum Command {
         #[command(flatten)]
         settings: SettingsLayer,
     },
+    /// Validate configuration files: every problem at once, as file:line:column (exit 1).
+    ///
+    /// Without arguments: ./alerts.toml.
+    Check {
+        /// Files to check.
+        files: Vec<PathBuf>,
+    },
+    /// Run alert rule tests (synthetic series, virtual clock, expected alerts); exit 1 on failure.
+    TestRules {
+        /// Test files (TOML); their `rule_files` are relative to them.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Render the e-mail a rule would send, with sample data.
+    PreviewEmail {
+        /// The rule's name.
+        rule: String,
+        /// The rules file.
+        #[arg(long, default_value = "alerts.toml")]
+        alerts: PathBuf,
+        /// Also write the HTML part to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Also write the whole message (with the PNG chart) to this .eml file.
+        #[arg(long)]
+        eml: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,14 +69,95 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    let runtime = || tokio::runtime::Runtime::new().context("starting the async runtime");
     match cli.command {
         Command::Serve { config, settings } => {
             let settings = Settings::load(settings, config.as_deref())?;
-            tokio::runtime::Runtime::new()
-                .context("starting the async runtime")?
-                .block_on(serve(settings))
+            runtime()?.block_on(serve(settings))
+        }
+        Command::Check { files } => check(files),
+        Command::TestRules { files } => runtime()?.block_on(test_rules(files)),
+        Command::PreviewEmail {
+            rule,
+            alerts,
+            html,
+            eml,
+        } => preview_email(&rule, &alerts, html, eml),
+    }
+}
+
+/// Validates each file by its kind; reports every problem and exits 1 if any.
+fn check(files: Vec<PathBuf>) -> anyhow::Result<()> {
+    let files = if files.is_empty() {
+        vec![PathBuf::from("alerts.toml")]
+    } else {
+        files
+    };
+    let mut failed = false;
+    for file in &files {
+        match redline::alerts::config::load(file) {
+            Ok(config) => println!("{}: ok ({} rules)", file.display(), config.rules.len()),
+            Err(error) => {
+                eprintln!("{error}");
+                failed = true;
+            }
         }
     }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn test_rules(files: Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut failed = 0;
+    let mut passed = 0;
+    for file in &files {
+        let results = redline::alerts::rule_tests::run_file(file).await?;
+        for result in results {
+            if result.failures.is_empty() {
+                passed += 1;
+                println!("PASS {}: {}", file.display(), result.name);
+            } else {
+                failed += 1;
+                println!("FAIL {}: {}", file.display(), result.name);
+                for failure in &result.failures {
+                    println!("     {failure}");
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn preview_email(
+    rule: &str,
+    alerts: &std::path::Path,
+    html: Option<PathBuf>,
+    eml: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let config = redline::alerts::config::load(alerts)?;
+    let notification = redline::alerts::preview::sample_notification(&config, rule)
+        .with_context(|| format!("no rule named {rule:?} in {}", alerts.display()))?;
+    let rendered = redline::notify::preview(&notification);
+    println!("Subject: {}\n\n{}", rendered.subject, rendered.text);
+    for warning in &rendered.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if let Some(path) = html {
+        std::fs::write(&path, &rendered.html)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = eml {
+        let message = redline::notify::compose(&notification)?;
+        std::fs::write(&path, message.formatted())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -61,6 +171,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
     announce(&format!("dashboard and API on http://{}/", app.web_addr()));
     announce(&format!("data in {}", data_dir.display()));
+    reload_on_sighup(app.alerts());
     app.run_until_stopped(shutdown_signal()).await?;
     announce("stopped, everything acknowledged is stored");
     Ok(())
@@ -71,6 +182,20 @@ fn announce(line: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "redline: {line}").and_then(|_| stdout.flush());
+}
+
+/// SIGHUP reloads the alert rules, as it does for Prometheus.
+fn reload_on_sighup(alerts: redline::alerts::runtime::AlertsHandle) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            alerts.request_reload();
+        }
+    });
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

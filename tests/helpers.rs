@@ -26,6 +26,8 @@ pub struct TestRedline {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     client: reqwest::Client,
+    #[allow(dead_code)] // the benches share this harness and read it
+    query: redline::query::Query,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -37,6 +39,8 @@ pub fn port_zero_layer(data_dir: &Path) -> SettingsLayer {
         data_dir: Some(data_dir.to_path_buf()),
         // Keep every trace so tests can look them up.
         trace_sample_ratio: Some(1.0),
+        // No rules unless a test writes this file.
+        alerts_file: Some(data_dir.join("alerts.toml")),
         ..Default::default()
     }
 }
@@ -62,6 +66,7 @@ impl TestRedline {
         let settings = Settings::resolve(layer).expect("valid settings");
         let app = App::build(settings).await.expect("redline starts");
         let (grpc, http, web) = (app.grpc_addr(), app.http_addr(), app.web_addr());
+        let query = app.query();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run_until_stopped(async {
@@ -78,6 +83,7 @@ impl TestRedline {
             stop: Some(stop),
             task: Some(task),
             client: reqwest::Client::new(),
+            query,
             _temp: None,
         }
     }
@@ -98,6 +104,12 @@ impl TestRedline {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.web, path)
+    }
+
+    /// The server's own read model (what its API and alert rules use).
+    #[allow(dead_code)]
+    pub fn query(&self) -> redline::query::Query {
+        self.query.clone()
     }
 
     pub fn client(&self) -> &reqwest::Client {

@@ -2,7 +2,8 @@
 
 mod helpers;
 
-mod browser;
+mod alerting;
+
 mod ingest_errors;
 mod notify;
 mod otlp_export;

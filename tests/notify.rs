@@ -23,15 +23,15 @@ use crate::helpers::poll;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The SMTP server child process and the directory it writes received mail to.
-struct SmtpServer {
+pub(crate) struct SmtpServer {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: PathBuf,
     args: Vec<String>,
 }
 
 impl SmtpServer {
-    fn start(dir: &Path, args: &[&str]) -> SmtpServer {
+    pub(crate) fn start(dir: &Path, args: &[&str]) -> SmtpServer {
         Self::start_on(dir, 0, args)
     }
 
@@ -84,13 +84,13 @@ impl SmtpServer {
         std::fs::write(self.dir.join("control"), "").unwrap();
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Stops and starts again on the same port and directory.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         *self = SmtpServer::start_on(&self.dir.clone(), self.port, &args);
@@ -120,13 +120,13 @@ impl Drop for SmtpServer {
 }
 
 /// One message the server accepted.
-struct Received {
-    raw: Vec<u8>,
+pub(crate) struct Received {
+    pub(crate) raw: Vec<u8>,
     meta: serde_json::Value,
 }
 
 /// Every message the server accepted, in order.
-fn received(dir: &Path) -> Vec<Received> {
+pub(crate) fn received(dir: &Path) -> Vec<Received> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
