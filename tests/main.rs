@@ -3,7 +3,7 @@
 mod helpers;
 
 mod alerting;
-
+mod browser;
 mod ingest_errors;
 mod notify;
 mod otlp_export;
