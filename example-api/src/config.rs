@@ -27,6 +27,9 @@ pub struct BreakerConfig {
     pub open_wait: Duration,
     /// Probe calls allowed (and needed to succeed) in half-open.
     pub half_open_probes: usize,
+    /// A call slower than this counts as a failure even if it succeeds (resilience4j's
+    /// slow-call threshold): a dependency that is slowing down trips the breaker too.
+    pub slow_call: Duration,
 }
 
 /// All settings of one API instance.
@@ -110,6 +113,7 @@ impl Config {
                 failure_rate: 0.5,
                 open_wait: Duration::from_secs(10),
                 half_open_probes: 3,
+                slow_call: Duration::from_millis(250),
             },
             downstream_timeout: Duration::from_millis(300),
             retry_max_attempts: 3,

@@ -41,6 +41,7 @@ pub struct RecommendationsClient {
     max_attempts: u32,
     backoff_base: Duration,
     backoff_cap: Duration,
+    slow_call: Duration,
     attempts: AtomicU64,
     /// Last good answer per product: the first fallback when degraded. Bounded.
     last_good: moka::future::Cache<i64, Arc<Vec<i64>>>,
@@ -79,6 +80,7 @@ impl RecommendationsClient {
             max_attempts: cfg.retry_max_attempts.max(1),
             backoff_base: cfg.retry_base,
             backoff_cap: cfg.retry_cap,
+            slow_call: cfg.breaker.slow_call,
             attempts: AtomicU64::new(0),
             last_good: moka::future::Cache::builder()
                 .max_capacity(10_000)
@@ -106,6 +108,7 @@ impl RecommendationsClient {
         let permit = self.breaker.acquire().map_err(|_| CallError::Open)?;
         self.budget.deposit();
         let parent = Context::current();
+        let started = Instant::now();
         let mut last = String::new();
         let mut retry_after = None;
         for attempt in 0..self.max_attempts {
@@ -131,7 +134,7 @@ impl RecommendationsClient {
             }
             match self.attempt(&parent, id, attempt).await {
                 Attempt::Ok(items) => {
-                    permit.record(true);
+                    permit.record(started.elapsed() < self.slow_call);
                     self.last_good.insert(id, Arc::new(items.clone())).await;
                     return Ok(items);
                 }

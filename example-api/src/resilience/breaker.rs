@@ -234,6 +234,7 @@ mod tests {
             failure_rate: 0.5,
             open_wait: Duration::from_secs(5),
             half_open_probes: 2,
+            slow_call: Duration::from_secs(1),
         }
     }
 

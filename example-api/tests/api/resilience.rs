@@ -35,6 +35,7 @@ async fn breaker_opens_degrades_and_closes_after_probes() {
             failure_rate: 0.5,
             open_wait: Duration::from_millis(500),
             half_open_probes: 2,
+            slow_call: Duration::from_secs(5),
         };
         c.retry_max_attempts = 1;
     })
@@ -192,5 +193,32 @@ async fn slow_downstream_times_out_and_counts_as_failure() {
     );
     assert_eq!(body["meta"]["degraded"], true);
     assert_eq!(degraded.as_deref(), Some("downstream_error"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn slow_successes_trip_the_breaker() {
+    let app = TestApp::spawn_with(|c| {
+        c.downstream_timeout = Duration::from_secs(2);
+        c.retry_max_attempts = 1;
+        c.breaker.slow_call = Duration::from_millis(100);
+        c.breaker.min_calls = 3;
+    })
+    .await;
+    app.set_faults(FaultSettings {
+        downstream_latency_ms: 150,
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..3 {
+        let (body, _, _) = recs(&app, 4).await;
+        assert_eq!(
+            body["meta"]["degraded"], false,
+            "slow but successful answers are used"
+        );
+    }
+    assert_eq!(app.admin_state().await["breaker"], "open");
+    let (_, degraded, _) = recs(&app, 4).await;
+    assert_eq!(degraded.as_deref(), Some("circuit_open"));
     app.stop().await;
 }
