@@ -1,35 +1,24 @@
-//! The alert e-mail's evidence: a [`ChartSpec`] drawn as a self-contained SVG line chart (axes
-//! with the unit, the threshold line, the firing period shaded) and rasterised to PNG with
-//! resvg, so mail clients that block remote images still show it inline.
+//! The alert e-mail's evidence: a [`ChartSpec`] drawn by the dashboard's own chart code
+//! ([`crate::web::charts::TimeChart`]: value axis with the unit, the threshold line, the firing
+//! period shaded) and rasterised to PNG with resvg, so mail clients that block remote images
+//! still show it inline, and it looks like the dashboard page the e-mail links to.
 //!
-//! Self-contained on purpose: every colour and font is a presentation attribute, fonts are the
-//! generic `sans-serif` resolved against the system fonts (DejaVu Sans on Debian), and every
-//! piece of text is escaped. The dashboard's `web::charts` draws richer charts; the two can be
-//! merged once that module settles.
+//! Fonts: the dashboard's SVG asks for the generic `sans-serif`, resolved here against the
+//! system fonts (DejaVu Sans on Debian: `fonts-dejavu-core`).
 
-use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
 use resvg::tiny_skia;
 use resvg::usvg::{self, fontdb};
 
 use super::{ChartSpec, NotifyError};
+use crate::web::charts::{TimeChart, Unit};
 
 /// Logical size of the chart in CSS pixels; the PNG is drawn at [`SCALE`]× for sharp text on
 /// high-density screens.
 pub const WIDTH: u32 = 640;
 pub const HEIGHT: u32 = 240;
 pub const SCALE: u32 = 2;
-
-const LEFT: f64 = 70.0;
-const RIGHT: f64 = 18.0;
-const TOP: f64 = 30.0;
-const BOTTOM: f64 = 34.0;
-const LINE_COLOR: &str = "#2563eb";
-const THRESHOLD_COLOR: &str = "#dc2626";
-const FIRING_FILL: &str = "#fee2e2";
-const TEXT_COLOR: &str = "#374151";
-const GRID_COLOR: &str = "#e5e7eb";
 
 /// Escapes text for an XML text node or a quoted attribute value; drops characters XML 1.0
 /// does not allow.
@@ -73,69 +62,22 @@ pub fn format_number(value: f64) -> String {
     }
 }
 
-fn with_unit(value: f64, unit: &str) -> String {
-    let number = format_number(value);
-    match unit {
-        "" => number,
-        "%" => format!("{number}%"),
-        unit => format!("{number} {unit}"),
+/// The dashboard's unit for a [`ChartSpec::unit`] string.
+fn unit(unit: &str) -> Unit {
+    match unit.trim() {
+        "ms" => Unit::Millis,
+        "s" => Unit::Seconds,
+        "%" => Unit::Percent,
+        "1" | "ratio" => Unit::Ratio,
+        "By" | "B" | "bytes" => Unit::Bytes,
+        u if u.ends_with("/s") => Unit::PerSecond(u.to_string()),
+        u => Unit::Count(u.to_string()),
     }
 }
 
-/// Round tick values covering `lo..=hi`, about `target` of them.
-fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
-    let span = (hi - lo).max(f64::EPSILON);
-    let raw = span / target.max(1) as f64;
-    let magnitude = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * magnitude)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * magnitude);
-    let first = (lo / step).ceil() * step;
-    (0..=target * 3)
-        .map(|i| first + i as f64 * step)
-        .take_while(|t| *t <= hi + step * 1e-9)
-        .collect()
-}
-
-/// Round time steps for the x axis.
-fn time_step(span_ms: i64) -> i64 {
-    const STEPS: [i64; 12] = [
-        10_000, 30_000, 60_000, 120_000, 300_000, 600_000, 900_000, 1_800_000, 3_600_000,
-        10_800_000, 21_600_000, 86_400_000,
-    ];
-    let raw = span_ms / 5;
-    STEPS
-        .iter()
-        .copied()
-        .find(|s| *s >= raw)
-        .unwrap_or(86_400_000)
-}
-
-struct Frame {
-    from_ms: i64,
-    to_ms: i64,
-    lo: f64,
-    hi: f64,
-    width: f64,
-    height: f64,
-}
-
-impl Frame {
-    fn x(&self, ms: i64) -> f64 {
-        let span = (self.to_ms - self.from_ms).max(1) as f64;
-        LEFT + (ms.clamp(self.from_ms, self.to_ms) - self.from_ms) as f64 / span * self.width
-    }
-
-    fn y(&self, value: f64) -> f64 {
-        let span = (self.hi - self.lo).max(f64::MIN_POSITIVE);
-        TOP + self.height - (value.clamp(self.lo, self.hi) - self.lo) / span * self.height
-    }
-}
-
-/// The chart as an SVG document of [`WIDTH`]×[`HEIGHT`].
-pub fn render_svg(spec: &ChartSpec) -> String {
+/// The chart as the dashboard draws it: time range covering the data and the firing period,
+/// the query step guessed from the points' spacing (a larger jump is a gap).
+fn time_chart(spec: &ChartSpec) -> TimeChart {
     let mut points: Vec<(i64, f64)> = spec
         .points
         .iter()
@@ -143,169 +85,46 @@ pub fn render_svg(spec: &ChartSpec) -> String {
         .filter(|(_, v)| v.is_finite())
         .collect();
     points.sort_by_key(|(t, _)| *t);
-    let threshold = spec.threshold.filter(|t| t.is_finite());
+    let mut steps: Vec<i64> = points
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .filter(|d| *d > 0)
+        .collect();
+    steps.sort_unstable();
+    let step = steps.get(steps.len() / 2).copied().unwrap_or(60_000);
+    let last = points.last().map(|p| p.0).unwrap_or(spec.firing_from_ms);
+    let from = points
+        .first()
+        .map(|p| p.0)
+        .unwrap_or(spec.firing_from_ms)
+        .min(spec.firing_from_ms);
+    let mut to = last.max(spec.firing_to_ms.unwrap_or(last));
+    if to - from < 60_000 {
+        to = from + 60_000;
+    }
+    let unit = unit(&spec.unit);
+    let series_name = spec.title.clone();
+    let mut chart = TimeChart::new(spec.title.clone(), unit.clone(), from, to, step)
+        .size(WIDTH, HEIGHT)
+        .series(series_name, points);
+    if let Some(threshold) = spec.threshold.filter(|t| t.is_finite()) {
+        chart = chart.threshold(threshold, format!("threshold {}", unit.format(threshold)));
+    }
+    chart.shade(
+        spec.firing_from_ms,
+        spec.firing_to_ms.unwrap_or(to),
+        "firing",
+    )
+}
 
-    // Time range: the data, plus the firing period.
-    let mut from_ms = points.first().map(|p| p.0).unwrap_or(spec.firing_from_ms);
-    let mut to_ms = points.last().map(|p| p.0).unwrap_or(spec.firing_from_ms);
-    from_ms = from_ms.min(spec.firing_from_ms);
-    to_ms = to_ms.max(spec.firing_to_ms.unwrap_or(spec.firing_from_ms));
-    if to_ms - from_ms < 60_000 {
-        from_ms -= 30_000;
-        to_ms += 30_000;
-    }
+/// The chart as an SVG document of [`WIDTH`]×[`HEIGHT`].
+pub fn render_svg(spec: &ChartSpec) -> String {
+    time_chart(spec).line_svg()
+}
 
-    // Value range: zero-based, the data and the threshold, with headroom.
-    let mut lo = points.iter().map(|p| p.1).fold(0.0f64, f64::min);
-    let mut hi = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-    if let Some(t) = threshold {
-        hi = hi.max(t);
-        lo = lo.min(t);
-    }
-    if !hi.is_finite() || hi <= lo {
-        hi = lo + 1.0;
-    }
-    hi += (hi - lo) * 0.1;
-    let ticks = nice_ticks(lo, hi, 4);
-    if let Some(last) = ticks.last() {
-        hi = hi.max(*last);
-    }
-
-    let frame = Frame {
-        from_ms,
-        to_ms,
-        lo,
-        hi,
-        width: WIDTH as f64 - LEFT - RIGHT,
-        height: HEIGHT as f64 - TOP - BOTTOM,
-    };
-    let font = "font-family=\"sans-serif\"";
-    let mut svg = String::with_capacity(4096);
-    let _ = write!(
-        svg,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" \
-         viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\"><title>{}</title>\
-         <rect width=\"{WIDTH}\" height=\"{HEIGHT}\" fill=\"#ffffff\"/>",
-        escape_xml(&spec.title)
-    );
-    let _ = write!(
-        svg,
-        "<text x=\"{LEFT}\" y=\"18\" {font} font-size=\"13\" font-weight=\"bold\" fill=\"{TEXT_COLOR}\">{}</text>",
-        escape_xml(&spec.title)
-    );
-
-    // Firing period, shaded behind everything else.
-    let firing_to = spec.firing_to_ms.unwrap_or(to_ms);
-    let (x0, x1) = (frame.x(spec.firing_from_ms), frame.x(firing_to));
-    if x1 > x0 {
-        let _ = write!(
-            svg,
-            "<rect x=\"{x0:.1}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{FIRING_FILL}\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" {font} font-size=\"10\" fill=\"{THRESHOLD_COLOR}\">firing</text>",
-            x1 - x0,
-            frame.height,
-            x0 + 3.0,
-            TOP + 11.0
-        );
-    }
-
-    // Value axis: grid lines and labels with the unit.
-    for tick in &ticks {
-        let y = frame.y(*tick);
-        let _ = write!(
-            svg,
-            "<line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{GRID_COLOR}\" stroke-width=\"1\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" {font} font-size=\"10\" text-anchor=\"end\" fill=\"{TEXT_COLOR}\">{}</text>",
-            LEFT + frame.width,
-            LEFT - 6.0,
-            y + 3.5,
-            escape_xml(&with_unit(*tick, &spec.unit))
-        );
-    }
-    // Time axis: round steps, labelled HH:MM in UTC.
-    let step = time_step(to_ms - from_ms);
-    let mut t = (from_ms + step - 1).div_euclid(step) * step;
-    while t <= to_ms {
-        let x = frame.x(t);
-        let (_, _, _, h, mi, _) = civil(t);
-        let _ = write!(
-            svg,
-            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{TEXT_COLOR}\" stroke-width=\"1\"/>\
-             <text x=\"{x:.1}\" y=\"{:.1}\" {font} font-size=\"10\" text-anchor=\"middle\" fill=\"{TEXT_COLOR}\">{h:02}:{mi:02}</text>",
-            TOP + frame.height,
-            TOP + frame.height + 4.0,
-            TOP + frame.height + 16.0
-        );
-        t += step;
-    }
-    let _ = write!(
-        svg,
-        "<text x=\"{:.1}\" y=\"{:.1}\" {font} font-size=\"10\" text-anchor=\"end\" fill=\"{TEXT_COLOR}\">UTC</text>\
-         <line x1=\"{LEFT}\" x2=\"{LEFT}\" y1=\"{TOP}\" y2=\"{:.1}\" stroke=\"{TEXT_COLOR}\" stroke-width=\"1\"/>\
-         <line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{TEXT_COLOR}\" stroke-width=\"1\"/>",
-        LEFT + frame.width,
-        HEIGHT as f64 - 4.0,
-        TOP + frame.height,
-        LEFT + frame.width,
-        TOP + frame.height,
-        TOP + frame.height
-    );
-
-    // The series, broken where the data has a gap (more than 3 typical steps).
-    if points.is_empty() {
-        let _ = write!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" {font} font-size=\"13\" text-anchor=\"middle\" fill=\"{TEXT_COLOR}\">no data</text>",
-            LEFT + frame.width / 2.0,
-            TOP + frame.height / 2.0
-        );
-    } else {
-        let mut gaps: Vec<i64> = points.windows(2).map(|w| w[1].0 - w[0].0).collect();
-        gaps.sort_unstable();
-        let typical = gaps.get(gaps.len() / 2).copied().unwrap_or(i64::MAX / 4);
-        let mut path = String::new();
-        let mut previous: Option<i64> = None;
-        for (t, v) in &points {
-            let jump = previous.is_none_or(|p| t - p > typical.saturating_mul(3));
-            let _ = write!(
-                path,
-                "{}{:.1},{:.1} ",
-                if jump { "M" } else { "L" },
-                frame.x(*t),
-                frame.y(*v)
-            );
-            previous = Some(*t);
-        }
-        let _ = write!(
-            svg,
-            "<path d=\"{}\" fill=\"none\" stroke=\"{LINE_COLOR}\" stroke-width=\"2\" stroke-linejoin=\"round\" stroke-linecap=\"round\"/>",
-            path.trim_end()
-        );
-        if points.len() == 1 {
-            let (t, v) = points[0];
-            let _ = write!(
-                svg,
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{LINE_COLOR}\"/>",
-                frame.x(t),
-                frame.y(v)
-            );
-        }
-    }
-
-    if let Some(t) = threshold {
-        let y = frame.y(t);
-        let _ = write!(
-            svg,
-            "<line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{THRESHOLD_COLOR}\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" {font} font-size=\"10\" text-anchor=\"end\" fill=\"{THRESHOLD_COLOR}\">threshold {}</text>",
-            LEFT + frame.width,
-            LEFT + frame.width - 2.0,
-            y - 4.0,
-            escape_xml(&with_unit(t, &spec.unit))
-        );
-    }
-    svg.push_str("</svg>");
-    svg
+/// The chart's text equivalent (the image's `alt`): range, values, threshold, firing period.
+pub fn describe(spec: &ChartSpec) -> String {
+    time_chart(spec).describe()
 }
 
 /// The system fonts, loaded once per process.
@@ -423,13 +242,15 @@ mod tests {
     }
 
     #[test]
-    fn numbers_and_ticks() {
+    fn numbers_and_units() {
         assert_eq!(format_number(250.0), "250");
         assert_eq!(format_number(12.5), "12.5");
         assert_eq!(format_number(0.25), "0.25");
         assert_eq!(format_number(2_500_000.0), "2.5M");
-        let ticks = nice_ticks(0.0, 352.0, 4);
-        assert_eq!(ticks, vec![0.0, 100.0, 200.0, 300.0]);
+        assert_eq!(unit("ms"), Unit::Millis);
+        assert_eq!(unit("req/s"), Unit::PerSecond("req/s".into()));
+        assert_eq!(unit("%"), Unit::Percent);
+        assert_eq!(unit("{jobs}"), Unit::Count("{jobs}".into()));
     }
 
     #[test]
@@ -437,9 +258,10 @@ mod tests {
         let svg = render_svg(&spec());
         assert!(svg.contains("p99 latency &lt;GET /a&amp;b&gt;"));
         assert!(!svg.contains("<GET"));
-        assert!(svg.contains("threshold 250 ms"));
-        assert!(svg.contains(FIRING_FILL));
-        assert!(svg.contains("stroke-dasharray=\"6 4\""));
+        assert!(svg.contains("threshold 250 ms"), "{svg}");
+        // The firing period is shaded from the first firing point to the end (still firing).
+        let description = describe(&spec());
+        assert!(description.contains("firing"), "{description}");
         // Parses as XML.
         usvg::Tree::from_str(&svg, &usvg::Options::default()).expect("valid svg");
     }
@@ -449,8 +271,7 @@ mod tests {
         let mut spec = spec();
         spec.points.clear();
         spec.threshold = None;
-        let svg = render_svg(&spec);
-        assert!(svg.contains("no data"));
+        assert!(describe(&spec).contains("No data"), "{}", describe(&spec));
         render_png(&spec).expect("still renders");
     }
 

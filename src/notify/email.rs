@@ -432,6 +432,8 @@ struct HtmlAlert {
     dashboard_text: String,
     traces: Vec<HtmlTrace>,
     chart_cid: String,
+    chart_title: String,
+    /// The chart's text equivalent.
     chart_alt: String,
 }
 
@@ -521,10 +523,15 @@ fn html_body(
                     })
                     .collect(),
                 chart_cid: chart_cids.get(index).cloned().flatten().unwrap_or_default(),
-                chart_alt: alert
+                chart_title: alert
                     .chart
                     .as_ref()
                     .map(|c| one_line(&c.title))
+                    .unwrap_or_default(),
+                chart_alt: alert
+                    .chart
+                    .as_ref()
+                    .map(|c| one_line(&chart::describe(c)))
                     .unwrap_or_default(),
             }
         })

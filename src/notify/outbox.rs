@@ -74,6 +74,10 @@ pub struct SenderOptions {
     pub batch: usize,
     /// Extra PEM root certificates trusted for SMTP TLS (a private CA, a test certificate).
     pub extra_roots: Vec<Vec<u8>>,
+    /// Sent messages are deleted this long after they were queued (checked hourly).
+    pub keep_sent: Duration,
+    /// Failed messages are kept longer, for the dashboard and for investigation.
+    pub keep_failed: Duration,
 }
 
 impl Default for SenderOptions {
@@ -83,6 +87,8 @@ impl Default for SenderOptions {
             poll_interval: Duration::from_secs(5),
             batch: 16,
             extra_roots: Vec::new(),
+            keep_sent: Duration::from_secs(7 * 24 * 3600),
+            keep_failed: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -224,10 +230,10 @@ impl Outbox {
     /// database; rendering problems degrade the message instead (see [`email::compose`]).
     pub async fn enqueue(&self, notification: &Notification) -> Result<i64, NotifyError> {
         let notification = notification.clone();
-        let id = self
-            .with_conn(move |conn| {
+        // Compose (charts included) without holding the connection.
+        let (group_key, receiver, subject, recipients, bytes) =
+            tokio::task::spawn_blocking(move || -> Result<_, NotifyError> {
                 let message = email::compose(&notification)?;
-                let subject = email::subject(&notification);
                 let envelope = message.envelope();
                 let stored = StoredEnvelope {
                     from: envelope.from().map(|a| a.to_string()).unwrap_or_default(),
@@ -235,36 +241,58 @@ impl Outbox {
                 };
                 let recipients = serde_json::to_string(&stored)
                     .map_err(|e| NotifyError::Message(e.to_string()))?;
-                let bytes = message.formatted();
+                Ok((
+                    notification.group_key.clone(),
+                    notification.receiver.clone(),
+                    email::subject(&notification),
+                    recipients,
+                    message.formatted(),
+                ))
+            })
+            .await
+            .map_err(|e| NotifyError::Worker(e.to_string()))??;
+        let id = self
+            .with_conn(move |conn| {
                 let now = now_ms();
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 tx.execute(
                     "INSERT INTO outbox (group_key, receiver, created_ms, recipients, subject, \
                      message, status, attempts, next_attempt_ms) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?3)",
-                    params![
-                        notification.group_key,
-                        notification.receiver,
-                        now,
-                        recipients,
-                        subject,
-                        bytes
-                    ],
+                    params![group_key, receiver, now, recipients, subject, bytes],
                 )?;
                 let id = tx.last_insert_rowid();
                 tx.commit()?;
-                let pending: i64 = conn.query_row(
-                    "SELECT COUNT(*) FROM outbox WHERE status = 'pending'",
-                    [],
-                    |r| r.get(0),
-                )?;
-                self_metrics::outbox_pending(pending as u64);
+                self_metrics::outbox_pending(pending_count(conn)?);
                 Ok(id)
             })
             .await?;
         tracing::debug!(id, "notification queued");
         self.wake();
         Ok(id)
+    }
+
+    /// Deletes sent messages older than `keep_sent` and failed ones older than `keep_failed`
+    /// (by queue time); returns how many rows went. Pending messages are never deleted.
+    pub async fn prune(
+        &self,
+        keep_sent: Duration,
+        keep_failed: Duration,
+    ) -> Result<usize, NotifyError> {
+        let now = now_ms();
+        let sent_before = now - keep_sent.as_millis() as i64;
+        let failed_before = now - keep_failed.as_millis() as i64;
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let deleted = tx.execute(
+                "DELETE FROM outbox WHERE (status = 'sent' AND created_ms < ?1) \
+                 OR (status = 'failed' AND created_ms < ?2)",
+                params![sent_before, failed_before],
+            )?;
+            tx.commit()?;
+            Ok(deleted)
+        })
+        .await
     }
 
     /// Makes the sender look at the table now.
@@ -426,15 +454,23 @@ impl Outbox {
                 )?,
             };
             tx.commit()?;
-            let pending: i64 = conn.query_row(
-                "SELECT COUNT(*) FROM outbox WHERE status = 'pending'",
-                [],
-                |r| r.get(0),
-            )?;
-            Ok(pending as u64)
+            pending_count(conn)
         })
         .await
     }
+
+    async fn pending(&self) -> Result<u64, NotifyError> {
+        self.with_conn(|conn| pending_count(conn)).await
+    }
+}
+
+fn pending_count(conn: &Connection) -> Result<u64, NotifyError> {
+    let pending: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM outbox WHERE status = 'pending'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(pending.max(0) as u64)
 }
 
 const ENTRY_COLUMNS: &str = "SELECT id, group_key, receiver, created_ms, recipients, subject, \
@@ -534,9 +570,24 @@ pub async fn run_sender_with(
         }
     };
     let batch = options.batch.max(1);
+    if let Ok(pending) = outbox.pending().await {
+        self_metrics::outbox_pending(pending);
+        if pending > 0 {
+            tracing::info!(pending, "resuming the delivery of queued notifications");
+        }
+    }
+    let mut last_prune: Option<std::time::Instant> = None;
     loop {
         if *stop.borrow() {
             break;
+        }
+        if last_prune.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
+            last_prune = Some(std::time::Instant::now());
+            match outbox.prune(options.keep_sent, options.keep_failed).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::debug!(deleted, "old outbox rows deleted"),
+                Err(e) => tracing::warn!("outbox prune failed: {e}"),
+            }
         }
         let now = now_ms();
         let due = match outbox.due(now, batch).await {
