@@ -41,6 +41,10 @@ pub struct ExportConfig {
     pub metric_interval: Duration,
     /// `OTEL_SDK_DISABLED=true` turns everything off.
     pub disabled: bool,
+    /// `OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION=base2_exponential_bucket_histogram`
+    /// exports histograms as exponential histograms (bounded relative error) instead of the
+    /// semantic conventions' explicit buckets.
+    pub exponential_histograms: bool,
 }
 
 impl ExportConfig {
@@ -56,6 +60,8 @@ impl ExportConfig {
                 .map(Duration::from_millis)
                 .unwrap_or(Duration::from_secs(10)),
             disabled: var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            exponential_histograms: var("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION")
+                .is_some_and(|v| v.eq_ignore_ascii_case("base2_exponential_bucket_histogram")),
         }
     }
 
@@ -180,6 +186,11 @@ impl Telemetry {
                 let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(metrics)
                     .with_interval(cfg.metric_interval)
                     .build();
+                let mp = if cfg.exponential_histograms {
+                    mp.with_view(exponential_view)
+                } else {
+                    mp
+                };
                 let mp = mp.with_reader(reader).build();
                 let exported = mp
                     .meter("example-api")
@@ -350,6 +361,25 @@ fn build_exporters(
     }
 }
 
+/// Turns every histogram into a base-2 exponential histogram (160 buckets, scale ≤ 20: the
+/// SDK defaults of the specification).
+pub fn exponential_view(
+    i: &opentelemetry_sdk::metrics::Instrument,
+) -> Option<opentelemetry_sdk::metrics::Stream> {
+    use opentelemetry_sdk::metrics::{Aggregation, InstrumentKind, Stream};
+    if i.kind() != InstrumentKind::Histogram {
+        return None;
+    }
+    Stream::builder()
+        .with_aggregation(Aggregation::Base2ExponentialHistogram {
+            max_size: 160,
+            max_scale: 20,
+            record_min_max: true,
+        })
+        .build()
+        .ok()
+}
+
 /// Counts exported and failed spans (`error.type` set on failure), so lost telemetry is visible.
 #[derive(Debug)]
 struct CountingExporter<E> {
@@ -491,5 +521,29 @@ mod tests {
             }
         }
         assert_eq!(failed, 3);
+    }
+
+    #[test]
+    fn exponential_view_makes_exponential_histograms() {
+        let metrics = InMemoryMetricExporter::default();
+        let mp = SdkMeterProvider::builder()
+            .with_view(exponential_view)
+            .with_reader(PeriodicReader::builder(metrics.clone()).build())
+            .build();
+        let m = Instruments::new(&mp.meter("t"));
+        m.http_duration.record(0.012, &[]);
+        mp.force_flush().unwrap();
+        let found = metrics.get_finished_metrics().unwrap().iter().any(|rm| {
+            rm.scope_metrics().any(|sm| {
+                sm.metrics().any(|m| {
+                    m.name() == "http.server.request.duration"
+                        && matches!(
+                            m.data(),
+                            AggregatedMetrics::F64(MetricData::ExponentialHistogram(_))
+                        )
+                })
+            })
+        });
+        assert!(found);
     }
 }

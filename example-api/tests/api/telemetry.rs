@@ -286,6 +286,7 @@ async fn failing_export_never_blocks_or_fails_requests() {
         delta: false,
         metric_interval: Duration::from_millis(100),
         disabled: false,
+        exponential_histograms: false,
     };
     let tel = Arc::new(Telemetry::new("example-api", &cfg).unwrap());
     let dir = Arc::new(tempfile::tempdir().unwrap());
