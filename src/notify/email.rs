@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use askama::Template;
 use lettre::Message;
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 
 use super::chart::{self, civil};
@@ -117,7 +117,8 @@ pub fn compose(notification: &Notification) -> Result<Message, NotifyError> {
     let mut builder = Message::builder()
         .from(from)
         .subject(rendered.subject.clone())
-        .date(system_time(notification.created_at_ms));
+        .date(system_time(notification.created_at_ms))
+        .header(AutoSubmitted);
     for mailbox in recipients {
         builder = builder.to(mailbox);
     }
@@ -142,6 +143,25 @@ pub fn compose(notification: &Notification) -> Result<Message, NotifyError> {
     builder
         .multipart(html)
         .map_err(|e| NotifyError::Message(e.to_string()))
+}
+
+/// `Auto-Submitted: auto-generated` (RFC 3834): vacation responders and ticket systems do not
+/// answer an alert with an auto-reply.
+#[derive(Debug, Clone)]
+struct AutoSubmitted;
+
+impl Header for AutoSubmitted {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Auto-Submitted")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(AutoSubmitted)
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "auto-generated".into())
+    }
 }
 
 fn parse_mailbox(address: &str) -> Result<Mailbox, NotifyError> {
@@ -705,6 +725,7 @@ mod tests {
         assert!(raw.contains("multipart/alternative"));
         assert!(raw.contains("multipart/related"));
         assert!(raw.contains("Content-ID: <chart-0@redline>"));
+        assert!(raw.contains("Auto-Submitted: auto-generated"));
         assert!(raw.contains("image/png"));
     }
 
