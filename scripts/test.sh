@@ -27,6 +27,9 @@ python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q aiosmtpd
 command -v openssl >/dev/null || apt_install openssl
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
 
+# The dashboard's browser tests: Debian's headless Chromium and its WebDriver.
+[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || apt_install chromium chromium-driver
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace

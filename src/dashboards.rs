@@ -429,6 +429,44 @@ pub fn load_dir(dir: &Path) -> (Vec<Dashboard>, Vec<Problem>) {
     (dashboards, problems)
 }
 
+/// Whether `redline check` treats `path` as dashboards: a directory, or a `.toml` file inside a
+/// directory named `dashboards`.
+pub fn is_dashboards_path(path: &Path) -> bool {
+    path.is_dir()
+        || path
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|name| name == "dashboards")
+}
+
+/// `redline check` for dashboards (a directory of them, or one file): a line per valid
+/// dashboard, or every problem of every file.
+pub fn check(path: &Path) -> Result<Vec<String>, Vec<Problem>> {
+    let files = if path.is_dir() {
+        files_in(path)
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut ok = Vec::new();
+    let mut problems = Vec::new();
+    for file in files {
+        match load_file(&file) {
+            Ok(d) => ok.push(format!(
+                "{}: ok (dashboard {:?}, {} panels)",
+                file.display(),
+                d.name,
+                d.panels.len()
+            )),
+            Err(p) => problems.extend(p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(ok)
+    } else {
+        Err(problems)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +592,30 @@ filter = { pool = "primary" }
             errors[0].starts_with("dashboards/test.toml:2:"),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn check_reports_every_file_of_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good.toml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("bad.toml"), "title = 1\n").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let problems = super::check(dir.path()).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].to_string().contains("bad.toml:1:9"),
+            "{problems:?}"
+        );
+        std::fs::remove_file(dir.path().join("bad.toml")).unwrap();
+        let ok = super::check(dir.path()).unwrap();
+        assert_eq!(ok.len(), 1);
+        assert!(
+            ok[0].ends_with("good.toml: ok (dashboard \"good\", 2 panels)"),
+            "{ok:?}"
+        );
+        assert!(is_dashboards_path(dir.path()));
+        assert!(is_dashboards_path(Path::new("dashboards/x.toml")));
+        assert!(!is_dashboards_path(Path::new("alerts.toml")));
     }
 
     #[test]

@@ -35,7 +35,7 @@ enum Command {
     },
     /// Validate configuration files: every problem at once, as file:line:column (exit 1).
     ///
-    /// Without arguments: ./alerts.toml.
+    /// Without arguments: ./alerts.toml and ./dashboards/ (each skipped when missing).
     Check {
         /// Files to check.
         files: Vec<PathBuf>,
@@ -86,15 +86,32 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Validates each file by its kind; reports every problem and exits 1 if any.
+/// Validates each file by its kind (a directory or a file under `dashboards/`: dashboards;
+/// otherwise alert rules); reports every problem and exits 1 if any. Without arguments it checks
+/// `alerts.toml` and `dashboards/`, skipping whichever does not exist.
 fn check(files: Vec<PathBuf>) -> anyhow::Result<()> {
-    let files = if files.is_empty() {
-        vec![PathBuf::from("alerts.toml")]
+    let defaults = files.is_empty();
+    let files = if defaults {
+        vec![PathBuf::from("alerts.toml"), PathBuf::from("dashboards")]
     } else {
         files
     };
     let mut failed = false;
     for file in &files {
+        if defaults && !file.exists() {
+            println!("{}: not present, skipped", file.display());
+            continue;
+        }
+        if redline::dashboards::is_dashboards_path(file) {
+            match redline::dashboards::check(file) {
+                Ok(lines) => lines.iter().for_each(|line| println!("{line}")),
+                Err(problems) => {
+                    problems.iter().for_each(|problem| eprintln!("{problem}"));
+                    failed = true;
+                }
+            }
+            continue;
+        }
         match redline::alerts::config::load(file) {
             Ok(config) => println!("{}: ok ({} rules)", file.display(), config.rules.len()),
             Err(error) => {

@@ -613,3 +613,41 @@ pub fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+#[test]
+fn redline_check_validates_dashboards_with_positions() {
+    let binary = env!("CARGO_BIN_EXE_redline");
+    let shipped = std::process::Command::new(binary)
+        .args(["check", &dashboards_dir()])
+        .output()
+        .expect("redline check runs");
+    let stdout = String::from_utf8_lossy(&shipped.stdout);
+    assert!(
+        shipped.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&shipped.stderr)
+    );
+    assert!(stdout.contains("api-golden-signals.toml: ok"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let dashboards = dir.path().join("dashboards");
+    std::fs::create_dir(&dashboards).unwrap();
+    std::fs::write(
+        dashboards.join("bad.toml"),
+        "title = \"b\"\n[[panel]]\ntitle = \"x\"\nkind = \"pie\"\n",
+    )
+    .unwrap();
+    // Without arguments: ./alerts.toml (absent here, skipped) and ./dashboards/.
+    let broken = std::process::Command::new(binary)
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .expect("redline check runs");
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert_eq!(broken.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml:4:8: unknown variant `pie`"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&broken.stdout).contains("alerts.toml: not present, skipped"));
+}
