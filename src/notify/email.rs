@@ -43,6 +43,23 @@ pub struct Rendered {
     pub warnings: Vec<String>,
 }
 
+impl Rendered {
+    /// The HTML with each `cid:` image inlined as a `data:` URI, so a browser shows the page
+    /// as a mail client would (for `redline preview-email --html`).
+    pub fn standalone_html(&self) -> String {
+        use base64::Engine as _;
+        let mut html = self.html.clone();
+        for image in &self.images {
+            let data = base64::engine::general_purpose::STANDARD.encode(&image.png);
+            html = html.replace(
+                &format!("\"cid:{}\"", image.cid),
+                &format!("\"data:image/png;base64,{data}\""),
+            );
+        }
+        html
+    }
+}
+
 /// Renders the notification. Never fails: problems become [`Rendered::warnings`].
 pub fn preview(notification: &Notification) -> Rendered {
     let subject = subject(notification);
@@ -694,6 +711,14 @@ mod tests {
         assert!(rendered.text.contains("(for 5m)"));
         assert_eq!(rendered.images.len(), 3);
         assert!(rendered.html.contains("src=\"cid:chart-0@redline\""));
+        let standalone = rendered.standalone_html();
+        assert!(!standalone.contains("cid:"));
+        assert_eq!(
+            standalone
+                .matches("src=\"data:image/png;base64,iVBOR")
+                .count(),
+            3
+        );
     }
 
     #[test]
