@@ -184,6 +184,7 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let cores = cpus;
     let server_cpu = (o.pin && cpus > 1).then(|| cpus - 1);
     if server_cpu.is_some() {
         pin_self(cpus - 1);
@@ -191,9 +192,7 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     let seen = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let sink = otlp_sink(seen.clone()).await?;
     let mut out = String::new();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+
     out.push_str(&format!(
         "# example-api benchmarks\n\nMachine: {cores} cores, shared with the load generator (same host). Servers are \
          release builds of `example-api serve` (10k products seeded), telemetry exported over OTLP/HTTP to a local \
