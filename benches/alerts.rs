@@ -107,7 +107,84 @@ fn main() {
             timings[timings.len() - 1].as_secs_f64() * 1000.0
         );
         redline.stop().await;
+
+        // Condition → e-mail accepted by a real SMTP server: target for + eval_interval +
+        // group_wait + 2 s (here 0 + 1 s + 1 s + 2 s = 4 s).
+        let mut latencies = Vec::new();
+        for _ in 0..3 {
+            latencies.push(mail_latency().await);
+        }
+        latencies.sort();
+        println!(
+            "alerts: condition → e-mail accepted: median {:.2} s over {} runs (min {:.2}, max {:.2}) — target ≤ 4.00 s (for 0 + eval 1 s + group_wait 1 s + 2 s)",
+            latencies[1].as_secs_f64(),
+            latencies.len(),
+            latencies[0].as_secs_f64(),
+            latencies[2].as_secs_f64()
+        );
     });
+}
+
+/// One run: a fresh redline and SMTP server; the time from the first export that makes the
+/// rule's condition true until the SMTP server has the message.
+async fn mail_latency() -> Duration {
+    use std::io::BufRead;
+    let smtp_dir = tempfile::tempdir().unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
+    let mut smtp = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--dir")
+        .arg(smtp_dir.path())
+        .args(["--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with aiosmtpd (scripts/test.sh installs it)");
+    let mut line = String::new();
+    std::io::BufReader::new(smtp.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let rules = data.path().join("alerts.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[global]\neval_interval = \"1s\"\n[[rule]]\nname = \"Slow\"\nservice = \"bench\"\nstat = \"p99\"\nwindow = \"10s\"\nthreshold = 100\n[[receiver]]\nname = \"r\"\nemail = {{ to = [\"a@example.com\"] }}\n[route]\nreceiver = \"r\"\ngroup_wait = \"1s\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
+        ),
+    )
+    .unwrap();
+    let mut layer = helpers::port_zero_layer(data.path());
+    layer.alerts_file = Some(rules);
+    let redline = helpers::TestRedline::start_in(layer).await;
+    let mut request = helpers::export_request("bench", "/slow", 20);
+    for span in &mut request.resource_spans[0].scope_spans[0].spans {
+        span.start_time_unix_nano = span.end_time_unix_nano - 300_000_000;
+    }
+    let started = Instant::now();
+    let status = redline
+        .client()
+        .post(format!("http://{}/v1/traces", redline.http))
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let arrived = helpers::poll(Duration::from_secs(30), || async {
+        let any = std::fs::read_dir(smtp_dir.path())
+            .ok()?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().ends_with(".eml"));
+        any.then(|| started.elapsed())
+    })
+    .await
+    .expect("the e-mail arrives");
+    redline.stop().await;
+    let _ = smtp.kill();
+    let _ = smtp.wait();
+    arrived
 }
 
 /// The same query layer the running server uses, on the same data directory.

@@ -201,7 +201,11 @@ impl App {
                 outbox.clone(),
                 alerts_stop_rx.clone(),
             )),
-            tokio::spawn(crate::notify::run_sender(outbox, delivery, alerts_stop_rx)),
+            tokio::spawn(crate::notify::run_sender(
+                outbox.clone(),
+                delivery,
+                alerts_stop_rx,
+            )),
         ];
 
         let (web_stop, web_stop_rx) = watch::channel(false);
@@ -214,7 +218,10 @@ impl App {
             settings.dashboards_dir.clone(),
             grpc_addr,
             http_addr,
-        );
+        )
+        .with_alerts(Arc::new(alerts.clone()));
+        let alerts_pages =
+            web::pages::alerts::router(pages.clone(), alerts.clone(), outbox.clone());
         let web_router = web::router(
             query.clone(),
             self_metrics::install(),
@@ -223,7 +230,9 @@ impl App {
             settings.queue_capacity,
         )
         .merge(web::pages::router(pages));
-        let web_router = web_router.merge(web::alerts_api::router(alerts.clone()));
+        let web_router = web_router
+            .merge(web::alerts_api::router(alerts.clone()))
+            .merge(alerts_pages);
         // Credentials and the CSRF guard cover every route of the web address.
         let web_router = web::protect(web_router, settings.web_auth.clone());
         let web_task = tokio::spawn(async move {

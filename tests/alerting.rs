@@ -390,3 +390,120 @@ async fn the_shipped_rules_check_and_their_tests_pass() {
         "{errors}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_page_shows_rules_alerts_silences_and_chart_thresholds() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("alerts.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{RECEIVER}[[rule]]\nname = \"SlowCheckout\"\nservice = \"shop\"\nmethod = \"GET\"\nroute = \"/checkout\"\nstat = \"p99\"\nwindow = \"5s\"\nthreshold = 100\nlabels = {{ severity = \"page\", team = \"<script>alert(1)</script>\" }}\nannotations = {{ summary = \"checkout p99 is {{{{ value }}}}\" }}\n[route]\nreceiver = \"r\"\ngroup_wait = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    let redline = TestRedline::start_in(port_zero_layer(data.path())).await;
+    poll(Duration::from_secs(20), || async {
+        send(&redline, 300, 20).await;
+        (alert_state(&redline).await == "firing").then_some(())
+    })
+    .await
+    .expect("the rule fires");
+
+    let page = redline
+        .client()
+        .get(redline.url("/alerts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("SlowCheckout") && html.contains("▲ firing"),
+        "rule and state shown"
+    );
+    assert!(html.contains("checkout p99 is 300 ms"), "templated summary");
+    assert!(!html.contains("<script>alert(1)"), "labels are escaped");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") || html.contains("&#60;script&#62;")
+    );
+
+    // The firing banner on every page, and the threshold on the endpoint's p99 chart.
+    let overview = redline
+        .client()
+        .get(redline.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(overview.contains("1 alert firing"), "banner");
+    let endpoint = redline
+        .client()
+        .get(redline.url("/services/shop/endpoints?method=GET&route=/checkout"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        endpoint.contains("SlowCheckout"),
+        "threshold line labelled with the rule"
+    );
+
+    // Without [smtp] the notification is an .eml file in the outbox folder.
+    let outbox = data.path().join("outbox");
+    let written = poll(Duration::from_secs(15), || async {
+        let count = std::fs::read_dir(&outbox)
+            .ok()?
+            .filter(|e| e.is_ok())
+            .count();
+        (count > 0).then_some(count)
+    })
+    .await;
+    assert!(written.is_some(), "an .eml file in {}", outbox.display());
+
+    // A silence created through the form (same-origin POST) shows up and can be expired.
+    let created = redline
+        .client()
+        .post(redline.url("/alerts/silences"))
+        .header("origin", format!("http://{}", redline.web))
+        .form(&[
+            ("matchers", "alertname=SlowCheckout\nservice=shop"),
+            ("duration", "1h"),
+            ("comment", "deploy"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        created.status().is_success() || created.status().is_redirection(),
+        "{}",
+        created.status()
+    );
+    let page = redline
+        .client()
+        .get(redline.url("/alerts"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("alertname=SlowCheckout, service=shop"),
+        "silence listed"
+    );
+    let forged = redline
+        .client()
+        .post(redline.url("/alerts/silences"))
+        .header("origin", "http://evil.example")
+        .form(&[("matchers", "alertname=x"), ("duration", "1h")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403, "cross-origin form posts are refused");
+    redline.stop().await;
+}

@@ -32,7 +32,7 @@ use crate::alerts::config::{self, AlertsConfig, Rule};
 use crate::alerts::engine::{AlertState, Engine};
 use crate::alerts::routing::Labels;
 use crate::alerts::runtime::evaluate_all;
-use crate::alerts::source::{DataSource, group_red};
+use crate::alerts::source::{DataSource, Endpoints};
 use crate::model::{EndpointKey, RequestRecord};
 use crate::query::TimeRange;
 
@@ -147,16 +147,9 @@ struct Synthetic {
 }
 
 impl Synthetic {
-    fn matching(&self, rule: &Rule, range: TimeRange) -> Vec<(String, String, RedStats)> {
-        let mut out = Vec::new();
-        for s in &self.series {
-            let e = &s.endpoint;
-            if e.service != rule.service
-                || rule.method.as_ref().is_some_and(|m| *m != e.method)
-                || rule.route.as_ref().is_some_and(|r| *r != e.route)
-            {
-                continue;
-            }
+    fn matching(&self, service: &str, range: TimeRange) -> Vec<(EndpointKey, RedStats)> {
+        let mut out: Vec<(EndpointKey, RedStats)> = Vec::new();
+        for s in self.series.iter().filter(|s| s.endpoint.service == service) {
             let mut merged: Option<RedStats> = None;
             for (i, window) in s.windows.iter().enumerate() {
                 let start = ORIGIN_MS + i as i64 * s.interval_ms;
@@ -168,7 +161,7 @@ impl Synthetic {
                 }
             }
             if let Some(stats) = merged {
-                out.push((e.method.clone(), e.route.clone(), stats));
+                out.push((s.endpoint.clone(), stats));
             }
         }
         out
@@ -176,8 +169,8 @@ impl Synthetic {
 }
 
 impl DataSource for Synthetic {
-    async fn red(&self, rule: &Rule, range: TimeRange) -> Result<Vec<(Labels, RedStats)>, String> {
-        Ok(group_red(rule, self.matching(rule, range)))
+    async fn endpoints(&self, service: &str, range: TimeRange) -> Result<Endpoints, String> {
+        Ok(std::sync::Arc::new(self.matching(service, range)))
     }
 
     async fn metric(
@@ -414,5 +407,86 @@ firing = ["Slow"]
         let results = run_file(&dir.path().join("tests.toml")).await.unwrap();
         assert!(results[0].failures.is_empty(), "{:?}", results[0]);
         assert_eq!(results[1].failures.len(), 1, "{:?}", results[1]);
+    }
+
+    async fn run(rules: &str, tests: &str) -> Vec<CaseResult> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.toml"), format!("[[receiver]]\nname = \"r\"\nemail = {{ to = [\"a@example.com\"] }}\n[global]\neval_interval = \"15s\"\n{rules}")).unwrap();
+        std::fs::write(
+            dir.path().join("tests.toml"),
+            format!("rule_files = [\"rules.toml\"]\n{tests}"),
+        )
+        .unwrap();
+        run_file(&dir.path().join("tests.toml")).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn change_rules_compare_with_the_offset_baseline_and_never_divide_by_zero() {
+        let rules = "[[rule]]\nname = \"Tripled\"\nkind = \"change\"\nservice = \"api\"\nstat = \"rate\"\nwindow = \"1m\"\noffset = \"2m\"\nthreshold = 2\n";
+        let results = run(
+            rules,
+            r#"
+[[test]]
+name = "traffic triples against two minutes ago"
+[[test.series]]
+service = "api"
+requests = "10x17 30x30"
+[[test.expect]]
+at = "2m50s"
+firing = []
+[[test.expect]]
+at = "4m"
+firing = ["Tripled"]
+
+[[test]]
+name = "no baseline traffic is no data, not infinity"
+[[test.series]]
+service = "api"
+requests = "0x17 30x30"
+[[test.expect]]
+at = "4m"
+firing = []
+"#,
+        )
+        .await;
+        for result in results {
+            assert!(result.failures.is_empty(), "{result:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn burn_rate_pairs_need_both_windows() {
+        // 99 % objective: budget 1 %. A 2-minute burst of 50 % errors burns the 5 m window far
+        // above 14.4× but the 1 h window stays under it: no page. (Over the single hour of
+        // history it still spent 1.6 % > 1 %, so the slow 3d/6h ticket pair does fire.)
+        let rules = "[[slo]]\nname = \"avail\"\nservice = \"api\"\nobjective = 99\n";
+        let results = run(
+            rules,
+            r#"
+[[test]]
+name = "a short burst does not page"
+[[test.series]]
+service = "api"
+requests = "100x400"
+errors = "0x349 50x11 0x40"
+[[test.expect]]
+at = "61m"
+firing = ["avail-ticket"]
+
+[[test]]
+name = "a sustained burn pages"
+[[test.series]]
+service = "api"
+requests = "100x400"
+errors = "0x200 50x200"
+[[test.expect]]
+at = "61m"
+firing = ["avail-page", "avail-ticket"]
+"#,
+        )
+        .await;
+        for result in results {
+            assert!(result.failures.is_empty(), "{result:?}");
+        }
     }
 }

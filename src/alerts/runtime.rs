@@ -61,6 +61,18 @@ pub struct SloStatus {
     pub budget_remaining: Option<f64>,
 }
 
+/// A period during which an alert was firing (`to_ms` `None`: still firing), for shading charts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FiringPeriod {
+    pub rule: String,
+    pub labels: BTreeMap<String, String>,
+    pub from_ms: i64,
+    pub to_ms: Option<i64>,
+}
+
+/// Past firing periods kept in memory for chart shading.
+const PERIODS_KEPT: usize = 1000;
+
 /// What the alerting loop shows the rest of redline.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct AlertsView {
@@ -68,6 +80,8 @@ pub struct AlertsView {
     pub alerts: Vec<Alert>,
     pub silences: Vec<Silence>,
     pub slos: Vec<SloStatus>,
+    /// Firing periods: ended ones since start (bounded) and current ones.
+    pub periods: Vec<FiringPeriod>,
     pub last_eval_ms: Option<i64>,
     /// The last failure to reload the rules file (the previous rules stay in force).
     pub config_error: Option<String>,
@@ -197,17 +211,22 @@ pub async fn run<N: NotificationSink>(
     let log = store.run(persist::load_log).await.unwrap_or_default();
     let mut dispatcher = Dispatcher::with_log(log);
     *handle.rules.write().unwrap_or_else(|p| p.into_inner()) = loaded.config.rules.clone();
+    let mut past = std::collections::VecDeque::new();
 
     loop {
         let started = now_ms();
+        let state = LoopState {
+            engine: &mut engine,
+            dispatcher: &mut dispatcher,
+            past: &mut past,
+        };
         cycle(
             &settings,
             &query,
             &handle,
             &sink,
             &loaded.config,
-            &mut engine,
-            &mut dispatcher,
+            state,
             started,
         )
         .await;
@@ -260,18 +279,61 @@ fn reload(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the loop carries from one cycle to the next.
+struct LoopState<'a> {
+    engine: &'a mut Engine,
+    dispatcher: &'a mut Dispatcher,
+    past: &'a mut std::collections::VecDeque<FiringPeriod>,
+}
+
 async fn cycle<N: NotificationSink>(
     settings: &AlertsSettings,
     query: &Query,
     handle: &AlertsHandle,
     sink: &N,
     config: &AlertsConfig,
-    engine: &mut Engine,
-    dispatcher: &mut Dispatcher,
+    state: LoopState<'_>,
     now: i64,
 ) {
+    let LoopState {
+        engine,
+        dispatcher,
+        past,
+    } = state;
+    // Fired-at times of alerts about to resolve, before the engine forgets them.
+    let fired_before: BTreeMap<String, i64> = engine
+        .alerts()
+        .filter_map(|a| a.fired_at_ms.map(|f| (a.key.clone(), f)))
+        .collect();
     let (transitions, errors) = evaluate_all(query, config, engine, now).await;
+    for t in transitions
+        .iter()
+        .filter(|t| t.from == "firing" && t.to == "resolved")
+    {
+        if let Some(from_ms) = fired_before.get(&t.key) {
+            past.push_back(FiringPeriod {
+                rule: t.rule.clone(),
+                labels: t.labels.clone(),
+                from_ms: *from_ms,
+                to_ms: Some(t.at_ms),
+            });
+        }
+    }
+    while past.len() > PERIODS_KEPT {
+        past.pop_front();
+    }
+    let mut periods: Vec<FiringPeriod> = past.iter().cloned().collect();
+    periods.extend(
+        engine
+            .alerts()
+            .filter(|a| a.state == AlertState::Firing)
+            .map(|a| FiringPeriod {
+                rule: a.rule.clone(),
+                labels: a.labels.clone(),
+                from_ms: a.fired_at_ms.unwrap_or(a.active_at_ms),
+                to_ms: None,
+            }),
+    );
     for t in &transitions {
         tracing::info!(rule = %t.rule, from = t.from, to = t.to, value = ?t.value, "alert transition");
     }
@@ -320,6 +382,7 @@ async fn cycle<N: NotificationSink>(
         view.alerts = alerts;
         view.silences = silences;
         view.slos = slos;
+        view.periods = periods;
         view.last_eval_ms = Some(now);
         view.eval_errors = errors;
     });
@@ -327,7 +390,7 @@ async fn cycle<N: NotificationSink>(
 }
 
 /// Evaluates every rule once.
-pub async fn evaluate_all<S: DataSource>(
+pub async fn evaluate_all<S: DataSource + Sync>(
     source: &S,
     config: &AlertsConfig,
     engine: &mut Engine,
@@ -335,8 +398,9 @@ pub async fn evaluate_all<S: DataSource>(
 ) -> (Vec<Transition>, Vec<String>) {
     let mut transitions = Vec::new();
     let mut errors = Vec::new();
+    let cached = source::CycleCache::new(source);
     for rule in &config.rules {
-        match source::evaluate(source, rule, now).await {
+        match source::evaluate(&cached, rule, now).await {
             Ok(observations) => transitions.extend(engine.evaluate(rule, observations, now)),
             Err(e) => errors.push(format!("{}: {e}", rule.name)),
         }

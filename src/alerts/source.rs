@@ -2,8 +2,9 @@
 //! [`DataSource`]: the live query layer in redline, synthetic series in `redline test-rules` —
 //! so both evaluate rules with exactly the same code.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::aggregate::metric::MetricAgg;
@@ -11,18 +12,21 @@ use crate::aggregate::red::RedStats;
 use crate::alerts::config::{ChangeMode, Rule, RuleKind, Selector};
 use crate::alerts::engine::Observation;
 use crate::alerts::routing::Labels;
+use crate::model::EndpointKey;
 use crate::query::{MetricAggregation, Query, RedStat, TimeRange};
 use crate::store::read::RedFilter;
 
+/// Per-endpoint RED statistics of one service over a range: what rules read.
+pub type Endpoints = Arc<Vec<(EndpointKey, RedStats)>>;
+
 /// The data rules are evaluated against.
 pub trait DataSource {
-    /// RED statistics of the rule's service (and method/route if fixed), merged over `range`,
-    /// one entry per distinct value of the rule's `by` dimensions.
-    fn red(
+    /// RED statistics of every endpoint of `service`, merged over `range`.
+    fn endpoints(
         &self,
-        rule: &Rule,
+        service: &str,
         range: TimeRange,
-    ) -> impl Future<Output = Result<Vec<(Labels, RedStats)>, String>> + Send;
+    ) -> impl Future<Output = Result<Endpoints, String>> + Send;
 
     /// The rule's metric merged over `range`, one entry per `by` attribute group.
     fn metric(
@@ -32,47 +36,47 @@ pub trait DataSource {
     ) -> impl Future<Output = Result<Vec<(Labels, MetricAgg)>, String>> + Send;
 }
 
-/// Groups endpoint statistics by the rule's `by` dimensions.
-pub fn group_red(
+/// The rule's endpoints (its method/route, if fixed) grouped by its `by` dimensions.
+pub async fn red<S: DataSource>(
+    source: &S,
     rule: &Rule,
-    endpoints: Vec<(String, String, RedStats)>,
-) -> Vec<(Labels, RedStats)> {
+    range: TimeRange,
+) -> Result<Vec<(Labels, RedStats)>, String> {
+    let endpoints = source.endpoints(&rule.service, range).await?;
     let mut groups: BTreeMap<Labels, RedStats> = BTreeMap::new();
-    for (method, route, stats) in endpoints {
+    for (endpoint, stats) in endpoints.iter() {
+        if rule.method.as_ref().is_some_and(|m| *m != endpoint.method)
+            || rule.route.as_ref().is_some_and(|r| *r != endpoint.route)
+        {
+            continue;
+        }
         let labels: Labels = rule
             .by
             .iter()
             .map(|dimension| {
                 let value = if dimension == "method" {
-                    &method
+                    &endpoint.method
                 } else {
-                    &route
+                    &endpoint.route
                 };
                 (dimension.clone(), value.clone())
             })
             .collect();
-        groups.entry(labels).or_default().merge(&stats);
+        groups.entry(labels).or_default().merge(stats);
     }
-    groups.into_iter().collect()
+    Ok(groups.into_iter().collect())
 }
 
 impl DataSource for Query {
-    async fn red(&self, rule: &Rule, range: TimeRange) -> Result<Vec<(Labels, RedStats)>, String> {
+    async fn endpoints(&self, service: &str, range: TimeRange) -> Result<Endpoints, String> {
         let filter = RedFilter {
-            service: Some(rule.service.clone()),
-            method: rule.method.clone(),
-            route: rule.route.clone(),
+            service: Some(service.to_string()),
+            ..Default::default()
         };
-        let endpoints = self
-            .red_stats(filter, range)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(group_red(
-            rule,
-            endpoints
-                .into_iter()
-                .map(|(endpoint, stats)| (endpoint.method, endpoint.route, stats))
-                .collect(),
+        Ok(Arc::new(
+            self.red_stats(filter, range)
+                .await
+                .map_err(|e| e.to_string())?,
         ))
     }
 
@@ -98,6 +102,50 @@ impl DataSource for Query {
     }
 }
 
+/// Reads each (service, range) once per evaluation cycle: rules that share a window share the
+/// read, so 500 rules over a few services cost a few queries, not 500.
+pub struct CycleCache<'a, S> {
+    source: &'a S,
+    endpoints: Mutex<HashMap<(String, i64, i64), Endpoints>>,
+}
+
+impl<'a, S> CycleCache<'a, S> {
+    pub fn new(source: &'a S) -> Self {
+        CycleCache {
+            source,
+            endpoints: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<S: DataSource + Sync> DataSource for CycleCache<'_, S> {
+    async fn endpoints(&self, service: &str, range: TimeRange) -> Result<Endpoints, String> {
+        let key = (service.to_string(), range.from_ms, range.to_ms);
+        if let Some(hit) = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(hit.clone());
+        }
+        let fresh = self.source.endpoints(service, range).await?;
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, fresh.clone());
+        Ok(fresh)
+    }
+
+    async fn metric(
+        &self,
+        rule: &Rule,
+        range: TimeRange,
+    ) -> Result<Vec<(Labels, MetricAgg)>, String> {
+        self.source.metric(rule, range).await
+    }
+}
+
 fn window_before(now_ms: i64, window: Duration) -> TimeRange {
     TimeRange {
         from_ms: now_ms - window.as_millis() as i64,
@@ -114,8 +162,7 @@ async fn values<S: DataSource>(
 ) -> Result<Vec<(Labels, Option<f64>)>, String> {
     let seconds = ((range.to_ms - range.from_ms).max(1)) as f64 / 1000.0;
     match &rule.selector {
-        Selector::Red { stat, .. } => Ok(source
-            .red(rule, range)
+        Selector::Red { stat, .. } => Ok(red(source, rule, range)
             .await?
             .into_iter()
             .map(|(labels, stats)| {
@@ -219,9 +266,8 @@ pub async fn evaluate<S: DataSource>(
                 from_ms: current.from_ms - 3_600_000,
                 to_ms: now_ms,
             };
-            let known = source.red(rule, lookback).await?;
-            let recent: BTreeMap<Labels, u64> = source
-                .red(rule, current)
+            let known = red(source, rule, lookback).await?;
+            let recent: BTreeMap<Labels, u64> = red(source, rule, current)
                 .await?
                 .into_iter()
                 .map(|(labels, stats)| (labels, stats.requests))
@@ -256,10 +302,10 @@ pub async fn evaluate<S: DataSource>(
                         .map(|s| s.error_rate() / error_budget)
                 };
                 let long = burn(merged(
-                    source.red(rule, window_before(now_ms, pair.long)).await?,
+                    red(source, rule, window_before(now_ms, pair.long)).await?,
                 ));
                 let short = burn(merged(
-                    source.red(rule, window_before(now_ms, pair.short)).await?,
+                    red(source, rule, window_before(now_ms, pair.short)).await?,
                 ));
                 if let (Some(long), Some(short)) = (long, short) {
                     // Both windows must burn faster than the factor (AND); pairs are ORed.

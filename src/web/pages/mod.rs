@@ -18,6 +18,7 @@
 //! and [`Pages::alerts`] holds it, the layout shows the firing-alerts banner, the nav links
 //! `/alerts`, and RED charts get threshold lines and shaded firing periods.
 
+pub mod alerts;
 mod custom;
 mod metrics;
 mod overview;
