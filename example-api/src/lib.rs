@@ -4,8 +4,8 @@
 //! # Layout (request data flow, outside in)
 //! ```text
 //! HTTP ─► telemetry middleware (server span + http.server.* metrics)
-//!      ─► rate limiter (sliding window; Redis Lua when REDIS_URL is set)
 //!      ─► load shedder (concurrency limit, 503 instead of queueing)
+//!      ─► rate limiter (sliding window; Redis Lua when REDIS_URL is set)
 //!      ─► route fault injection (demo only)
 //!      ─► routes/*  ─► cache/ (L1 moka → L2 Redis) ─► db/ (primary writer + read-only replicas)
 //!                   └► downstream client (timeout, retry + budget, circuit breaker) ─► recommendations

@@ -68,8 +68,13 @@ pub const MIX: &[(&str, &str, u32)] = &[
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EndpointCounts {
+    /// Requests sent (what the server, and redline, can have seen).
     pub requests: u64,
+    /// Sent requests that failed: 5xx or a transport failure.
     pub errors: u64,
+    /// Scheduled but never sent because `max_in_flight` was reached (charged as errors in
+    /// `by_status` as `client_overload`, but invisible to the server).
+    pub not_sent: u64,
 }
 
 struct Shared {
@@ -122,7 +127,7 @@ impl Report {
             },
             "by_status": self.by_status,
             "setup": self.setup,
-            "by_endpoint": self.by_endpoint.iter().map(|(k, v)| (k.clone(), json!({"requests": v.requests, "errors": v.errors}))).collect::<serde_json::Map<_, _>>(),
+            "by_endpoint": self.by_endpoint.iter().map(|(k, v)| (k.clone(), json!({"requests": v.requests, "errors": v.errors, "not_sent": v.not_sent}))).collect::<serde_json::Map<_, _>>(),
         })
     }
 
@@ -256,9 +261,7 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
             *s.by_status.entry("client_overload".into()).or_default() += 1;
-            let e = s.by_endpoint.entry(label).or_default();
-            e.requests += 1;
-            e.errors += 1;
+            s.by_endpoint.entry(label).or_default().not_sent += 1;
             continue;
         };
         let client = client.clone();

@@ -1,5 +1,5 @@
 //! Cross-cutting request handling, outermost first: HTTP telemetry (server span and metrics per
-//! the HTTP semantic conventions), client identity + rate limiting, load shedding, and route
+//! the HTTP semantic conventions), load shedding, client identity + rate limiting, and route
 //! fault injection.
 
 use super::{ApiError, AppState, Client};

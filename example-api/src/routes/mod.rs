@@ -92,10 +92,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/categories", get(misc::categories))
         .route("/v1/stats", get(misc::stats))
         .route("/v1/auth/token", post(misc::token))
-        // Innermost first: route faults, then shedding, then identity + rate limit.
+        // Innermost first: route faults, identity + rate limit, then shedding outermost (after
+        // telemetry): under overload a rejection must cost as little as possible, so it comes
+        // before the API-key lookup and the limiter.
         .layer(from_fn_with_state(state.clone(), middleware::route_faults))
-        .layer(from_fn_with_state(state.clone(), middleware::load_shed))
-        .layer(from_fn_with_state(state.clone(), middleware::rate_limit));
+        .layer(from_fn_with_state(state.clone(), middleware::rate_limit))
+        .layer(from_fn_with_state(state.clone(), middleware::load_shed));
     Router::new()
         .route("/healthz", get(misc::healthz))
         .route("/readyz", get(misc::readyz))
