@@ -19,6 +19,9 @@ use super::{AlertStatus, AlertSummary, Notification, NotifyError};
 
 /// At most this many exemplar traces are shown per alert.
 pub const MAX_TRACES: usize = 3;
+/// At most this many charts per message (the first alerts', firing ones come first): a large
+/// group still makes a message of reasonable size. Every alert is listed regardless.
+pub const MAX_CHARTS: usize = 10;
 const MAX_SUBJECT_CHARS: usize = 200;
 /// Annotations shown in their own places rather than in the generic list.
 const PLACED_ANNOTATIONS: [&str; 3] = ["summary", "description", "runbook_url"];
@@ -68,7 +71,12 @@ pub fn preview(notification: &Notification) -> Rendered {
     let mut images = Vec::new();
     let mut chart_cids = Vec::with_capacity(notification.alerts.len());
     for (index, alert) in notification.alerts.iter().enumerate() {
-        let cid = alert.chart.as_ref().and_then(|spec| {
+        let spec = alert.chart.as_ref();
+        if spec.is_some() && images.len() >= MAX_CHARTS {
+            chart_cids.push(None);
+            continue;
+        }
+        let cid = spec.and_then(|spec| {
             let rendered = std::panic::catch_unwind(|| chart::render_png(spec))
                 .unwrap_or_else(|_| Err(NotifyError::Chart("the renderer panicked".into())));
             match rendered {
@@ -87,6 +95,18 @@ pub fn preview(notification: &Notification) -> Rendered {
             }
         });
         chart_cids.push(cid);
+    }
+    let charts = notification
+        .alerts
+        .iter()
+        .filter(|a| a.chart.is_some())
+        .count();
+    if charts > MAX_CHARTS {
+        tracing::debug!(
+            group = %notification.group_key,
+            "{} of {charts} charts left out of the message (at most {MAX_CHARTS})",
+            charts - MAX_CHARTS
+        );
     }
     let html = match html_body(notification, &subject, &chart_cids) {
         Ok(html) => html,
@@ -719,6 +739,26 @@ mod tests {
                 .count(),
             3
         );
+    }
+
+    #[test]
+    fn large_groups_list_every_alert_but_cap_the_charts() {
+        let mut n = sample();
+        let template = n.alerts[0].clone();
+        n.alerts = (0..25)
+            .map(|i| {
+                let mut alert = template.clone();
+                alert.labels.insert("route".into(), format!("GET /r{i}"));
+                alert
+            })
+            .collect();
+        let rendered = preview(&n);
+        assert_eq!(rendered.images.len(), MAX_CHARTS);
+        assert_eq!(rendered.html.matches("src=\"cid:").count(), MAX_CHARTS);
+        for i in 0..25 {
+            assert!(rendered.text.contains(&format!("route = GET /r{i}\n")));
+            assert!(rendered.html.contains(&format!("GET /r{i}<")));
+        }
     }
 
     #[test]
