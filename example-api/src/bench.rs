@@ -77,6 +77,7 @@ async fn spawn_server(
     otlp: Option<&str>,
     max_concurrency: usize,
     pin: Option<usize>,
+    extra_env: &[(&str, &str)],
 ) -> Result<Server, BenchError> {
     let mut cmd = match pin {
         Some(cpu) => {
@@ -113,6 +114,7 @@ async fn spawn_server(
             cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
         }
     }
+    cmd.envs(extra_env.iter().copied());
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     let stdout = child.stdout.take().ok_or(BenchError::NoAddress)?;
@@ -204,12 +206,31 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     ));
 
     // 1. Telemetry overhead on a cached GET.
-    let off = spawn_server(&o.exe, &o.dir.join("off.db"), None, 4096, server_cpu).await?;
-    let on = spawn_server(&o.exe, &o.dir.join("on.db"), Some(&sink), 4096, server_cpu).await?;
+    let off = spawn_server(&o.exe, &o.dir.join("off.db"), None, 4096, server_cpu, &[]).await?;
+    let on = spawn_server(
+        &o.exe,
+        &o.dir.join("on.db"),
+        Some(&sink),
+        4096,
+        server_cpu,
+        &[],
+    )
+    .await?;
     let only = Some(("/v1/products/{id}".to_string(), 100));
-    for s in [&off, &on] {
+    // Metrics exported, traces not sampled: splits the cost between the two signals.
+    let metrics_only = spawn_server(
+        &o.exe,
+        &o.dir.join("metrics-only.db"),
+        Some(&sink),
+        4096,
+        server_cpu,
+        &[("OTEL_TRACES_SAMPLER", "always_off")],
+    )
+    .await?;
+    for s in [&off, &on, &metrics_only] {
         load(&s.url, o.rate, 3, only.clone()).await?; // warm-up: fills the L1 cache
     }
+    let mut cpu_metrics_only = vec![];
     out.push_str(&format!(
         "## Telemetry on vs off: cached `GET /v1/products/{{id}}` at {:.0} req/s, {} s per run\n\n\
          | run | telemetry | achieved req/s | p50 ms | p99 ms | server CPU µs/req |\n|---|---|---|---|---|---|\n",
@@ -218,6 +239,17 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     let (mut cpu_on, mut cpu_off, mut p99_on, mut p99_off, mut rate_on, mut rate_off) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for round in 0..o.rounds {
+        let c0 = cpu_secs(metrics_only.pid);
+        let r = load(&metrics_only.url, o.rate, o.secs, only.clone()).await?;
+        let cpu_per_req = (cpu_secs(metrics_only.pid) - c0) / r.completed.max(1) as f64 * 1e6;
+        out.push_str(&format!(
+            "| {round} | metrics only | {:.0} | {:.2} | {:.2} | {:.0} |\n",
+            r.achieved_rate(),
+            ms(&r, 0.5),
+            ms(&r, 0.99),
+            cpu_per_req
+        ));
+        cpu_metrics_only.push(cpu_per_req);
         let order: [(&str, &Server); 2] = if round % 2 == 0 {
             [("off", &off), ("on", &on)]
         } else {
@@ -257,10 +289,15 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
         c_off,
         if c_on > 0.0 { (1.0 - c_off / c_on) * 100.0 } else { 0.0 }
     ));
+    out.push_str(&format!(
+        "Metrics only (traces not sampled): median {:.0} µs CPU per request.\n\n",
+        median(cpu_metrics_only)
+    ));
     drop(off);
     drop(on);
+    drop(metrics_only);
     out.push_str(&format!(
-        "The sink received {} OTLP export requests ({} KiB) from the telemetry-on server.\n\n",
+        "The sink received {} OTLP export requests ({} KiB) from the exporting servers.\n\n",
         seen.0.load(Ordering::Relaxed),
         seen.1.load(Ordering::Relaxed) / 1024
     ));
@@ -272,6 +309,7 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
         Some(&sink),
         o.max_concurrency,
         server_cpu,
+        &[],
     )
     .await?;
     load(&srv.url, o.base_rate, 3, None).await?; // warm-up
