@@ -9,7 +9,6 @@ mod helpers;
 
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use redline::alerts::config::parse;
 use redline::alerts::engine::Engine;
 use redline::alerts::runtime::evaluate_all;
@@ -66,16 +65,7 @@ fn main() {
         for service in 0..SERVICES {
             for route in 0..ROUTES {
                 let request = helpers::export_request(&format!("svc-{service}"), &format!("/r/{route}"), 20);
-                let status = redline
-                    .client()
-                    .post(format!("http://{}/v1/traces", redline.http))
-                    .header("content-type", "application/x-protobuf")
-                    .body(request.encode_to_vec())
-                    .send()
-                    .await
-                    .unwrap()
-                    .status();
-                assert_eq!(status, 200);
+                assert_eq!(redline.export(&request).await, 200);
             }
         }
         let config = parse(&rules_file()).expect("bench rules are valid");
@@ -162,16 +152,7 @@ async fn mail_latency() -> Duration {
         span.start_time_unix_nano = span.end_time_unix_nano - 300_000_000;
     }
     let started = Instant::now();
-    let status = redline
-        .client()
-        .post(format!("http://{}/v1/traces", redline.http))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 200);
+    assert_eq!(redline.export(&request).await, 200);
     let arrived = helpers::poll(Duration::from_secs(30), || async {
         let any = std::fs::read_dir(smtp_dir.path())
             .ok()?

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use mail_parser::{MessageParser, MimeHeaders};
-use prost::Message;
 
 use crate::helpers::{TestRedline, poll, port_zero_layer};
 use crate::notify::{SmtpServer, received};
@@ -63,16 +62,7 @@ async fn send(redline: &TestRedline, duration_ms: u64, count: usize) {
         span.trace_id[0] = rand::random();
         span.span_id[0] = rand::random();
     }
-    let status = redline
-        .client()
-        .post(format!("http://{}/v1/traces", redline.http))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 200);
+    assert_eq!(redline.export(&request).await, 200);
 }
 
 /// Keeps sending requests of `duration_ms` until `done` holds for the received mail.
@@ -193,15 +183,7 @@ async fn a_rule_fires_mails_evidence_resolves_and_survives_restarts_and_smtp_out
     smtp.stop();
     poll(Duration::from_secs(30), || async {
         send(&redline, 300, 20).await;
-        let metrics = redline
-            .client()
-            .get(redline.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let metrics = redline.metrics_text().await;
         let retried = metrics
             .lines()
             .any(|l| l.starts_with("redline_notification_retries_total") && !l.ends_with(" 0"));

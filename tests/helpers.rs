@@ -129,6 +129,28 @@ impl TestRedline {
         body
     }
 
+    /// Exports spans over OTLP/HTTP protobuf; returns the HTTP status.
+    pub async fn export(&self, request: &ExportTraceServiceRequest) -> u16 {
+        use prost::Message;
+        self.client
+            .post(format!("http://{}/v1/traces", self.http))
+            .header("content-type", "application/x-protobuf")
+            .body(request.encode_to_vec())
+            .send()
+            .await
+            .expect("export")
+            .status()
+            .as_u16()
+    }
+
+    /// redline's own `/metrics` text (empty if the request fails).
+    pub async fn metrics_text(&self) -> String {
+        match self.client.get(self.url("/metrics")).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     /// Polls `path` until `done` holds for its JSON, or panics after `deadline`.
     pub async fn wait_for(
         &self,

@@ -289,15 +289,7 @@ async fn overload_gets_503_with_retry_after_and_the_server_recovers() {
             |b| endpoint(b, "GET", "/f").is_some_and(|e| e["requests"] == accepted as u64 * 500),
         )
         .await;
-    let metrics = redline
-        .client()
-        .get(redline.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = redline.metrics_text().await;
     assert!(
         metrics.contains("redline_spans_rejected_total{reason=\"overload\"}"),
         "{metrics}"

@@ -3,28 +3,19 @@
 
 use std::time::Duration;
 
-use prost::Message;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::helpers::{TestRedline, endpoint, export_request};
 
-async fn post_protobuf(redline: &TestRedline, body: Vec<u8>) {
-    let status = redline
-        .client()
-        .post(format!("http://{}/v1/traces", redline.http))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 200);
+async fn post_protobuf(redline: &TestRedline, request: ExportTraceServiceRequest) {
+    assert_eq!(redline.export(&request).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_data_is_queryable_before_any_flush() {
     // No flush for an hour: only the unflushed view can answer.
     let redline = TestRedline::start_with(|s| s.flush_interval = Some("1h".into())).await;
-    post_protobuf(&redline, export_request("fresh", "/now", 7).encode_to_vec()).await;
+    post_protobuf(&redline, export_request("fresh", "/now", 7)).await;
     let body = redline
         .wait_for(
             "/api/v1/endpoints?service=fresh&since=5m",
@@ -40,7 +31,7 @@ async fn acknowledged_data_is_queryable_before_any_flush() {
 async fn rollups_agree_with_the_finest_windows() {
     let redline = TestRedline::start_with(|s| s.flush_interval = Some("100ms".into())).await;
     for _ in 0..5 {
-        post_protobuf(&redline, export_request("rolled", "/r", 40).encode_to_vec()).await;
+        post_protobuf(&redline, export_request("rolled", "/r", 40)).await;
     }
     let fine = redline
         .wait_for(
@@ -95,7 +86,7 @@ async fn a_flood_of_distinct_routes_overflows_and_is_counted() {
             span
         })
         .collect();
-    post_protobuf(&redline, batch.encode_to_vec()).await;
+    post_protobuf(&redline, batch).await;
     let body = redline
         .wait_for(
             "/api/v1/endpoints?service=floody&since=5m",
@@ -104,25 +95,9 @@ async fn a_flood_of_distinct_routes_overflows_and_is_counted() {
         )
         .await;
     assert_eq!(body["endpoints"].as_array().unwrap().len(), 51);
-    let metrics = redline
-        .client()
-        .get(redline.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = redline.metrics_text().await;
     let overflow = crate::helpers::poll(Duration::from_secs(5), || async {
-        let text = redline
-            .client()
-            .get(redline.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = redline.metrics_text().await;
         text.lines()
             .any(|l| l == "redline_overflow_total{kind=\"endpoints\"} 450")
             .then_some(())
@@ -135,17 +110,9 @@ async fn a_flood_of_distinct_routes_overflows_and_is_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_metrics_and_health_endpoints_answer() {
     let redline = TestRedline::start().await;
-    post_protobuf(&redline, export_request("health", "/h", 3).encode_to_vec()).await;
+    post_protobuf(&redline, export_request("health", "/h", 3)).await;
     let text = crate::helpers::poll(Duration::from_secs(5), || async {
-        let text = redline
-            .client()
-            .get(redline.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = redline.metrics_text().await;
         text.contains("redline_database_size_bytes").then_some(text)
     })
     .await
