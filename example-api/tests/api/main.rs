@@ -6,4 +6,5 @@ mod lists;
 mod resilience;
 mod telemetry;
 mod with_redis;
+mod with_redline;
 mod writes;
