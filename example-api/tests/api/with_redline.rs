@@ -60,8 +60,15 @@ async fn redline_counts(web: std::net::SocketAddr, service: &str) -> BTreeMap<St
         .iter()
         .map(|e| {
             (
-                format!("{} {}", e["method"].as_str().unwrap(), e["route"].as_str().unwrap()),
-                (e["requests"].as_u64().unwrap(), e["errors"].as_u64().unwrap()),
+                format!(
+                    "{} {}",
+                    e["method"].as_str().unwrap(),
+                    e["route"].as_str().unwrap()
+                ),
+                (
+                    e["requests"].as_u64().unwrap(),
+                    e["errors"].as_u64().unwrap(),
+                ),
             )
         })
         .collect()
@@ -83,10 +90,17 @@ async fn redline_counts_exactly_what_the_load_generator_sent() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let api = TestApp::spawn_telemetry(test_config(&dir), dir, tel.clone(), dtel.clone()).await;
 
-    let report = loadgen::run(Options::new(api.url(""), 40.0, Duration::from_secs(5)), std::future::pending())
-        .await
-        .expect("load generator runs");
-    assert!(report.completed > 100, "the run did something: {}", report.completed);
+    let report = loadgen::run(
+        Options::new(api.url(""), 40.0, Duration::from_secs(5)),
+        std::future::pending(),
+    )
+    .await
+    .expect("load generator runs");
+    assert!(
+        report.completed > 100,
+        "the run did something: {}",
+        report.completed
+    );
     tel.flush().await;
     dtel.flush().await;
 
@@ -109,11 +123,17 @@ async fn redline_counts_exactly_what_the_load_generator_sent() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(counted, expected, "redline's counts (left) versus the load generator's (right)");
+    assert_eq!(
+        counted, expected,
+        "redline's counts (left) versus the load generator's (right)"
+    );
 
     // The downstream service reports under its own name, with the calls the API made.
     let downstream = redline_counts(redline.web, "recommendations").await;
-    assert!(!downstream.is_empty(), "the recommendations service is visible too");
+    assert!(
+        !downstream.is_empty(),
+        "the recommendations service is visible too"
+    );
 
     api.stop().await;
     tel.shutdown().await;
