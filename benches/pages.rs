@@ -1,7 +1,7 @@
 //! Dashboard render time (issue 5, "Speed"), recorded in docs/PERFORMANCE.md.
 //!
-//! `cargo bench --bench pages` fills a store with 24 h of 1-minute RED windows — the service
-//! `example-api` with 200 endpoints plus 19 services with 10 endpoints each — metric series and
+//! `cargo bench --bench pages` fills a store with 24 h of 1-minute RED windows of 200 endpoints
+//! — the service `example-api` with 180 of them, two more services with 10 each — metric series and
 //! sampled traces, written through the store's writer (the ingest path only accepts timestamps
 //! within 6 h of now, so a day of history cannot be sent as OTLP). Then it starts redline on
 //! it and times sequential `GET`s of every page over loopback for the 1 h (default) and 24 h
@@ -25,11 +25,17 @@ use redline::store::{self, Retention};
 
 const MINUTES: i64 = 24 * 60;
 const BIG_SERVICE: &str = "example-api";
-const BIG_ENDPOINTS: usize = 200;
-const OTHER_SERVICES: usize = 19;
+const BIG_ENDPOINTS: usize = 180;
+const OTHER_SERVICES: usize = 2;
 const OTHER_ENDPOINTS: usize = 10;
 const WARMUP: usize = 3;
-const RUNS: usize = 25;
+/// Timed requests per page (`PAGES_RUNS` overrides, for a quick look).
+fn runs() -> usize {
+    std::env::var("PAGES_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(25)
+}
 
 fn endpoints() -> Vec<EndpointKey> {
     let mut keys = Vec::new();
@@ -223,7 +229,7 @@ struct Row {
 async fn measure(client: &reqwest::Client, base: &str, path: &str) -> (Vec<f64>, usize) {
     let mut times = Vec::new();
     let mut bytes = 0;
-    for run in 0..WARMUP + RUNS {
+    for run in 0..WARMUP + runs() {
         let started = Instant::now();
         let response = client
             .get(format!("{base}{path}"))
@@ -276,6 +282,11 @@ fn main() {
                 let sep = if page.contains('?') { '&' } else { '?' };
                 let path = format!("{page}{sep}range={range}");
                 let (times, bytes) = measure(&client, &base, &path).await;
+                eprintln!(
+                    "{path}: median {:.1} ms, {:.1} KB",
+                    times[times.len() / 2],
+                    bytes as f64 / 1000.0
+                );
                 rows.push(Row {
                     page: page.to_string(),
                     range,

@@ -372,6 +372,9 @@ pub struct TimeChart {
     pub shaded: Vec<Interval>,
     /// Start the value axis at zero (true unless told otherwise).
     pub zero_based: bool,
+    /// Gaps relative to each series' own usual spacing instead of the step: for metrics
+    /// exported less often than the step (a 60 s export interval on a 30 s step).
+    pub adaptive_gaps: bool,
 }
 
 /// Plot geometry shared by the time charts.
@@ -423,6 +426,7 @@ impl TimeChart {
             thresholds: Vec::new(),
             shaded: Vec::new(),
             zero_based: true,
+            adaptive_gaps: false,
         }
     }
 
@@ -464,6 +468,11 @@ impl TimeChart {
 
     pub fn zero_based(mut self, zero_based: bool) -> Self {
         self.zero_based = zero_based;
+        self
+    }
+
+    pub fn adaptive_gaps(mut self, adaptive: bool) -> Self {
+        self.adaptive_gaps = adaptive;
         self
     }
 
@@ -751,7 +760,13 @@ impl TimeChart {
 
     /// Consecutive runs of points with no step missing between them.
     fn segments<'a>(&self, points: &'a [(i64, f64)]) -> Vec<&'a [(i64, f64)]> {
-        let max_gap = self.step_ms + self.step_ms / 2;
+        let mut max_gap = self.step_ms + self.step_ms / 2;
+        if self.adaptive_gaps && points.len() > 2 {
+            let mut spacings: Vec<i64> = points.windows(2).map(|w| w[1].0 - w[0].0).collect();
+            spacings.sort_unstable();
+            let usual = spacings[spacings.len() / 2];
+            max_gap = max_gap.max(usual + usual / 2);
+        }
         let mut segments = Vec::new();
         let mut start = 0;
         for i in 1..=points.len() {
@@ -1252,6 +1267,28 @@ mod tests {
         assert_eq!(subpaths(&svg), vec![2], "two segments: {svg}");
         // No point is drawn at zero height (the plot bottom) for the missing steps.
         assert!(!svg.contains(",188.0L"), "{svg}");
+    }
+
+    #[test]
+    fn adaptive_gaps_follow_the_series_own_spacing() {
+        // Exported every 3 steps: connected, except where an export is missing.
+        let points = vec![
+            (0, 1.0),
+            (180_000, 2.0),
+            (360_000, 3.0),
+            (900_000, 4.0),
+            (1_080_000, 5.0),
+        ];
+        let strict = TimeChart::new("g", Unit::Count(String::new()), 0, 1_200_000, 60_000)
+            .series("g", points.clone());
+        assert_eq!(subpaths(&strict.line_svg()), vec![0], "all lone points");
+        let adaptive = strict.adaptive_gaps(true);
+        assert_eq!(
+            subpaths(&adaptive.line_svg()),
+            vec![2],
+            "{}",
+            adaptive.line_svg()
+        );
     }
 
     #[test]

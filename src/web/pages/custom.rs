@@ -8,10 +8,10 @@ use axum::response::Html;
 use super::metrics::agg_name;
 use super::service::series_name;
 use super::{
-    Layout, PageError, Pages, Pairs, Params, merged, range_seconds, render, stat_points, step_for,
+    Layout, PageError, Pages, Pairs, Params, merged, range_seconds, red_step, render, stat_points,
 };
 use crate::dashboards::{self, ChartKind, Dashboard, Panel, PanelQuery};
-use crate::query::{MetricAggregation, MetricQuery, RedStat, TimeRange};
+use crate::query::{MetricAggregation, MetricQuery, RedStat, RedSteps, TimeRange};
 use crate::store::read::RedFilter;
 use crate::web::charts::{TimeChart, Unit, single_stat_svg};
 
@@ -129,8 +129,10 @@ pub async fn build(
     let range = choice.range;
     let mut stats = Vec::new();
     let mut panels = Vec::new();
+    // Panels on the same service or endpoint share one read.
+    let mut reads = RedReads::new();
     for panel in &dashboard.panels {
-        let view = panel_view(pages, panel, range).await?;
+        let view = panel_view(pages, panel, range, &mut reads).await?;
         if panel.kind == ChartKind::Stat {
             stats.push(view);
         } else {
@@ -165,36 +167,45 @@ fn red_unit(stat: RedStat) -> Unit {
     }
 }
 
+/// RED reads of one page by (service, method, route).
+type RedReads = std::collections::HashMap<(String, Option<String>, Option<String>), RedSteps>;
+
 async fn panel_view(
     pages: &Pages,
     panel: &Panel,
     range: TimeRange,
+    reads: &mut RedReads,
 ) -> Result<PanelView, PageError> {
-    let step = step_for(range, 120);
+    let step = red_step(range, 90);
     let (unit, series, single, subtitle) = match &panel.query {
         PanelQuery::Red {
             stats,
             method,
             route,
         } => {
-            let red = pages
-                .query
-                .red_steps(
-                    RedFilter {
-                        service: Some(panel.service.clone()),
-                        method: method.clone(),
-                        route: route.clone(),
-                    },
-                    range,
-                    step,
-                    false,
-                )
-                .await?;
+            let key = (panel.service.clone(), method.clone(), route.clone());
+            if !reads.contains_key(&key) {
+                let read = pages
+                    .query
+                    .red_steps(
+                        RedFilter {
+                            service: Some(panel.service.clone()),
+                            method: method.clone(),
+                            route: route.clone(),
+                        },
+                        range,
+                        step,
+                        false,
+                    )
+                    .await?;
+                reads.insert(key.clone(), read);
+            }
+            let red = &reads[&key];
             let steps = red.groups.values().next().cloned().unwrap_or_default();
             let total = merged(steps.values());
             let series: Vec<(String, Vec<(i64, f64)>)> = stats
                 .iter()
-                .map(|(name, stat)| (name.clone(), stat_points(&red, &steps, *stat)))
+                .map(|(name, stat)| (name.clone(), stat_points(red, &steps, *stat)))
                 .collect();
             let single = stats
                 .first()
@@ -262,6 +273,9 @@ async fn panel_view(
     }
     for t in &panel.thresholds {
         chart = chart.threshold(t.value, t.label.clone());
+    }
+    if matches!(panel.query, PanelQuery::Metric { .. }) {
+        chart = chart.adaptive_gaps(true);
     }
     if panel.wide {
         // Drawn at the width it is shown at, so text keeps its size.

@@ -66,13 +66,7 @@ pub async fn build(pages: &Pages, params: Params) -> Result<MetricsPage, PageErr
     let choice = params.range()?;
     let refresh = params.refresh()?;
     let range = choice.range;
-    let mut names: Vec<String> = pages
-        .query
-        .services(range)
-        .await?
-        .into_iter()
-        .map(|s| s.service)
-        .collect();
+    let mut names = pages.service_names().await?;
     let service = params
         .get("service")
         .map(str::to_string)
@@ -151,7 +145,8 @@ pub async fn build(pages: &Pages, params: Params) -> Result<MetricsPage, PageErr
             range.to_ms,
             step,
         )
-        .size(1300, 320);
+        .size(1300, 320)
+        .adaptive_gaps(true);
         for line in series.into_iter().take(MAX_LINES) {
             c = c.series(series_name(&line.attributes), line.points);
         }

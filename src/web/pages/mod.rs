@@ -187,6 +187,18 @@ impl Pages {
         samples.rate(now_ms(), accepted_total())
     }
 
+    /// Services seen in the last day, for pickers: a day is read at 1-hour resolution, so
+    /// this stays cheap whatever range the page shows.
+    pub async fn service_names(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .query
+            .services(TimeRange::last(24 * 3_600_000))
+            .await?
+            .into_iter()
+            .map(|s| s.service)
+            .collect())
+    }
+
     fn annotations(&self, target: ChartTarget<'_>, range: TimeRange) -> Annotations {
         self.alerts
             .as_ref()
@@ -579,6 +591,19 @@ pub fn step_for(range: TimeRange, points: i64) -> i64 {
     STEPS.into_iter().find(|s| *s >= raw).unwrap_or(86_400_000)
 }
 
+/// A step of about `points` steps, but at least an hour for ranges over 6 hours: a RED read
+/// returns every window of every endpoint in the range, and the store picks the coarsest
+/// resolution not above the step — a day at 1-minute resolution is 1,440 rows per endpoint,
+/// at 1-hour resolution 24.
+pub fn red_step(range: TimeRange, points: i64) -> i64 {
+    let step = step_for(range, points);
+    if range.to_ms - range.from_ms > 6 * 3_600_000 {
+        step.max(3_600_000)
+    } else {
+        step
+    }
+}
+
 /// A link of the range picker or the refresh menu.
 pub struct PickerLink {
     pub label: String,
@@ -848,6 +873,9 @@ mod tests {
         assert_eq!(step_for(r(3_600_000), 120), 30_000);
         assert_eq!(step_for(r(24 * 3_600_000), 120), 900_000);
         assert_eq!(step_for(r(7 * 24 * 3_600_000), 120), 7_200_000);
+        assert_eq!(red_step(r(3_600_000), 90), 60_000);
+        assert_eq!(red_step(r(6 * 3_600_000), 90), 300_000);
+        assert_eq!(red_step(r(24 * 3_600_000), 90), 3_600_000);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use axum::response::Html;
 
 use super::{
     EmptyHelp, Layout, PageError, Pages, Pairs, Params, SortHeader, cmp_opt, encode, fmt_bytes,
-    fmt_opt, merged, range_seconds, render, sort_headers, sort_of, stat_points, step_for,
+    fmt_opt, merged, range_seconds, red_step, render, sort_headers, sort_of, stat_points,
 };
 use crate::query::RedStat;
 use crate::store::read::RedFilter;
@@ -68,7 +68,7 @@ pub async fn build(pages: &Pages, params: Params) -> Result<Overview, PageError>
     let choice = params.range()?;
     let refresh = params.refresh()?;
     let range = choice.range;
-    let step = step_for(range, 40);
+    let step = red_step(range, 40);
     let red = pages
         .query
         .red_steps(RedFilter::default(), range, step, false)

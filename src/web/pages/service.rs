@@ -10,7 +10,7 @@ use axum::response::Html;
 
 use super::{
     ChartTarget, EmptyHelp, Layout, PageError, Pages, Pairs, Params, SortHeader, cmp_opt, encode,
-    fmt_opt, merged, range_seconds, render, sort_headers, sort_of, stat_points, step_for,
+    fmt_opt, merged, range_seconds, red_step, render, sort_headers, sort_of, stat_points, step_for,
 };
 use crate::aggregate::red::RedStats;
 use crate::model::STATUS_CLASSES;
@@ -127,7 +127,7 @@ pub async fn build_service(
                 ..Default::default()
             },
             range,
-            step_for(range, 120),
+            red_step(range, 90),
             true,
         )
         .await?;
@@ -458,7 +458,8 @@ async fn resource_panels(
             range.from_ms,
             range.to_ms,
             step,
-        );
+        )
+        .adaptive_gaps(true);
         if spec.title == "Cache hit ratio" {
             chart.unit = Unit::Ratio;
             chart = chart.series("hit ratio", hit_ratio(&series));
@@ -514,6 +515,7 @@ pub fn series_name(attributes: &BTreeMap<String, String>) -> String {
 
 pub struct TraceRow {
     pub href: String,
+    pub service: String,
     pub when: String,
     pub duration: String,
     pub name: String,
@@ -574,7 +576,7 @@ pub async fn build_endpoint(
                 route: Some(route.clone()),
             },
             range,
-            step_for(range, 120),
+            red_step(range, 90),
             false,
         )
         .await?;
@@ -634,6 +636,7 @@ pub async fn build_endpoint(
 pub fn trace_row(t: crate::store::TraceSummary) -> TraceRow {
     TraceRow {
         href: format!("/traces/{}", encode(&t.trace_id)),
+        service: t.service.clone().unwrap_or_default(),
         when: format_utc(t.start_unix_ms as i64),
         duration: Unit::Millis.format(t.duration_ms),
         name: t.root_name.unwrap_or_else(|| {

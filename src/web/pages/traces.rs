@@ -73,13 +73,7 @@ pub async fn build_list(pages: &Pages, params: Params) -> Result<TracesPage, Pag
             }
         })
         .collect();
-    let mut names: Vec<String> = pages
-        .query
-        .services(range)
-        .await?
-        .into_iter()
-        .map(|s| s.service)
-        .collect();
+    let mut names = pages.service_names().await?;
     if let Some(s) = &service
         && !names.contains(s)
     {
