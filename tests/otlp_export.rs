@@ -341,8 +341,9 @@ async fn duration_histograms_alone_give_a_red_dashboard() {
         .i64_up_down_counter("http.server.active_requests")
         .build();
     active.add(3, &[KeyValue::new("http.request.method", "GET")]);
+    let flushed = provider.clone();
     tokio::task::spawn_blocking(move || {
-        provider.force_flush().expect("metrics exported");
+        flushed.force_flush().expect("metrics exported");
     })
     .await
     .unwrap();
@@ -373,6 +374,28 @@ async fn duration_histograms_alone_give_a_red_dashboard() {
     assert!(
         (mean - exact_mean).abs() < 1e-6,
         "mean {mean} vs {exact_mean}"
+    );
+
+    // A second export merges into the windows already stored (a regression: histogram-only
+    // windows were written in a form the next flush could not read back).
+    for i in 0..200 {
+        histogram.record(0.030 + (i % 40) as f64 * 0.001, &ok);
+    }
+    let flushed = provider.clone();
+    tokio::task::spawn_blocking(move || flushed.force_flush().expect("metrics exported"))
+        .await
+        .unwrap();
+    redline
+        .wait_for(
+            "/api/v1/endpoints?service=metrics-only&since=10m",
+            Duration::from_secs(10),
+            |b| endpoint(b, "GET", "/v1/items/{id}").is_some_and(|e| e["requests"] == 400),
+        )
+        .await;
+    let metrics_text = redline.metrics_text().await;
+    assert!(
+        !metrics_text.contains("redline_store_write_failures_total"),
+        "no flush failed: {metrics_text}"
     );
 
     let metrics = redline.get_ok("/api/v1/metrics?service=metrics-only").await;

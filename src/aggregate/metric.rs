@@ -16,12 +16,26 @@ pub struct MetricAgg {
     pub samples: u64,
     /// Counters: the increase in the window; gauges: the sum of sampled values (for the mean).
     pub sum: f64,
+    /// ±infinity while no number was folded in; JSON has no infinity, so they are stored as
+    /// `null` and read back as the infinities.
+    #[serde(deserialize_with = "null_as_positive_infinity")]
     pub min: f64,
+    #[serde(deserialize_with = "null_as_negative_infinity")]
     pub max: f64,
     /// The newest value and its time, for gauges and up-down counters.
     pub last: f64,
     pub last_time_ms: i64,
     pub histogram: Option<HistogramValue>,
+}
+
+fn null_as_positive_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+}
+
+fn null_as_negative_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NEG_INFINITY))
 }
 
 impl Default for MetricAgg {
@@ -231,6 +245,30 @@ mod tests {
             converter.contribution(&counter(510.0, 10)),
             Contribution::Number(10.0)
         );
+    }
+
+    #[test]
+    fn windows_without_numbers_survive_storage() {
+        // A histogram-only window keeps min/max at ±infinity, which JSON writes as null.
+        let mut agg = MetricAgg::default();
+        agg.add_histogram(
+            &crate::model::HistogramValue {
+                count: 2,
+                sum: 3.0,
+                min: None,
+                max: None,
+                buckets: crate::model::Buckets::Explicit {
+                    bounds: vec![1.0],
+                    counts: vec![1, 1],
+                },
+            },
+            5,
+        );
+        let text = serde_json::to_string(&agg).unwrap();
+        let back: MetricAgg = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, agg);
+        assert_eq!(back.min, f64::INFINITY);
+        assert_eq!(back.max, f64::NEG_INFINITY);
     }
 
     #[test]

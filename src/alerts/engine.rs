@@ -113,6 +113,8 @@ enum Verdict {
 #[derive(Debug, Default, Clone)]
 pub struct Engine {
     alerts: BTreeMap<String, Alert>,
+    /// The largest value each rule saw at its last evaluation, alerting or not.
+    last_values: BTreeMap<String, Option<f64>>,
 }
 
 impl Engine {
@@ -127,6 +129,7 @@ impl Engine {
                 .filter(|a| a.state != AlertState::Pending || now_ms - a.last_eval_ms <= tolerance)
                 .map(|a| (a.key.clone(), a))
                 .collect(),
+            last_values: BTreeMap::new(),
         }
     }
 
@@ -152,6 +155,11 @@ impl Engine {
         });
     }
 
+    /// The largest value `rule` saw at its last evaluation (`None`: no data).
+    pub fn last_value(&self, rule: &str) -> Option<f64> {
+        self.last_values.get(rule).copied().flatten()
+    }
+
     /// Applies one evaluation of `rule`.
     pub fn evaluate(
         &mut self,
@@ -159,6 +167,8 @@ impl Engine {
         observations: Vec<Observation>,
         now_ms: i64,
     ) -> Vec<Transition> {
+        let seen_max = observations.iter().filter_map(|o| o.value).reduce(f64::max);
+        self.last_values.insert(rule.name.clone(), seen_max);
         let mut transitions = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for observation in observations {

@@ -441,11 +441,7 @@ fn rule_statuses(config: &AlertsConfig, engine: &Engine) -> Vec<RuleStatus> {
                 threshold: rule.threshold,
                 unit: rule.unit(),
                 state,
-                value: mine
-                    .iter()
-                    .filter(|a| a.state != AlertState::Resolved)
-                    .filter_map(|a| a.value)
-                    .reduce(f64::max),
+                value: engine.last_value(&rule.name),
                 labels: rule.labels.clone(),
             }
         })

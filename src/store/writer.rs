@@ -334,8 +334,13 @@ fn upsert_red(
             Ok(codec::from_row(row, 0))
         })
         .optional()?;
-    if let Some(existing) = existing {
-        stats.merge(&existing?);
+    // A stored row that cannot be read must not block every later flush: it is replaced.
+    match existing {
+        Some(Ok(existing)) => stats.merge(&existing),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, endpoint_id, start_ms, "unreadable RED row replaced")
+        }
+        None => {}
     }
     let c = codec::to_columns(&stats);
     tx.prepare_cached(&format!(
@@ -372,10 +377,14 @@ fn upsert_metric(
         ))?
         .query_row(params![series_id, start_ms], |row| row.get(0))
         .optional()?;
+    // A stored row that cannot be read must not block every later flush: it is replaced.
     if let Some(text) = existing {
-        let stored: MetricAgg =
-            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        agg.merge(&stored);
+        match serde_json::from_str::<MetricAgg>(&text) {
+            Ok(stored) => agg.merge(&stored),
+            Err(e) => {
+                tracing::warn!(error = %e, series_id, start_ms, "unreadable metric row replaced")
+            }
+        }
     }
     let text = serde_json::to_string(&agg).expect("metric window serializes");
     tx.prepare_cached(&format!(

@@ -317,10 +317,10 @@ async fn page(State(state): State<AlertPages>, pairs: Pairs) -> Result<Html<Stri
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            value: value_text(h.value, units.get(&h.rule).copied().unwrap_or("")),
             rule: h.rule,
             change: format!("{} → {}", h.from, h.to),
             to: h.to,
-            value: value_text(h.value, ""),
         })
         .collect();
     let outbox = state.outbox.stats().await.unwrap_or_default();
