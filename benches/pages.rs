@@ -65,7 +65,11 @@ fn red_window(key: &EndpointKey, index: usize, minute_start: i64) -> RedStats {
     for r in 0..n {
         let base = 5.0 + (index % 17) as f64 * 3.0;
         let duration_ms = base * (1.0 + (r as f64 * 0.7).sin().abs() * 4.0);
-        let status = if (r + index) % 23 == 0 { 500 } else { 200 };
+        let status = if (r + index).is_multiple_of(23) {
+            500
+        } else {
+            200
+        };
         stats.add_request(&RequestRecord {
             endpoint: key.clone(),
             end_unix_ms: minute_start + 30_000,
@@ -123,7 +127,12 @@ fn trace(i: usize, at_ms: i64) -> Vec<(SpanRecord, KeepReason)> {
                 kind: if s == 0 { "SERVER" } else { "CLIENT" }.into(),
                 start_unix_ns: start + s as u64 * 2_000_000,
                 end_unix_ns: start + 40_000_000 - s as u64 * 1_000_000,
-                status: if i % 5 == 0 { "error" } else { "unset" }.into(),
+                status: if i.is_multiple_of(5) {
+                    "error"
+                } else {
+                    "unset"
+                }
+                .into(),
                 status_message: String::new(),
                 attributes: [("db.system.name".to_string(), "sqlite".to_string())].into(),
                 events: Vec::new(),
@@ -132,9 +141,9 @@ fn trace(i: usize, at_ms: i64) -> Vec<(SpanRecord, KeepReason)> {
                     method: "GET".into(),
                     route: "/api/v1/resource1/{id}".into(),
                 }),
-                is_error: i % 5 == 0 && s == 0,
+                is_error: i.is_multiple_of(5) && s == 0,
             };
-            let reason = if i % 5 == 0 {
+            let reason = if i.is_multiple_of(5) {
                 KeepReason::Error
             } else {
                 KeepReason::Slow
@@ -159,8 +168,7 @@ async fn fill(data_dir: &std::path::Path) {
     let now = now_ms();
     let first = (now - MINUTES * 60_000).div_euclid(60_000) * 60_000;
     let started = Instant::now();
-    let mut seq = 1;
-    for hour in 0..(MINUTES / 60) {
+    for (seq, hour) in (1..).zip(0..(MINUTES / 60)) {
         let mut batch = FlushBatch::default();
         for m in 0..60 {
             let minute_start = first + (hour * 60 + m) * 60_000;
@@ -207,7 +215,6 @@ async fn fill(data_dir: &std::path::Path) {
             ));
         }
         writer.flush(seq, Arc::new(batch)).await.expect("written");
-        seq += 1;
     }
     writer.barrier().await.expect("stored");
     writer.close().await;
