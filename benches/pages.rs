@@ -256,6 +256,51 @@ async fn measure(client: &reqwest::Client, base: &str, path: &str) -> (Vec<f64>,
     (times, bytes)
 }
 
+/// Times the RED reads behind the slowest pages on their own (`PAGES_PROFILE=1`).
+async fn profile_reads(app: &App) {
+    use redline::query::TimeRange;
+    use redline::store::read::RedFilter;
+    let query = app.query();
+    let range = TimeRange::last(3_600_000);
+    let time = |label: String, started: Instant| {
+        eprintln!(
+            "{label}: {:.1} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        )
+    };
+    for _ in 0..3 {
+        let started = Instant::now();
+        let all = query
+            .red_steps(RedFilter::default(), range, 120_000, false)
+            .await
+            .unwrap();
+        time(
+            format!("all services, {} groups", all.groups.len()),
+            started,
+        );
+        let started = Instant::now();
+        let one = query
+            .red_steps(
+                RedFilter {
+                    service: Some(BIG_SERVICE.into()),
+                    ..Default::default()
+                },
+                range,
+                60_000,
+                true,
+            )
+            .await
+            .unwrap();
+        time(
+            format!("{BIG_SERVICE} per endpoint, {} groups", one.groups.len()),
+            started,
+        );
+        let started = Instant::now();
+        let summary = query.services(range).await.unwrap();
+        time(format!("services() {}", summary.len()), started);
+    }
+}
+
 fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
@@ -273,6 +318,9 @@ fn main() {
         .expect("settings");
         let app = App::build(settings).await.expect("redline starts");
         let base = format!("http://{}", app.web_addr());
+        if std::env::var("PAGES_PROFILE").is_ok() {
+            profile_reads(&app).await;
+        }
         let client = reqwest::Client::new();
         let pages = [
             "/",

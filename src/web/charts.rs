@@ -95,6 +95,18 @@ impl Unit {
                 let (div, suffix) = millis_scale(max * 1000.0);
                 (div / 1000.0, suffix)
             }
+            // A trickle reads better per minute (or hour) than as 0.0003/s.
+            Unit::PerSecond(suffix)
+                if max > 0.0
+                    && max < 0.1
+                    && let Some(base) = suffix.strip_suffix("/s") =>
+            {
+                if max * 60.0 >= 0.1 {
+                    (1.0 / 60.0, format!("{}/min", spaced(base)))
+                } else {
+                    (1.0 / 3600.0, format!("{}/h", spaced(base)))
+                }
+            }
             Unit::PerSecond(suffix) => {
                 let (div, prefix) = si_scale(max);
                 (div, format!("{prefix}{}", spaced(suffix)))
@@ -123,19 +135,6 @@ impl Unit {
     pub fn format(&self, value: f64) -> String {
         if !value.is_finite() {
             return "–".into();
-        }
-        // A trickle reads better per minute (or hour) than as 2.78e-4/s.
-        if let Unit::PerSecond(suffix) = self
-            && value > 0.0
-            && value < 0.1
-            && let Some(base) = suffix.strip_suffix("/s")
-        {
-            let (scaled, per) = if value * 60.0 >= 0.1 {
-                (value * 60.0, "min")
-            } else {
-                (value * 3600.0, "h")
-            };
-            return format!("{}{}/{per}", number(scaled), spaced(base));
         }
         let (div, suffix) = self.scale(value);
         format!("{}{suffix}", number(value / div))
@@ -190,6 +189,8 @@ pub fn number(value: f64) -> String {
         format!("{value:.2}")
     } else if abs >= 0.01 {
         format!("{value:.3}")
+    } else if abs >= 0.0001 {
+        format!("{value:.5}")
     } else {
         format!("{value:.2e}")
     };
@@ -1194,6 +1195,7 @@ mod tests {
         assert_eq!(number(250.0), "250");
         assert_eq!(number(0.125), "0.125");
         assert_eq!(number(2.0), "2");
+        assert_eq!(number(0.005), "0.005");
     }
 
     #[test]
