@@ -489,3 +489,88 @@ async fn the_alerts_page_shows_rules_alerts_silences_and_chart_thresholds() {
     assert_eq!(forged.status(), 403, "cross-origin form posts are refused");
     redline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_over_otlp_metric_series_fire() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("alerts.toml"),
+        format!(
+            "{RECEIVER}[[rule]]\nname = \"QueueDeep\"\nservice = \"worker\"\nmetric = {{ name = \"queue.depth\", agg = \"last\", attributes = {{ queue = \"mail\" }} }}\nwindow = \"1m\"\nthreshold = 100\n"
+        ),
+    )
+    .unwrap();
+    let redline = TestRedline::start_in(port_zero_layer(data.path())).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let gauge = |queue: &str, value: i64| {
+        format!(
+            r#"{{"resourceMetrics":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"worker"}}}}]}},"scopeMetrics":[{{"metrics":[{{"name":"queue.depth","gauge":{{"dataPoints":[{{"timeUnixNano":"{now}","asInt":"{value}","attributes":[{{"key":"queue","value":{{"stringValue":"{queue}"}}}}]}}]}}}}]}}]}}]}}"#
+        )
+    };
+    for body in [gauge("mail", 250), gauge("other", 5)] {
+        let status = redline
+            .client()
+            .post(format!("http://{}/v1/metrics", redline.http))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let body = redline
+        .wait_for("/api/v1/alerts", Duration::from_secs(10), |b| {
+            b["rules"][0]["state"] == "firing"
+        })
+        .await;
+    assert_eq!(
+        body["rules"][0]["value"], 250.0,
+        "the filtered series, not the other queue"
+    );
+    redline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_email_renders_a_rule_with_sample_data() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let eml = dir.path().join("preview.eml");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_redline"))
+        .args(["preview-email", "HighP99Latency", "--alerts"])
+        .arg(root.join("alerts.toml"))
+        .arg("--eml")
+        .arg(&eml)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.starts_with("Subject: [FIRING:1] HighP99Latency example-api"),
+        "{text}"
+    );
+    assert!(text.contains("/v1/products/{id}"), "{text}");
+    let raw = std::fs::read(&eml).unwrap();
+    let message = MessageParser::default().parse(&raw).expect("parseable");
+    assert!(message.body_html(0).is_some());
+    assert!(
+        message
+            .attachments()
+            .any(|p| p.content_type().is_some_and(|c| c.subtype() == Some("png"))),
+        "the sample chart is attached"
+    );
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_redline"))
+        .args(["preview-email", "NoSuchRule", "--alerts"])
+        .arg(root.join("alerts.toml"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NoSuchRule"));
+}

@@ -105,3 +105,46 @@ pub fn check(template: &str, rule: &Rule) -> Result<(), String> {
     )
     .map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule() -> Rule {
+        let text = "[[receiver]]\nname = \"r\"\nemail = { to = [\"a@example.com\"] }\n[[rule]]\nname = \"R\"\nservice = \"api\"\nstat = \"p99\"\nthreshold = 250\n";
+        crate::alerts::config::parse(text).unwrap().rules.remove(0)
+    }
+
+    #[test]
+    fn values_render_with_units() {
+        let rule = rule();
+        let labels = sample_labels(&rule);
+        let data = TemplateData {
+            labels: &labels,
+            value: Some(312.456),
+            rule: &rule,
+        };
+        assert_eq!(
+            render("{{ labels.service }}: {{ value }} > {{ threshold }}", &data).unwrap(),
+            "api: 312 ms > 250 ms"
+        );
+        assert_eq!(format_value(Some(0.0512), ""), "0.0512");
+        assert_eq!(format_value(None, "ms"), "no data");
+    }
+
+    #[test]
+    fn a_broken_template_falls_back_instead_of_dropping_the_text() {
+        let rule = rule();
+        let labels = sample_labels(&rule);
+        let data = TemplateData {
+            labels: &labels,
+            value: Some(1.0),
+            rule: &rule,
+        };
+        let text = render_or_fallback("route {{ labels.route }}", &data);
+        assert!(
+            text.starts_with("route {{ labels.route }} [template error:"),
+            "{text}"
+        );
+    }
+}
