@@ -212,6 +212,19 @@ pub async fn fill(redline: &TestRedline) {
         trace: 0x4000,
         ago_s: 30,
     });
+    // The example API, so the shipped golden-signals dashboard has data.
+    for i in 0..30u128 {
+        requests.push(Request {
+            service: "example-api",
+            method: "GET",
+            route: "/products/{id}",
+            span_name: "GET /products/{id}",
+            duration_ms: 8 + (i as u64 % 7) * 9,
+            status: if i % 15 == 0 { 503 } else { 200 },
+            trace: 0x5000 + i,
+            ago_s: i as u64 * 110,
+        });
+    }
     post_otlp(
         redline,
         "/v1/traces",
@@ -226,6 +239,18 @@ pub async fn fill(redline: &TestRedline) {
             "db.client.connection.count",
             "{connection}",
             &[("idle", 3.0), ("used", 7.0)],
+        )
+        .encode_to_vec(),
+    )
+    .await;
+    post_otlp(
+        redline,
+        "/v1/metrics",
+        gauge_request(
+            "example-api",
+            "db.client.connection.count",
+            "{connection}",
+            &[("idle", 4.0), ("used", 2.0)],
         )
         .encode_to_vec(),
     )
@@ -379,6 +404,8 @@ async fn every_page_renders_the_ingested_data() {
     let golden = page_ok(&redline, "/dashboards/api-golden-signals").await;
     assert!(golden.contains("Latency percentiles") && golden.contains("rl-threshold"));
     assert!(golden.contains("rl-single"));
+    // Its stat panels show numbers for the example API's data, e.g. the error rate (2 of 30).
+    assert!(golden.contains(">6.67%</text>"), "{golden}");
 }
 
 #[tokio::test]
