@@ -553,6 +553,14 @@ async fn assets_are_cached_and_pages_compressed() {
         .await
         .unwrap();
     assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    let brotli = redline
+        .client()
+        .get(redline.url("/"))
+        .header("accept-encoding", "br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(brotli.headers()["content-encoding"], "br");
     let csp = gzipped.headers()["content-security-policy"]
         .to_str()
         .unwrap();
