@@ -643,11 +643,17 @@ impl TimeChart {
         let (times, interval) = time_ticks(self.from_ms, self.to_ms, max_ticks);
         for t in times {
             let x = frame.x(t);
+            // A label at the right edge ends there instead of being cut off.
+            let anchor = if x > frame.left + frame.width - 20.0 {
+                "end"
+            } else {
+                "middle"
+            };
             let _ = write!(
                 out,
                 "<line class=\"rl-grid\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" \
                  stroke=\"{GRID_COLOR}\" stroke-width=\"1\"/>\
-                 <text class=\"rl-text\" x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{TEXT_COLOR}\">{}</text>",
+                 <text class=\"rl-text\" x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" fill=\"{TEXT_COLOR}\">{}</text>",
                 frame.top,
                 frame.bottom() + 4.0,
                 frame.bottom() + 16.0,
@@ -1444,6 +1450,35 @@ mod tests {
                 svg.matches(&format!("<{tag}>")).count() + svg.matches(&format!("<{tag} ")).count();
             let closed = svg.matches(&format!("</{tag}>")).count();
             assert_eq!(opened, closed, "<{tag}> balanced in {svg}");
+        }
+    }
+
+    #[test]
+    fn resvg_rasterises_it_for_the_alert_email() {
+        let minute = 60_000;
+        let svg = TimeChart::new(
+            "p99 latency · checkout",
+            Unit::Millis,
+            0,
+            60 * minute,
+            minute,
+        )
+        .series(
+            "p99",
+            (0..60)
+                .filter(|m| !(20..25).contains(m))
+                .map(|m| (m * minute, 100.0 + (m % 13) as f64 * 20.0))
+                .collect(),
+        )
+        .threshold(250.0, "p99 > 250 ms")
+        .shade(30 * minute, 42 * minute, "firing")
+        .line_svg();
+        let png = crate::notify::chart::svg_to_png(&svg, 2).expect("resvg renders the chart");
+        assert!(png.starts_with(b"\x89PNG"));
+        // Kept for a person to look at.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let _ = std::fs::write(dir.join("chart-for-email.png"), &png);
         }
     }
 
