@@ -299,10 +299,44 @@ impl Query {
         Ok(by_endpoint.into_iter().collect())
     }
 
+    /// What [`Self::red_windows`] gives, summed per endpoint (and source) over the range: the
+    /// stored part as per-endpoint totals, the unflushed part as windows. Stored data is read
+    /// from the coarsest rollup rows that lie entirely inside the range (a rollup row holds
+    /// exactly the merge of its finer windows, written in the same transaction), so one hour
+    /// of 10 s windows is mostly read as 1 min rows, and rows are merged as they are read.
+    async fn red_totals(
+        &self,
+        filter: RedFilter,
+        range: TimeRange,
+        resolution: Resolution,
+    ) -> Result<Vec<RedDelta>, StoreError> {
+        let parts = self.live.unflushed(filter.service.as_deref());
+        let from = resolution.align(range.from_ms);
+        let to = range.to_ms;
+        let blocks = covering_blocks(resolution, from, to);
+        let read_filter = filter.clone();
+        let stored = self
+            .readers
+            .run(move |conn| read::red_totals(conn, &read_filter, &blocks))
+            .await?;
+        let mut rows = stored.rows;
+        for (_, batch) in parts.iter().filter(|(seq, _)| *seq > stored.flushed_seq) {
+            for delta in &batch.red {
+                let start = resolution.align(delta.window_start_ms);
+                if start >= from && start < to && matches_filter(&delta.endpoint, &filter) {
+                    let mut delta = delta.clone();
+                    delta.window_start_ms = start;
+                    rows.push(delta);
+                }
+            }
+        }
+        Ok(prefer_spans(rows))
+    }
+
     pub async fn services(&self, range: TimeRange) -> Result<Vec<ServiceSummary>, StoreError> {
         let resolution = self.resolution_for(range, 400);
         let rows = self
-            .red_windows(RedFilter::default(), range, resolution)
+            .red_totals(RedFilter::default(), range, resolution)
             .await?;
         let mut by_service: BTreeMap<String, (RedStats, RedSource)> = BTreeMap::new();
         for row in rows {
@@ -337,7 +371,7 @@ impl Query {
             service: Some(service.to_string()),
             ..Default::default()
         };
-        let rows = self.red_windows(filter, range, resolution).await?;
+        let rows = self.red_totals(filter, range, resolution).await?;
         let mut by_endpoint: BTreeMap<(String, String), (RedStats, RedSource)> = BTreeMap::new();
         for row in rows {
             let entry = by_endpoint
@@ -680,6 +714,50 @@ pub struct MetricQuery {
     pub group_by: Option<Vec<String>>,
 }
 
+/// Splits the windows of `resolution` starting in `[from_ms, to_ms)` into blocks
+/// `(resolution, from, to)` that select the same data: the coarsest resolution wherever one of
+/// its windows lies entirely inside, the finer ones at the edges. A stored window of any
+/// resolution starting at `s` holds the finest windows starting in `[s, s + its width)`.
+fn covering_blocks(
+    resolution: Resolution,
+    from_ms: i64,
+    to_ms: i64,
+) -> Vec<(Resolution, i64, i64)> {
+    let levels: Vec<Resolution> = Resolution::ALL
+        .into_iter()
+        .filter(|r| r.millis() >= resolution.millis())
+        .collect();
+    let mut blocks = Vec::new();
+    split_blocks(&levels, from_ms, to_ms, &mut blocks);
+    blocks
+}
+
+fn split_blocks(
+    levels: &[Resolution],
+    from_ms: i64,
+    to_ms: i64,
+    out: &mut Vec<(Resolution, i64, i64)>,
+) {
+    let Some((&level, coarser)) = levels.split_first() else {
+        return;
+    };
+    if from_ms >= to_ms {
+        return;
+    }
+    if let Some(&next) = coarser.first() {
+        let width = next.millis();
+        let inner_from = next.align(from_ms + width - 1);
+        let inner_to = next.align(to_ms);
+        if inner_from < inner_to {
+            out.push((level, from_ms, inner_from));
+            split_blocks(coarser, inner_from, inner_to, out);
+            out.push((level, inner_to, to_ms));
+            return;
+        }
+    }
+    out.push((level, from_ms, to_ms));
+}
+
 fn matches_filter(endpoint: &EndpointKey, filter: &RedFilter) -> bool {
     filter
         .service
@@ -709,5 +787,58 @@ fn source_name(source: RedSource) -> &'static str {
     match source {
         RedSource::Spans => "spans",
         RedSource::Metrics => "metrics",
+    }
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+
+    #[test]
+    fn covering_blocks_use_whole_rollup_windows_inside_the_range() {
+        let min = 60_000;
+        let hour = 3_600_000;
+        // 10:07:20 → 11:07:25: 10 s edges, whole minutes inside, no whole hour.
+        let from = 10 * hour + 7 * min + 20_000;
+        let to = 11 * hour + 7 * min + 25_000;
+        assert_eq!(
+            covering_blocks(Resolution::TenSeconds, from, to),
+            vec![
+                (Resolution::TenSeconds, from, 10 * hour + 8 * min),
+                (
+                    Resolution::OneMinute,
+                    10 * hour + 8 * min,
+                    11 * hour + 7 * min
+                ),
+                (Resolution::TenSeconds, 11 * hour + 7 * min, to),
+            ]
+        );
+        // Wide enough for a whole hour.
+        let blocks = covering_blocks(Resolution::TenSeconds, from, to + hour);
+        assert!(blocks.contains(&(Resolution::OneHour, 11 * hour, 12 * hour)));
+        // Every block is non-empty, they are contiguous and cover exactly [from, to).
+        for (start, end) in [(from, to), (from, to + hour), (from, from + 30_000), (0, 1)] {
+            let blocks: Vec<_> = covering_blocks(Resolution::TenSeconds, start, end)
+                .into_iter()
+                .filter(|b| b.1 < b.2)
+                .collect();
+            assert_eq!(blocks.first().unwrap().1, start);
+            assert_eq!(blocks.last().unwrap().2, end);
+            for pair in blocks.windows(2) {
+                assert_eq!(pair[0].2, pair[1].1);
+            }
+            for (resolution, block_from, block_to) in blocks {
+                assert_eq!(resolution.align(block_from), block_from);
+                if resolution != Resolution::TenSeconds {
+                    assert_eq!(resolution.align(block_to), block_to);
+                }
+            }
+        }
+        // A coarser base resolution never reads finer rows.
+        assert!(
+            covering_blocks(Resolution::OneMinute, 7 * min, 3 * hour + 5 * min)
+                .iter()
+                .all(|b| b.0 != Resolution::TenSeconds)
+        );
     }
 }

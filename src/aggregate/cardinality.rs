@@ -39,8 +39,9 @@ pub struct OverflowCounts {
 #[derive(Debug)]
 pub struct CardinalityGuard {
     limits: Limits,
-    /// service → (method, route) → last seen (unix ms).
-    endpoints: HashMap<String, HashMap<(String, String), i64>>,
+    /// service → endpoint → last seen (unix ms). Keyed by the whole endpoint so a known one is
+    /// found by reference, without building a key.
+    endpoints: HashMap<String, HashMap<EndpointKey, i64>>,
     metric_series: HashMap<MetricSeriesKey, i64>,
     overflow: OverflowCounts,
 }
@@ -58,23 +59,39 @@ impl CardinalityGuard {
     /// The key to aggregate `endpoint` under: itself, or its service's overflow series, or
     /// the global overflow service.
     pub fn admit_endpoint(&mut self, endpoint: &EndpointKey, now_ms: i64) -> EndpointKey {
-        let services_full = self.endpoints.len() >= self.limits.max_services;
-        if !self.endpoints.contains_key(&endpoint.service) && services_full {
-            self.overflow.services += 1;
-            return overflow_endpoint(OVERFLOW);
+        self.admit_endpoint_in_place(endpoint, now_ms)
+            .unwrap_or_else(|| endpoint.clone())
+    }
+
+    /// As [`Self::admit_endpoint`], but `None` when `endpoint` is admitted as itself: the
+    /// common case, which then allocates nothing.
+    pub fn admit_endpoint_in_place(
+        &mut self,
+        endpoint: &EndpointKey,
+        now_ms: i64,
+    ) -> Option<EndpointKey> {
+        if !self.endpoints.contains_key(endpoint.service.as_str()) {
+            if self.endpoints.len() >= self.limits.max_services {
+                self.overflow.services += 1;
+                return Some(overflow_endpoint(OVERFLOW));
+            }
+            self.endpoints
+                .insert(endpoint.service.clone(), HashMap::new());
         }
-        let routes = self.endpoints.entry(endpoint.service.clone()).or_default();
-        let key = (endpoint.method.clone(), endpoint.route.clone());
-        if let Some(seen) = routes.get_mut(&key) {
+        let routes = self
+            .endpoints
+            .get_mut(endpoint.service.as_str())
+            .expect("present or inserted above");
+        if let Some(seen) = routes.get_mut(endpoint) {
             *seen = now_ms;
-            return endpoint.clone();
+            return None;
         }
         if routes.len() >= self.limits.max_endpoints_per_service {
             self.overflow.endpoints += 1;
-            return overflow_endpoint(&endpoint.service);
+            return Some(overflow_endpoint(&endpoint.service));
         }
-        routes.insert(key, now_ms);
-        endpoint.clone()
+        routes.insert(endpoint.clone(), now_ms);
+        None
     }
 
     /// The key to aggregate `series` under: itself, or its service's overflow series.

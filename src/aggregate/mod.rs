@@ -94,15 +94,33 @@ pub struct AggregatorStats {
     pub traces_dropped_for_budget: u64,
 }
 
-type RedKey = (RedSource, EndpointKey, i64);
+/// Open RED windows: endpoint → (source, window start) → statistics. Nested so that a
+/// request finds its endpoint by reference (no key is built per request).
+type RedWindows = HashMap<EndpointKey, HashMap<(RedSource, i64), RedStats>>;
 type MetricKey = (MetricSeriesKey, i64);
+
+/// The statistics of `endpoint` for `source` and `window`, created when new.
+fn red_entry<'a>(
+    red: &'a mut RedWindows,
+    source: RedSource,
+    endpoint: &EndpointKey,
+    window: i64,
+) -> &'a mut RedStats {
+    if !red.contains_key(endpoint) {
+        red.insert(endpoint.clone(), HashMap::new());
+    }
+    red.get_mut(endpoint)
+        .expect("present or inserted above")
+        .entry((source, window))
+        .or_default()
+}
 
 pub struct Aggregator {
     config: AggregatorConfig,
     guard: CardinalityGuard,
     converter: DeltaConverter,
     sampler: TraceSampler,
-    red: HashMap<RedKey, RedStats>,
+    red: RedWindows,
     metrics: HashMap<MetricKey, (SeriesInfo, MetricAgg)>,
     clock_skew_corrected: u64,
 }
@@ -148,12 +166,12 @@ impl Aggregator {
     }
 
     fn add_request(&mut self, request: &RequestRecord, now_ms: i64) {
-        let endpoint = self.guard.admit_endpoint(&request.endpoint, now_ms);
+        let overflow = self
+            .guard
+            .admit_endpoint_in_place(&request.endpoint, now_ms);
+        let endpoint = overflow.as_ref().unwrap_or(&request.endpoint);
         let window = self.window_start(request.end_unix_ms, now_ms);
-        self.red
-            .entry((RedSource::Spans, endpoint, window))
-            .or_default()
-            .add_request(request);
+        red_entry(&mut self.red, RedSource::Spans, endpoint, window).add_request(request);
     }
 
     fn add_metric_point(&mut self, point: &MetricPoint, now_ms: i64) {
@@ -226,10 +244,12 @@ impl Aggregator {
             },
             now_ms,
         );
-        self.red
-            .entry((RedSource::Metrics, endpoint, window))
-            .or_default()
-            .add_histogram(delta, status_code, is_error, to_ms);
+        red_entry(&mut self.red, RedSource::Metrics, &endpoint, window).add_histogram(
+            delta,
+            status_code,
+            is_error,
+            to_ms,
+        );
     }
 
     /// Hands over everything gathered since the last flush and starts afresh.
@@ -241,11 +261,15 @@ impl Aggregator {
             red: self
                 .red
                 .drain()
-                .map(|((source, endpoint, window_start_ms), stats)| RedDelta {
-                    source,
-                    endpoint,
-                    window_start_ms,
-                    stats,
+                .flat_map(|(endpoint, windows)| {
+                    windows
+                        .into_iter()
+                        .map(move |((source, window_start_ms), stats)| RedDelta {
+                            source,
+                            endpoint: endpoint.clone(),
+                            window_start_ms,
+                            stats,
+                        })
                 })
                 .collect(),
             metrics: self
@@ -268,12 +292,14 @@ impl Aggregator {
             red: self
                 .red
                 .iter()
-                .filter(|((_, endpoint, _), _)| wanted(&endpoint.service))
-                .map(|((source, endpoint, window), stats)| RedDelta {
-                    source: *source,
-                    endpoint: endpoint.clone(),
-                    window_start_ms: *window,
-                    stats: stats.clone(),
+                .filter(|(endpoint, _)| wanted(&endpoint.service))
+                .flat_map(|(endpoint, windows)| {
+                    windows.iter().map(|((source, window), stats)| RedDelta {
+                        source: *source,
+                        endpoint: endpoint.clone(),
+                        window_start_ms: *window,
+                        stats: stats.clone(),
+                    })
                 })
                 .collect(),
             metrics: self

@@ -4,6 +4,10 @@
 //! still gets its earlier spans.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
 
 use crate::ingest::convert::span_record;
 use crate::model::{EndpointKey, IncomingSpan, SpanRecord};
@@ -51,6 +55,39 @@ impl KeepReason {
 
 type TraceId = [u8; 16];
 
+/// An undecided span, re-encoded as protobuf: one allocation instead of the dozens a decoded
+/// span holds. Most waiting spans are evicted unread, and keeping thousands of decoded spans
+/// alive for a while fragments the heap and makes every allocation on the ingest path slower.
+#[derive(Debug)]
+struct WaitingSpan {
+    service: Arc<str>,
+    endpoint: Option<EndpointKey>,
+    is_error: bool,
+    encoded: Box<[u8]>,
+}
+
+impl WaitingSpan {
+    fn new(span: IncomingSpan) -> Self {
+        WaitingSpan {
+            encoded: span.span.encode_to_vec().into_boxed_slice(),
+            service: span.service,
+            endpoint: span.endpoint,
+            is_error: span.is_error,
+        }
+    }
+
+    /// The span as it was offered. It was encoded here, so it decodes.
+    fn restore(self) -> Option<IncomingSpan> {
+        let span = Span::decode(&self.encoded[..]).ok()?;
+        Some(IncomingSpan {
+            service: self.service,
+            endpoint: self.endpoint,
+            is_error: self.is_error,
+            span,
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct TraceSampler {
     config: SamplerConfig,
@@ -58,7 +95,7 @@ pub struct TraceSampler {
     kept: HashSet<TraceId>,
     kept_order: VecDeque<TraceId>,
     /// Undecided spans by trace, with arrival order for eviction.
-    waiting: HashMap<TraceId, Vec<IncomingSpan>>,
+    waiting: HashMap<TraceId, Vec<WaitingSpan>>,
     waiting_order: VecDeque<TraceId>,
     waiting_spans: usize,
     /// Durations of the slowest requests this minute per endpoint, ascending.
@@ -109,7 +146,7 @@ impl TraceSampler {
                 self.keep_trace(trace_id);
                 if let Some(earlier) = self.waiting.remove(&trace_id) {
                     self.waiting_spans -= earlier.len();
-                    for s in earlier {
+                    for s in earlier.into_iter().filter_map(WaitingSpan::restore) {
                         self.out.push((span_record(&s), reason));
                     }
                 }
@@ -157,7 +194,11 @@ impl TraceSampler {
         } else if minute < self.slowest_minute {
             return false;
         }
-        let top = self.slowest.entry(endpoint.clone()).or_default();
+        // Look up before inserting: cloning the key for every request costs three allocations.
+        if !self.slowest.contains_key(endpoint) {
+            self.slowest.insert(endpoint.clone(), Vec::new());
+        }
+        let top = self.slowest.get_mut(endpoint).expect("inserted above");
         if top.len() < self.config.slowest_per_minute {
             let at = top.partition_point(|d| *d < duration);
             top.insert(at, duration);
@@ -204,7 +245,7 @@ impl TraceSampler {
         if entry.is_empty() {
             self.waiting_order.push_back(trace_id);
         }
-        entry.push(span);
+        entry.push(WaitingSpan::new(span));
         self.waiting_spans += 1;
         while self.waiting_spans > self.config.buffer_spans {
             let Some(oldest) = self.waiting_order.pop_front() else {

@@ -49,13 +49,13 @@ pub fn convert_traces(request: ExportTraceServiceRequest) -> Converted {
                     out.reject(1, || why);
                     continue;
                 }
-                let incoming = classify_span(service.clone(), span);
+                let (incoming, status_code) = classify(service.clone(), span);
                 if let Some(endpoint) = &incoming.endpoint {
                     out.batch.requests.push(RequestRecord {
                         endpoint: endpoint.clone(),
                         end_unix_ms: (incoming.span.end_time_unix_nano / 1_000_000) as i64,
                         duration_ms: duration_ms(&incoming.span),
-                        status_code: http_status_code(&incoming.span.attributes),
+                        status_code,
                         is_error: incoming.is_error,
                     });
                 }
@@ -92,7 +92,13 @@ fn duration_ms(span: &Span) -> f64 {
     (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e6
 }
 
+#[cfg(test)]
 fn classify_span(service: Arc<str>, span: Span) -> IncomingSpan {
+    classify(service, span).0
+}
+
+/// The span with its endpoint and error flag, and its HTTP status code.
+fn classify(service: Arc<str>, span: Span) -> (IncomingSpan, Option<u16>) {
     let status_code = http_status_code(&span.attributes);
     let is_error = span.status.as_ref().map(|s| s.code) == Some(StatusCode::Error as i32)
         || status_code.is_some_and(|code| code >= 500);
@@ -101,12 +107,15 @@ fn classify_span(service: Arc<str>, span: Span) -> IncomingSpan {
         method: request_method(&span),
         route: route(&span),
     });
-    IncomingSpan {
-        service,
-        endpoint,
-        is_error,
-        span,
-    }
+    (
+        IncomingSpan {
+            service,
+            endpoint,
+            is_error,
+            span,
+        },
+        status_code,
+    )
 }
 
 /// The resource's `service.name`, or `unknown_service` when it is missing or empty.
@@ -155,12 +164,11 @@ const KNOWN_METHODS: [&str; 10] = [
 /// Normalises an HTTP method as the semantic conventions ask: unknown methods become `_OTHER`,
 /// so a client cannot mint endpoints by sending made-up methods.
 pub fn normalize_method(method: &str) -> String {
-    let upper = method.to_ascii_uppercase();
-    if KNOWN_METHODS.contains(&upper.as_str()) {
-        upper
-    } else {
-        "_OTHER".to_string()
-    }
+    KNOWN_METHODS
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(method))
+        .unwrap_or(&"_OTHER")
+        .to_string()
 }
 
 fn request_method(span: &Span) -> String {

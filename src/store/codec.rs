@@ -80,3 +80,59 @@ pub fn from_row(row: &Row<'_>, offset: usize) -> Result<RedStats, StoreError> {
         },
     })
 }
+
+/// Adds the row at `offset` (columns as [`RED_COLUMNS`]) to `stats`: the same as
+/// `stats.merge(&from_row(row, offset)?)`, reading blobs in place and merging the sketch
+/// straight from its bytes instead of building the row's statistics first.
+pub fn merge_row(row: &Row<'_>, offset: usize, stats: &mut RedStats) -> Result<(), StoreError> {
+    let requests: i64 = row.get(offset)?;
+    let errors: i64 = row.get(offset + 1)?;
+    let status_bytes = row
+        .get_ref(offset + 2)?
+        .as_blob()
+        .map_err(|e| StoreError::Corrupt(format!("status counts: {e}")))?;
+    if status_bytes.len() != 40 {
+        return Err(StoreError::Corrupt("status counts".into()));
+    }
+    let sum_ms: f64 = row.get(offset + 3)?;
+    let min_ms = row
+        .get::<_, Option<f64>>(offset + 4)?
+        .unwrap_or(f64::INFINITY);
+    let max_ms = row
+        .get::<_, Option<f64>>(offset + 5)?
+        .unwrap_or(f64::NEG_INFINITY);
+    let sketch = row
+        .get_ref(offset + 6)?
+        .as_blob_or_null()
+        .map_err(|e| StoreError::Corrupt(format!("latency sketch: {e}")))?;
+    let sketch_from_buckets: bool = row.get(offset + 7)?;
+    let explicit: Option<String> = row.get(offset + 8)?;
+    let explicit = match explicit {
+        Some(text) => Some(
+            serde_json::from_str::<ExplicitBuckets>(&text)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        ),
+        None => None,
+    };
+    if let Some(bytes) = sketch {
+        stats
+            .sketch
+            .merge_encoded(bytes)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    }
+    stats.requests += requests as u64;
+    stats.errors += errors as u64;
+    for (mine, chunk) in stats.status.iter_mut().zip(status_bytes.chunks_exact(8)) {
+        *mine += u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+    }
+    stats.duration_sum_ms += sum_ms;
+    stats.duration_min_ms = stats.duration_min_ms.min(min_ms);
+    stats.duration_max_ms = stats.duration_max_ms.max(max_ms);
+    stats.sketch_from_buckets |= sketch_from_buckets;
+    match (&mut stats.explicit, explicit) {
+        (Some(mine), Some(theirs)) => mine.merge(&theirs),
+        (None, Some(theirs)) => stats.explicit = Some(theirs),
+        _ => {}
+    }
+    Ok(())
+}

@@ -2,11 +2,12 @@
 //! read returns the flush sequence number it saw, read in the same snapshot, so the query layer
 //! can add exactly the unflushed data the snapshot does not contain.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{Connection, params_from_iter, types::Value};
 
 use crate::aggregate::metric::MetricAgg;
+use crate::aggregate::red::RedStats;
 use crate::aggregate::{MetricDelta, RedDelta, SeriesInfo};
 use crate::model::{EndpointKey, MetricKind, MetricSeriesKey, RedSource, SpanEvent, SpanRecord};
 use crate::store::codec::{self, RED_COLUMNS};
@@ -100,6 +101,139 @@ pub fn red_windows(
             flushed_seq: flushed_seq(conn)?,
         })
     })
+}
+
+/// Stored RED statistics summed per endpoint (and source) over a range.
+pub struct RedTotals {
+    /// One row per endpoint with data; `window_start_ms` is the start of the range.
+    pub rows: Vec<RedDelta>,
+    pub flushed_seq: u64,
+}
+
+/// Sums the stored windows of `blocks` — each `(resolution, from_ms, to_ms)` selects the rows of
+/// that resolution starting in `[from_ms, to_ms)` — per endpoint, in one snapshot. Rows are
+/// merged as they are read: nothing per window is kept, however many windows the range holds.
+pub fn red_totals(
+    conn: &mut Connection,
+    filter: &RedFilter,
+    blocks: &[(Resolution, i64, i64)],
+) -> Result<RedTotals, StoreError> {
+    map_database_file(conn)?;
+    in_snapshot(conn, |conn| {
+        // The endpoints the filter selects, looked up once: the window scans then need no
+        // join (one b-tree seek per row saved).
+        let (conditions, filter_values) = endpoint_conditions(filter, 0);
+        let sql = format!(
+            "SELECT e.id, e.source, e.service, e.method, e.route FROM endpoints e WHERE 1{conditions}"
+        );
+        let mut endpoints: HashMap<i64, (RedSource, EndpointKey)> = HashMap::new();
+        {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let mut rows = statement.query(params_from_iter(filter_values))?;
+            while let Some(row) = rows.next()? {
+                let source: i64 = row.get(1)?;
+                let source = if source == RedSource::Metrics as i64 {
+                    RedSource::Metrics
+                } else {
+                    RedSource::Spans
+                };
+                let endpoint = EndpointKey {
+                    service: row.get(2)?,
+                    method: row.get(3)?,
+                    route: row.get(4)?,
+                };
+                endpoints.insert(row.get(0)?, (source, endpoint));
+            }
+        }
+        let filtered = !filter_values_empty(filter);
+        let mut totals: HashMap<i64, RedStats> = HashMap::new();
+        if !endpoints.is_empty() {
+            for (resolution, from_ms, to_ms) in blocks {
+                if from_ms >= to_ms {
+                    continue;
+                }
+                let suffix = resolution.suffix();
+                if filtered {
+                    // A few endpoints of many: seek each one's windows by its key.
+                    let sql = format!(
+                        "SELECT endpoint_id, {RED_COLUMNS} FROM red_{suffix}
+                         WHERE endpoint_id = ?1 AND start_ms >= ?2 AND start_ms < ?3"
+                    );
+                    let mut statement = conn.prepare_cached(&sql)?;
+                    for id in endpoints.keys() {
+                        let mut rows = statement.query(rusqlite::params![id, from_ms, to_ms])?;
+                        while let Some(row) = rows.next()? {
+                            codec::merge_row(row, 1, totals.entry(*id).or_default())?;
+                        }
+                    }
+                } else {
+                    let sql = format!(
+                        "SELECT endpoint_id, {RED_COLUMNS} FROM red_{suffix}
+                         WHERE start_ms >= ?1 AND start_ms < ?2"
+                    );
+                    let mut statement = conn.prepare_cached(&sql)?;
+                    let mut rows = statement.query(rusqlite::params![from_ms, to_ms])?;
+                    while let Some(row) = rows.next()? {
+                        let id: i64 = row.get(0)?;
+                        if endpoints.contains_key(&id) {
+                            codec::merge_row(row, 1, totals.entry(id).or_default())?;
+                        }
+                    }
+                }
+            }
+        }
+        let from_ms = blocks.iter().map(|b| b.1).min().unwrap_or(0);
+        let rows = totals
+            .into_iter()
+            .filter_map(|(id, stats)| {
+                let (source, endpoint) = endpoints.remove(&id)?;
+                Some(RedDelta {
+                    source,
+                    endpoint,
+                    window_start_ms: from_ms,
+                    stats,
+                })
+            })
+            .collect();
+        Ok(RedTotals {
+            rows,
+            flushed_seq: flushed_seq(conn)?,
+        })
+    })
+}
+
+/// Lets a read connection map the database file instead of copying every page it reads with
+/// `pread`: a range scan over an hour of windows touches thousands of pages, and the page cache
+/// of a WAL reader is dropped whenever the writer commits (every flush), so without the map
+/// each scan copies them all again. Only a setting of the connection; results are the same.
+fn map_database_file(conn: &Connection) -> Result<(), StoreError> {
+    const MAP_BYTES: i64 = 1 << 30;
+    let current: i64 = conn.query_row("PRAGMA mmap_size", [], |row| row.get(0))?;
+    if current < MAP_BYTES {
+        conn.pragma_update(None, "mmap_size", MAP_BYTES)?;
+    }
+    Ok(())
+}
+
+fn filter_values_empty(filter: &RedFilter) -> bool {
+    filter.service.is_none() && filter.method.is_none() && filter.route.is_none()
+}
+
+/// ` AND e.service = ?n …` for the filter's set fields, numbered after `skip` parameters.
+fn endpoint_conditions(filter: &RedFilter, skip: usize) -> (String, Vec<Value>) {
+    let mut sql = String::new();
+    let mut values: Vec<Value> = Vec::new();
+    for (column, value) in [
+        ("e.service", &filter.service),
+        ("e.method", &filter.method),
+        ("e.route", &filter.route),
+    ] {
+        if let Some(value) = value {
+            values.push(value.clone().into());
+            sql.push_str(&format!(" AND {column} = ?{}", skip + values.len()));
+        }
+    }
+    (sql, values)
 }
 
 pub struct MetricSeriesRow {

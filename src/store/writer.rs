@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::aggregate::metric::MetricAgg;
 use crate::aggregate::red::RedStats;
 use crate::aggregate::{FlushBatch, SeriesInfo};
-use crate::model::{EndpointKey, RedSource, SpanRecord};
+use crate::model::{EndpointKey, MetricSeriesKey, RedSource, SpanRecord};
 use crate::self_metrics;
 use crate::store::codec::{self, RED_COLUMNS};
 use crate::store::{Resolution, Retention, StoreError};
@@ -122,7 +122,8 @@ struct Writer {
     retention: Retention,
     /// Id caches; cleared when retention may have deleted rows, and when they grow past a cap.
     endpoint_ids: HashMap<(RedSource, EndpointKey), i64>,
-    series_ids: HashMap<String, i64>,
+    /// Keyed by the series itself: a known series is found without serializing its attributes.
+    series_ids: HashMap<MetricSeriesKey, i64>,
 }
 
 const ID_CACHE_CAP: usize = 100_000;
@@ -186,17 +187,13 @@ impl Writer {
 
         let mut series_ids = Vec::with_capacity(batch.metrics.len());
         for delta in &batch.metrics {
-            let attributes =
-                serde_json::to_string(&delta.series.key.attributes).expect("attributes serialize");
-            let cache_key = format!(
-                "{}\u{0}{}\u{0}{}",
-                delta.series.key.service, delta.series.key.name, attributes
-            );
-            let id = match self.series_ids.get(&cache_key) {
+            let id = match self.series_ids.get(&delta.series.key) {
                 Some(id) => *id,
                 None => {
+                    let attributes = serde_json::to_string(&delta.series.key.attributes)
+                        .expect("attributes serialize");
                     let id = series_id(&tx, &delta.series, &attributes)?;
-                    self.series_ids.insert(cache_key, id);
+                    self.series_ids.insert(delta.series.key.clone(), id);
                     id
                 }
             };
