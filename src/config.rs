@@ -42,7 +42,7 @@ pub struct SettingsLayer {
         value_delimiter = ','
     )]
     pub cors_allowed_origins: Option<Vec<String>>,
-    /// Spans and data points that may wait for the aggregator; beyond it exports get 503/UNAVAILABLE [default: 200000]
+    /// Spans and data points that may wait for the aggregator; beyond it exports get 503/UNAVAILABLE [default: 20000]
     #[arg(long, env = "REDLINE_QUEUE_CAPACITY", value_name = "ITEMS")]
     pub queue_capacity: Option<usize>,
     /// Width of the finest aggregation window [default: 10s]
@@ -248,7 +248,7 @@ impl Settings {
             &mut problems,
             "queue_capacity",
             layer.queue_capacity,
-            200_000,
+            20_000,
         );
         let limits = Limits {
             max_services: positive(&mut problems, "max_services", layer.max_services, 200),

@@ -109,6 +109,9 @@ pub struct TraceSampler {
 
 const KEPT_IDS_REMEMBERED: usize = 10_000;
 
+/// Endpoints whose slowest requests are tracked per minute; beyond it no new endpoint is.
+const SLOWEST_ENDPOINTS_TRACKED: usize = 10_000;
+
 impl TraceSampler {
     pub fn new(config: SamplerConfig) -> Self {
         TraceSampler {
@@ -196,6 +199,11 @@ impl TraceSampler {
         }
         // Look up before inserting: cloning the key for every request costs three allocations.
         if !self.slowest.contains_key(endpoint) {
+            // Keyed by the raw endpoint: a flood of distinct routes must not grow this table
+            // (the cardinality guard bounds the aggregates, this bounds the sampler).
+            if self.slowest.len() >= SLOWEST_ENDPOINTS_TRACKED {
+                return false;
+            }
             self.slowest.insert(endpoint.clone(), Vec::new());
         }
         let top = self.slowest.get_mut(endpoint).expect("inserted above");
@@ -343,6 +351,20 @@ mod tests {
         });
         sampler.offer(span(1, 1, 5, false, false));
         assert_eq!(sampler.take_kept()[0].1, KeepReason::Sampled);
+    }
+
+    #[test]
+    fn the_slowest_table_is_bounded_under_a_route_flood() {
+        let mut sampler = TraceSampler::new(config());
+        for i in 0..(SLOWEST_ENDPOINTS_TRACKED + 500) {
+            let endpoint = EndpointKey {
+                service: "svc".into(),
+                method: "GET".into(),
+                route: format!("/r/{i}"),
+            };
+            sampler.is_among_slowest(&endpoint, 5.0, 1_000);
+        }
+        assert_eq!(sampler.slowest.len(), SLOWEST_ENDPOINTS_TRACKED);
     }
 
     #[test]

@@ -124,20 +124,28 @@ impl AlertsHandle {
     }
 
     pub async fn add_silence(&self, silence: Silence) -> Result<(), String> {
+        let stored = silence.clone();
         self.store
-            .run(move |conn| persist::save_silence(conn, &silence))
+            .run(move |conn| persist::save_silence(conn, &stored))
             .await
             .map_err(|e| e.to_string())?;
+        // Shown at once; the loop applies it to notifications on its next (immediate) cycle.
+        self.publish(|view| {
+            view.silences.push(silence);
+            view.silences.sort_by_key(|s| s.ends_at_ms);
+        });
         self.wake.notify_one();
         Ok(())
     }
 
     pub async fn delete_silence(&self, id: String) -> Result<bool, String> {
+        let key = id.clone();
         let deleted = self
             .store
-            .run(move |conn| persist::delete_silence(conn, &id))
+            .run(move |conn| persist::delete_silence(conn, &key))
             .await
             .map_err(|e| e.to_string())?;
+        self.publish(|view| view.silences.retain(|s| s.id != id));
         self.wake.notify_one();
         Ok(deleted)
     }
