@@ -20,24 +20,6 @@ pub const WIDTH: u32 = 640;
 pub const HEIGHT: u32 = 240;
 pub const SCALE: u32 = 2;
 
-/// Escapes text for an XML text node or a quoted attribute value; drops characters XML 1.0
-/// does not allow.
-pub fn escape_xml(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A number as a human reads it on an axis: few digits, no trailing zeros.
 pub fn format_number(value: f64) -> String {
     if !value.is_finite() {

@@ -610,8 +610,8 @@ pub fn fallback_html(subject: &str, text: &str) -> String {
     format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{}</title></head>\
          <body><pre style=\"font-family:monospace;white-space:pre-wrap\">{}</pre></body></html>",
-        chart::escape_xml(subject),
-        chart::escape_xml(text)
+        crate::web::charts::escape(subject),
+        crate::web::charts::escape(text)
     )
 }
 
