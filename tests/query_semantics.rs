@@ -28,6 +28,32 @@ async fn acknowledged_data_is_queryable_before_any_flush() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_traces_are_listed_before_any_flush() {
+    let redline = TestRedline::start_with(|s| s.flush_interval = Some("1h".into())).await;
+    post_protobuf(&redline, export_request("fresh-traces", "/t", 3)).await;
+    let body = redline
+        .wait_for(
+            "/api/v1/traces?service=fresh-traces&since=5m",
+            Duration::from_secs(1),
+            |b| b["traces"].as_array().is_some_and(|t| t.len() == 3),
+        )
+        .await;
+    let trace = &body["traces"][0];
+    assert_eq!(trace["route"], "/t");
+    assert_eq!(trace["span_count"], 1);
+    assert!((trace["duration_ms"].as_f64().unwrap() - 10.0).abs() < 1e-6);
+    let none = redline
+        .get_ok("/api/v1/traces?service=fresh-traces&since=5m&error=true")
+        .await;
+    assert_eq!(
+        none["traces"].as_array().unwrap().len(),
+        0,
+        "filters apply to unflushed traces"
+    );
+    redline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollups_agree_with_the_finest_windows() {
     let redline = TestRedline::start_with(|s| s.flush_interval = Some("100ms".into())).await;
     for _ in 0..5 {
