@@ -167,31 +167,6 @@ pub fn render_png(spec: &ChartSpec) -> Result<Vec<u8>, NotifyError> {
     svg_to_png(&render_svg(spec), SCALE)
 }
 
-/// (year, month, day, hour, minute, second) of a Unix time in milliseconds, UTC.
-pub fn civil(ms: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        month,
-        day,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +192,7 @@ mod tests {
 
     #[test]
     fn civil_dates() {
+        use crate::web::charts::civil;
         assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
         assert_eq!(civil(951_782_400_000), (2000, 2, 29, 0, 0, 0));
         assert_eq!(civil(1_764_340_812_000), (2025, 11, 28, 14, 40, 12));

@@ -14,7 +14,7 @@ use lettre::Message;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 
-use super::chart::{self, civil};
+use super::chart;
 use super::{AlertStatus, AlertSummary, Notification, NotifyError};
 
 /// At most this many exemplar traces are shown per alert.
@@ -290,11 +290,8 @@ fn common_label<'a>(alerts: &'a [AlertSummary], name: &str) -> Option<&'a String
         .then_some(first)
 }
 
-/// "2026-11-28 15:40:00 UTC".
-pub fn format_utc(ms: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil(ms);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
-}
+/// "2026-11-28 15:40:00 UTC", as the dashboard writes times.
+pub use crate::web::charts::format_utc;
 
 /// "45s", "5m", "1h 5m", "2d 3h".
 pub fn format_duration(ms: i64) -> String {
