@@ -59,7 +59,7 @@ fn endpoints() -> Vec<EndpointKey> {
 }
 
 /// A few requests of one endpoint in one minute, with a daily rhythm and some errors.
-fn red_window(key: &EndpointKey, index: usize, minute_start: i64) -> RedStats {
+fn red_window(index: usize, minute_start: i64) -> RedStats {
     let mut stats = RedStats::default();
     let n = 3 + (index + (minute_start / 60_000) as usize) % 5;
     for r in 0..n {
@@ -71,7 +71,6 @@ fn red_window(key: &EndpointKey, index: usize, minute_start: i64) -> RedStats {
             200
         };
         stats.add_request(&RequestRecord {
-            endpoint: key.clone(),
             end_unix_ms: minute_start + 30_000,
             duration_ms,
             status_code: Some(status),
@@ -177,7 +176,7 @@ async fn fill(data_dir: &std::path::Path) {
                     source: RedSource::Spans,
                     endpoint: key.clone(),
                     window_start_ms: minute_start,
-                    stats: red_window(key, i, minute_start),
+                    stats: red_window(i, minute_start),
                 });
             }
             let wave = ((minute_start / 60_000) as f64 / 30.0).sin();

@@ -133,7 +133,7 @@ impl App {
         let readers = Readers::new(&db_path);
         let query = Query::new(live.clone(), readers.clone(), settings.retention);
         let pages_live = live.clone();
-        let (queue, queue_rx) = pipeline::queue(settings.queue_capacity);
+        let (queue, queue_rx) = pipeline::queue(settings.queue_capacity, settings.queue_max_bytes);
         let ingestor = Ingestor::new(queue.clone());
 
         let (pipeline_stop, pipeline_stop_rx) = oneshot::channel();

@@ -45,6 +45,9 @@ pub struct SettingsLayer {
     /// Spans and data points that may wait for the aggregator; beyond it exports get 503/UNAVAILABLE [default: 20000]
     #[arg(long, env = "REDLINE_QUEUE_CAPACITY", value_name = "ITEMS")]
     pub queue_capacity: Option<usize>,
+    /// Request bytes the waiting spans may hold; beyond it exports get 503/UNAVAILABLE; never below max_body_bytes [default: 67108864]
+    #[arg(long, env = "REDLINE_QUEUE_MAX_BYTES", value_name = "BYTES")]
+    pub queue_max_bytes: Option<usize>,
     /// Width of the finest aggregation window [default: 10s]
     #[arg(long, env = "REDLINE_WINDOW", value_name = "DURATION")]
     pub window: Option<String>,
@@ -122,6 +125,7 @@ impl SettingsLayer {
             max_body_bytes,
             cors_allowed_origins,
             queue_capacity,
+            queue_max_bytes,
             window,
             flush_interval,
             max_services,
@@ -153,6 +157,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub cors_allowed_origins: Vec<String>,
     pub queue_capacity: usize,
+    /// At least `max_body_bytes`, so that any accepted body fits.
+    pub queue_max_bytes: usize,
     pub flush_interval: Duration,
     pub aggregator: AggregatorConfig,
     pub retention: Retention,
@@ -250,6 +256,13 @@ impl Settings {
             layer.queue_capacity,
             20_000,
         );
+        let queue_max_bytes = positive(
+            &mut problems,
+            "queue_max_bytes",
+            layer.queue_max_bytes,
+            64 << 20,
+        )
+        .max(max_body_bytes);
         let limits = Limits {
             max_services: positive(&mut problems, "max_services", layer.max_services, 200),
             max_endpoints_per_service: positive(
@@ -293,6 +306,7 @@ impl Settings {
             max_body_bytes,
             cors_allowed_origins: layer.cors_allowed_origins.unwrap_or_default(),
             queue_capacity,
+            queue_max_bytes,
             flush_interval,
             aggregator: AggregatorConfig {
                 window_ms,

@@ -1,7 +1,8 @@
 //! Plain data that flows from the receivers to the aggregator: what one OTLP export means to
-//! redline once the protocol details are gone. Nothing here knows about protobuf or SQLite.
+//! redline once the protocol details are gone. Nothing here decodes protobuf or knows about SQLite.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Identifies one endpoint of one service: the unit every RED figure is kept for.
 #[derive(
@@ -22,10 +23,9 @@ pub enum RedSource {
     Metrics = 1,
 }
 
-/// One finished server request, taken from a SERVER span.
+/// How one finished server request went, taken from a SERVER span.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestRecord {
-    pub endpoint: EndpointKey,
     /// Span end time; requests are placed in the window in which they completed.
     pub end_unix_ms: i64,
     pub duration_ms: f64,
@@ -172,23 +172,37 @@ pub struct SpanEvent {
     pub attributes: BTreeMap<String, String>,
 }
 
-/// A span as received, kept in its protobuf form until the trace sampler decides to keep it:
-/// most spans are dropped, so they are never flattened into a [`SpanRecord`].
+/// A server request and the endpoint it belongs to. Requests of one batch share their
+/// endpoint's key instead of each holding a copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointRequest {
+    pub endpoint: Arc<EndpointKey>,
+    pub request: RequestRecord,
+}
+
+/// A span as received, kept as its protobuf encoding (a slice of the export's body) until the
+/// trace sampler decides to keep it: most spans are dropped, so they are never decoded.
 #[derive(Debug, Clone)]
 pub struct IncomingSpan {
-    pub service: std::sync::Arc<str>,
+    pub service: Arc<str>,
     /// Set for SERVER spans: the endpoint the request belongs to.
-    pub endpoint: Option<EndpointKey>,
+    pub endpoint: Option<Arc<EndpointKey>>,
     pub is_error: bool,
-    pub span: opentelemetry_proto::tonic::trace::v1::Span,
+    pub trace_id: [u8; 16],
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    /// `opentelemetry.proto.trace.v1.Span`, as it was on the wire.
+    pub encoded: bytes::Bytes,
 }
 
 /// Everything one export request contributes, after conversion.
 #[derive(Debug, Default, Clone)]
 pub struct IngestBatch {
-    pub requests: Vec<RequestRecord>,
+    pub requests: Vec<EndpointRequest>,
     pub metric_points: Vec<MetricPoint>,
     pub spans: Vec<IncomingSpan>,
+    /// Bytes of the request body the spans are slices of, held until the batch is applied.
+    pub retained_bytes: usize,
 }
 
 impl IngestBatch {

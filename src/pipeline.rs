@@ -1,5 +1,6 @@
 //! The ingest pipeline between receivers and store: a bounded queue (counted in spans and
-//! points, so memory is bounded whatever the batch sizes), one task that owns the aggregator and
+//! points, and in the request bytes they hold, so memory is bounded whatever the batch
+//! sizes), one task that owns the aggregator and
 //! flushes it to the writer, and the view of not-yet-stored data that queries merge in.
 
 use std::sync::{Arc, Mutex};
@@ -29,9 +30,13 @@ pub enum SubmitError {
 
 struct QueuedBatch {
     batch: IngestBatch,
-    /// Holds the batch's place in the queue until the aggregator has taken it.
-    _permit: OwnedSemaphorePermit,
+    /// Hold the batch's place in the queue until the aggregator has taken it.
+    _items: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
 }
+
+/// The queue's byte budget is kept in KiB so that any size fits a semaphore's permits.
+const BYTES_PER_PERMIT: usize = 1024;
 
 /// The sending side of the ingest queue, cloned into every receiver.
 #[derive(Clone)]
@@ -39,6 +44,8 @@ pub struct IngestQueue {
     tx: mpsc::Sender<QueuedBatch>,
     permits: Arc<Semaphore>,
     capacity: usize,
+    byte_permits: Arc<Semaphore>,
+    byte_capacity_permits: usize,
 }
 
 impl IngestQueue {
@@ -48,15 +55,25 @@ impl IngestQueue {
             return Ok(());
         }
         let items = batch.item_count().clamp(1, self.capacity) as u32;
-        let permit = self
+        let kib = batch
+            .retained_bytes
+            .div_ceil(BYTES_PER_PERMIT)
+            .clamp(1, self.byte_capacity_permits) as u32;
+        let items = self
             .permits
             .clone()
             .try_acquire_many_owned(items)
             .map_err(|_| SubmitError::Full)?;
+        let bytes = self
+            .byte_permits
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| SubmitError::Full)?;
         self.tx
             .try_send(QueuedBatch {
                 batch,
-                _permit: permit,
+                _items: items,
+                _bytes: bytes,
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => SubmitError::Full,
@@ -148,15 +165,21 @@ pub struct PipelineConfig {
     pub retention_interval: Duration,
 }
 
-/// Creates the queue; the returned receiver goes to [`run`].
-pub fn queue(capacity: usize) -> (IngestQueue, Receiver) {
-    let capacity = capacity.max(1);
+/// Creates the queue, holding at most `capacity` spans and points and `capacity_bytes` of
+/// request bodies; the returned receiver goes to [`run`].
+pub fn queue(capacity: usize, capacity_bytes: usize) -> (IngestQueue, Receiver) {
+    let capacity = capacity.clamp(1, u32::MAX as usize);
+    let byte_capacity_permits = capacity_bytes
+        .div_ceil(BYTES_PER_PERMIT)
+        .clamp(1, u32::MAX as usize);
     let (tx, rx) = mpsc::channel(capacity.min(Semaphore::MAX_PERMITS));
     (
         IngestQueue {
             tx,
             permits: Arc::new(Semaphore::new(capacity)),
             capacity,
+            byte_permits: Arc::new(Semaphore::new(byte_capacity_permits)),
+            byte_capacity_permits,
         },
         Receiver(rx),
     )

@@ -199,6 +199,54 @@ async fn grpc_accepts_gzip_refuses_oversized_messages_and_logs() {
     redline.stop().await;
 }
 
+/// Sends `message` as one gRPC frame to `path` and returns the answer's `grpc-status`.
+async fn grpc_status_for(redline: &TestRedline, path: &str, message: &[u8]) -> String {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    let request = axum::http::Request::post(format!("http://{}{path}", redline.grpc))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(bytes::Bytes::from(frame)))
+        .unwrap();
+    let response = client.request(request).await.expect("gRPC answer");
+    if let Some(status) = response.headers().get("grpc-status") {
+        return status.to_str().unwrap().to_string();
+    }
+    let body = response.into_body().collect().await.expect("gRPC body");
+    let trailers = body.trailers().expect("gRPC trailers");
+    trailers["grpc-status"].to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_refuses_malformed_trace_exports_with_invalid_argument() {
+    let redline = TestRedline::start().await;
+    let export = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    let valid = export_request("grpc-raw", "/ok", 4).encode_to_vec();
+    assert_eq!(grpc_status_for(&redline, export, &valid).await, "0");
+    // Field 1 (resource_spans) as a varint, then a truncated message.
+    assert_eq!(grpc_status_for(&redline, export, &[0x08, 0x01]).await, "3");
+    assert_eq!(
+        grpc_status_for(&redline, export, &valid[..valid.len() - 2]).await,
+        "3"
+    );
+    // An unknown method of the trace service.
+    let unknown = "/opentelemetry.proto.collector.trace.v1.TraceService/Nope";
+    assert_eq!(grpc_status_for(&redline, unknown, &valid).await, "12");
+    redline
+        .wait_for(
+            "/api/v1/endpoints?service=grpc-raw&since=5m",
+            Duration::from_secs(5),
+            |b| endpoint(b, "GET", "/ok").is_some_and(|e| e["requests"] == 4),
+        )
+        .await;
+    redline.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partly_invalid_batches_are_accepted_with_partial_success() {
     let redline = TestRedline::start().await;

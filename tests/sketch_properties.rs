@@ -8,7 +8,7 @@ use rand::seq::SliceRandom;
 use rand_distr::{Distribution, LogNormal, Pareto};
 use redline::aggregate::red::RedStats;
 use redline::aggregate::sketch::LatencySketch;
-use redline::model::{EndpointKey, RequestRecord};
+use redline::model::RequestRecord;
 
 use crate::helpers::{assert_within_one_percent, exact_quantile};
 
@@ -48,11 +48,6 @@ fn samples(shape: Shape, count: usize, seed: u64) -> Vec<f64> {
 
 fn request(duration_ms: f64, i: usize) -> RequestRecord {
     RequestRecord {
-        endpoint: EndpointKey {
-            service: "s".into(),
-            method: "GET".into(),
-            route: "/".into(),
-        },
         end_unix_ms: 0,
         duration_ms,
         status_code: Some(if i.is_multiple_of(10) { 500 } else { 200 }),

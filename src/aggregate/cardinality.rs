@@ -2,7 +2,7 @@
 //! What does not fit goes to an `__overflow__` series and is counted, so a flood of distinct
 //! routes or attribute values costs a counter, not memory.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::model::{EndpointKey, MetricSeriesKey};
 
@@ -50,8 +50,8 @@ impl CardinalityGuard {
     pub fn new(limits: Limits) -> Self {
         CardinalityGuard {
             limits,
-            endpoints: HashMap::new(),
-            metric_series: HashMap::new(),
+            endpoints: HashMap::default(),
+            metric_series: HashMap::default(),
             overflow: OverflowCounts::default(),
         }
     }
@@ -76,7 +76,7 @@ impl CardinalityGuard {
                 return Some(overflow_endpoint(OVERFLOW));
             }
             self.endpoints
-                .insert(endpoint.service.clone(), HashMap::new());
+                .insert(endpoint.service.clone(), HashMap::default());
         }
         let routes = self
             .endpoints
@@ -131,7 +131,7 @@ impl CardinalityGuard {
     }
 
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.values().map(HashMap::len).sum()
+        self.endpoints.values().map(|routes| routes.len()).sum()
     }
 
     pub fn service_count(&self) -> usize {

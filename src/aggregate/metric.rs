@@ -2,7 +2,7 @@
 //! every window keeps what its kind needs (last/min/max/avg for gauges, the delta for counters,
 //! the merged buckets for histograms).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::aggregate::histogram;
 use crate::model::{
@@ -120,7 +120,7 @@ pub enum Contribution {
 impl DeltaConverter {
     pub fn new(started_unix_ns: u64) -> Self {
         DeltaConverter {
-            previous: HashMap::new(),
+            previous: HashMap::default(),
             started_unix_ns,
         }
     }

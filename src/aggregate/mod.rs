@@ -9,10 +9,10 @@ pub mod red;
 pub mod sampler;
 pub mod sketch;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::model::{
-    EndpointKey, IngestBatch, MetricKind, MetricPoint, MetricSeriesKey, RedSource, RequestRecord,
+    EndpointKey, EndpointRequest, IngestBatch, MetricKind, MetricPoint, MetricSeriesKey, RedSource,
     SpanRecord,
 };
 use cardinality::{CardinalityGuard, Limits, OverflowCounts};
@@ -107,7 +107,7 @@ fn red_entry<'a>(
     window: i64,
 ) -> &'a mut RedStats {
     if !red.contains_key(endpoint) {
-        red.insert(endpoint.clone(), HashMap::new());
+        red.insert(endpoint.clone(), HashMap::default());
     }
     red.get_mut(endpoint)
         .expect("present or inserted above")
@@ -133,8 +133,8 @@ impl Aggregator {
             guard: CardinalityGuard::new(config.limits),
             converter: DeltaConverter::new(started_unix_ns),
             sampler: TraceSampler::new(config.sampler),
-            red: HashMap::new(),
-            metrics: HashMap::new(),
+            red: HashMap::default(),
+            metrics: HashMap::default(),
             clock_skew_corrected: 0,
         }
     }
@@ -165,13 +165,13 @@ impl Aggregator {
         }
     }
 
-    fn add_request(&mut self, request: &RequestRecord, now_ms: i64) {
+    fn add_request(&mut self, request: &EndpointRequest, now_ms: i64) {
         let overflow = self
             .guard
             .admit_endpoint_in_place(&request.endpoint, now_ms);
         let endpoint = overflow.as_ref().unwrap_or(&request.endpoint);
-        let window = self.window_start(request.end_unix_ms, now_ms);
-        red_entry(&mut self.red, RedSource::Spans, endpoint, window).add_request(request);
+        let window = self.window_start(request.request.end_unix_ms, now_ms);
+        red_entry(&mut self.red, RedSource::Spans, endpoint, window).add_request(&request.request);
     }
 
     fn add_metric_point(&mut self, point: &MetricPoint, now_ms: i64) {
@@ -331,20 +331,23 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Buckets, HistogramValue, MetricValue, Temporality};
+    use crate::model::{Buckets, HistogramValue, MetricValue, RequestRecord, Temporality};
     use std::collections::BTreeMap;
 
-    fn request(route: &str, end_ms: i64, duration: f64, status: u16) -> RequestRecord {
-        RequestRecord {
+    fn request(route: &str, end_ms: i64, duration: f64, status: u16) -> EndpointRequest {
+        EndpointRequest {
             endpoint: EndpointKey {
                 service: "api".into(),
                 method: "GET".into(),
                 route: route.into(),
+            }
+            .into(),
+            request: RequestRecord {
+                end_unix_ms: end_ms,
+                duration_ms: duration,
+                status_code: Some(status),
+                is_error: status >= 500,
             },
-            end_unix_ms: end_ms,
-            duration_ms: duration,
-            status_code: Some(status),
-            is_error: status >= 500,
         }
     }
 

@@ -237,15 +237,9 @@ impl ExplicitBuckets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::EndpointKey;
 
     fn request(duration_ms: f64, status: u16) -> RequestRecord {
         RequestRecord {
-            endpoint: EndpointKey {
-                service: "s".into(),
-                method: "GET".into(),
-                route: "/".into(),
-            },
             end_unix_ms: 0,
             duration_ms,
             status_code: Some(status),

@@ -3,11 +3,9 @@
 //! Spans of traces not (yet) chosen wait in a bounded buffer, so a trace chosen by a later span
 //! still gets its earlier spans.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
 
-use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
+use foldhash::{HashMap, HashSet};
 
 use crate::ingest::convert::span_record;
 use crate::model::{EndpointKey, IncomingSpan, SpanRecord};
@@ -20,6 +18,8 @@ pub struct SamplerConfig {
     pub slowest_per_minute: usize,
     /// Spans buffered while their trace is undecided.
     pub buffer_spans: usize,
+    /// Bytes of encoded spans buffered while their trace is undecided (one span can be large).
+    pub buffer_bytes: usize,
     /// New traces kept per second at most, so an error storm cannot flood the store.
     pub max_new_traces_per_second: u32,
 }
@@ -30,6 +30,7 @@ impl Default for SamplerConfig {
             uniform_ratio: 0.01,
             slowest_per_minute: 3,
             buffer_spans: 20_000,
+            buffer_bytes: 32 << 20,
             max_new_traces_per_second: 200,
         }
     }
@@ -55,36 +56,21 @@ impl KeepReason {
 
 type TraceId = [u8; 16];
 
-/// An undecided span, re-encoded as protobuf: one allocation instead of the dozens a decoded
-/// span holds. Most waiting spans are evicted unread, and keeping thousands of decoded spans
-/// alive for a while fragments the heap and makes every allocation on the ingest path slower.
+/// An undecided span: its encoding copied out of the request body, so a waiting span does
+/// not hold on to the whole body it came in.
 #[derive(Debug)]
 struct WaitingSpan {
-    service: Arc<str>,
-    endpoint: Option<EndpointKey>,
-    is_error: bool,
-    encoded: Box<[u8]>,
+    span: IncomingSpan,
 }
 
 impl WaitingSpan {
-    fn new(span: IncomingSpan) -> Self {
-        WaitingSpan {
-            encoded: span.span.encode_to_vec().into_boxed_slice(),
-            service: span.service,
-            endpoint: span.endpoint,
-            is_error: span.is_error,
-        }
+    fn new(mut span: IncomingSpan) -> Self {
+        span.encoded = bytes::Bytes::copy_from_slice(&span.encoded);
+        WaitingSpan { span }
     }
 
-    /// The span as it was offered. It was encoded here, so it decodes.
-    fn restore(self) -> Option<IncomingSpan> {
-        let span = Span::decode(&self.encoded[..]).ok()?;
-        Some(IncomingSpan {
-            service: self.service,
-            endpoint: self.endpoint,
-            is_error: self.is_error,
-            span,
-        })
+    fn size(&self) -> usize {
+        self.span.encoded.len()
     }
 }
 
@@ -98,6 +84,7 @@ pub struct TraceSampler {
     waiting: HashMap<TraceId, Vec<WaitingSpan>>,
     waiting_order: VecDeque<TraceId>,
     waiting_spans: usize,
+    waiting_bytes: usize,
     /// Durations of the slowest requests this minute per endpoint, ascending.
     slowest: HashMap<EndpointKey, Vec<f64>>,
     slowest_minute: i64,
@@ -116,12 +103,13 @@ impl TraceSampler {
     pub fn new(config: SamplerConfig) -> Self {
         TraceSampler {
             config,
-            kept: HashSet::new(),
+            kept: HashSet::default(),
             kept_order: VecDeque::new(),
-            waiting: HashMap::new(),
+            waiting: HashMap::default(),
             waiting_order: VecDeque::new(),
             waiting_spans: 0,
-            slowest: HashMap::new(),
+            waiting_bytes: 0,
+            slowest: HashMap::default(),
             slowest_minute: i64::MIN,
             budget_second: i64::MIN,
             budget_used: 0,
@@ -131,35 +119,40 @@ impl TraceSampler {
     }
 
     pub fn offer(&mut self, span: IncomingSpan) {
-        let Ok(trace_id) = TraceId::try_from(span.span.trace_id.as_slice()) else {
-            return;
-        };
-        let end_ms = (span.span.end_time_unix_nano / 1_000_000) as i64;
+        let trace_id = span.trace_id;
+        let end_ms = (span.end_unix_ns / 1_000_000) as i64;
         if self.kept.contains(&trace_id) {
             let reason = if span.is_error {
                 KeepReason::Error
             } else {
                 KeepReason::Sampled
             };
-            self.out.push((span_record(&span), reason));
+            self.keep_span(&span, reason);
             return;
         }
         match self.decide(&trace_id, &span, end_ms) {
             Some(reason) if self.take_budget(end_ms) => {
                 self.keep_trace(trace_id);
                 if let Some(earlier) = self.waiting.remove(&trace_id) {
-                    self.waiting_spans -= earlier.len();
-                    for s in earlier.into_iter().filter_map(WaitingSpan::restore) {
-                        self.out.push((span_record(&s), reason));
+                    for waiting in earlier {
+                        self.waiting_spans -= 1;
+                        self.waiting_bytes -= waiting.size();
+                        self.keep_span(&waiting.span, reason);
                     }
                 }
-                self.out.push((span_record(&span), reason));
+                self.keep_span(&span, reason);
             }
             Some(_) => {
                 self.dropped_for_budget += 1;
                 self.wait(trace_id, span);
             }
             None => self.wait(trace_id, span),
+        }
+    }
+
+    fn keep_span(&mut self, span: &IncomingSpan, reason: KeepReason) {
+        if let Some(record) = span_record(span) {
+            self.out.push((record, reason));
         }
     }
 
@@ -173,10 +166,7 @@ impl TraceSampler {
             return Some(KeepReason::Error);
         }
         if let Some(endpoint) = &span.endpoint {
-            let duration = span
-                .span
-                .end_time_unix_nano
-                .saturating_sub(span.span.start_time_unix_nano) as f64;
+            let duration = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64;
             if self.is_among_slowest(endpoint, duration, end_ms) {
                 return Some(KeepReason::Slow);
             }
@@ -246,21 +236,26 @@ impl TraceSampler {
     }
 
     fn wait(&mut self, trace_id: TraceId, span: IncomingSpan) {
-        if self.config.buffer_spans == 0 {
+        if self.config.buffer_spans == 0 || span.encoded.len() > self.config.buffer_bytes {
             return;
         }
+        let waiting = WaitingSpan::new(span);
+        self.waiting_spans += 1;
+        self.waiting_bytes += waiting.size();
         let entry = self.waiting.entry(trace_id).or_default();
         if entry.is_empty() {
             self.waiting_order.push_back(trace_id);
         }
-        entry.push(WaitingSpan::new(span));
-        self.waiting_spans += 1;
-        while self.waiting_spans > self.config.buffer_spans {
+        entry.push(waiting);
+        while self.waiting_spans > self.config.buffer_spans
+            || self.waiting_bytes > self.config.buffer_bytes
+        {
             let Some(oldest) = self.waiting_order.pop_front() else {
                 break;
             };
-            if let Some(evicted) = self.waiting.remove(&oldest) {
-                self.waiting_spans -= evicted.len();
+            for evicted in self.waiting.remove(&oldest).into_iter().flatten() {
+                self.waiting_spans -= 1;
+                self.waiting_bytes -= evicted.size();
             }
         }
     }
@@ -283,26 +278,36 @@ impl TraceSampler {
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
 
     fn span(trace: u8, span_id: u8, duration_ms: u64, error: bool, server: bool) -> IncomingSpan {
         let mut trace_id = [0u8; 16];
         trace_id[0] = trace;
         trace_id[8] = 0xff; // far above any small uniform threshold
+        let start = 1_000_000_000;
+        let end = start + duration_ms * 1_000_000;
+        let span = Span {
+            trace_id: trace_id.to_vec(),
+            span_id: vec![span_id; 8],
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            ..Default::default()
+        };
         IncomingSpan {
             service: "svc".into(),
-            endpoint: server.then(|| EndpointKey {
-                service: "svc".into(),
-                method: "GET".into(),
-                route: "/x".into(),
+            endpoint: server.then(|| {
+                EndpointKey {
+                    service: "svc".into(),
+                    method: "GET".into(),
+                    route: "/x".into(),
+                }
+                .into()
             }),
             is_error: error,
-            span: Span {
-                trace_id: trace_id.to_vec(),
-                span_id: vec![span_id; 8],
-                start_time_unix_nano: 1_000_000_000,
-                end_time_unix_nano: 1_000_000_000 + duration_ms * 1_000_000,
-                ..Default::default()
-            },
+            trace_id,
+            start_unix_ns: start,
+            end_unix_ns: end,
+            encoded: span.encode_to_vec().into(),
         }
     }
 
@@ -311,6 +316,7 @@ mod tests {
             uniform_ratio: 0.0,
             slowest_per_minute: 1,
             buffer_spans: 100,
+            buffer_bytes: 1 << 20,
             max_new_traces_per_second: 100,
         }
     }
@@ -378,6 +384,37 @@ mod tests {
         }
         assert!(sampler.waiting_spans <= 10);
         assert!(sampler.waiting.len() <= 10);
+    }
+
+    #[test]
+    fn the_wait_buffer_is_bounded_in_bytes() {
+        let one = span(0, 1, 5, false, false).encoded.len();
+        let mut sampler = TraceSampler::new(SamplerConfig {
+            buffer_bytes: one * 3,
+            ..config()
+        });
+        for t in 0..20u8 {
+            sampler.offer(span(t, 1, 5, false, false));
+        }
+        assert_eq!(sampler.waiting_spans, 3);
+        assert_eq!(sampler.waiting_bytes, one * 3);
+    }
+
+    #[test]
+    fn waiting_spans_do_not_hold_the_request_body() {
+        let mut sampler = TraceSampler::new(config());
+        let mut body = span(1, 1, 5, false, false).encoded.to_vec();
+        let len = body.len();
+        body.extend_from_slice(&[0; 4096]);
+        let body = bytes::Bytes::from(body);
+        let mut waiting = span(1, 1, 5, false, false);
+        waiting.encoded = body.slice(..len);
+        sampler.offer(waiting);
+        let held = &sampler.waiting.values().next().unwrap()[0].span.encoded;
+        // A copy of just the span, not a second reference to the body.
+        assert_eq!(held.len(), len);
+        assert!(held.is_unique());
+        assert!(body.is_unique());
     }
 
     #[test]

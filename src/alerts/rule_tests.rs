@@ -214,7 +214,6 @@ fn build_series(case: &TestCase, interval_ms: i64) -> Result<Vec<Series>, RuleTe
                     for n in 0..count {
                         let failed = n < errors;
                         stats.add_request(&RequestRecord {
-                            endpoint: endpoint.clone(),
                             end_unix_ms: 0,
                             duration_ms: latency,
                             status_code: Some(if failed { 500 } else { 200 }),

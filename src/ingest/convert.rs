@@ -1,8 +1,13 @@
 //! OTLP → redline's plain records. Pure functions: what counts as a request, an error and an
 //! endpoint (HTTP semantic conventions), and which data points are malformed.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use bytes::Bytes;
+use foldhash::HashMap;
+use prost::Message;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -13,9 +18,10 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 
+use crate::ingest::wire::{self, DecodeError, Item, SpanAttributes, SpanView, Value};
 use crate::model::{
-    Buckets, EndpointKey, HistogramValue, IncomingSpan, IngestBatch, MetricKind, MetricPoint,
-    MetricSeriesKey, MetricValue, RequestRecord, SpanEvent, SpanRecord, Temporality,
+    Buckets, EndpointKey, EndpointRequest, HistogramValue, IncomingSpan, IngestBatch, MetricKind,
+    MetricPoint, MetricSeriesKey, MetricValue, RequestRecord, SpanEvent, SpanRecord, Temporality,
 };
 
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -38,35 +44,85 @@ impl Converted {
     }
 }
 
-/// Converts a trace export. Spans with invalid ids or times are rejected, the rest are kept.
-pub fn convert_traces(request: ExportTraceServiceRequest) -> Converted {
+/// Converts a trace export from its protobuf bytes (`ExportTraceServiceRequest`). Spans with
+/// invalid ids or times are rejected, the rest are kept; bytes that are not a valid request
+/// are an error and nothing is kept. Kept spans are slices of `body`, not copies.
+pub fn convert_traces(body: &Bytes) -> Result<Converted, DecodeError> {
     let mut out = Converted::default();
-    for resource_spans in request.resource_spans {
-        let service: Arc<str> = service_name(resource_spans.resource.as_ref()).into();
-        for scope_spans in resource_spans.scope_spans {
-            for span in scope_spans.spans {
-                if let Err(why) = validate_span(&span) {
-                    out.reject(1, || why);
-                    continue;
-                }
-                let (incoming, status_code) = classify(service.clone(), span);
-                if let Some(endpoint) = &incoming.endpoint {
-                    out.batch.requests.push(RequestRecord {
-                        endpoint: endpoint.clone(),
-                        end_unix_ms: (incoming.span.end_time_unix_nano / 1_000_000) as i64,
-                        duration_ms: duration_ms(&incoming.span),
+    let mut service: Arc<str> = Arc::from(UNKNOWN_SERVICE);
+    let mut endpoints = EndpointTable::default();
+    wire::read_trace_export(body, |item| match item {
+        Item::Resource { service_name } => {
+            service = service_name_of(service_name).into();
+            endpoints.clear();
+        }
+        Item::Span(span) => {
+            if let Err(why) = validate_span(&span) {
+                out.reject(1, || why);
+                return;
+            }
+            let (incoming, status_code) = classify(&service, &span, &mut endpoints, body);
+            if let Some(endpoint) = &incoming.endpoint {
+                out.batch.requests.push(EndpointRequest {
+                    endpoint: endpoint.clone(),
+                    request: RequestRecord {
+                        end_unix_ms: (incoming.end_unix_ns / 1_000_000) as i64,
+                        duration_ms: (incoming.end_unix_ns - incoming.start_unix_ns) as f64 / 1e6,
                         status_code,
                         is_error: incoming.is_error,
-                    });
-                }
-                out.batch.spans.push(incoming);
+                    },
+                });
             }
+            out.batch.spans.push(incoming);
         }
-    }
-    out
+    })?;
+    out.batch.retained_bytes = if out.batch.spans.is_empty() {
+        0
+    } else {
+        body.len()
+    };
+    Ok(out)
 }
 
-fn validate_span(span: &Span) -> Result<(), String> {
+/// Converts a decoded trace export (OTLP/JSON arrives this way) through the same path.
+pub fn convert_trace_request(request: &ExportTraceServiceRequest) -> Converted {
+    convert_traces(&Bytes::from(request.encode_to_vec()))
+        .expect("prost encodes a valid ExportTraceServiceRequest")
+}
+
+/// One batch's endpoints, so the requests of a batch share one key per endpoint instead of
+/// copying it for every span. Keys borrow from the request body; cleared per resource.
+#[derive(Default)]
+struct EndpointTable<'a> {
+    by_name: HashMap<(Cow<'static, str>, Cow<'a, str>), Arc<EndpointKey>>,
+}
+
+impl<'a> EndpointTable<'a> {
+    fn clear(&mut self) {
+        self.by_name.clear();
+    }
+
+    fn get(
+        &mut self,
+        service: &str,
+        method: Cow<'static, str>,
+        route: Cow<'a, str>,
+    ) -> Arc<EndpointKey> {
+        let key = (method, route);
+        if let Some(endpoint) = self.by_name.get(&key) {
+            return endpoint.clone();
+        }
+        let endpoint = Arc::new(EndpointKey {
+            service: service.to_string(),
+            method: key.0.to_string(),
+            route: key.1.to_string(),
+        });
+        self.by_name.insert(key, endpoint.clone());
+        endpoint
+    }
+}
+
+fn validate_span(span: &SpanView<'_>) -> Result<(), String> {
     if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
         return Err(format!(
             "span {:?}: trace_id must be 16 bytes and not all zero",
@@ -88,34 +144,29 @@ fn validate_span(span: &Span) -> Result<(), String> {
     Ok(())
 }
 
-fn duration_ms(span: &Span) -> f64 {
-    (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e6
-}
-
-#[cfg(test)]
-fn classify_span(service: Arc<str>, span: Span) -> IncomingSpan {
-    classify(service, span).0
-}
-
-/// The span with its endpoint and error flag, and its HTTP status code.
-fn classify(service: Arc<str>, span: Span) -> (IncomingSpan, Option<u16>) {
-    let status_code = http_status_code(&span.attributes);
-    let is_error = span.status.as_ref().map(|s| s.code) == Some(StatusCode::Error as i32)
-        || status_code.is_some_and(|code| code >= 500);
-    let endpoint = (span.kind == SpanKind::Server as i32).then(|| EndpointKey {
-        service: service.to_string(),
-        method: request_method(&span),
-        route: route(&span),
-    });
-    (
-        IncomingSpan {
-            service,
-            endpoint,
-            is_error,
-            span,
-        },
-        status_code,
-    )
+/// The span with its endpoint (SERVER spans only) and error flag, and its HTTP status code.
+fn classify<'a>(
+    service: &Arc<str>,
+    span: &SpanView<'a>,
+    endpoints: &mut EndpointTable<'a>,
+    body: &Bytes,
+) -> (IncomingSpan, Option<u16>) {
+    let attributes = &span.attributes;
+    let status_code = http_status_code(attributes);
+    let is_error =
+        span.status_code == StatusCode::Error as i32 || status_code.is_some_and(|c| c >= 500);
+    let endpoint = (span.kind == SpanKind::Server as i32)
+        .then(|| endpoints.get(service, request_method(attributes), route(span)));
+    let incoming = IncomingSpan {
+        service: service.clone(),
+        endpoint,
+        is_error,
+        trace_id: span.trace_id.try_into().expect("validated: 16 bytes"),
+        start_unix_ns: span.start_time_unix_nano,
+        end_unix_ns: span.end_time_unix_nano,
+        encoded: body.slice_ref(span.encoded),
+    };
+    (incoming, status_code)
 }
 
 /// The resource's `service.name`, or `unknown_service` when it is missing or empty.
@@ -127,6 +178,25 @@ pub fn service_name(resource: Option<&Resource>) -> String {
         .unwrap_or_else(|| UNKNOWN_SERVICE.to_string())
 }
 
+/// [`service_name`] for a resource read off the wire.
+fn service_name_of(value: Option<Value<'_>>) -> String {
+    let name = match value {
+        Some(Value::Str(s)) => s.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Int(i)) => i.to_string(),
+        Some(Value::Double(d)) => d.to_string(),
+        Some(Value::Other(encoded)) => AnyValue::decode(encoded)
+            .map(|v| any_value_to_string(&v))
+            .unwrap_or_default(),
+        Some(Value::Empty) | None => String::new(),
+    };
+    if name.is_empty() {
+        UNKNOWN_SERVICE.to_string()
+    } else {
+        name
+    }
+}
+
 fn find_attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
     attributes
         .iter()
@@ -134,27 +204,27 @@ fn find_attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyVa
         .and_then(|kv| kv.value.as_ref())
 }
 
-fn string_attribute<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<&'a str> {
-    keys.iter().find_map(
-        |key| match find_attribute(attributes, key)?.value.as_ref()? {
-            any_value::Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
-            _ => None,
-        },
-    )
+/// The first of `values` (attributes in order of preference) that is a non-empty string.
+fn first_string<'a>(values: &[Option<Value<'a>>]) -> Option<&'a str> {
+    values.iter().find_map(|value| match value {
+        Some(Value::Str(s)) if !s.is_empty() => Some(*s),
+        _ => None,
+    })
 }
 
 /// `http.response.status_code`, or the older `http.status_code`, as int or string.
-fn http_status_code(attributes: &[KeyValue]) -> Option<u16> {
-    ["http.response.status_code", "http.status_code"]
-        .iter()
-        .find_map(
-            |key| match find_attribute(attributes, key)?.value.as_ref()? {
-                any_value::Value::IntValue(v) => u16::try_from(*v).ok(),
-                any_value::Value::StringValue(s) => s.parse().ok(),
-                any_value::Value::DoubleValue(v) => Some(*v as u16),
-                _ => None,
-            },
-        )
+fn http_status_code(attributes: &SpanAttributes<'_>) -> Option<u16> {
+    [
+        attributes.http_response_status_code,
+        attributes.http_status_code,
+    ]
+    .into_iter()
+    .find_map(|value| match value? {
+        Value::Int(v) => u16::try_from(v).ok(),
+        Value::Str(s) => s.parse().ok(),
+        Value::Double(v) => Some(v as u16),
+        _ => None,
+    })
 }
 
 const KNOWN_METHODS: [&str; 10] = [
@@ -164,54 +234,57 @@ const KNOWN_METHODS: [&str; 10] = [
 /// Normalises an HTTP method as the semantic conventions ask: unknown methods become `_OTHER`,
 /// so a client cannot mint endpoints by sending made-up methods.
 pub fn normalize_method(method: &str) -> String {
+    known_method(method).to_string()
+}
+
+fn known_method(method: &str) -> &'static str {
     KNOWN_METHODS
         .iter()
         .find(|known| known.eq_ignore_ascii_case(method))
         .unwrap_or(&"_OTHER")
-        .to_string()
 }
 
-fn request_method(span: &Span) -> String {
-    if let Some(method) =
-        string_attribute(&span.attributes, &["http.request.method", "http.method"])
-    {
-        return normalize_method(method);
+fn http_method<'a>(attributes: &SpanAttributes<'a>) -> Option<&'a str> {
+    first_string(&[attributes.http_request_method, attributes.http_method])
+}
+
+fn request_method(attributes: &SpanAttributes<'_>) -> Cow<'static, str> {
+    if let Some(method) = http_method(attributes) {
+        return Cow::Borrowed(known_method(method));
     }
     // Non-HTTP servers: name the protocol (`grpc`, …) so the endpoint list still reads well.
-    string_attribute(&span.attributes, &["rpc.system"])
-        .unwrap_or("")
-        .to_ascii_uppercase()
-}
-
-fn is_http(span: &Span) -> bool {
-    string_attribute(&span.attributes, &["http.request.method", "http.method"]).is_some()
+    Cow::Owned(
+        first_string(&[attributes.rpc_system])
+            .unwrap_or("")
+            .to_ascii_uppercase(),
+    )
 }
 
 /// `http.route`; for HTTP spans without one, the templated URL path; for everything else, the
 /// span name. Never a raw path: that would make one endpoint per id.
-fn route(span: &Span) -> String {
-    if let Some(route) = string_attribute(&span.attributes, &["http.route"]) {
-        return route.to_string();
+fn route<'a>(span: &SpanView<'a>) -> Cow<'a, str> {
+    let attributes = &span.attributes;
+    if let Some(route) = first_string(&[attributes.http_route]) {
+        return Cow::Borrowed(route);
     }
-    if is_http(span)
-        && let Some(path) = url_path(&span.attributes)
+    if http_method(attributes).is_some()
+        && let Some(path) = url_path(attributes)
     {
-        return template_path(&path);
+        return Cow::Owned(template_path(path));
     }
-    span.name.clone()
+    Cow::Borrowed(span.name)
 }
 
-fn url_path(attributes: &[KeyValue]) -> Option<String> {
-    if let Some(path) = string_attribute(attributes, &["url.path", "http.target"]) {
-        return Some(path.split(['?', '#']).next().unwrap_or("").to_string());
+fn url_path<'a>(attributes: &SpanAttributes<'a>) -> Option<&'a str> {
+    let without_query = |path: &'a str| path.split(['?', '#']).next().unwrap_or("");
+    if let Some(path) = first_string(&[attributes.url_path, attributes.http_target]) {
+        return Some(without_query(path));
     }
-    let full = string_attribute(attributes, &["url.full", "http.url"])?;
+    let full = first_string(&[attributes.url_full, attributes.http_url])?;
     let after_scheme = full.split_once("://").map_or(full, |(_, rest)| rest);
     let path_start = after_scheme.find('/')?;
-    let path = &after_scheme[path_start..];
-    Some(path.split(['?', '#']).next().unwrap_or("").to_string())
+    Some(without_query(&after_scheme[path_start..]))
 }
-
 /// Replaces id-like path segments (numbers, UUIDs, long hex strings) with `{id}`.
 pub fn template_path(path: &str) -> String {
     let templated: Vec<&str> = path
@@ -292,21 +365,21 @@ fn attributes_map(attributes: &[KeyValue]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Flattens a kept span into the form stored for trace views.
-pub fn span_record(incoming: &IncomingSpan) -> SpanRecord {
-    let span = &incoming.span;
+/// Flattens a kept span into the form stored for trace views. `None` only if its bytes do
+/// not decode, which cannot happen for bytes that passed [`convert_traces`].
+pub fn span_record(incoming: &IncomingSpan) -> Option<SpanRecord> {
+    let span = Span::decode(&incoming.encoded[..]).ok()?;
     let status = match span.status.as_ref().map(|s| s.code) {
         Some(c) if c == StatusCode::Error as i32 => "error",
         Some(c) if c == StatusCode::Ok as i32 => "ok",
         _ => "unset",
     };
-    SpanRecord {
+    Some(SpanRecord {
         trace_id: hex::encode(&span.trace_id),
         span_id: hex::encode(&span.span_id),
         parent_span_id: (!span.parent_span_id.is_empty())
             .then(|| hex::encode(&span.parent_span_id)),
         service: incoming.service.to_string(),
-        name: span.name.clone(),
         kind: span_kind_name(span.kind).to_string(),
         start_unix_ns: span.start_time_unix_nano,
         end_unix_ns: span.end_time_unix_nano,
@@ -326,9 +399,10 @@ pub fn span_record(incoming: &IncomingSpan) -> SpanRecord {
                 attributes: attributes_map(&e.attributes),
             })
             .collect(),
-        endpoint: incoming.endpoint.clone(),
+        endpoint: incoming.endpoint.as_deref().cloned(),
         is_error: incoming.is_error,
-    }
+        name: span.name,
+    })
 }
 
 fn span_kind_name(kind: i32) -> &'static str {
@@ -599,8 +673,30 @@ mod tests {
         }
     }
 
+    fn request_with(resource: Option<Resource>, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource,
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn service_resource(name: any_value::Value) -> Option<Resource> {
+        Some(Resource {
+            attributes: vec![kv("service.name", name)],
+            ..Default::default()
+        })
+    }
+
     fn classify(span: Span) -> IncomingSpan {
-        classify_span("svc".into(), span)
+        let request = request_with(service_resource(s("svc")), vec![span]);
+        convert_trace_request(&request).batch.spans.remove(0)
     }
 
     #[test]
@@ -684,20 +780,10 @@ mod tests {
 
     #[test]
     fn invalid_spans_are_rejected_with_a_reason() {
-        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
         let mut bad = server_span(vec![]);
         bad.trace_id = vec![0; 16];
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: None,
-                scope_spans: vec![ScopeSpans {
-                    spans: vec![server_span(vec![]), bad],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        let converted = convert_traces(request);
+        let request = request_with(None, vec![server_span(vec![]), bad]);
+        let converted = convert_trace_request(&request);
         assert_eq!(converted.rejected, 1);
         assert!(converted.first_error.unwrap().contains("trace_id"));
         assert_eq!(converted.batch.requests.len(), 1);
@@ -705,6 +791,66 @@ mod tests {
             converted.batch.requests[0].endpoint.service,
             UNKNOWN_SERVICE
         );
-        assert!((converted.batch.requests[0].duration_ms - 250.0).abs() < 1e-9);
+        assert!((converted.batch.requests[0].request.duration_ms - 250.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn undecodable_bytes_are_an_error_and_keep_nothing() {
+        let mut bytes = request_with(None, vec![server_span(vec![])]).encode_to_vec();
+        bytes.truncate(bytes.len() - 1);
+        assert!(convert_traces(&Bytes::from(bytes)).is_err());
+    }
+
+    #[test]
+    fn requests_of_one_endpoint_share_its_key() {
+        let span = || {
+            server_span(vec![
+                kv("http.request.method", s("GET")),
+                kv("http.route", s("/a")),
+            ])
+        };
+        let request = request_with(service_resource(s("svc")), vec![span(), span()]);
+        let converted = convert_trace_request(&request);
+        let requests = &converted.batch.requests;
+        assert_eq!(requests.len(), 2);
+        assert!(Arc::ptr_eq(&requests[0].endpoint, &requests[1].endpoint));
+        assert_eq!(requests[0].endpoint.service, "svc");
+        assert_eq!(converted.batch.retained_bytes, request.encoded_len());
+    }
+
+    #[test]
+    fn service_names_of_any_type_read_as_text() {
+        let convert = |name| {
+            let request = request_with(service_resource(name), vec![server_span(vec![])]);
+            convert_trace_request(&request).batch.spans[0]
+                .service
+                .to_string()
+        };
+        assert_eq!(convert(any_value::Value::IntValue(42)), "42");
+        assert_eq!(convert(s("")), UNKNOWN_SERVICE);
+        let array =
+            any_value::Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                values: vec![AnyValue {
+                    value: Some(s("a")),
+                }],
+            });
+        assert_eq!(convert(array), "[a]");
+    }
+
+    #[test]
+    fn kept_spans_flatten_to_records() {
+        let mut span = server_span(vec![
+            kv("http.request.method", s("GET")),
+            kv("http.route", s("/a")),
+            kv("note", s("<b>")),
+        ]);
+        span.parent_span_id = vec![3; 8];
+        let record = span_record(&classify(span)).unwrap();
+        assert_eq!(record.trace_id, "01".repeat(16));
+        assert_eq!(record.parent_span_id, Some("03".repeat(8)));
+        assert_eq!(record.service, "svc");
+        assert_eq!(record.kind, "server");
+        assert_eq!(record.attributes["note"], "<b>");
+        assert_eq!(record.endpoint.unwrap().route, "/a");
     }
 }

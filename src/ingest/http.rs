@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -92,18 +92,45 @@ pub fn router(ingestor: Ingestor, max_body_bytes: usize, cors_origins: &[String]
 
 async fn traces(State(receiver): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
     receiver
-        .handle::<ExportTraceServiceRequest, _, _>(&headers, body, |r, req| {
-            r.ingestor.traces(req).map(trace_response)
+        .handle(&headers, body, |r, bytes, encoding| {
+            // Protobuf goes to the ingestor as bytes (it reads them without decoding the
+            // message); JSON is decoded and re-encoded, the rarer and slower path anyway.
+            let bytes = match encoding {
+                Encoding::Protobuf => bytes,
+                Encoding::Json => {
+                    let request: ExportTraceServiceRequest = decode(bytes, encoding)?;
+                    Bytes::from(request.encode_to_vec())
+                }
+            };
+            r.ingestor.traces(&bytes).map(trace_response)
         })
         .await
 }
 
 async fn metrics(State(receiver): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
     receiver
-        .handle::<ExportMetricsServiceRequest, _, _>(&headers, body, |r, req| {
-            r.ingestor.metrics(req).map(metrics_response)
+        .handle(&headers, body, |r, bytes, encoding| {
+            let request = decode(bytes, encoding)?;
+            r.ingestor.metrics(request).map(metrics_response)
         })
         .await
+}
+
+/// Decodes a message in the request's encoding.
+fn decode<M: Message + Default + DeserializeOwned>(
+    bytes: Bytes,
+    encoding: Encoding,
+) -> Result<M, IngestError> {
+    let decoded = match encoding {
+        Encoding::Protobuf => M::decode(bytes).map_err(|e| format!("invalid protobuf: {e}")),
+        Encoding::Json => {
+            serde_json::from_slice(&bytes).map_err(|e| format!("invalid OTLP/JSON: {e}"))
+        }
+    };
+    decoded.map_err(|message| {
+        self_metrics::requests_rejected("undecodable");
+        IngestError::Undecodable(message)
+    })
 }
 
 fn trace_response(accepted: Accepted) -> ExportTraceServiceResponse {
@@ -132,11 +159,10 @@ enum BodyError {
 }
 
 impl Receiver {
-    async fn handle<Req, Resp, F>(&self, headers: &HeaderMap, body: Body, export: F) -> Response
+    async fn handle<Resp, F>(&self, headers: &HeaderMap, body: Body, export: F) -> Response
     where
-        Req: Message + Default + DeserializeOwned,
         Resp: Message + Serialize,
-        F: FnOnce(&Receiver, Req) -> Result<Resp, IngestError>,
+        F: FnOnce(&Receiver, Bytes, Encoding) -> Result<Resp, IngestError>,
     {
         let Some(encoding) = request_encoding(headers) else {
             self_metrics::requests_rejected("unsupported_media_type");
@@ -165,21 +191,11 @@ impl Receiver {
                 return status_response(StatusCode::BAD_REQUEST, encoding, e);
             }
         };
-        let decoded: Result<Req, String> = match encoding {
-            Encoding::Protobuf => Req::decode(bytes).map_err(|e| format!("invalid protobuf: {e}")),
-            Encoding::Json => {
-                serde_json::from_slice(&bytes).map_err(|e| format!("invalid OTLP/JSON: {e}"))
-            }
-        };
-        let request = match decoded {
-            Ok(request) => request,
-            Err(message) => {
-                self_metrics::requests_rejected("undecodable");
-                return status_response(StatusCode::BAD_REQUEST, encoding, message);
-            }
-        };
-        match export(self, request) {
+        match export(self, bytes, encoding) {
             Ok(response) => encoded(StatusCode::OK, encoding, &response),
+            Err(IngestError::Undecodable(message)) => {
+                status_response(StatusCode::BAD_REQUEST, encoding, message)
+            }
             Err(error) => {
                 let mut response =
                     status_response(StatusCode::SERVICE_UNAVAILABLE, encoding, error.to_string());

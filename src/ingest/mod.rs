@@ -5,9 +5,10 @@
 pub mod convert;
 pub mod grpc;
 pub mod http;
+pub mod wire;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::pipeline::{IngestQueue, SubmitError};
 use crate::self_metrics::{self, Signal};
@@ -21,6 +22,9 @@ pub struct Accepted {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IngestError {
+    /// The body is not the message it claims to be (400 / INVALID_ARGUMENT).
+    #[error("{0}")]
+    Undecodable(String),
     #[error("redline is overloaded: the ingest queue is full, retry later")]
     Overloaded,
     #[error("redline is shutting down")]
@@ -40,8 +44,12 @@ impl Ingestor {
         Ingestor { queue }
     }
 
-    pub fn traces(&self, request: ExportTraceServiceRequest) -> Result<Accepted, IngestError> {
-        let converted = convert::convert_traces(request);
+    /// Takes a trace export in protobuf encoding (`ExportTraceServiceRequest`).
+    pub fn traces(&self, body: &Bytes) -> Result<Accepted, IngestError> {
+        let converted = convert::convert_traces(body).map_err(|e| {
+            self_metrics::requests_rejected("undecodable");
+            IngestError::Undecodable(e.to_string())
+        })?;
         let count = converted.batch.spans.len() as u64;
         self.submit(Signal::Traces, converted, count)
     }

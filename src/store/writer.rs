@@ -509,7 +509,6 @@ mod tests {
         };
         let mut stats = RedStats::default();
         stats.add_request(&RequestRecord {
-            endpoint: endpoint.clone(),
             end_unix_ms: window_start_ms,
             duration_ms: 12.0,
             status_code: Some(200),
