@@ -24,6 +24,11 @@ use crate::store::alerts::AlertStore;
 use crate::store::{self, Readers, StoreError};
 use crate::{self_metrics, web};
 
+/// HTTP/2 flow-control window of each OTLP/gRPC stream (connections get four times it).
+const RECEIVE_WINDOW_BYTES: u32 = 1 << 20;
+/// Largest HTTP/2 frame OTLP/gRPC clients may send.
+const RECEIVE_FRAME_BYTES: u32 = 256 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -154,6 +159,11 @@ impl App {
         let grpc_stop = receivers_stop_rx.clone();
         let grpc_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                // A 512-span export is ~230 KB: with h2's 64 KiB default windows and 16 KiB
+                // frames it takes several round trips of window updates and ~15 frames.
+                .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
+                .initial_connection_window_size(4 * RECEIVE_WINDOW_BYTES)
+                .max_frame_size(RECEIVE_FRAME_BYTES)
                 .add_routes(grpc_routes)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

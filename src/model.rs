@@ -180,9 +180,9 @@ pub struct EndpointRequest {
     pub request: RequestRecord,
 }
 
-/// A span as received, kept as its protobuf encoding (a slice of the export's body) until the
+/// A span as received, kept as its protobuf encoding (a range of its batch's `body`) until the
 /// trace sampler decides to keep it: most spans are dropped, so they are never decoded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IncomingSpan {
     pub service: Arc<str>,
     /// Set for SERVER spans: the endpoint the request belongs to.
@@ -191,8 +191,8 @@ pub struct IncomingSpan {
     pub trace_id: [u8; 16],
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
-    /// `opentelemetry.proto.trace.v1.Span`, as it was on the wire.
-    pub encoded: bytes::Bytes,
+    /// Where its `opentelemetry.proto.trace.v1.Span` message lies in the batch's `body`.
+    pub encoded: std::ops::Range<usize>,
 }
 
 /// Everything one export request contributes, after conversion.
@@ -201,8 +201,9 @@ pub struct IngestBatch {
     pub requests: Vec<EndpointRequest>,
     pub metric_points: Vec<MetricPoint>,
     pub spans: Vec<IncomingSpan>,
-    /// Bytes of the request body the spans are slices of, held until the batch is applied.
-    pub retained_bytes: usize,
+    /// The export's body, which the spans' `encoded` ranges point into; held until the
+    /// batch is applied.
+    pub body: bytes::Bytes,
 }
 
 impl IngestBatch {

@@ -56,7 +56,8 @@ impl IngestQueue {
         }
         let items = batch.item_count().clamp(1, self.capacity) as u32;
         let kib = batch
-            .retained_bytes
+            .body
+            .len()
             .div_ceil(BYTES_PER_PERMIT)
             .clamp(1, self.byte_capacity_permits) as u32;
         let items = self

@@ -161,7 +161,7 @@ impl Aggregator {
             self.add_metric_point(point, now_ms);
         }
         for span in batch.spans {
-            self.sampler.offer(span);
+            self.sampler.offer(span, &batch.body);
         }
     }
 

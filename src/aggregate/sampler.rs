@@ -56,21 +56,79 @@ impl KeepReason {
 
 type TraceId = [u8; 16];
 
-/// An undecided span: its encoding copied out of the request body, so a waiting span does
-/// not hold on to the whole body it came in.
+/// Spans of undecided traces, oldest first. Their encodings are copied into one ring of bytes,
+/// so waiting costs no allocation per span and holds on to no request body. A trace's waiting
+/// spans are linked newest to oldest, so keeping a trace finds them all; spans taken that way
+/// stay in the ring (marked) until they reach its front.
+#[derive(Debug, Default)]
+struct WaitBuffer {
+    spans: VecDeque<WaitingSpan>,
+    /// Sequence number of `spans[0]`; a span's number is its position since start.
+    first_seq: u64,
+    bytes: VecDeque<u8>,
+    /// Offset of `bytes[0]` since start; a waiting span's `encoded` range uses these offsets.
+    first_byte: usize,
+    /// The newest waiting span of each trace.
+    newest: HashMap<TraceId, u64>,
+}
+
 #[derive(Debug)]
 struct WaitingSpan {
     span: IncomingSpan,
+    /// The same trace's previous waiting span.
+    previous: Option<u64>,
+    taken: bool,
 }
 
-impl WaitingSpan {
-    fn new(mut span: IncomingSpan) -> Self {
-        span.encoded = bytes::Bytes::copy_from_slice(&span.encoded);
-        WaitingSpan { span }
+impl WaitBuffer {
+    fn push(&mut self, span: &IncomingSpan, encoded: &[u8]) {
+        let seq = self.first_seq + self.spans.len() as u64;
+        let previous = self.newest.insert(span.trace_id, seq);
+        let start = self.first_byte + self.bytes.len();
+        self.bytes.extend(encoded);
+        self.spans.push_back(WaitingSpan {
+            span: IncomingSpan {
+                encoded: start..start + encoded.len(),
+                ..span.clone()
+            },
+            previous,
+            taken: false,
+        });
     }
 
-    fn size(&self) -> usize {
-        self.span.encoded.len()
+    fn evict_oldest(&mut self) {
+        let Some(oldest) = self.spans.pop_front() else {
+            return;
+        };
+        let seq = self.first_seq;
+        self.first_seq += 1;
+        let len = oldest.span.encoded.len();
+        self.bytes.drain(..len);
+        self.first_byte += len;
+        let trace_id = &oldest.span.trace_id;
+        if !oldest.taken && self.newest.get(trace_id) == Some(&seq) {
+            self.newest.remove(trace_id);
+        }
+    }
+
+    /// Takes every waiting span of `trace_id`, oldest first, each with its encoding.
+    fn take_trace(&mut self, trace_id: &TraceId) -> Vec<(IncomingSpan, Vec<u8>)> {
+        let mut taken = Vec::new();
+        let mut next = self.newest.remove(trace_id);
+        while let Some(seq) = next.filter(|seq| *seq >= self.first_seq) {
+            let waiting = &mut self.spans[(seq - self.first_seq) as usize];
+            waiting.taken = true;
+            next = waiting.previous;
+            let range = &waiting.span.encoded;
+            let encoded = self
+                .bytes
+                .range(range.start - self.first_byte..range.end - self.first_byte)
+                .copied()
+                .collect();
+            taken.push((waiting.span.clone(), encoded));
+        }
+        taken.reverse();
+        taken
     }
 }
 
@@ -80,11 +138,7 @@ pub struct TraceSampler {
     /// Kept trace ids, oldest first (bounded), so late spans of a kept trace are kept too.
     kept: HashSet<TraceId>,
     kept_order: VecDeque<TraceId>,
-    /// Undecided spans by trace, with arrival order for eviction.
-    waiting: HashMap<TraceId, Vec<WaitingSpan>>,
-    waiting_order: VecDeque<TraceId>,
-    waiting_spans: usize,
-    waiting_bytes: usize,
+    waiting: WaitBuffer,
     /// Durations of the slowest requests this minute per endpoint, ascending.
     slowest: HashMap<EndpointKey, Vec<f64>>,
     slowest_minute: i64,
@@ -105,10 +159,7 @@ impl TraceSampler {
             config,
             kept: HashSet::default(),
             kept_order: VecDeque::new(),
-            waiting: HashMap::default(),
-            waiting_order: VecDeque::new(),
-            waiting_spans: 0,
-            waiting_bytes: 0,
+            waiting: WaitBuffer::default(),
             slowest: HashMap::default(),
             slowest_minute: i64::MIN,
             budget_second: i64::MIN,
@@ -118,7 +169,9 @@ impl TraceSampler {
         }
     }
 
-    pub fn offer(&mut self, span: IncomingSpan) {
+    /// Offers one span of a batch; `body` is the batch's body, which `span.encoded` points into.
+    pub fn offer(&mut self, span: IncomingSpan, body: &[u8]) {
+        let encoded = &body[span.encoded.clone()];
         let trace_id = span.trace_id;
         let end_ms = (span.end_unix_ns / 1_000_000) as i64;
         if self.kept.contains(&trace_id) {
@@ -127,31 +180,27 @@ impl TraceSampler {
             } else {
                 KeepReason::Sampled
             };
-            self.keep_span(&span, reason);
+            self.keep_span(&span, encoded, reason);
             return;
         }
         match self.decide(&trace_id, &span, end_ms) {
             Some(reason) if self.take_budget(end_ms) => {
                 self.keep_trace(trace_id);
-                if let Some(earlier) = self.waiting.remove(&trace_id) {
-                    for waiting in earlier {
-                        self.waiting_spans -= 1;
-                        self.waiting_bytes -= waiting.size();
-                        self.keep_span(&waiting.span, reason);
-                    }
+                for (earlier, earlier_encoded) in self.waiting.take_trace(&trace_id) {
+                    self.keep_span(&earlier, &earlier_encoded, reason);
                 }
-                self.keep_span(&span, reason);
+                self.keep_span(&span, encoded, reason);
             }
             Some(_) => {
                 self.dropped_for_budget += 1;
-                self.wait(trace_id, span);
+                self.wait(&span, encoded);
             }
-            None => self.wait(trace_id, span),
+            None => self.wait(&span, encoded),
         }
     }
 
-    fn keep_span(&mut self, span: &IncomingSpan, reason: KeepReason) {
-        if let Some(record) = span_record(span) {
+    fn keep_span(&mut self, span: &IncomingSpan, encoded: &[u8], reason: KeepReason) {
+        if let Some(record) = span_record(span, encoded) {
             self.out.push((record, reason));
         }
     }
@@ -235,28 +284,15 @@ impl TraceSampler {
         }
     }
 
-    fn wait(&mut self, trace_id: TraceId, span: IncomingSpan) {
-        if self.config.buffer_spans == 0 || span.encoded.len() > self.config.buffer_bytes {
+    fn wait(&mut self, span: &IncomingSpan, encoded: &[u8]) {
+        if self.config.buffer_spans == 0 || encoded.len() > self.config.buffer_bytes {
             return;
         }
-        let waiting = WaitingSpan::new(span);
-        self.waiting_spans += 1;
-        self.waiting_bytes += waiting.size();
-        let entry = self.waiting.entry(trace_id).or_default();
-        if entry.is_empty() {
-            self.waiting_order.push_back(trace_id);
-        }
-        entry.push(waiting);
-        while self.waiting_spans > self.config.buffer_spans
-            || self.waiting_bytes > self.config.buffer_bytes
+        self.waiting.push(span, encoded);
+        while self.waiting.spans.len() > self.config.buffer_spans
+            || self.waiting.bytes.len() > self.config.buffer_bytes
         {
-            let Some(oldest) = self.waiting_order.pop_front() else {
-                break;
-            };
-            for evicted in self.waiting.remove(&oldest).into_iter().flatten() {
-                self.waiting_spans -= 1;
-                self.waiting_bytes -= evicted.size();
-            }
+            self.waiting.evict_oldest();
         }
     }
 
@@ -280,20 +316,28 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::Span;
     use prost::Message;
 
-    fn span(trace: u8, span_id: u8, duration_ms: u64, error: bool, server: bool) -> IncomingSpan {
+    /// A span and the body it lies in (just its own encoding).
+    fn span(
+        trace: u8,
+        span_id: u8,
+        duration_ms: u64,
+        error: bool,
+        server: bool,
+    ) -> (IncomingSpan, Vec<u8>) {
         let mut trace_id = [0u8; 16];
         trace_id[0] = trace;
         trace_id[8] = 0xff; // far above any small uniform threshold
         let start = 1_000_000_000;
         let end = start + duration_ms * 1_000_000;
-        let span = Span {
+        let encoded = Span {
             trace_id: trace_id.to_vec(),
             span_id: vec![span_id; 8],
             start_time_unix_nano: start,
             end_time_unix_nano: end,
             ..Default::default()
-        };
-        IncomingSpan {
+        }
+        .encode_to_vec();
+        let span = IncomingSpan {
             service: "svc".into(),
             endpoint: server.then(|| {
                 EndpointKey {
@@ -307,8 +351,13 @@ mod tests {
             trace_id,
             start_unix_ns: start,
             end_unix_ns: end,
-            encoded: span.encode_to_vec().into(),
-        }
+            encoded: 0..encoded.len(),
+        };
+        (span, encoded)
+    }
+
+    fn offer(sampler: &mut TraceSampler, (span, body): (IncomingSpan, Vec<u8>)) {
+        sampler.offer(span, &body);
     }
 
     fn config() -> SamplerConfig {
@@ -324,9 +373,9 @@ mod tests {
     #[test]
     fn an_error_keeps_the_whole_trace_including_earlier_spans() {
         let mut sampler = TraceSampler::new(config());
-        sampler.offer(span(1, 1, 5, false, false));
-        sampler.offer(span(1, 2, 5, true, false));
-        sampler.offer(span(1, 3, 5, false, false));
+        offer(&mut sampler, span(1, 1, 5, false, false));
+        offer(&mut sampler, span(1, 2, 5, true, false));
+        offer(&mut sampler, span(1, 3, 5, false, false));
         let kept = sampler.take_kept();
         assert_eq!(kept.len(), 3);
         assert!(kept.iter().all(|(_, r)| *r != KeepReason::Slow));
@@ -335,9 +384,9 @@ mod tests {
     #[test]
     fn only_the_slowest_per_endpoint_minute_are_kept() {
         let mut sampler = TraceSampler::new(config());
-        sampler.offer(span(1, 1, 100, false, true)); // first: slowest so far
-        sampler.offer(span(2, 1, 50, false, true)); // not slower
-        sampler.offer(span(3, 1, 200, false, true)); // slower: kept
+        offer(&mut sampler, span(1, 1, 100, false, true)); // first: slowest so far
+        offer(&mut sampler, span(2, 1, 50, false, true)); // not slower
+        offer(&mut sampler, span(3, 1, 200, false, true)); // slower: kept
         let kept: Vec<_> = sampler
             .take_kept()
             .into_iter()
@@ -355,7 +404,7 @@ mod tests {
             slowest_per_minute: 0,
             ..config()
         });
-        sampler.offer(span(1, 1, 5, false, false));
+        offer(&mut sampler, span(1, 1, 5, false, false));
         assert_eq!(sampler.take_kept()[0].1, KeepReason::Sampled);
     }
 
@@ -380,41 +429,61 @@ mod tests {
             ..config()
         });
         for t in 0..100u8 {
-            sampler.offer(span(t, 1, 5, false, false));
+            offer(&mut sampler, span(t, 1, 5, false, false));
         }
-        assert!(sampler.waiting_spans <= 10);
-        assert!(sampler.waiting.len() <= 10);
+        assert!(sampler.waiting.spans.len() <= 10);
+        assert!(sampler.waiting.newest.len() <= 10);
     }
 
     #[test]
     fn the_wait_buffer_is_bounded_in_bytes() {
-        let one = span(0, 1, 5, false, false).encoded.len();
+        let one = span(0, 1, 5, false, false).1.len();
         let mut sampler = TraceSampler::new(SamplerConfig {
             buffer_bytes: one * 3,
             ..config()
         });
         for t in 0..20u8 {
-            sampler.offer(span(t, 1, 5, false, false));
+            offer(&mut sampler, span(t, 1, 5, false, false));
         }
-        assert_eq!(sampler.waiting_spans, 3);
-        assert_eq!(sampler.waiting_bytes, one * 3);
+        assert_eq!(sampler.waiting.spans.len(), 3);
+        assert_eq!(sampler.waiting.bytes.len(), one * 3);
+        assert_eq!(sampler.waiting.newest.len(), 3);
+    }
+
+    #[test]
+    fn spans_evicted_from_the_wait_buffer_are_not_kept_later() {
+        let mut sampler = TraceSampler::new(SamplerConfig {
+            buffer_spans: 2,
+            ..config()
+        });
+        offer(&mut sampler, span(1, 1, 5, false, false));
+        offer(&mut sampler, span(2, 1, 5, false, false));
+        offer(&mut sampler, span(1, 2, 5, false, false)); // evicts trace 1's first span
+        offer(&mut sampler, span(1, 3, 5, true, false)); // keeps trace 1
+        let kept: Vec<_> = sampler
+            .take_kept()
+            .into_iter()
+            .map(|(s, _)| s.span_id)
+            .collect();
+        assert_eq!(kept, vec!["02".repeat(8), "03".repeat(8)]);
     }
 
     #[test]
     fn waiting_spans_do_not_hold_the_request_body() {
         let mut sampler = TraceSampler::new(config());
-        let mut body = span(1, 1, 5, false, false).encoded.to_vec();
-        let len = body.len();
+        let (waiting, encoded) = span(1, 1, 5, false, false);
+        let mut body = encoded.clone();
         body.extend_from_slice(&[0; 4096]);
         let body = bytes::Bytes::from(body);
-        let mut waiting = span(1, 1, 5, false, false);
-        waiting.encoded = body.slice(..len);
-        sampler.offer(waiting);
-        let held = &sampler.waiting.values().next().unwrap()[0].span.encoded;
-        // A copy of just the span, not a second reference to the body.
-        assert_eq!(held.len(), len);
-        assert!(held.is_unique());
+        sampler.offer(waiting, &body);
+        // The span's bytes were copied into the ring, not the 4 KiB body.
         assert!(body.is_unique());
+        assert_eq!(sampler.waiting.bytes.len(), encoded.len());
+        // And they come back intact when the trace is kept.
+        offer(&mut sampler, span(1, 2, 5, true, false));
+        let kept = sampler.take_kept();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].0.span_id, "01".repeat(8));
     }
 
     #[test]
@@ -424,7 +493,7 @@ mod tests {
             ..config()
         });
         for t in 0..50u8 {
-            sampler.offer(span(t, 1, 5, true, false));
+            offer(&mut sampler, span(t, 1, 5, true, false));
         }
         assert_eq!(sampler.take_kept().len(), 5);
         assert_eq!(sampler.dropped_for_budget(), 45);

@@ -76,11 +76,9 @@ pub fn convert_traces(body: &Bytes) -> Result<Converted, DecodeError> {
             out.batch.spans.push(incoming);
         }
     })?;
-    out.batch.retained_bytes = if out.batch.spans.is_empty() {
-        0
-    } else {
-        body.len()
-    };
+    if !out.batch.spans.is_empty() {
+        out.batch.body = body.clone();
+    }
     Ok(out)
 }
 
@@ -164,9 +162,16 @@ fn classify<'a>(
         trace_id: span.trace_id.try_into().expect("validated: 16 bytes"),
         start_unix_ns: span.start_time_unix_nano,
         end_unix_ns: span.end_time_unix_nano,
-        encoded: body.slice_ref(span.encoded),
+        encoded: range_within(body, span.encoded),
     };
     (incoming, status_code)
+}
+
+/// Where `part`, a slice of `body`, lies in it.
+fn range_within(body: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = part.as_ptr() as usize - body.as_ptr() as usize;
+    debug_assert!(start + part.len() <= body.len());
+    start..start + part.len()
 }
 
 /// The resource's `service.name`, or `unknown_service` when it is missing or empty.
@@ -365,10 +370,11 @@ fn attributes_map(attributes: &[KeyValue]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Flattens a kept span into the form stored for trace views. `None` only if its bytes do
-/// not decode, which cannot happen for bytes that passed [`convert_traces`].
-pub fn span_record(incoming: &IncomingSpan) -> Option<SpanRecord> {
-    let span = Span::decode(&incoming.encoded[..]).ok()?;
+/// Flattens a kept span, given its encoding, into the form stored for trace views. `None`
+/// only if the bytes do not decode, which cannot happen for bytes that passed
+/// [`convert_traces`].
+pub fn span_record(incoming: &IncomingSpan, encoded: &[u8]) -> Option<SpanRecord> {
+    let span = Span::decode(encoded).ok()?;
     let status = match span.status.as_ref().map(|s| s.code) {
         Some(c) if c == StatusCode::Error as i32 => "error",
         Some(c) if c == StatusCode::Ok as i32 => "ok",
@@ -815,7 +821,7 @@ mod tests {
         assert_eq!(requests.len(), 2);
         assert!(Arc::ptr_eq(&requests[0].endpoint, &requests[1].endpoint));
         assert_eq!(requests[0].endpoint.service, "svc");
-        assert_eq!(converted.batch.retained_bytes, request.encoded_len());
+        assert_eq!(converted.batch.body.len(), request.encoded_len());
     }
 
     #[test]
@@ -845,7 +851,10 @@ mod tests {
             kv("note", s("<b>")),
         ]);
         span.parent_span_id = vec![3; 8];
-        let record = span_record(&classify(span)).unwrap();
+        let request = request_with(service_resource(s("svc")), vec![span]);
+        let batch = convert_trace_request(&request).batch;
+        let record =
+            span_record(&batch.spans[0], &batch.body[batch.spans[0].encoded.clone()]).unwrap();
         assert_eq!(record.trace_id, "01".repeat(16));
         assert_eq!(record.parent_span_id, Some("03".repeat(8)));
         assert_eq!(record.service, "svc");
