@@ -334,6 +334,62 @@ impl Query {
         Ok(prefer_spans(rows))
     }
 
+    /// What [`Self::red_windows`] gives, summed per step (`window_start_ms` is the step's start)
+    /// and per endpoint and source — or, without `per_endpoint`, per service and source, with
+    /// empty method and route. The stored part is summed while it is read (one row per group
+    /// and step comes back), the unflushed 10 s windows are added as rows; `step_ms` must be at
+    /// least `resolution`. Steps are taken of resolution-aligned window starts, as before.
+    async fn red_step_rows(
+        &self,
+        filter: RedFilter,
+        range: TimeRange,
+        resolution: Resolution,
+        step_ms: i64,
+        per_endpoint: bool,
+    ) -> Result<Vec<RedDelta>, StoreError> {
+        let parts = self.live.unflushed(filter.service.as_deref());
+        let from = resolution.align(range.from_ms);
+        let to = range.to_ms;
+        let read_filter = filter.clone();
+        let stored = self
+            .readers
+            .run(move |conn| {
+                read::red_steps(
+                    conn,
+                    &read_filter,
+                    resolution,
+                    (from, to),
+                    step_ms,
+                    per_endpoint,
+                )
+            })
+            .await?;
+        let mut rows = stored.rows;
+        for (_, batch) in parts.iter().filter(|(seq, _)| *seq > stored.flushed_seq) {
+            for delta in &batch.red {
+                let start = resolution.align(delta.window_start_ms);
+                if start >= from && start < to && matches_filter(&delta.endpoint, &filter) {
+                    let endpoint = if per_endpoint {
+                        delta.endpoint.clone()
+                    } else {
+                        EndpointKey {
+                            service: delta.endpoint.service.clone(),
+                            method: String::new(),
+                            route: String::new(),
+                        }
+                    };
+                    rows.push(RedDelta {
+                        source: delta.source,
+                        endpoint,
+                        window_start_ms: start.div_euclid(step_ms) * step_ms,
+                        stats: delta.stats.clone(),
+                    });
+                }
+            }
+        }
+        Ok(prefer_spans(rows))
+    }
+
     pub async fn services(&self, range: TimeRange) -> Result<Vec<ServiceSummary>, StoreError> {
         let resolution = self.resolution_for(range, 400);
         let rows = self
@@ -413,11 +469,13 @@ impl Query {
     ) -> Result<Vec<(i64, f64)>, StoreError> {
         let resolution = self.resolution_for_step(range, step_ms);
         let step_ms = step_ms.max(resolution.millis());
-        let rows = self.red_windows(filter, range, resolution).await?;
+        let rows = self
+            .red_step_rows(filter, range, resolution, step_ms, false)
+            .await?;
         let mut steps: BTreeMap<i64, RedStats> = BTreeMap::new();
         for row in rows {
             steps
-                .entry(row.window_start_ms.div_euclid(step_ms) * step_ms)
+                .entry(row.window_start_ms)
                 .or_default()
                 .merge(&row.stats);
         }
@@ -444,24 +502,20 @@ impl Query {
     ) -> Result<RedSteps, StoreError> {
         let resolution = self.resolution_for_step(range, step_ms);
         let step_ms = step_ms.max(resolution.millis());
-        let rows = self.red_windows(filter, range, resolution).await?;
+        let rows = self
+            .red_step_rows(filter, range, resolution, step_ms, per_endpoint)
+            .await?;
         let mut groups: BTreeMap<EndpointKey, BTreeMap<i64, RedStats>> = BTreeMap::new();
         for row in rows {
-            let key = if per_endpoint {
-                row.endpoint
-            } else {
-                EndpointKey {
-                    service: row.endpoint.service,
-                    method: String::new(),
-                    route: String::new(),
+            let steps = groups.entry(row.endpoint).or_default();
+            match steps.entry(row.window_start_ms) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(row.stats);
                 }
-            };
-            groups
-                .entry(key)
-                .or_default()
-                .entry(row.window_start_ms.div_euclid(step_ms) * step_ms)
-                .or_default()
-                .merge(&row.stats);
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                    slot.get_mut().merge(&row.stats)
+                }
+            }
         }
         Ok(RedSteps { step_ms, groups })
     }

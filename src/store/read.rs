@@ -10,7 +10,7 @@ use crate::aggregate::metric::MetricAgg;
 use crate::aggregate::red::RedStats;
 use crate::aggregate::{MetricDelta, RedDelta, SeriesInfo};
 use crate::model::{EndpointKey, MetricKind, MetricSeriesKey, RedSource, SpanEvent, SpanRecord};
-use crate::store::codec::{self, RED_COLUMNS};
+use crate::store::codec::{self, RED_COLUMN_COUNT, RED_COLUMNS};
 use crate::store::{Resolution, StoreError};
 
 /// Which endpoints a RED read covers.
@@ -120,67 +120,18 @@ pub fn red_totals(
 ) -> Result<RedTotals, StoreError> {
     map_database_file(conn)?;
     in_snapshot(conn, |conn| {
-        // The endpoints the filter selects, looked up once: the window scans then need no
-        // join (one b-tree seek per row saved).
-        let (conditions, filter_values) = endpoint_conditions(filter, 0);
-        let sql = format!(
-            "SELECT e.id, e.source, e.service, e.method, e.route FROM endpoints e WHERE 1{conditions}"
-        );
-        let mut endpoints: HashMap<i64, (RedSource, EndpointKey)> = HashMap::new();
-        {
-            let mut statement = conn.prepare_cached(&sql)?;
-            let mut rows = statement.query(params_from_iter(filter_values))?;
-            while let Some(row) = rows.next()? {
-                let source: i64 = row.get(1)?;
-                let source = if source == RedSource::Metrics as i64 {
-                    RedSource::Metrics
-                } else {
-                    RedSource::Spans
-                };
-                let endpoint = EndpointKey {
-                    service: row.get(2)?,
-                    method: row.get(3)?,
-                    route: row.get(4)?,
-                };
-                endpoints.insert(row.get(0)?, (source, endpoint));
-            }
-        }
-        let filtered = !filter_values_empty(filter);
+        let mut endpoints = selected_endpoints(conn, filter)?;
         let mut totals: HashMap<i64, RedStats> = HashMap::new();
-        if !endpoints.is_empty() {
-            for (resolution, from_ms, to_ms) in blocks {
-                if from_ms >= to_ms {
-                    continue;
-                }
-                let suffix = resolution.suffix();
-                if filtered {
-                    // A few endpoints of many: seek each one's windows by its key.
-                    let sql = format!(
-                        "SELECT endpoint_id, {RED_COLUMNS} FROM red_{suffix}
-                         WHERE endpoint_id = ?1 AND start_ms >= ?2 AND start_ms < ?3"
-                    );
-                    let mut statement = conn.prepare_cached(&sql)?;
-                    for id in endpoints.keys() {
-                        let mut rows = statement.query(rusqlite::params![id, from_ms, to_ms])?;
-                        while let Some(row) = rows.next()? {
-                            codec::merge_row(row, 1, totals.entry(*id).or_default())?;
-                        }
-                    }
-                } else {
-                    let sql = format!(
-                        "SELECT endpoint_id, {RED_COLUMNS} FROM red_{suffix}
-                         WHERE start_ms >= ?1 AND start_ms < ?2"
-                    );
-                    let mut statement = conn.prepare_cached(&sql)?;
-                    let mut rows = statement.query(rusqlite::params![from_ms, to_ms])?;
-                    while let Some(row) = rows.next()? {
-                        let id: i64 = row.get(0)?;
-                        if endpoints.contains_key(&id) {
-                            codec::merge_row(row, 1, totals.entry(id).or_default())?;
-                        }
-                    }
-                }
-            }
+        for (resolution, from_ms, to_ms) in blocks {
+            scan_windows(
+                conn,
+                filter,
+                &endpoints,
+                *resolution,
+                *from_ms,
+                *to_ms,
+                |id, _, row| codec::merge_row(row, 0, totals.entry(id).or_default()),
+            )?;
         }
         let from_ms = blocks.iter().map(|b| b.1).min().unwrap_or(0);
         let rows = totals
@@ -200,6 +151,157 @@ pub fn red_totals(
             flushed_seq: flushed_seq(conn)?,
         })
     })
+}
+
+/// Sums the stored windows of `resolution` starting in `[from_ms, to_ms)` per step (a window
+/// starting at `s` belongs to the step starting at `s` rounded down to `step_ms`) and per
+/// endpoint, or with `per_endpoint` false per service and source (the endpoint key then has an
+/// empty method and route). The same figures as summing [`red_windows`] rows, with rows merged
+/// as they are read: no per-window statistics, endpoint names or decoded sketches are built.
+pub fn red_steps(
+    conn: &mut Connection,
+    filter: &RedFilter,
+    resolution: Resolution,
+    (from_ms, to_ms): (i64, i64),
+    step_ms: i64,
+    per_endpoint: bool,
+) -> Result<RedTotals, StoreError> {
+    map_database_file(conn)?;
+    in_snapshot(conn, |conn| {
+        let endpoints = selected_endpoints(conn, filter)?;
+        // Each endpoint id's group: itself, or its service and source.
+        let mut groups: Vec<(RedSource, EndpointKey)> = Vec::new();
+        let mut group_of: HashMap<i64, usize> = HashMap::with_capacity(endpoints.len());
+        let mut service_groups: HashMap<(RedSource, &str), usize> = HashMap::new();
+        for (id, (source, endpoint)) in &endpoints {
+            let group = if per_endpoint {
+                groups.push((*source, endpoint.clone()));
+                groups.len() - 1
+            } else {
+                *service_groups
+                    .entry((*source, endpoint.service.as_str()))
+                    .or_insert_with(|| {
+                        groups.push((
+                            *source,
+                            EndpointKey {
+                                service: endpoint.service.clone(),
+                                method: String::new(),
+                                route: String::new(),
+                            },
+                        ));
+                        groups.len() - 1
+                    })
+            };
+            group_of.insert(*id, group);
+        }
+        let step_ms = step_ms.max(1);
+        let mut sums: HashMap<(usize, i64), RedStats> = HashMap::new();
+        scan_windows(
+            conn,
+            filter,
+            &endpoints,
+            resolution,
+            from_ms,
+            to_ms,
+            |id, start_ms, row| {
+                let group = group_of[&id];
+                let step = start_ms.div_euclid(step_ms) * step_ms;
+                codec::merge_row(row, 0, sums.entry((group, step)).or_default())
+            },
+        )?;
+        let rows = sums
+            .into_iter()
+            .map(|((group, step), stats)| {
+                let (source, endpoint) = groups[group].clone();
+                RedDelta {
+                    source,
+                    endpoint,
+                    window_start_ms: step,
+                    stats,
+                }
+            })
+            .collect();
+        Ok(RedTotals {
+            rows,
+            flushed_seq: flushed_seq(conn)?,
+        })
+    })
+}
+
+/// The endpoints a filter selects, by id, looked up once: the window scans then need no join
+/// (one b-tree seek per row saved).
+fn selected_endpoints(
+    conn: &Connection,
+    filter: &RedFilter,
+) -> Result<HashMap<i64, (RedSource, EndpointKey)>, StoreError> {
+    let (conditions, filter_values) = endpoint_conditions(filter, 0);
+    let sql = format!(
+        "SELECT e.id, e.source, e.service, e.method, e.route FROM endpoints e WHERE 1{conditions}"
+    );
+    let mut endpoints = HashMap::new();
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query(params_from_iter(filter_values))?;
+    while let Some(row) = rows.next()? {
+        let source: i64 = row.get(1)?;
+        let source = if source == RedSource::Metrics as i64 {
+            RedSource::Metrics
+        } else {
+            RedSource::Spans
+        };
+        let endpoint = EndpointKey {
+            service: row.get(2)?,
+            method: row.get(3)?,
+            route: row.get(4)?,
+        };
+        endpoints.insert(row.get(0)?, (source, endpoint));
+    }
+    Ok(endpoints)
+}
+
+/// Calls `f(endpoint_id, start_ms, row)` for every stored window of `resolution` starting in
+/// `[from_ms, to_ms)` of the `endpoints` (the filter's selection), the row's columns being
+/// [`RED_COLUMNS`] from offset 0.
+fn scan_windows(
+    conn: &Connection,
+    filter: &RedFilter,
+    endpoints: &HashMap<i64, (RedSource, EndpointKey)>,
+    resolution: Resolution,
+    from_ms: i64,
+    to_ms: i64,
+    mut f: impl FnMut(i64, i64, &rusqlite::Row<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    if endpoints.is_empty() || from_ms >= to_ms {
+        return Ok(());
+    }
+    let suffix = resolution.suffix();
+    if !filter_values_empty(filter) {
+        // A few endpoints of many: seek each one's windows by its key.
+        let sql = format!(
+            "SELECT {RED_COLUMNS}, start_ms FROM red_{suffix}
+             WHERE endpoint_id = ?1 AND start_ms >= ?2 AND start_ms < ?3"
+        );
+        let mut statement = conn.prepare_cached(&sql)?;
+        for id in endpoints.keys() {
+            let mut rows = statement.query(rusqlite::params![id, from_ms, to_ms])?;
+            while let Some(row) = rows.next()? {
+                f(*id, row.get(RED_COLUMN_COUNT)?, row)?;
+            }
+        }
+    } else {
+        let sql = format!(
+            "SELECT {RED_COLUMNS}, start_ms, endpoint_id FROM red_{suffix}
+             WHERE start_ms >= ?1 AND start_ms < ?2"
+        );
+        let mut statement = conn.prepare_cached(&sql)?;
+        let mut rows = statement.query(rusqlite::params![from_ms, to_ms])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(RED_COLUMN_COUNT + 1)?;
+            if endpoints.contains_key(&id) {
+                f(id, row.get(RED_COLUMN_COUNT)?, row)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lets a read connection map the database file instead of copying every page it reads with
