@@ -279,7 +279,9 @@ impl Query {
                 }
             }
         }
-        Ok(prefer_spans(rows))
+        let mut rows = prefer_spans(rows);
+        rows.sort_by_key(|r| r.window_start_ms);
+        Ok(rows)
     }
 
     /// Merged RED statistics per endpoint for a range (alert rules read these).
@@ -920,19 +922,22 @@ fn matches_filter(endpoint: &EndpointKey, filter: &RedFilter) -> bool {
 }
 
 /// A service that sends spans is read from its spans only; its duration metric would count
-/// the same requests again.
+/// the same requests again. Rows keep their order.
 fn prefer_spans(rows: Vec<RedDelta>) -> Vec<RedDelta> {
+    if rows.iter().all(|r| r.source == RedSource::Spans) {
+        return rows;
+    }
     let with_spans: HashSet<String> = rows
         .iter()
         .filter(|r| r.source == RedSource::Spans)
-        .map(|r| r.endpoint.service.clone())
-        .collect();
-    let mut kept: Vec<RedDelta> = rows
+        .map(|r| r.endpoint.service.as_str())
+        .collect::<HashSet<&str>>()
         .into_iter()
-        .filter(|r| r.source == RedSource::Spans || !with_spans.contains(&r.endpoint.service))
+        .map(str::to_string)
         .collect();
-    kept.sort_by_key(|r| r.window_start_ms);
-    kept
+    rows.into_iter()
+        .filter(|r| r.source == RedSource::Spans || !with_spans.contains(&r.endpoint.service))
+        .collect()
 }
 
 fn source_name(source: RedSource) -> &'static str {

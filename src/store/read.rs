@@ -125,7 +125,6 @@ pub fn red_totals(
         for (resolution, from_ms, to_ms) in blocks {
             scan_windows(
                 conn,
-                filter,
                 &endpoints,
                 *resolution,
                 *from_ms,
@@ -198,7 +197,6 @@ pub fn red_steps(
         let mut sums: HashMap<(usize, i64), RedStats> = HashMap::new();
         scan_windows(
             conn,
-            filter,
             &endpoints,
             resolution,
             from_ms,
@@ -263,7 +261,6 @@ fn selected_endpoints(
 /// [`RED_COLUMNS`] from offset 0.
 fn scan_windows(
     conn: &Connection,
-    filter: &RedFilter,
     endpoints: &HashMap<i64, (RedSource, EndpointKey)>,
     resolution: Resolution,
     from_ms: i64,
@@ -273,32 +270,22 @@ fn scan_windows(
     if endpoints.is_empty() || from_ms >= to_ms {
         return Ok(());
     }
-    let suffix = resolution.suffix();
-    if !filter_values_empty(filter) {
-        // A few endpoints of many: seek each one's windows by its key.
-        let sql = format!(
-            "SELECT {RED_COLUMNS}, start_ms FROM red_{suffix}
-             WHERE endpoint_id = ?1 AND start_ms >= ?2 AND start_ms < ?3"
-        );
-        let mut statement = conn.prepare_cached(&sql)?;
-        for id in endpoints.keys() {
-            let mut rows = statement.query(rusqlite::params![id, from_ms, to_ms])?;
-            while let Some(row) = rows.next()? {
-                f(*id, row.get(RED_COLUMN_COUNT)?, row)?;
-            }
-        }
-    } else {
-        let sql = format!(
-            "SELECT {RED_COLUMNS}, start_ms, endpoint_id FROM red_{suffix}
-             WHERE start_ms >= ?1 AND start_ms < ?2"
-        );
-        let mut statement = conn.prepare_cached(&sql)?;
-        let mut rows = statement.query(rusqlite::params![from_ms, to_ms])?;
+    // Every RED table is clustered by (endpoint_id, start_ms) (migration 3), so each selected
+    // endpoint's windows of the range are one seek and a sequential run of rows — cheaper than
+    // a scan of the start_ms index, which needs a seek into the table for every row. Ids in
+    // order keep the seeks moving forward through the file.
+    let sql = format!(
+        "SELECT {RED_COLUMNS}, start_ms FROM red_{suffix}
+         WHERE endpoint_id = ?1 AND start_ms >= ?2 AND start_ms < ?3",
+        suffix = resolution.suffix()
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut ids: Vec<i64> = endpoints.keys().copied().collect();
+    ids.sort_unstable();
+    for id in ids {
+        let mut rows = statement.query(rusqlite::params![id, from_ms, to_ms])?;
         while let Some(row) = rows.next()? {
-            let id: i64 = row.get(RED_COLUMN_COUNT + 1)?;
-            if endpoints.contains_key(&id) {
-                f(id, row.get(RED_COLUMN_COUNT)?, row)?;
-            }
+            f(id, row.get(RED_COLUMN_COUNT)?, row)?;
         }
     }
     Ok(())
@@ -315,10 +302,6 @@ fn map_database_file(conn: &Connection) -> Result<(), StoreError> {
         conn.pragma_update(None, "mmap_size", MAP_BYTES)?;
     }
     Ok(())
-}
-
-fn filter_values_empty(filter: &RedFilter) -> bool {
-    filter.service.is_none() && filter.method.is_none() && filter.route.is_none()
 }
 
 /// ` AND e.service = ?n …` for the filter's set fields, numbered after `skip` parameters.
@@ -392,22 +375,38 @@ pub fn metric_windows(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<MetricRows, StoreError> {
+    map_database_file(conn)?;
     in_snapshot(conn, |conn| {
         let sql = format!(
-            "SELECT s.service, s.name, s.attributes, s.kind, s.unit, s.description, m.start_ms, m.agg
-             FROM metric_{suffix} m JOIN metric_series s ON s.id = m.series_id
+            "SELECT s.id, s.service, s.name, s.attributes, s.kind, s.unit, s.description, m.start_ms,
+                    m.agg
+             FROM metric_series s JOIN metric_{suffix} m ON m.series_id = s.id
              WHERE s.service = ?1 AND s.name = ?2 AND m.start_ms >= ?3 AND m.start_ms < ?4",
             suffix = resolution.suffix()
         );
         let mut statement = conn.prepare_cached(&sql)?;
         let mut rows = statement.query(rusqlite::params![service, name, from_ms, to_ms])?;
         let mut out = Vec::new();
+        // A series' description (its attributes are JSON) is parsed once, not once per window.
+        let mut described: HashMap<i64, SeriesInfo> = HashMap::new();
         while let Some(row) = rows.next()? {
-            let agg: String = row.get(7)?;
+            let id: i64 = row.get(0)?;
+            let series = match described.get(&id) {
+                Some(info) => info.clone(),
+                None => {
+                    let info = series_info(row, 1)?;
+                    described.insert(id, info.clone());
+                    info
+                }
+            };
+            let agg = row
+                .get_ref(8)?
+                .as_str()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             out.push(MetricDelta {
-                series: series_info(row, 0)?,
-                window_start_ms: row.get(6)?,
-                agg: serde_json::from_str::<MetricAgg>(&agg)
+                series,
+                window_start_ms: row.get(7)?,
+                agg: serde_json::from_str::<MetricAgg>(agg)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             });
         }
