@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::{Connection, params_from_iter, types::Value};
+use rusqlite::{Connection, OptionalExtension, params_from_iter, types::Value};
 
 use crate::aggregate::metric::MetricAgg;
 use crate::aggregate::red::RedStats;
@@ -110,19 +110,29 @@ pub struct RedTotals {
     pub flushed_seq: u64,
 }
 
-/// Sums the stored windows of `blocks` — each `(resolution, from_ms, to_ms)` selects the rows of
-/// that resolution starting in `[from_ms, to_ms)` — per endpoint, in one snapshot. Rows are
-/// merged as they are read: nothing per window is kept, however many windows the range holds.
+/// Sums the stored windows of the blocks `blocks(ten_minutes_from)` gives — each
+/// `(resolution, from_ms, to_ms)` selects the rows of that resolution starting in
+/// `[from_ms, to_ms)`; `ten_minutes_from` is where the 10-minute tier holds every window (see
+/// migration 4) — per endpoint, in one snapshot. Rows are merged as they are read: nothing per
+/// window is kept, however many windows the range holds.
 pub fn red_totals(
     conn: &mut Connection,
     filter: &RedFilter,
-    blocks: &[(Resolution, i64, i64)],
+    blocks: impl FnOnce(i64) -> Vec<(Resolution, i64, i64)>,
 ) -> Result<RedTotals, StoreError> {
     map_database_file(conn)?;
     in_snapshot(conn, |conn| {
+        let ten_minutes_from: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'red_10m_from'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let blocks = blocks(ten_minutes_from.unwrap_or(i64::MAX));
         let mut endpoints = selected_endpoints(conn, filter)?;
         let mut totals: HashMap<i64, RedStats> = HashMap::new();
-        for (resolution, from_ms, to_ms) in blocks {
+        for (resolution, from_ms, to_ms) in &blocks {
             scan_windows(
                 conn,
                 &endpoints,
