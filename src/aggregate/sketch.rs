@@ -26,8 +26,8 @@ pub const RELATIVE_ACCURACY: f64 = 0.01;
 const MIN_VALUE: f64 = 1e-9;
 /// At most this many bins: the lowest keys collapse beyond it (the crate's default).
 const MAX_BINS: i32 = 2048;
-/// Keys allocated beyond the current range on each side when the store grows, so a window
-/// filling up reallocates a few times, not once per new key.
+/// Keys allocated at least beyond the current range on each side when the store grows, so a
+/// window filling up reallocates a few times, not once per new key.
 const SLACK: i32 = 16;
 /// Keys are clamped into ±KEY_LIMIT: far beyond any finite f64 (ln(f64::MAX)/ln γ ≈ 35,000), so
 /// finite values are untouched, and key arithmetic cannot overflow on infinities or garbage.
@@ -124,8 +124,11 @@ impl LatencySketch {
         let end = self.offset + self.bins.len() as i32;
         let fits = !self.bins.is_empty() && new_min >= self.offset && new_max < end;
         if !fits {
-            let start = (new_min - SLACK).max(floor);
-            let mut bins = vec![0u64; (new_max + SLACK - start + 1) as usize];
+            // Room to grow by a quarter more on each side: an accumulator summing many rows
+            // widens a little with most of them, and should not reallocate with each.
+            let slack = SLACK.max((new_max - new_min + 1) / 4);
+            let start = (new_min - slack).max(floor);
+            let mut bins = vec![0u64; (new_max + slack - start + 1) as usize];
             if self.store_count > 0 {
                 for key in self.min_key..=self.max_key {
                     let count = self.bins[(key - self.offset) as usize];
