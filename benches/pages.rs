@@ -5,7 +5,9 @@
 //! sampled traces, written through the store's writer (the ingest path only accepts timestamps
 //! within 6 h of now, so a day of history cannot be sent as OTLP). Then it starts redline on
 //! it and times sequential `GET`s of every page over loopback for the 1 h (default) and 24 h
-//! ranges: median and p90 of 25 requests after 3 warm-ups, and the HTML size.
+//! ranges: median and p90 of 25 requests after 3 warm-ups, and the HTML size. `PAGES_RUNS=N`
+//! sets the timed requests per page, `PAGES_ONLY=/prefix` times only matching pages,
+//! `PAGES_PROFILE=1` also times the RED reads alone.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -330,9 +332,11 @@ fn main() {
             "/metrics-explorer?service=example-api&name=db.client.connection.count",
             "/dashboards/api-golden-signals",
         ];
+        // `PAGES_ONLY=/services` times only the pages whose path starts so (for profiling).
+        let only = std::env::var("PAGES_ONLY").unwrap_or_default();
         let mut rows = Vec::new();
         for range in ["1h", "24h"] {
-            for page in pages {
+            for page in pages.into_iter().filter(|p| p.starts_with(only.as_str())) {
                 let sep = if page.contains('?') { '&' } else { '?' };
                 let path = format!("{page}{sep}range={range}");
                 let (times, bytes) = measure(&client, &base, &path).await;

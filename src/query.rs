@@ -279,7 +279,9 @@ impl Query {
                 }
             }
         }
-        Ok(prefer_spans(rows))
+        let mut rows = prefer_spans(rows);
+        rows.sort_by_key(|r| r.window_start_ms);
+        Ok(rows)
     }
 
     /// Merged RED statistics per endpoint for a range (alert rules read these).
@@ -314,11 +316,14 @@ impl Query {
         let parts = self.live.unflushed(filter.service.as_deref());
         let from = resolution.align(range.from_ms);
         let to = range.to_ms;
-        let blocks = covering_blocks(resolution, from, to);
         let read_filter = filter.clone();
         let stored = self
             .readers
-            .run(move |conn| read::red_totals(conn, &read_filter, &blocks))
+            .run(move |conn| {
+                read::red_totals(conn, &read_filter, |ten_minutes_from| {
+                    covering_blocks(resolution, from, to, ten_minutes_from)
+                })
+            })
             .await?;
         let mut rows = stored.rows;
         for (_, batch) in parts.iter().filter(|(seq, _)| *seq > stored.flushed_seq) {
@@ -328,6 +333,62 @@ impl Query {
                     let mut delta = delta.clone();
                     delta.window_start_ms = start;
                     rows.push(delta);
+                }
+            }
+        }
+        Ok(prefer_spans(rows))
+    }
+
+    /// What [`Self::red_windows`] gives, summed per step (`window_start_ms` is the step's start)
+    /// and per endpoint and source — or, without `per_endpoint`, per service and source, with
+    /// empty method and route. The stored part is summed while it is read (one row per group
+    /// and step comes back), the unflushed 10 s windows are added as rows; `step_ms` must be at
+    /// least `resolution`. Steps are taken of resolution-aligned window starts, as before.
+    async fn red_step_rows(
+        &self,
+        filter: RedFilter,
+        range: TimeRange,
+        resolution: Resolution,
+        step_ms: i64,
+        per_endpoint: bool,
+    ) -> Result<Vec<RedDelta>, StoreError> {
+        let parts = self.live.unflushed(filter.service.as_deref());
+        let from = resolution.align(range.from_ms);
+        let to = range.to_ms;
+        let read_filter = filter.clone();
+        let stored = self
+            .readers
+            .run(move |conn| {
+                read::red_steps(
+                    conn,
+                    &read_filter,
+                    resolution,
+                    (from, to),
+                    step_ms,
+                    per_endpoint,
+                )
+            })
+            .await?;
+        let mut rows = stored.rows;
+        for (_, batch) in parts.iter().filter(|(seq, _)| *seq > stored.flushed_seq) {
+            for delta in &batch.red {
+                let start = resolution.align(delta.window_start_ms);
+                if start >= from && start < to && matches_filter(&delta.endpoint, &filter) {
+                    let endpoint = if per_endpoint {
+                        delta.endpoint.clone()
+                    } else {
+                        EndpointKey {
+                            service: delta.endpoint.service.clone(),
+                            method: String::new(),
+                            route: String::new(),
+                        }
+                    };
+                    rows.push(RedDelta {
+                        source: delta.source,
+                        endpoint,
+                        window_start_ms: start.div_euclid(step_ms) * step_ms,
+                        stats: delta.stats.clone(),
+                    });
                 }
             }
         }
@@ -413,11 +474,13 @@ impl Query {
     ) -> Result<Vec<(i64, f64)>, StoreError> {
         let resolution = self.resolution_for_step(range, step_ms);
         let step_ms = step_ms.max(resolution.millis());
-        let rows = self.red_windows(filter, range, resolution).await?;
+        let rows = self
+            .red_step_rows(filter, range, resolution, step_ms, false)
+            .await?;
         let mut steps: BTreeMap<i64, RedStats> = BTreeMap::new();
         for row in rows {
             steps
-                .entry(row.window_start_ms.div_euclid(step_ms) * step_ms)
+                .entry(row.window_start_ms)
                 .or_default()
                 .merge(&row.stats);
         }
@@ -444,24 +507,20 @@ impl Query {
     ) -> Result<RedSteps, StoreError> {
         let resolution = self.resolution_for_step(range, step_ms);
         let step_ms = step_ms.max(resolution.millis());
-        let rows = self.red_windows(filter, range, resolution).await?;
+        let rows = self
+            .red_step_rows(filter, range, resolution, step_ms, per_endpoint)
+            .await?;
         let mut groups: BTreeMap<EndpointKey, BTreeMap<i64, RedStats>> = BTreeMap::new();
         for row in rows {
-            let key = if per_endpoint {
-                row.endpoint
-            } else {
-                EndpointKey {
-                    service: row.endpoint.service,
-                    method: String::new(),
-                    route: String::new(),
+            let steps = groups.entry(row.endpoint).or_default();
+            match steps.entry(row.window_start_ms) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(row.stats);
                 }
-            };
-            groups
-                .entry(key)
-                .or_default()
-                .entry(row.window_start_ms.div_euclid(step_ms) * step_ms)
-                .or_default()
-                .merge(&row.stats);
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                    slot.get_mut().merge(&row.stats)
+                }
+            }
         }
         Ok(RedSteps { step_ms, groups })
     }
@@ -743,20 +802,28 @@ pub struct MetricQuery {
 }
 
 /// Splits the windows of `resolution` starting in `[from_ms, to_ms)` into blocks
-/// `(resolution, from, to)` that select the same data: the coarsest resolution wherever one of
-/// its windows lies entirely inside, the finer ones at the edges. A stored window of any
-/// resolution starting at `s` holds the finest windows starting in `[s, s + its width)`.
+/// `(resolution, from, to)` that select the same data: the coarsest RED tier wherever one of
+/// its windows lies entirely inside, the finer ones at the edges. A stored window of any tier
+/// starting at `s` holds the finest windows starting in `[s, s + its width)`. The 10-minute
+/// tier is used only for windows from `ten_minutes_from` on (it was not back-filled).
 fn covering_blocks(
     resolution: Resolution,
     from_ms: i64,
     to_ms: i64,
+    ten_minutes_from: i64,
 ) -> Vec<(Resolution, i64, i64)> {
-    let levels: Vec<Resolution> = Resolution::ALL
-        .into_iter()
-        .filter(|r| r.millis() >= resolution.millis())
-        .collect();
+    let levels = |with_ten_minutes: bool| -> Vec<Resolution> {
+        Resolution::RED_TIERS
+            .into_iter()
+            .filter(|r| r.millis() >= resolution.millis())
+            .filter(|r| with_ten_minutes || *r != Resolution::TenMinutes)
+            .collect()
+    };
+    // `ten_minutes_from` is a 10-minute boundary, so also one of every finer tier.
+    let split = ten_minutes_from.clamp(from_ms, to_ms.max(from_ms));
     let mut blocks = Vec::new();
-    split_blocks(&levels, from_ms, to_ms, &mut blocks);
+    split_blocks(&levels(false), from_ms, split, &mut blocks);
+    split_blocks(&levels(true), split, to_ms, &mut blocks);
     blocks
 }
 
@@ -866,19 +933,22 @@ fn matches_filter(endpoint: &EndpointKey, filter: &RedFilter) -> bool {
 }
 
 /// A service that sends spans is read from its spans only; its duration metric would count
-/// the same requests again.
+/// the same requests again. Rows keep their order.
 fn prefer_spans(rows: Vec<RedDelta>) -> Vec<RedDelta> {
+    if rows.iter().all(|r| r.source == RedSource::Spans) {
+        return rows;
+    }
     let with_spans: HashSet<String> = rows
         .iter()
         .filter(|r| r.source == RedSource::Spans)
-        .map(|r| r.endpoint.service.clone())
-        .collect();
-    let mut kept: Vec<RedDelta> = rows
+        .map(|r| r.endpoint.service.as_str())
+        .collect::<HashSet<&str>>()
         .into_iter()
-        .filter(|r| r.source == RedSource::Spans || !with_spans.contains(&r.endpoint.service))
+        .map(str::to_string)
         .collect();
-    kept.sort_by_key(|r| r.window_start_ms);
-    kept
+    rows.into_iter()
+        .filter(|r| r.source == RedSource::Spans || !with_spans.contains(&r.endpoint.service))
+        .collect()
 }
 
 fn source_name(source: RedSource) -> &'static str {
@@ -900,7 +970,7 @@ mod block_tests {
         let from = 10 * hour + 7 * min + 20_000;
         let to = 11 * hour + 7 * min + 25_000;
         assert_eq!(
-            covering_blocks(Resolution::TenSeconds, from, to),
+            covering_blocks(Resolution::TenSeconds, from, to, i64::MAX),
             vec![
                 (Resolution::TenSeconds, from, 10 * hour + 8 * min),
                 (
@@ -912,11 +982,14 @@ mod block_tests {
             ]
         );
         // Wide enough for a whole hour.
-        let blocks = covering_blocks(Resolution::TenSeconds, from, to + hour);
+        let blocks = covering_blocks(Resolution::TenSeconds, from, to + hour, i64::MAX);
         assert!(blocks.contains(&(Resolution::OneHour, 11 * hour, 12 * hour)));
         // Every block is non-empty, they are contiguous and cover exactly [from, to).
-        for (start, end) in [(from, to), (from, to + hour), (from, from + 30_000), (0, 1)] {
-            let blocks: Vec<_> = covering_blocks(Resolution::TenSeconds, start, end)
+        let cases = [(from, to), (from, to + hour), (from, from + 30_000), (0, 1)];
+        let tier_froms = [i64::MAX, 0, 10 * hour + 40 * min, 11 * hour];
+        for ((start, end), tier_from) in cases.into_iter().flat_map(|c| tier_froms.map(|t| (c, t)))
+        {
+            let blocks: Vec<_> = covering_blocks(Resolution::TenSeconds, start, end, tier_from)
                 .into_iter()
                 .filter(|b| b.1 < b.2)
                 .collect();
@@ -927,14 +1000,37 @@ mod block_tests {
             }
             for (resolution, block_from, block_to) in blocks {
                 assert_eq!(resolution.align(block_from), block_from);
+                if resolution == Resolution::TenMinutes {
+                    assert!(block_from >= tier_from, "10 min rows only where complete");
+                }
                 if resolution != Resolution::TenSeconds {
                     assert_eq!(resolution.align(block_to), block_to);
                 }
             }
         }
+        // With the 10-minute tier: whole 10-minute windows inside the hour, 1 min at the edges.
+        assert_eq!(
+            covering_blocks(Resolution::TenSeconds, from, to, 0),
+            vec![
+                (Resolution::TenSeconds, from, 10 * hour + 8 * min),
+                (
+                    Resolution::OneMinute,
+                    10 * hour + 8 * min,
+                    10 * hour + 10 * min
+                ),
+                (Resolution::TenMinutes, 10 * hour + 10 * min, 11 * hour),
+                (Resolution::OneMinute, 11 * hour, 11 * hour),
+                (Resolution::TenMinutes, 11 * hour, 11 * hour),
+                (Resolution::OneMinute, 11 * hour, 11 * hour + 7 * min),
+                (Resolution::TenSeconds, 11 * hour + 7 * min, to),
+            ]
+            .into_iter()
+            .filter(|b| b.1 < b.2)
+            .collect::<Vec<_>>()
+        );
         // A coarser base resolution never reads finer rows.
         assert!(
-            covering_blocks(Resolution::OneMinute, 7 * min, 3 * hour + 5 * min)
+            covering_blocks(Resolution::OneMinute, 7 * min, 3 * hour + 5 * min, 0)
                 .iter()
                 .all(|b| b.0 != Resolution::TenSeconds)
         );

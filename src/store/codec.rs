@@ -39,6 +39,8 @@ pub fn to_columns(stats: &RedStats) -> RedColumns {
 /// Column list matching [`from_row`], starting at the given row offset.
 pub const RED_COLUMNS: &str =
     "requests, errors, status, sum_ms, min_ms, max_ms, sketch, sketch_from_buckets, explicit";
+/// How many columns [`RED_COLUMNS`] names.
+pub const RED_COLUMN_COUNT: usize = 9;
 
 pub fn from_row(row: &Row<'_>, offset: usize) -> Result<RedStats, StoreError> {
     let requests: i64 = row.get(offset)?;

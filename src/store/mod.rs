@@ -37,13 +37,26 @@ pub enum StoreError {
 pub enum Resolution {
     TenSeconds,
     OneMinute,
+    /// RED only, and never a resolution a query asks for: a rollup tier that lets a read of
+    /// per-endpoint totals (`read::red_totals`) take whole 10-minute rows instead of ten 1-minute
+    /// ones. Not in [`Resolution::ALL`]; see [`Resolution::RED_TIERS`].
+    TenMinutes,
     OneHour,
 }
 
 impl Resolution {
+    /// The resolutions a query can read, for RED and metrics alike.
     pub const ALL: [Resolution; 3] = [
         Resolution::TenSeconds,
         Resolution::OneMinute,
+        Resolution::OneHour,
+    ];
+
+    /// Every RED table, finest first: the writer rolls each flush into all of them.
+    pub const RED_TIERS: [Resolution; 4] = [
+        Resolution::TenSeconds,
+        Resolution::OneMinute,
+        Resolution::TenMinutes,
         Resolution::OneHour,
     ];
 
@@ -51,6 +64,7 @@ impl Resolution {
         match self {
             Resolution::TenSeconds => 10_000,
             Resolution::OneMinute => 60_000,
+            Resolution::TenMinutes => 600_000,
             Resolution::OneHour => 3_600_000,
         }
     }
@@ -59,6 +73,7 @@ impl Resolution {
         match self {
             Resolution::TenSeconds => "10s",
             Resolution::OneMinute => "1m",
+            Resolution::TenMinutes => "10m",
             Resolution::OneHour => "1h",
         }
     }
@@ -96,6 +111,9 @@ impl Retention {
         match resolution {
             Resolution::TenSeconds => self.ten_seconds,
             Resolution::OneMinute => self.one_minute,
+            // A 10-minute row goes only once all its 1-minute rows have gone, so a read never
+            // finds one without the other inside the 1-minute retention.
+            Resolution::TenMinutes => self.one_minute + Duration::from_secs(600),
             Resolution::OneHour => self.one_hour,
         }
     }

@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::{Connection, params_from_iter, types::Value};
+use rusqlite::{Connection, OptionalExtension, params_from_iter, types::Value};
 
 use crate::aggregate::metric::MetricAgg;
 use crate::aggregate::red::RedStats;
 use crate::aggregate::{MetricDelta, RedDelta, SeriesInfo};
 use crate::model::{EndpointKey, MetricKind, MetricSeriesKey, RedSource, SpanEvent, SpanRecord};
-use crate::store::codec::{self, RED_COLUMNS};
+use crate::store::codec::{self, RED_COLUMN_COUNT, RED_COLUMNS};
 use crate::store::{Resolution, StoreError};
 
 /// Which endpoints a RED read covers.
@@ -110,77 +110,37 @@ pub struct RedTotals {
     pub flushed_seq: u64,
 }
 
-/// Sums the stored windows of `blocks` — each `(resolution, from_ms, to_ms)` selects the rows of
-/// that resolution starting in `[from_ms, to_ms)` — per endpoint, in one snapshot. Rows are
-/// merged as they are read: nothing per window is kept, however many windows the range holds.
+/// Sums the stored windows of the blocks `blocks(ten_minutes_from)` gives — each
+/// `(resolution, from_ms, to_ms)` selects the rows of that resolution starting in
+/// `[from_ms, to_ms)`; `ten_minutes_from` is where the 10-minute tier holds every window (see
+/// migration 4) — per endpoint, in one snapshot. Rows are merged as they are read: nothing per
+/// window is kept, however many windows the range holds.
 pub fn red_totals(
     conn: &mut Connection,
     filter: &RedFilter,
-    blocks: &[(Resolution, i64, i64)],
+    blocks: impl FnOnce(i64) -> Vec<(Resolution, i64, i64)>,
 ) -> Result<RedTotals, StoreError> {
     map_database_file(conn)?;
     in_snapshot(conn, |conn| {
-        // The endpoints the filter selects, looked up once: the window scans then need no
-        // join (one b-tree seek per row saved).
-        let (conditions, filter_values) = endpoint_conditions(filter, 0);
-        let sql = format!(
-            "SELECT e.id, e.source, e.service, e.method, e.route FROM endpoints e WHERE 1{conditions}"
-        );
-        let mut endpoints: HashMap<i64, (RedSource, EndpointKey)> = HashMap::new();
-        {
-            let mut statement = conn.prepare_cached(&sql)?;
-            let mut rows = statement.query(params_from_iter(filter_values))?;
-            while let Some(row) = rows.next()? {
-                let source: i64 = row.get(1)?;
-                let source = if source == RedSource::Metrics as i64 {
-                    RedSource::Metrics
-                } else {
-                    RedSource::Spans
-                };
-                let endpoint = EndpointKey {
-                    service: row.get(2)?,
-                    method: row.get(3)?,
-                    route: row.get(4)?,
-                };
-                endpoints.insert(row.get(0)?, (source, endpoint));
-            }
-        }
-        let filtered = !filter_values_empty(filter);
+        let ten_minutes_from: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'red_10m_from'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let blocks = blocks(ten_minutes_from.unwrap_or(i64::MAX));
+        let mut endpoints = selected_endpoints(conn, filter)?;
         let mut totals: HashMap<i64, RedStats> = HashMap::new();
-        if !endpoints.is_empty() {
-            for (resolution, from_ms, to_ms) in blocks {
-                if from_ms >= to_ms {
-                    continue;
-                }
-                let suffix = resolution.suffix();
-                if filtered {
-                    // A few endpoints of many: seek each one's windows by its key.
-                    let sql = format!(
-                        "SELECT endpoint_id, {RED_COLUMNS} FROM red_{suffix}
-                         WHERE endpoint_id = ?1 AND start_ms >= ?2 AND start_ms < ?3"
-                    );
-                    let mut statement = conn.prepare_cached(&sql)?;
-                    for id in endpoints.keys() {
-                        let mut rows = statement.query(rusqlite::params![id, from_ms, to_ms])?;
-                        while let Some(row) = rows.next()? {
-                            codec::merge_row(row, 1, totals.entry(*id).or_default())?;
-                        }
-                    }
-                } else {
-                    let sql = format!(
-                        "SELECT endpoint_id, {RED_COLUMNS} FROM red_{suffix}
-                         WHERE start_ms >= ?1 AND start_ms < ?2"
-                    );
-                    let mut statement = conn.prepare_cached(&sql)?;
-                    let mut rows = statement.query(rusqlite::params![from_ms, to_ms])?;
-                    while let Some(row) = rows.next()? {
-                        let id: i64 = row.get(0)?;
-                        if endpoints.contains_key(&id) {
-                            codec::merge_row(row, 1, totals.entry(id).or_default())?;
-                        }
-                    }
-                }
-            }
+        for (resolution, from_ms, to_ms) in &blocks {
+            scan_windows(
+                conn,
+                &endpoints,
+                *resolution,
+                *from_ms,
+                *to_ms,
+                |id, _, row| codec::merge_row(row, 0, totals.entry(id).or_default()),
+            )?;
         }
         let from_ms = blocks.iter().map(|b| b.1).min().unwrap_or(0);
         let rows = totals
@@ -202,6 +162,145 @@ pub fn red_totals(
     })
 }
 
+/// Sums the stored windows of `resolution` starting in `[from_ms, to_ms)` per step (a window
+/// starting at `s` belongs to the step starting at `s` rounded down to `step_ms`) and per
+/// endpoint, or with `per_endpoint` false per service and source (the endpoint key then has an
+/// empty method and route). The same figures as summing [`red_windows`] rows, with rows merged
+/// as they are read: no per-window statistics, endpoint names or decoded sketches are built.
+pub fn red_steps(
+    conn: &mut Connection,
+    filter: &RedFilter,
+    resolution: Resolution,
+    (from_ms, to_ms): (i64, i64),
+    step_ms: i64,
+    per_endpoint: bool,
+) -> Result<RedTotals, StoreError> {
+    map_database_file(conn)?;
+    in_snapshot(conn, |conn| {
+        let endpoints = selected_endpoints(conn, filter)?;
+        // Each endpoint id's group: itself, or its service and source.
+        let mut groups: Vec<(RedSource, EndpointKey)> = Vec::new();
+        let mut group_of: HashMap<i64, usize> = HashMap::with_capacity(endpoints.len());
+        let mut service_groups: HashMap<(RedSource, &str), usize> = HashMap::new();
+        for (id, (source, endpoint)) in &endpoints {
+            let group = if per_endpoint {
+                groups.push((*source, endpoint.clone()));
+                groups.len() - 1
+            } else {
+                *service_groups
+                    .entry((*source, endpoint.service.as_str()))
+                    .or_insert_with(|| {
+                        groups.push((
+                            *source,
+                            EndpointKey {
+                                service: endpoint.service.clone(),
+                                method: String::new(),
+                                route: String::new(),
+                            },
+                        ));
+                        groups.len() - 1
+                    })
+            };
+            group_of.insert(*id, group);
+        }
+        let step_ms = step_ms.max(1);
+        let mut sums: HashMap<(usize, i64), RedStats> = HashMap::new();
+        scan_windows(
+            conn,
+            &endpoints,
+            resolution,
+            from_ms,
+            to_ms,
+            |id, start_ms, row| {
+                let group = group_of[&id];
+                let step = start_ms.div_euclid(step_ms) * step_ms;
+                codec::merge_row(row, 0, sums.entry((group, step)).or_default())
+            },
+        )?;
+        let rows = sums
+            .into_iter()
+            .map(|((group, step), stats)| {
+                let (source, endpoint) = groups[group].clone();
+                RedDelta {
+                    source,
+                    endpoint,
+                    window_start_ms: step,
+                    stats,
+                }
+            })
+            .collect();
+        Ok(RedTotals {
+            rows,
+            flushed_seq: flushed_seq(conn)?,
+        })
+    })
+}
+
+/// The endpoints a filter selects, by id, looked up once: the window scans then need no join
+/// (one b-tree seek per row saved).
+fn selected_endpoints(
+    conn: &Connection,
+    filter: &RedFilter,
+) -> Result<HashMap<i64, (RedSource, EndpointKey)>, StoreError> {
+    let (conditions, filter_values) = endpoint_conditions(filter, 0);
+    let sql = format!(
+        "SELECT e.id, e.source, e.service, e.method, e.route FROM endpoints e WHERE 1{conditions}"
+    );
+    let mut endpoints = HashMap::new();
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query(params_from_iter(filter_values))?;
+    while let Some(row) = rows.next()? {
+        let source: i64 = row.get(1)?;
+        let source = if source == RedSource::Metrics as i64 {
+            RedSource::Metrics
+        } else {
+            RedSource::Spans
+        };
+        let endpoint = EndpointKey {
+            service: row.get(2)?,
+            method: row.get(3)?,
+            route: row.get(4)?,
+        };
+        endpoints.insert(row.get(0)?, (source, endpoint));
+    }
+    Ok(endpoints)
+}
+
+/// Calls `f(endpoint_id, start_ms, row)` for every stored window of `resolution` starting in
+/// `[from_ms, to_ms)` of the `endpoints` (the filter's selection), the row's columns being
+/// [`RED_COLUMNS`] from offset 0.
+fn scan_windows(
+    conn: &Connection,
+    endpoints: &HashMap<i64, (RedSource, EndpointKey)>,
+    resolution: Resolution,
+    from_ms: i64,
+    to_ms: i64,
+    mut f: impl FnMut(i64, i64, &rusqlite::Row<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    if endpoints.is_empty() || from_ms >= to_ms {
+        return Ok(());
+    }
+    // Every RED table is clustered by (endpoint_id, start_ms) (migration 3), so each selected
+    // endpoint's windows of the range are one seek and a sequential run of rows — cheaper than
+    // a scan of the start_ms index, which needs a seek into the table for every row. Ids in
+    // order keep the seeks moving forward through the file.
+    let sql = format!(
+        "SELECT {RED_COLUMNS}, start_ms FROM red_{suffix}
+         WHERE endpoint_id = ?1 AND start_ms >= ?2 AND start_ms < ?3",
+        suffix = resolution.suffix()
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut ids: Vec<i64> = endpoints.keys().copied().collect();
+    ids.sort_unstable();
+    for id in ids {
+        let mut rows = statement.query(rusqlite::params![id, from_ms, to_ms])?;
+        while let Some(row) = rows.next()? {
+            f(id, row.get(RED_COLUMN_COUNT)?, row)?;
+        }
+    }
+    Ok(())
+}
+
 /// Lets a read connection map the database file instead of copying every page it reads with
 /// `pread`: a range scan over an hour of windows touches thousands of pages, and the page cache
 /// of a WAL reader is dropped whenever the writer commits (every flush), so without the map
@@ -213,10 +312,6 @@ fn map_database_file(conn: &Connection) -> Result<(), StoreError> {
         conn.pragma_update(None, "mmap_size", MAP_BYTES)?;
     }
     Ok(())
-}
-
-fn filter_values_empty(filter: &RedFilter) -> bool {
-    filter.service.is_none() && filter.method.is_none() && filter.route.is_none()
 }
 
 /// ` AND e.service = ?n …` for the filter's set fields, numbered after `skip` parameters.
@@ -290,22 +385,38 @@ pub fn metric_windows(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<MetricRows, StoreError> {
+    map_database_file(conn)?;
     in_snapshot(conn, |conn| {
         let sql = format!(
-            "SELECT s.service, s.name, s.attributes, s.kind, s.unit, s.description, m.start_ms, m.agg
-             FROM metric_{suffix} m JOIN metric_series s ON s.id = m.series_id
+            "SELECT s.id, s.service, s.name, s.attributes, s.kind, s.unit, s.description, m.start_ms,
+                    m.agg
+             FROM metric_series s JOIN metric_{suffix} m ON m.series_id = s.id
              WHERE s.service = ?1 AND s.name = ?2 AND m.start_ms >= ?3 AND m.start_ms < ?4",
             suffix = resolution.suffix()
         );
         let mut statement = conn.prepare_cached(&sql)?;
         let mut rows = statement.query(rusqlite::params![service, name, from_ms, to_ms])?;
         let mut out = Vec::new();
+        // A series' description (its attributes are JSON) is parsed once, not once per window.
+        let mut described: HashMap<i64, SeriesInfo> = HashMap::new();
         while let Some(row) = rows.next()? {
-            let agg: String = row.get(7)?;
+            let id: i64 = row.get(0)?;
+            let series = match described.get(&id) {
+                Some(info) => info.clone(),
+                None => {
+                    let info = series_info(row, 1)?;
+                    described.insert(id, info.clone());
+                    info
+                }
+            };
+            let agg = row
+                .get_ref(8)?
+                .as_str()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             out.push(MetricDelta {
-                series: series_info(row, 0)?,
-                window_start_ms: row.get(6)?,
-                agg: serde_json::from_str::<MetricAgg>(&agg)
+                series,
+                window_start_ms: row.get(7)?,
+                agg: serde_json::from_str::<MetricAgg>(agg)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             });
         }

@@ -159,6 +159,103 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_due ON outbox (status, next_attempt_ms);
     "#,
+    // 3: the rollup tables clustered by their key, like the 10 s ones. Migration 1 made them
+    // rowid tables with a unique index, so every read of a window (and the writer's
+    // read-merge-write of each rollup row) was an index step plus a table seek; clustered,
+    // an endpoint's windows of a range are one seek and a sequential scan. Rows are copied in
+    // key order (the unique index gives it), so the copy appends.
+    r#"
+    CREATE TABLE red_1m_new (
+        endpoint_id INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        status BLOB NOT NULL,
+        sum_ms REAL NOT NULL,
+        min_ms REAL,
+        max_ms REAL,
+        sketch BLOB,
+        sketch_from_buckets INTEGER NOT NULL,
+        explicit TEXT,
+        PRIMARY KEY (endpoint_id, start_ms)
+    ) WITHOUT ROWID;
+    INSERT INTO red_1m_new SELECT endpoint_id, start_ms, requests, errors, status, sum_ms, min_ms,
+        max_ms, sketch, sketch_from_buckets, explicit FROM red_1m ORDER BY endpoint_id, start_ms;
+    DROP TABLE red_1m;
+    ALTER TABLE red_1m_new RENAME TO red_1m;
+    CREATE INDEX red_1m_start ON red_1m (start_ms);
+
+    CREATE TABLE red_1h_new (
+        endpoint_id INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        status BLOB NOT NULL,
+        sum_ms REAL NOT NULL,
+        min_ms REAL,
+        max_ms REAL,
+        sketch BLOB,
+        sketch_from_buckets INTEGER NOT NULL,
+        explicit TEXT,
+        PRIMARY KEY (endpoint_id, start_ms)
+    ) WITHOUT ROWID;
+    INSERT INTO red_1h_new SELECT endpoint_id, start_ms, requests, errors, status, sum_ms, min_ms,
+        max_ms, sketch, sketch_from_buckets, explicit FROM red_1h ORDER BY endpoint_id, start_ms;
+    DROP TABLE red_1h;
+    ALTER TABLE red_1h_new RENAME TO red_1h;
+    CREATE INDEX red_1h_start ON red_1h (start_ms);
+
+    CREATE TABLE metric_1m_new (
+        series_id INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL,
+        agg TEXT NOT NULL,
+        PRIMARY KEY (series_id, start_ms)
+    ) WITHOUT ROWID;
+    INSERT INTO metric_1m_new SELECT series_id, start_ms, agg FROM metric_1m
+        ORDER BY series_id, start_ms;
+    DROP TABLE metric_1m;
+    ALTER TABLE metric_1m_new RENAME TO metric_1m;
+    CREATE INDEX metric_1m_start ON metric_1m (start_ms);
+
+    CREATE TABLE metric_1h_new (
+        series_id INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL,
+        agg TEXT NOT NULL,
+        PRIMARY KEY (series_id, start_ms)
+    ) WITHOUT ROWID;
+    INSERT INTO metric_1h_new SELECT series_id, start_ms, agg FROM metric_1h
+        ORDER BY series_id, start_ms;
+    DROP TABLE metric_1h;
+    ALTER TABLE metric_1h_new RENAME TO metric_1h;
+    CREATE INDEX metric_1h_start ON metric_1h (start_ms);
+    "#,
+    // 4: a 10-minute RED rollup tier, so a read of per-endpoint totals over an hour takes ~20
+    // rows per endpoint instead of ~66. It is not back-filled (that needs the sketches merged);
+    // instead `red_10m_from` records the first 10-minute window that holds everything: the
+    // boundary after the newest window stored when the tier was created (0 for a new file).
+    // Reads use the tier only from there on.
+    r#"
+    CREATE TABLE red_10m (
+        endpoint_id INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        status BLOB NOT NULL,
+        sum_ms REAL NOT NULL,
+        min_ms REAL,
+        max_ms REAL,
+        sketch BLOB,
+        sketch_from_buckets INTEGER NOT NULL,
+        explicit TEXT,
+        PRIMARY KEY (endpoint_id, start_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX red_10m_start ON red_10m (start_ms);
+    INSERT INTO meta (key, value)
+        SELECT 'red_10m_from', coalesce((max(start_ms) / 600000 + 1) * 600000, 0)
+        FROM (SELECT max(start_ms) AS start_ms FROM red_10s
+              UNION ALL SELECT max(start_ms) FROM red_1m
+              UNION ALL SELECT max(start_ms) FROM red_1h);
+    "#,
 ];
 
 pub fn latest_version() -> i64 {
@@ -198,5 +295,77 @@ mod tests {
             )
             .unwrap();
         assert_eq!(seq, 0);
+    }
+
+    #[test]
+    fn rollup_tables_keep_their_rows_when_clustered() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        // A file at version 2, with rows in the old rowid rollup tables.
+        for (index, sql) in MIGRATIONS.iter().take(2).enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", index as i64 + 1)
+                .unwrap();
+        }
+        for table in ["red_1m", "red_1h"] {
+            conn.execute(
+                &format!(
+                    "INSERT INTO {table} VALUES (7, 60000, 3, 1, x'00', 1.5, 0.5, 1.0, x'01', 0, NULL)"
+                ),
+                [],
+            )
+            .unwrap();
+        }
+        conn.execute("INSERT INTO metric_1m VALUES (4, 60000, '{}')", [])
+            .unwrap();
+        migrate(&mut conn).unwrap();
+        for table in ["red_1m", "red_1h"] {
+            let row: (i64, i64, i64, f64) = conn
+                .query_row(
+                    &format!("SELECT endpoint_id, start_ms, requests, sum_ms FROM {table}"),
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .unwrap();
+            assert_eq!(row, (7, 60000, 3, 1.5));
+            // Clustered: the same key twice is refused, like the old unique index did.
+            assert!(
+                conn.execute(
+                    &format!(
+                        "INSERT INTO {table} VALUES (7, 60000, 1, 0, x'00', 1, NULL, NULL, NULL, 0, NULL)"
+                    ),
+                    [],
+                )
+                .is_err()
+            );
+        }
+        let agg: String = conn
+            .query_row("SELECT agg FROM metric_1m WHERE series_id = 4", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(agg, "{}");
+        // The 10-minute tier starts after the newest stored window (at 60000 here).
+        let from: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'red_10m_from'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(from, 600_000);
+    }
+
+    #[test]
+    fn a_new_file_has_the_ten_minute_tier_from_the_start() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let from: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'red_10m_from'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(from, 0);
     }
 }

@@ -172,7 +172,7 @@ impl Writer {
             };
             red_ids.push(id);
         }
-        for resolution in Resolution::ALL {
+        for resolution in Resolution::RED_TIERS {
             let mut merged: HashMap<(i64, i64), RedStats> = HashMap::new();
             for (delta, id) in batch.red.iter().zip(&red_ids) {
                 merged
@@ -227,16 +227,23 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for resolution in Resolution::ALL {
-            let cutoff = now_ms - self.retention.of(resolution).as_millis() as i64;
-            let suffix = resolution.suffix();
+        let cutoff = |resolution| now_ms - self.retention.of(resolution).as_millis() as i64;
+        for resolution in Resolution::RED_TIERS {
             tx.execute(
-                &format!("DELETE FROM red_{suffix} WHERE start_ms < ?1"),
-                params![cutoff],
+                &format!(
+                    "DELETE FROM red_{} WHERE start_ms < ?1",
+                    resolution.suffix()
+                ),
+                params![cutoff(resolution)],
             )?;
+        }
+        for resolution in Resolution::ALL {
             tx.execute(
-                &format!("DELETE FROM metric_{suffix} WHERE start_ms < ?1"),
-                params![cutoff],
+                &format!(
+                    "DELETE FROM metric_{} WHERE start_ms < ?1",
+                    resolution.suffix()
+                ),
+                params![cutoff(resolution)],
             )?;
         }
         // Every row is written at all resolutions, so the longest-kept one decides.
@@ -572,6 +579,7 @@ mod tests {
         let conn = &writer.conn;
         assert_eq!(count(conn, "red_10s"), 2);
         assert_eq!(count(conn, "red_1m"), 1);
+        assert_eq!(count(conn, "red_10m"), 1);
         let requests: i64 = conn
             .query_row("SELECT requests FROM red_1m", [], |r| r.get(0))
             .unwrap();
@@ -616,6 +624,7 @@ mod tests {
         // The 2 h old window: gone from 10 s, kept at 1 m and 1 h.
         assert_eq!(count(conn, "red_10s"), 0);
         assert_eq!(count(conn, "red_1m"), 1);
+        assert_eq!(count(conn, "red_10m"), 1);
         assert_eq!(count(conn, "red_1h"), 1);
         // The 30 day old endpoint lost all its rows and its row in `endpoints`.
         assert_eq!(count(conn, "endpoints"), 1);
