@@ -11,6 +11,7 @@ use crate::downstream::client::RecommendationsClient;
 use crate::downstream::service::{self, Service};
 use crate::faults::Faults;
 use crate::ratelimit::RateLimiter;
+use crate::resilience::limit::AdaptiveLimit;
 use crate::routes::pagination::CursorCodec;
 use crate::routes::{self, AppState, Shared};
 use crate::telemetry::Telemetry;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -139,7 +140,10 @@ impl App {
                 .build(),
             cursors: CursorCodec::new(&cfg.cursor_secret),
             limiter: Arc::new(RateLimiter::new(redis_rl, telemetry.clone())),
-            shed: Arc::new(Semaphore::new(cfg.max_concurrency.max(1))),
+            shed: Arc::new(match cfg.min_concurrency {
+                Some(min) => AdaptiveLimit::new(min, cfg.max_concurrency),
+                None => AdaptiveLimit::fixed(cfg.max_concurrency),
+            }),
             recs: Arc::new(RecommendationsClient::new(
                 downstream_url,
                 &cfg,
