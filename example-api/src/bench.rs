@@ -50,6 +50,8 @@ pub struct BenchOptions {
     pub connections: usize,
     /// Run the telemetry benchmark.
     pub telemetry: bool,
+    /// An older build whose servers join the saturation runs (before/after).
+    pub baseline_exe: Option<PathBuf>,
     /// Run the overload benchmark.
     pub overload: bool,
     /// Pin servers to the last CPU (`taskset`) and the load generator to the others.
@@ -410,8 +412,33 @@ async fn telemetry_overhead(
         load(&s.url, o.rate, 3, only.clone()).await?; // warm-up: fills the L1 cache
         saturate(&s.url, o.connections, 2).await?;
     }
-    let servers: [(&str, &Server); 3] =
-        [("off", &off), ("on", &on), ("metrics only", &metrics_only)];
+    // An older build for a before/after comparison (`--baseline-exe`); it exports under another
+    // path so the sink's span count stays that of this build's "on" server.
+    let mut baseline = Vec::new();
+    if let Some(exe) = &o.baseline_exe {
+        let old_sink = format!("{sink}/baseline");
+        for (name, otlp) in [
+            ("off, baseline build", None),
+            ("on, baseline build", Some(old_sink.as_str())),
+        ] {
+            let s = spawn_server(
+                exe,
+                &o.dir.join(format!("baseline-{}.db", baseline.len())),
+                otlp,
+                &["--max-concurrency", "100000"],
+                server_cpu,
+                &[],
+            )
+            .await?;
+            load(&s.url, o.rate, 3, only.clone()).await?;
+            saturate(&s.url, o.connections, 2).await?;
+            baseline.push((name, s));
+        }
+    }
+    let mut servers: Vec<(&str, &Server)> =
+        vec![("off", &off), ("on", &on), ("metrics only", &metrics_only)];
+    servers.extend(baseline.iter().map(|(n, s)| (*n, s)));
+    let n = servers.len();
 
     // 1a. Saturation.
     out.push_str(&format!(
@@ -420,13 +447,13 @@ async fn telemetry_overhead(
          | round | telemetry | req/s | non-200 | server CPU µs/req |\n|---|---|---|---|---|\n",
         o.connections, o.secs
     ));
-    let mut sat: [Vec<f64>; 3] = Default::default();
-    let mut sat_cpu: [Vec<f64>; 3] = Default::default();
+    let mut sat: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut sat_cpu: Vec<Vec<f64>> = vec![Vec::new(); n];
     let (spans0, served_on0) = (seen.spans.load(Ordering::Relaxed), 0u64);
     let mut served_on = served_on0;
     for round in 0..o.rounds {
-        for k in 0..3 {
-            let i = (k + round) % 3;
+        for k in 0..n {
+            let i = (k + round) % n;
             let (name, s) = servers[i];
             let c0 = cpu_secs(s.pid);
             let t0 = std::time::Instant::now();
@@ -447,8 +474,10 @@ async fn telemetry_overhead(
     // Let the last batches reach the sink before counting.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let spans = seen.spans.load(Ordering::Relaxed) - spans0;
-    let [r_off, r_on, r_m] = sat.map(median);
-    let [c_off, c_on, c_m] = sat_cpu.map(median);
+    let rates: Vec<f64> = sat.into_iter().map(median).collect();
+    let cpus: Vec<f64> = sat_cpu.into_iter().map(median).collect();
+    let (r_off, r_on, r_m) = (rates[0], rates[1], rates[2]);
+    let (c_off, c_on, c_m) = (cpus[0], cpus[1], cpus[2]);
     out.push_str(&format!(
         "\nMedians: **{r_on:.0} (on) vs {r_off:.0} (off) req/s → throughput loss {:.1} %** (metrics only: \
          {r_m:.0} req/s, {:.1} %); server CPU per request {c_on:.1} vs {c_off:.1} µs (metrics only {c_m:.1}). \
@@ -458,6 +487,18 @@ async fn telemetry_overhead(
         (1.0 - r_m / r_off.max(1e-9)) * 100.0,
         spans as f64 / served_on.max(1) as f64,
     ));
+    if n == 5 {
+        out.push_str(&format!(
+            "Baseline build (`--baseline-exe`), same runs: {:.0} (on) vs {:.0} (off) req/s → throughput loss **{:.1} %**; server CPU per request {:.1} vs {:.1} µs.\n\n",
+            rates[4],
+            rates[3],
+            (1.0 - rates[4] / rates[3].max(1e-9)) * 100.0,
+            cpus[4],
+            cpus[3],
+        ));
+    }
+    drop(servers);
+    drop(baseline);
 
     // 1b. Fixed arrival rate.
     out.push_str(&format!(
@@ -467,6 +508,7 @@ async fn telemetry_overhead(
     ));
     let mut p99s: [Vec<f64>; 3] = Default::default();
     let mut cpus_fixed: [Vec<f64>; 3] = Default::default();
+    let servers = [("off", &off), ("on", &on), ("metrics only", &metrics_only)];
     for round in 0..o.rounds {
         for k in 0..3 {
             let i = (k + round) % 3;

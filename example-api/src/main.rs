@@ -61,6 +61,10 @@ struct BenchArgs {
     /// Only the overload benchmark.
     #[arg(long)]
     only_overload: bool,
+    /// Also saturate servers of an older build of this binary (telemetry on and off), for a
+    /// before/after comparison in the same run.
+    #[arg(long)]
+    baseline_exe: Option<PathBuf>,
     /// Pin the servers to the last CPU and the load generator to the others.
     #[arg(long)]
     pin: bool,
@@ -225,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
                 max_concurrency: a.max_concurrency,
                 connections: a.connections,
                 telemetry: !a.only_overload,
+                baseline_exe: a.baseline_exe,
                 overload: !a.only_telemetry,
                 pin: a.pin,
             })
