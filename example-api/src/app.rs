@@ -122,6 +122,12 @@ impl App {
         );
         telemetry.register_process_metrics();
 
+        let shed = Arc::new(match cfg.min_concurrency {
+            Some(min) => AdaptiveLimit::new(min, cfg.max_concurrency),
+            None => AdaptiveLimit::fixed(cfg.max_concurrency),
+        });
+        // Ends by itself when the limit (the app) is dropped.
+        let _ = shed.spawn_lag_probe();
         let state = Arc::new(Shared {
             db: db.clone(),
             cache,
@@ -140,10 +146,7 @@ impl App {
                 .build(),
             cursors: CursorCodec::new(&cfg.cursor_secret),
             limiter: Arc::new(RateLimiter::new(redis_rl, telemetry.clone())),
-            shed: Arc::new(match cfg.min_concurrency {
-                Some(min) => AdaptiveLimit::new(min, cfg.max_concurrency),
-                None => AdaptiveLimit::fixed(cfg.max_concurrency),
-            }),
+            shed: shed.clone(),
             recs: Arc::new(RecommendationsClient::new(
                 downstream_url,
                 &cfg,
