@@ -11,6 +11,7 @@ use crate::downstream::client::RecommendationsClient;
 use crate::downstream::service::{self, Service};
 use crate::faults::Faults;
 use crate::ratelimit::RateLimiter;
+use crate::resilience::limit::AdaptiveLimit;
 use crate::routes::pagination::CursorCodec;
 use crate::routes::{self, AppState, Shared};
 use crate::telemetry::Telemetry;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -121,6 +122,12 @@ impl App {
         );
         telemetry.register_process_metrics();
 
+        let shed = Arc::new(match cfg.min_concurrency {
+            Some(min) => AdaptiveLimit::new(min, cfg.max_concurrency),
+            None => AdaptiveLimit::fixed(cfg.max_concurrency),
+        });
+        // Ends by itself when the limit (the app) is dropped.
+        let _ = shed.spawn_lag_probe();
         let state = Arc::new(Shared {
             db: db.clone(),
             cache,
@@ -139,7 +146,7 @@ impl App {
                 .build(),
             cursors: CursorCodec::new(&cfg.cursor_secret),
             limiter: Arc::new(RateLimiter::new(redis_rl, telemetry.clone())),
-            shed: Arc::new(Semaphore::new(cfg.max_concurrency.max(1))),
+            shed: shed.clone(),
             recs: Arc::new(RecommendationsClient::new(
                 downstream_url,
                 &cfg,

@@ -1,11 +1,17 @@
 //! Benchmarks of the issue's targets, run against real server processes (this binary's `serve`)
 //! so the load generator's CPU is not mixed into the server's:
 //! 1. Telemetry overhead on a cached `GET /v1/products/{id}`: one server exporting OTLP/HTTP to
-//!    a local sink, one with export off, measured side by side and interleaved (off, on, on,
-//!    off, …) at a fixed arrival rate: achieved rate, p50/p99, server CPU per request.
-//! 2. Overload: the weighted mix at a base rate, then at 10× that rate (open model) against a
-//!    server with a small concurrency limit: admitted p99 versus unloaded p99, shed responses,
-//!    and any other 5xx.
+//!    a local sink, one with export off and one exporting metrics only, measured side by side
+//!    and interleaved (the order rotates each round):
+//!    a. throughput at saturation: a closed loop of keep-alive connections (a minimal HTTP/1.1
+//!    client, so the generator costs far less per request than the server) — with `--pin` the
+//!    server has one CPU to itself and the generator the others, so req/s is the server's
+//!    capacity;
+//!    b. latency at a fixed arrival rate (open model): p50/p99 and server CPU per request.
+//!    The sink counts the spans it receives, so dropped spans would show.
+//! 2. Overload: the weighted mix at a base rate, then at 10× that rate (open model), against the
+//!    `serve` defaults (adaptive concurrency limit) and, for comparison, a fixed limit:
+//!    admitted p99 versus unloaded p99, shed responses, and any other 5xx.
 
 use crate::loadgen::{self, Options, Report};
 use axum::Router;
@@ -38,7 +44,16 @@ pub struct BenchOptions {
     pub rounds: usize,
     /// Base rate of the overload benchmark (10× is the overload).
     pub base_rate: f64,
+    /// The fixed concurrency limit the default (adaptive) one is compared with.
     pub max_concurrency: usize,
+    /// Keep-alive connections of the saturation runs.
+    pub connections: usize,
+    /// Run the telemetry benchmark.
+    pub telemetry: bool,
+    /// An older build whose servers join the saturation runs (before/after).
+    pub baseline_exe: Option<PathBuf>,
+    /// Run the overload benchmark.
+    pub overload: bool,
     /// Pin servers to the last CPU (`taskset`) and the load generator to the others.
     pub pin: bool,
 }
@@ -49,14 +64,26 @@ struct Server {
     pid: u32,
 }
 
+/// Export requests, bytes and spans received by the sink.
+#[derive(Default)]
+struct Seen {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    spans: AtomicU64,
+}
+
 /// Accepts any OTLP/HTTP export and answers an empty (valid) protobuf response; counts the
-/// export requests and bytes it receives.
-async fn otlp_sink(seen: Arc<(AtomicU64, AtomicU64)>) -> Result<String, BenchError> {
-    let app = Router::new().fallback(move |body: axum::body::Bytes| {
+/// export requests, bytes and spans it receives.
+async fn otlp_sink(seen: Arc<Seen>) -> Result<String, BenchError> {
+    let app = Router::new().fallback(move |uri: axum::http::Uri, body: axum::body::Bytes| {
         let seen = seen.clone();
         async move {
-            seen.0.fetch_add(1, Ordering::Relaxed);
-            seen.1.fetch_add(body.len() as u64, Ordering::Relaxed);
+            seen.requests.fetch_add(1, Ordering::Relaxed);
+            seen.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+            if uri.path() == "/v1/traces" {
+                seen.spans
+                    .fetch_add(count_spans(&body).unwrap_or(0), Ordering::Relaxed);
+            }
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/x-protobuf")],
@@ -71,11 +98,63 @@ async fn otlp_sink(seen: Arc<(AtomicU64, AtomicU64)>) -> Result<String, BenchErr
     Ok(url)
 }
 
+/// Reads one protobuf varint at `*i`.
+fn read_varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*i)?;
+        *i += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Calls `f(field, body)` for each length-delimited field of a message, skipping the others.
+fn for_each_len_field(b: &[u8], mut f: impl FnMut(u64, &[u8])) -> Option<()> {
+    let mut i = 0;
+    while i < b.len() {
+        let key = read_varint(b, &mut i)?;
+        match key & 7 {
+            0 => {
+                read_varint(b, &mut i)?;
+            }
+            1 => i += 8,
+            5 => i += 4,
+            2 => {
+                let len = read_varint(b, &mut i)? as usize;
+                f(key >> 3, b.get(i..i + len)?);
+                i += len;
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+/// Spans in an `ExportTraceServiceRequest` (resource_spans → scope_spans → spans), found by
+/// walking the wire format without decoding it (the sink shares the generator's CPUs).
+fn count_spans(b: &[u8]) -> Option<u64> {
+    let mut n = 0;
+    for_each_len_field(b, |f, rs| {
+        if f == 1 {
+            let _ = for_each_len_field(rs, |f, ss| {
+                if f == 2 {
+                    let _ = for_each_len_field(ss, |f, _| n += u64::from(f == 2));
+                }
+            });
+        }
+    })?;
+    Some(n)
+}
+
 async fn spawn_server(
     exe: &Path,
     db: &Path,
     otlp: Option<&str>,
-    max_concurrency: usize,
+    concurrency: &[&str],
     pin: Option<usize>,
     extra_env: &[(&str, &str)],
 ) -> Result<Server, BenchError> {
@@ -96,8 +175,7 @@ async fn spawn_server(
         "--rate-limit",
         "1000000000",
     ])
-    .arg("--max-concurrency")
-    .arg(max_concurrency.to_string())
+    .args(concurrency)
     .arg("--db")
     .arg(db)
     .env_remove("REDIS_URL")
@@ -154,6 +232,85 @@ async fn load(
     Ok(loadgen::run(o, std::future::pending()).await?)
 }
 
+/// Reads one HTTP/1.1 response (headers, then `Content-Length` bytes of body) and returns its
+/// status. Our server always sends a length, and requests are not pipelined.
+async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    use tokio::io::AsyncReadExt;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad response");
+    buf.clear();
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad())?;
+    let status: u16 = head
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(bad)?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut have = buf.len() - head_end;
+    while have < len {
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        have += n;
+    }
+    Ok(status)
+}
+
+/// Closed loop: `conns` keep-alive connections each send `GET /v1/products/{id}` (ids 1..=100,
+/// cached after warm-up) back to back for `secs`. Returns (200 responses, other responses).
+async fn saturate(url: &str, conns: usize, secs: u64) -> Result<(u64, u64), BenchError> {
+    use tokio::io::AsyncWriteExt;
+    let addr = url.trim_start_matches("http://").to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..conns {
+        let addr = addr.clone();
+        set.spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await?;
+            s.set_nodelay(true)?;
+            let mut buf = Vec::with_capacity(8192);
+            let (mut ok, mut other) = (0u64, 0u64);
+            let mut id = c as u64;
+            while tokio::time::Instant::now() < deadline {
+                id = id % 100 + 1;
+                let req = format!("GET /v1/products/{id} HTTP/1.1\r\nHost: bench\r\n\r\n");
+                s.write_all(req.as_bytes()).await?;
+                if read_response(&mut s, &mut buf).await? == 200 {
+                    ok += 1;
+                } else {
+                    other += 1;
+                }
+            }
+            Ok::<_, std::io::Error>((ok, other))
+        });
+    }
+    let (mut ok, mut other) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        let (o, x) = r.map_err(std::io::Error::other)??;
+        ok += o;
+        other += x;
+    }
+    Ok((ok, other))
+}
+
 fn ms(r: &Report, q: f64) -> f64 {
     r.hist.value_at_quantile(q) as f64 / 1000.0
 }
@@ -186,17 +343,16 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let cores = cpus;
     let server_cpu = (o.pin && cpus > 1).then(|| cpus - 1);
     if server_cpu.is_some() {
         pin_self(cpus - 1);
     }
-    let seen = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let seen = Arc::new(Seen::default());
     let sink = otlp_sink(seen.clone()).await?;
     let mut out = String::new();
 
     out.push_str(&format!(
-        "# example-api benchmarks\n\nMachine: {cores} cores, shared with the load generator (same host). Servers are \
+        "# example-api benchmarks\n\nMachine: {cpus} cores, shared with the load generator (same host). Servers are \
          release builds of `example-api serve` (10k products seeded), telemetry exported over OTLP/HTTP to a local \
          sink that discards it.{}\n\n",
         match server_cpu {
@@ -205,158 +361,266 @@ pub async fn run(o: BenchOptions) -> Result<String, BenchError> {
         }
     ));
 
-    // 1. Telemetry overhead on a cached GET.
-    let off = spawn_server(&o.exe, &o.dir.join("off.db"), None, 4096, server_cpu, &[]).await?;
-    let on = spawn_server(
+    if o.telemetry {
+        telemetry_overhead(&o, server_cpu, &sink, &seen, &mut out).await?;
+    }
+    if o.overload {
+        overload(&o, server_cpu, &sink, &mut out).await?;
+    }
+    Ok(out)
+}
+
+async fn telemetry_overhead(
+    o: &BenchOptions,
+    server_cpu: Option<usize>,
+    sink: &str,
+    seen: &Seen,
+    out: &mut String,
+) -> Result<(), BenchError> {
+    // 1. Telemetry overhead on a cached GET. The concurrency limit is out of the way here.
+    let unlimited = ["--max-concurrency", "100000", "--fixed-concurrency"];
+    let off = spawn_server(
         &o.exe,
-        &o.dir.join("on.db"),
-        Some(&sink),
-        4096,
+        &o.dir.join("off.db"),
+        None,
+        &unlimited,
         server_cpu,
         &[],
     )
     .await?;
-    let only = Some(("/v1/products/{id}".to_string(), 100));
+    let on = spawn_server(
+        &o.exe,
+        &o.dir.join("on.db"),
+        Some(sink),
+        &unlimited,
+        server_cpu,
+        &[],
+    )
+    .await?;
     // Metrics exported, traces not sampled: splits the cost between the two signals.
     let metrics_only = spawn_server(
         &o.exe,
         &o.dir.join("metrics-only.db"),
-        Some(&sink),
-        4096,
+        Some(sink),
+        &unlimited,
         server_cpu,
         &[("OTEL_TRACES_SAMPLER", "always_off")],
     )
     .await?;
+    let only = Some(("/v1/products/{id}".to_string(), 100));
     for s in [&off, &on, &metrics_only] {
         load(&s.url, o.rate, 3, only.clone()).await?; // warm-up: fills the L1 cache
+        saturate(&s.url, o.connections, 2).await?;
     }
-    let mut cpu_metrics_only = vec![];
+    // An older build for a before/after comparison (`--baseline-exe`); it exports under another
+    // path so the sink's span count stays that of this build's "on" server.
+    let mut baseline = Vec::new();
+    if let Some(exe) = &o.baseline_exe {
+        let old_sink = format!("{sink}/baseline");
+        for (name, otlp) in [
+            ("off, baseline build", None),
+            ("on, baseline build", Some(old_sink.as_str())),
+        ] {
+            let s = spawn_server(
+                exe,
+                &o.dir.join(format!("baseline-{}.db", baseline.len())),
+                otlp,
+                &["--max-concurrency", "100000"],
+                server_cpu,
+                &[],
+            )
+            .await?;
+            load(&s.url, o.rate, 3, only.clone()).await?;
+            saturate(&s.url, o.connections, 2).await?;
+            baseline.push((name, s));
+        }
+    }
+    let mut servers: Vec<(&str, &Server)> =
+        vec![("off", &off), ("on", &on), ("metrics only", &metrics_only)];
+    servers.extend(baseline.iter().map(|(n, s)| (*n, s)));
+    let n = servers.len();
+
+    // 1a. Saturation.
     out.push_str(&format!(
-        "## Telemetry on vs off: cached `GET /v1/products/{{id}}` at {:.0} req/s, {} s per run\n\n\
-         | run | telemetry | achieved req/s | p50 ms | p99 ms | server CPU µs/req |\n|---|---|---|---|---|---|\n",
+        "## Telemetry on vs off: cached `GET /v1/products/{{id}}` at saturation ({} keep-alive connections, \
+         closed loop), {} s per run\n\n\
+         | round | telemetry | req/s | non-200 | server CPU µs/req |\n|---|---|---|---|---|\n",
+        o.connections, o.secs
+    ));
+    let mut sat: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut sat_cpu: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let (spans0, served_on0) = (seen.spans.load(Ordering::Relaxed), 0u64);
+    let mut served_on = served_on0;
+    for round in 0..o.rounds {
+        for k in 0..n {
+            let i = (k + round) % n;
+            let (name, s) = servers[i];
+            let c0 = cpu_secs(s.pid);
+            let t0 = std::time::Instant::now();
+            let (ok, other) = saturate(&s.url, o.connections, o.secs).await?;
+            let secs = t0.elapsed().as_secs_f64();
+            let cpu = (cpu_secs(s.pid) - c0) / (ok + other).max(1) as f64 * 1e6;
+            let rate = (ok + other) as f64 / secs;
+            if name == "on" {
+                served_on += ok + other;
+            }
+            out.push_str(&format!(
+                "| {round} | {name} | {rate:.0} | {other} | {cpu:.1} |\n"
+            ));
+            sat[i].push(rate);
+            sat_cpu[i].push(cpu);
+        }
+    }
+    // Let the last batches reach the sink before counting.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let spans = seen.spans.load(Ordering::Relaxed) - spans0;
+    let rates: Vec<f64> = sat.into_iter().map(median).collect();
+    let cpus: Vec<f64> = sat_cpu.into_iter().map(median).collect();
+    let (r_off, r_on, r_m) = (rates[0], rates[1], rates[2]);
+    let (c_off, c_on, c_m) = (cpus[0], cpus[1], cpus[2]);
+    out.push_str(&format!(
+        "\nMedians: **{r_on:.0} (on) vs {r_off:.0} (off) req/s → throughput loss {:.1} %** (metrics only: \
+         {r_m:.0} req/s, {:.1} %); server CPU per request {c_on:.1} vs {c_off:.1} µs (metrics only {c_m:.1}). \
+         Spans received from the telemetry-on server during these runs: {spans} for {served_on} requests \
+         ({:.2} per request; export is asynchronous, so a few may arrive after the count).\n\n",
+        (1.0 - r_on / r_off.max(1e-9)) * 100.0,
+        (1.0 - r_m / r_off.max(1e-9)) * 100.0,
+        spans as f64 / served_on.max(1) as f64,
+    ));
+    if n == 5 {
+        out.push_str(&format!(
+            "Baseline build (`--baseline-exe`), same runs: {:.0} (on) vs {:.0} (off) req/s → throughput loss **{:.1} %**; server CPU per request {:.1} vs {:.1} µs.\n\n",
+            rates[4],
+            rates[3],
+            (1.0 - rates[4] / rates[3].max(1e-9)) * 100.0,
+            cpus[4],
+            cpus[3],
+        ));
+    }
+    drop(servers);
+    drop(baseline);
+
+    // 1b. Fixed arrival rate.
+    out.push_str(&format!(
+        "## Telemetry on vs off: cached `GET /v1/products/{{id}}` at {:.0} req/s (open model), {} s per run\n\n\
+         | round | telemetry | achieved req/s | p50 ms | p99 ms | server CPU µs/req |\n|---|---|---|---|---|---|\n",
         o.rate, o.secs
     ));
-    let (mut cpu_on, mut cpu_off, mut p99_on, mut p99_off, mut rate_on, mut rate_off) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut p99s: [Vec<f64>; 3] = Default::default();
+    let mut cpus_fixed: [Vec<f64>; 3] = Default::default();
+    let servers = [("off", &off), ("on", &on), ("metrics only", &metrics_only)];
     for round in 0..o.rounds {
-        let c0 = cpu_secs(metrics_only.pid);
-        let r = load(&metrics_only.url, o.rate, o.secs, only.clone()).await?;
-        let cpu_per_req = (cpu_secs(metrics_only.pid) - c0) / r.completed.max(1) as f64 * 1e6;
-        out.push_str(&format!(
-            "| {round} | metrics only | {:.0} | {:.2} | {:.2} | {:.0} |\n",
-            r.achieved_rate(),
-            ms(&r, 0.5),
-            ms(&r, 0.99),
-            cpu_per_req
-        ));
-        cpu_metrics_only.push(cpu_per_req);
-        let order: [(&str, &Server); 2] = if round % 2 == 0 {
-            [("off", &off), ("on", &on)]
-        } else {
-            [("on", &on), ("off", &off)]
-        };
-        for (name, s) in order {
+        for k in 0..3 {
+            let i = (k + round) % 3;
+            let (name, s) = servers[i];
             let c0 = cpu_secs(s.pid);
             let r = load(&s.url, o.rate, o.secs, only.clone()).await?;
-            let cpu_per_req = (cpu_secs(s.pid) - c0) / r.completed.max(1) as f64 * 1e6;
+            let cpu = (cpu_secs(s.pid) - c0) / r.completed.max(1) as f64 * 1e6;
             out.push_str(&format!(
-                "| {round} | {name} | {:.0} | {:.2} | {:.2} | {:.0} |\n",
+                "| {round} | {name} | {:.0} | {:.2} | {:.2} | {cpu:.0} |\n",
                 r.achieved_rate(),
                 ms(&r, 0.5),
                 ms(&r, 0.99),
-                cpu_per_req
             ));
-            let (cpu, p99, rate) = if name == "on" {
-                (&mut cpu_on, &mut p99_on, &mut rate_on)
-            } else {
-                (&mut cpu_off, &mut p99_off, &mut rate_off)
-            };
-            cpu.push(cpu_per_req);
-            p99.push(ms(&r, 0.99));
-            rate.push(r.achieved_rate());
+            p99s[i].push(ms(&r, 0.99));
+            cpus_fixed[i].push(cpu);
         }
     }
-    let (c_on, c_off) = (median(cpu_on), median(cpu_off));
+    let [p_off, p_on, p_m] = p99s.map(median);
+    let [f_off, f_on, f_m] = cpus_fixed.map(median);
     out.push_str(&format!(
-        "\nMedians: achieved {:.0} (on) vs {:.0} (off) req/s; p99 {:.2} vs {:.2} ms (added {:+.2} ms); server CPU per \
-         request {:.0} vs {:.0} µs → at CPU saturation telemetry would cost {:.1} % of throughput.\n\n",
-        median(rate_on),
-        median(rate_off),
-        median(p99_on.clone()),
-        median(p99_off.clone()),
-        median(p99_on) - median(p99_off),
-        c_on,
-        c_off,
-        if c_on > 0.0 { (1.0 - c_off / c_on) * 100.0 } else { 0.0 }
-    ));
-    out.push_str(&format!(
-        "Metrics only (traces not sampled): median {:.0} µs CPU per request.\n\n",
-        median(cpu_metrics_only)
+        "\nMedians: **p99 {p_on:.2} (on) vs {p_off:.2} (off) ms → added {:+.2} ms** (metrics only {p_m:.2} ms); \
+         server CPU per request {f_on:.0} vs {f_off:.0} µs (metrics only {f_m:.0}).\n\n",
+        p_on - p_off
     ));
     drop(off);
     drop(on);
     drop(metrics_only);
     out.push_str(&format!(
-        "The sink received {} OTLP export requests ({} KiB) from the exporting servers.\n\n",
-        seen.0.load(Ordering::Relaxed),
-        seen.1.load(Ordering::Relaxed) / 1024
+        "The sink received {} OTLP export requests ({} KiB, {} spans) in all.\n\n",
+        seen.requests.load(Ordering::Relaxed),
+        seen.bytes.load(Ordering::Relaxed) / 1024,
+        seen.spans.load(Ordering::Relaxed),
     ));
+    Ok(())
+}
 
-    // 2. Overload.
-    let srv = spawn_server(
-        &o.exe,
-        &o.dir.join("overload.db"),
-        Some(&sink),
-        o.max_concurrency,
-        server_cpu,
-        &[],
-    )
-    .await?;
-    load(&srv.url, o.base_rate, 3, None).await?; // warm-up
-    let base = load(&srv.url, o.base_rate, o.secs, None).await?;
-    let over = load(&srv.url, o.base_rate * 10.0, o.secs, None).await?;
-    let shed = |r: &Report| {
-        r.by_status.get("503").copied().unwrap_or(0) + r.by_status.get("429").copied().unwrap_or(0)
-    };
-    let other_5xx = |r: &Report| {
-        r.by_status
-            .iter()
-            .filter(|(k, _)| k.starts_with('5') && k.as_str() != "503")
-            .map(|(_, v)| *v)
-            .sum::<u64>()
-    };
-    let ap99 = |r: &Report| r.admitted.value_at_quantile(0.99) as f64 / 1000.0;
+async fn overload(
+    o: &BenchOptions,
+    server_cpu: Option<usize>,
+    sink: &str,
+    out: &mut String,
+) -> Result<(), BenchError> {
+    // 2. Overload: the serve defaults (adaptive limit) against a fixed limit.
+    let fixed = o.max_concurrency.to_string();
+    let configs: [(String, Vec<&str>); 2] = [
+        ("default (adaptive)".to_string(), vec![]),
+        (
+            format!("fixed {fixed}"),
+            vec!["--max-concurrency", fixed.as_str(), "--fixed-concurrency"],
+        ),
+    ];
     out.push_str(&format!(
-        "## Overload: weighted mix, --max-concurrency {}, {} s per run\n\n\
-         | load | offered req/s | completed | admitted | shed (429+503) | other 5xx | client errors | admitted p50 ms | admitted p99 ms |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
-        o.max_concurrency, o.secs
+        "## Overload: weighted mix, base {:.0} req/s then 10×, {} s per run\n\n\
+         | limit | load | offered req/s | completed | admitted | shed (429+503) | other 5xx | client errors | admitted p50 ms | admitted p99 ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        o.base_rate, o.secs
     ));
-    for (name, r) in [("base", &base), ("10×", &over)] {
-        let client_err: u64 = r
-            .by_status
-            .iter()
-            .filter(|(k, _)| k.parse::<u16>().is_err())
-            .map(|(_, v)| *v)
-            .sum();
+    let mut ratios = Vec::new();
+    for (i, (label, args)) in configs.iter().enumerate() {
+        let srv = spawn_server(
+            &o.exe,
+            &o.dir.join(format!("overload-{i}.db")),
+            Some(sink),
+            args,
+            server_cpu,
+            &[],
+        )
+        .await?;
+        load(&srv.url, o.base_rate, 3, None).await?; // warm-up
+        let base = load(&srv.url, o.base_rate, o.secs, None).await?;
+        let over = load(&srv.url, o.base_rate * 10.0, o.secs, None).await?;
+        drop(srv);
+        let shed = |r: &Report| {
+            r.by_status.get("503").copied().unwrap_or(0)
+                + r.by_status.get("429").copied().unwrap_or(0)
+        };
+        let other_5xx = |r: &Report| {
+            r.by_status
+                .iter()
+                .filter(|(k, _)| k.starts_with('5') && k.as_str() != "503")
+                .map(|(_, v)| *v)
+                .sum::<u64>()
+        };
+        let ap99 = |r: &Report| r.admitted.value_at_quantile(0.99) as f64 / 1000.0;
+        for (name, r) in [("base", &base), ("10×", &over)] {
+            let client_err: u64 = r
+                .by_status
+                .iter()
+                .filter(|(k, _)| k.parse::<u16>().is_err())
+                .map(|(_, v)| *v)
+                .sum();
+            out.push_str(&format!(
+                "| {label} | {name} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
+                r.target_rate,
+                r.completed,
+                r.admitted.len(),
+                shed(r),
+                other_5xx(r),
+                client_err,
+                r.admitted.value_at_quantile(0.5) as f64 / 1000.0,
+                ap99(r)
+            ));
+        }
+        ratios.push((label.clone(), ap99(&over) / ap99(&base).max(1e-9)));
+    }
+    out.push('\n');
+    for (label, ratio) in ratios {
         out.push_str(&format!(
-            "| {name} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
-            r.target_rate,
-            r.completed,
-            r.admitted.len(),
-            shed(r),
-            other_5xx(r),
-            client_err,
-            r.admitted.value_at_quantile(0.5) as f64 / 1000.0,
-            ap99(r)
+            "Limit {label}: admitted p99 under 10× overload is **{ratio:.2}×** the unloaded p99 (target ≤ 2×).\n"
         ));
     }
-    out.push_str(&format!(
-        "\nAdmitted p99 under 10× overload is {:.2}× the unloaded p99 (target ≤ 2×).\n",
-        ap99(&over) / ap99(&base).max(1e-9)
-    ));
-    drop(srv);
-    Ok(out)
+    Ok(())
 }
 
 impl Drop for Server {

@@ -62,8 +62,12 @@ pub struct Config {
     pub view_flush_interval: Duration,
     pub rate_default: RatePolicy,
     pub rate_auth: RatePolicy,
-    /// Requests processed at once before shedding with 503.
+    /// Requests processed at once before shedding with 503: the upper bound of the adaptive
+    /// limit, or the fixed limit when `min_concurrency` is `None`.
     pub max_concurrency: usize,
+    /// Lower bound of the adaptive concurrency limit (see [`crate::resilience::limit`]);
+    /// `None` keeps the limit fixed at `max_concurrency`.
+    pub min_concurrency: Option<usize>,
     pub breaker: BreakerConfig,
     /// Timeout of one downstream attempt.
     pub downstream_timeout: Duration,
@@ -107,6 +111,7 @@ impl Config {
                 window: Duration::from_secs(60),
             },
             max_concurrency: 256,
+            min_concurrency: Some(crate::resilience::limit::default_min()),
             breaker: BreakerConfig {
                 window: 20,
                 min_calls: 5,

@@ -35,6 +35,7 @@ pub mod loadgen;
 pub mod ratelimit;
 pub mod resilience;
 pub mod routes;
+pub mod span_export;
 pub mod telemetry;
 
 pub use app::App;

@@ -49,9 +49,22 @@ struct BenchArgs {
     /// Base rate of the overload runs (the overload is 10×).
     #[arg(long, default_value_t = 200.0)]
     base_rate: f64,
-    /// Concurrency limit of the overload server.
-    #[arg(long, default_value_t = 32)]
+    /// Fixed concurrency limit that the default (adaptive) limit is compared with under overload.
+    #[arg(long, default_value_t = 256)]
     max_concurrency: usize,
+    /// Keep-alive connections of the saturation runs.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Only the telemetry-overhead benchmark.
+    #[arg(long, conflicts_with = "only_overload")]
+    only_telemetry: bool,
+    /// Only the overload benchmark.
+    #[arg(long)]
+    only_overload: bool,
+    /// Also saturate servers of an older build of this binary (telemetry on and off), for a
+    /// before/after comparison in the same run.
+    #[arg(long)]
+    baseline_exe: Option<PathBuf>,
     /// Pin the servers to the last CPU and the load generator to the others.
     #[arg(long)]
     pin: bool,
@@ -81,9 +94,16 @@ pub struct ServeArgs {
     /// Requests per minute per client (default policy).
     #[arg(long, default_value_t = 1200)]
     rate_limit: u64,
-    /// Requests in progress before shedding with 503.
+    /// Upper bound of the adaptive concurrency limit (requests in progress before shedding with
+    /// 503); with --fixed-concurrency, the limit itself.
     #[arg(long, default_value_t = 256)]
     max_concurrency: usize,
+    /// Lower bound of the adaptive concurrency limit [default: 4 per CPU].
+    #[arg(long)]
+    min_concurrency: Option<usize>,
+    /// Keep the concurrency limit fixed at --max-concurrency instead of adapting it to latency.
+    #[arg(long, conflicts_with = "min_concurrency")]
+    fixed_concurrency: bool,
 }
 
 #[derive(Args)]
@@ -146,6 +166,14 @@ fn config(a: &ServeArgs) -> Config {
         window: Duration::from_secs(60),
     };
     cfg.max_concurrency = a.max_concurrency;
+    cfg.min_concurrency = if a.fixed_concurrency {
+        None
+    } else {
+        Some(
+            a.min_concurrency
+                .unwrap_or_else(example_api::resilience::limit::default_min),
+        )
+    };
     cfg
 }
 
@@ -199,6 +227,10 @@ async fn main() -> anyhow::Result<()> {
                 rounds: a.rounds,
                 base_rate: a.base_rate,
                 max_concurrency: a.max_concurrency,
+                connections: a.connections,
+                telemetry: !a.only_overload,
+                baseline_exe: a.baseline_exe,
+                overload: !a.only_telemetry,
                 pin: a.pin,
             })
             .await

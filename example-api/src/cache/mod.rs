@@ -7,7 +7,7 @@
 pub mod etag;
 pub mod views;
 
-use crate::telemetry::Telemetry;
+use crate::telemetry::{CacheLevel, Telemetry};
 use futures_util::StreamExt;
 use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
@@ -94,15 +94,8 @@ impl ProductCache {
         }))
     }
 
-    fn record(&self, level: &'static str, hit: bool) {
-        self.telemetry.m.cache_requests.add(
-            1,
-            &[
-                KeyValue::new("cache.name", "product"),
-                KeyValue::new("cache.level", level),
-                KeyValue::new("cache.result", if hit { "hit" } else { "miss" }),
-            ],
-        );
+    fn record(&self, level: CacheLevel, hit: bool) {
+        self.telemetry.m.cache_requests.record(level, hit);
     }
 
     /// Cache-aside read: L1, then L2, then `load` (the database). One load per key at a time.
@@ -114,7 +107,7 @@ impl ProductCache {
         let parent = Context::current();
         let cx = self.telemetry.child(
             &parent,
-            "cache.get product".into(),
+            "cache.get product",
             SpanKind::Internal,
             vec![
                 KeyValue::new("cache.name", "product"),
@@ -139,17 +132,17 @@ impl ProductCache {
         let out = match entry {
             Ok(e) => {
                 let fresh = e.is_fresh();
-                self.record("l1", !fresh);
+                self.record(CacheLevel::L1, !fresh);
                 span.set_attribute(KeyValue::new("cache.l1.hit", !fresh));
                 if fresh && self.l2.is_some() {
                     let hit = l2_hit.load(std::sync::atomic::Ordering::Relaxed);
-                    self.record("l2", hit);
+                    self.record(CacheLevel::L2, hit);
                     span.set_attribute(KeyValue::new("cache.l2.hit", hit));
                 }
                 Ok(e.into_value())
             }
             Err(e) => {
-                self.record("l1", false);
+                self.record(CacheLevel::L1, false);
                 Err((*e).clone())
             }
         };

@@ -171,7 +171,7 @@ impl RecommendationsClient {
         }
         let cx = self.telemetry.child(
             parent,
-            "GET /recommendations/{product_id}".into(),
+            "GET /recommendations/{product_id}",
             SpanKind::Client,
             attrs,
         );

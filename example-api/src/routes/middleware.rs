@@ -5,7 +5,7 @@
 use super::{ApiError, AppState, Client};
 use crate::faults::Faults;
 use crate::ratelimit;
-use crate::telemetry::{Telemetry, extract_context};
+use crate::telemetry::{HTTP_METHODS, Telemetry, extract_context};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -14,23 +14,18 @@ use opentelemetry::KeyValue;
 use opentelemetry::context::FutureExt;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use serde_json::json;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-fn method_attr(m: &axum::http::Method) -> &'static str {
-    match m.as_str() {
-        "GET" => "GET",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "PATCH" => "PATCH",
-        "DELETE" => "DELETE",
-        "HEAD" => "HEAD",
-        "OPTIONS" => "OPTIONS",
-        "CONNECT" => "CONNECT",
-        "TRACE" => "TRACE",
-        _ => "_OTHER",
-    }
+/// The method as the semantic conventions name it, and its index in [`HTTP_METHODS`].
+fn method_attr(m: &axum::http::Method) -> (usize, &'static str) {
+    let i = HTTP_METHODS
+        .iter()
+        .position(|x| *x == m.as_str())
+        .unwrap_or(HTTP_METHODS.len() - 1);
+    (i, HTTP_METHODS[i])
 }
 
 /// One SERVER span per request named `{method} {route}`, child of an incoming `traceparent`,
@@ -41,18 +36,27 @@ pub async fn http_telemetry(
     req: Request,
     next: Next,
 ) -> Response {
-    let method = method_attr(req.method());
-    let route = matched.map(|m| m.as_str().to_string());
+    let (method_idx, method) = method_attr(req.method());
+    // One allocation shared by the span's and the metric's `http.route`.
+    let route: Option<Arc<str>> = matched.map(|m| Arc::from(m.as_str()));
+    // Concatenated, not format!(): this runs on every request.
     let name = match &route {
-        Some(r) => format!("{method} {r}"),
-        None => method.to_string(),
+        Some(r) => {
+            let mut n = String::with_capacity(method.len() + 1 + r.len());
+            n.push_str(method);
+            n.push(' ');
+            n.push_str(r);
+            Cow::Owned(n)
+        }
+        None => Cow::Borrowed(method),
     };
     let parent = extract_context(req.headers());
-    let mut attrs = vec![
+    let mut attrs = Vec::with_capacity(6);
+    attrs.extend([
         KeyValue::new("http.request.method", method),
         KeyValue::new("url.path", req.uri().path().to_string()),
         KeyValue::new("url.scheme", "http"),
-    ];
+    ]);
     if let Some(r) = &route {
         attrs.push(KeyValue::new("http.route", r.clone()));
     }
@@ -70,7 +74,7 @@ pub async fn http_telemetry(
         .with_attributes(attrs)
         .start_with_context(&tel.tracer, &parent);
     let cx = parent.with_span(span);
-    let active = ActiveGuard::new(&tel, method);
+    let active = ActiveGuard::new(&tel, method_idx);
     let start = Instant::now();
     let resp = next.run(req).with_context(cx.clone()).await;
     let elapsed = start.elapsed().as_secs_f64();
@@ -104,23 +108,19 @@ pub async fn http_telemetry(
 /// request future is dropped mid-way.
 struct ActiveGuard<'a> {
     tel: &'a Telemetry,
-    attrs: [KeyValue; 2],
+    method: usize,
 }
 
 impl<'a> ActiveGuard<'a> {
-    fn new(tel: &'a Telemetry, method: &'static str) -> Self {
-        let attrs = [
-            KeyValue::new("http.request.method", method),
-            KeyValue::new("url.scheme", "http"),
-        ];
-        tel.m.http_active.add(1, &attrs);
-        ActiveGuard { tel, attrs }
+    fn new(tel: &'a Telemetry, method: usize) -> Self {
+        tel.m.http_active.add(method, 1);
+        ActiveGuard { tel, method }
     }
 }
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        self.tel.m.http_active.add(-1, &self.attrs);
+        self.tel.m.http_active.add(self.method, -1);
     }
 }
 
@@ -186,16 +186,17 @@ pub async fn rate_limit(State(st): State<AppState>, mut req: Request, next: Next
     resp
 }
 
-/// Answers 503 + `Retry-After` at once when `max_concurrency` requests are already in progress,
-/// instead of queueing them (a queue would only add latency to every request behind it).
+/// Answers 503 + `Retry-After` at once when the concurrency limit (adaptive, see
+/// [`crate::resilience::limit`]) is reached, instead of queueing (a queue would only add latency
+/// to every request behind it).
 pub async fn load_shed(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    match st.shed.clone().try_acquire_owned() {
-        Ok(permit) => {
+    match st.shed.try_acquire() {
+        Some(permit) => {
             let resp = next.run(req).await;
             drop(permit);
             resp
         }
-        Err(_) => {
+        None => {
             st.telemetry.m.shed.add(1, &[]);
             let body = json!({ "error": { "code": "overloaded", "message": "server is at capacity; retry later" } });
             let mut resp = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();

@@ -27,7 +27,6 @@ use pagination::CursorCodec;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 /// Everything handlers share.
 pub struct Shared {
@@ -43,7 +42,8 @@ pub struct Shared {
     pub api_keys: moka::future::Cache<String, Option<String>>,
     pub cursors: CursorCodec,
     pub limiter: Arc<RateLimiter>,
-    pub shed: Arc<Semaphore>,
+    /// Requests in progress and their adaptive limit (load shedding).
+    pub shed: Arc<crate::resilience::limit::AdaptiveLimit>,
     pub recs: Arc<RecommendationsClient>,
     pub faults: Arc<Faults>,
     /// Calls received by the in-process downstream service (0 when it is external).

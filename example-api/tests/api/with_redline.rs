@@ -1,5 +1,6 @@
-//! The whole loop: the API exports over OTLP/gRPC to a real redline, the load generator drives
-//! it, and redline's per-endpoint counts equal what the load generator sent.
+//! The whole loop: the API exports over OTLP (gRPC through the OTLP crate, HTTP/protobuf through
+//! the API's own encoder) to a real redline, the load generator drives it, and redline's
+//! per-endpoint counts equal what the load generator sent.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::helpers::{TestApp, test_config};
 
 struct RunningRedline {
     grpc: std::net::SocketAddr,
+    http: std::net::SocketAddr,
     web: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
@@ -32,7 +34,7 @@ async fn start_redline() -> RunningRedline {
     })
     .unwrap();
     let app = Redline::build(settings).await.expect("redline starts");
-    let (grpc, web) = (app.grpc_addr(), app.web_addr());
+    let (grpc, http, web) = (app.grpc_addr(), app.http_addr(), app.web_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         app.run_until_stopped(async {
@@ -43,6 +45,7 @@ async fn start_redline() -> RunningRedline {
     });
     RunningRedline {
         grpc,
+        http,
         web,
         stop,
         task,
@@ -76,10 +79,26 @@ async fn redline_counts(web: std::net::SocketAddr, service: &str) -> BTreeMap<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redline_counts_exactly_what_the_load_generator_sent() {
+    counts_match_over("grpc").await;
+}
+
+/// The same over OTLP/HTTP protobuf, the default protocol, whose spans the API encodes itself
+/// (`span_export`): a real receiver decodes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redline_counts_exactly_what_was_sent_over_http_protobuf() {
+    counts_match_over("http/protobuf").await;
+}
+
+async fn counts_match_over(protocol: &str) {
     let redline = start_redline().await;
+    let addr = if protocol == "grpc" {
+        redline.grpc
+    } else {
+        redline.http
+    };
     let export = ExportConfig {
-        endpoint: Some(format!("http://{}", redline.grpc)),
-        protocol: "grpc".into(),
+        endpoint: Some(format!("http://{addr}")),
+        protocol: protocol.into(),
         delta: false,
         metric_interval: Duration::from_secs(1),
         disabled: false,

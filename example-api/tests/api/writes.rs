@@ -355,6 +355,83 @@ async fn load_shedding_rejects_instead_of_queueing() {
     app.stop().await;
 }
 
+/// The default limit adapts: while latency is normal the cap (here 64) applies, and once
+/// latency queues up (the database slows from 2 ms to 40 ms per query) the limit falls to its
+/// floor and the excess is shed at once instead of waiting. A fixed limit of 64 would admit all
+/// 16 concurrent requests below.
+#[tokio::test]
+async fn adaptive_limit_sheds_when_latency_rises() {
+    let app = TestApp::spawn_with(|c| {
+        c.max_concurrency = 64;
+        c.min_concurrency = Some(2);
+    })
+    .await;
+    assert_eq!(app.state.shed.limit(), 64);
+    let burst = |n: usize| {
+        let reqs: Vec<_> = (0..n).map(|_| app.get("/v1/products?limit=1")).collect();
+        async move {
+            let mut tasks = Vec::new();
+            for rb in reqs {
+                tasks.push(tokio::spawn(async move {
+                    let start = Instant::now();
+                    let s = rb.send().await.unwrap().status().as_u16();
+                    (s, start.elapsed())
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+    };
+    app.set_faults(FaultSettings {
+        db_latency_ms: 2,
+        ..Default::default()
+    })
+    .await;
+    // A baseline at normal latency (a few windows of 32 completions).
+    for _ in 0..8 {
+        let r = burst(16).await;
+        assert!(r.iter().all(|(s, _)| *s == 200), "{r:?}");
+    }
+    // (At or near the cap: one noisy window on a busy machine may cut it once.)
+    assert!(
+        app.state.shed.limit() >= 32,
+        "normal latency: {}",
+        app.state.shed.limit()
+    );
+    app.set_faults(FaultSettings {
+        db_latency_ms: 40,
+        ..Default::default()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.state.shed.limit() > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "limit still {}",
+            app.state.shed.limit()
+        );
+        burst(16).await;
+    }
+    let r = burst(16).await;
+    let ok = r.iter().filter(|(s, _)| *s == 200).count();
+    let shed: Vec<_> = r.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        (1..=4).contains(&ok),
+        "about the floor of 2 admitted: {r:?}"
+    );
+    assert_eq!(ok + shed.len(), 16, "nothing but 200 and 503: {r:?}");
+    assert!(
+        shed.iter()
+            .all(|(_, took)| *took < Duration::from_millis(200)),
+        "shed at once: {shed:?}"
+    );
+    app.set_faults(FaultSettings::default()).await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn concurrent_misses_load_a_product_once() {
     let app = TestApp::spawn_with(|c| c.view_flush_interval = Duration::from_secs(3600)).await;
