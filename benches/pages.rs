@@ -91,7 +91,8 @@ fn metric(name: &str, kind: MetricKind, unit: &str, attributes: &[(&str, &str)])
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
-        },
+        }
+        .into(),
         kind,
         unit: unit.into(),
         description: String::new(),

@@ -568,7 +568,7 @@ impl Query {
                 let mut attribute_keys: Vec<String> = keys.into_iter().collect();
                 attribute_keys.sort();
                 MetricDescription {
-                    name: info.key.name,
+                    name: info.key.name.clone(),
                     kind: info.kind,
                     unit: info.unit,
                     description: info.description,

@@ -2,6 +2,8 @@
 //! What does not fit goes to an `__overflow__` series and is counted, so a flood of distinct
 //! routes or attribute values costs a counter, not memory.
 
+use std::sync::Arc;
+
 use foldhash::HashMap;
 
 use crate::model::{EndpointKey, MetricSeriesKey};
@@ -42,7 +44,9 @@ pub struct CardinalityGuard {
     /// service → endpoint → last seen (unix ms). Keyed by the whole endpoint so a known one is
     /// found by reference, without building a key.
     endpoints: HashMap<String, HashMap<EndpointKey, i64>>,
-    metric_series: HashMap<MetricSeriesKey, i64>,
+    /// The one shared copy of each admitted series key: the aggregator, the delta converter
+    /// and the store writer hold clones of these `Arc`s, not copies of the key.
+    metric_series: HashMap<Arc<MetricSeriesKey>, i64>,
     overflow: OverflowCounts,
 }
 
@@ -95,21 +99,26 @@ impl CardinalityGuard {
     }
 
     /// The key to aggregate `series` under: itself, or its service's overflow series.
-    pub fn admit_series(&mut self, series: &MetricSeriesKey, now_ms: i64) -> MetricSeriesKey {
+    pub fn admit_series(&mut self, series: &MetricSeriesKey, now_ms: i64) -> Arc<MetricSeriesKey> {
         if let Some(seen) = self.metric_series.get_mut(series) {
             *seen = now_ms;
-            return series.clone();
+            let (key, _) = self
+                .metric_series
+                .get_key_value(series)
+                .expect("found above");
+            return key.clone();
         }
         if self.metric_series.len() >= self.limits.max_metric_series {
             self.overflow.metric_series += 1;
-            return MetricSeriesKey {
+            return Arc::new(MetricSeriesKey {
                 service: series.service.clone(),
                 name: OVERFLOW.to_string(),
                 attributes: [("otel.metric.overflow".to_string(), "true".to_string())].into(),
-            };
+            });
         }
-        self.metric_series.insert(series.clone(), now_ms);
-        series.clone()
+        let key = Arc::new(series.clone());
+        self.metric_series.insert(key.clone(), now_ms);
+        key
     }
 
     /// Forgets keys not seen since `now_ms − idle_expiry`.
@@ -229,5 +238,18 @@ mod tests {
         let third = guard.admit_series(&series("3"), 0);
         assert_eq!(third.name, OVERFLOW);
         assert_eq!(guard.overflow().metric_series, 1);
+    }
+    #[test]
+    fn an_admitted_series_key_is_one_shared_copy() {
+        let mut guard = guard();
+        let series = MetricSeriesKey {
+            service: "a".into(),
+            name: "m".into(),
+            attributes: [("k".to_string(), "v".to_string())].into(),
+        };
+        let first = guard.admit_series(&series, 0);
+        let again = guard.admit_series(&series.clone(), 10);
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(*first, series);
     }
 }

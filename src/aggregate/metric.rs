@@ -2,6 +2,8 @@
 //! every window keeps what its kind needs (last/min/max/avg for gauges, the delta for counters,
 //! the merged buckets for histograms).
 
+use std::sync::Arc;
+
 use foldhash::HashMap;
 
 use crate::aggregate::histogram;
@@ -102,7 +104,7 @@ struct CumulativeState {
 /// Turns cumulative points into deltas, one series at a time.
 #[derive(Debug, Default)]
 pub struct DeltaConverter {
-    previous: HashMap<MetricSeriesKey, CumulativeState>,
+    previous: HashMap<Arc<MetricSeriesKey>, CumulativeState>,
     /// Points that start before this (redline's start) carry history redline never saw: their
     /// first value is only a baseline, not an increase.
     started_unix_ns: u64,
@@ -125,9 +127,13 @@ impl DeltaConverter {
         }
     }
 
-    /// The contribution of `point` to its window. Gauges and up-down counters pass through as
-    /// values; cumulative counters and histograms become increases.
-    pub fn contribution(&mut self, point: &MetricPoint) -> Contribution {
+    /// The contribution of `point` (of the series `key`) to its window. Gauges and up-down
+    /// counters pass through as values; cumulative counters and histograms become increases.
+    pub fn contribution(
+        &mut self,
+        key: &Arc<MetricSeriesKey>,
+        point: &MetricPoint,
+    ) -> Contribution {
         let cumulative_increase = point.temporality == Temporality::Cumulative
             && matches!(
                 point.kind,
@@ -140,7 +146,7 @@ impl DeltaConverter {
             };
         }
         let previous = self.previous.insert(
-            point.series.clone(),
+            key.clone(),
             CumulativeState {
                 start_unix_ns: point.start_unix_ns,
                 value: point.value.clone(),
@@ -194,6 +200,10 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    fn contribution(converter: &mut DeltaConverter, point: &MetricPoint) -> Contribution {
+        converter.contribution(&Arc::new(point.series.clone()), point)
+    }
+
     fn counter(value: f64, start: u64) -> MetricPoint {
         MetricPoint {
             series: MetricSeriesKey {
@@ -215,21 +225,21 @@ mod tests {
     fn cumulative_counters_become_increases_with_resets() {
         let mut converter = DeltaConverter::new(100);
         assert_eq!(
-            converter.contribution(&counter(10.0, 200)),
+            contribution(&mut converter, &counter(10.0, 200)),
             Contribution::Number(10.0)
         );
         assert_eq!(
-            converter.contribution(&counter(15.0, 200)),
+            contribution(&mut converter, &counter(15.0, 200)),
             Contribution::Number(5.0)
         );
         // Reset within the same run (value went down): the new value is all new.
         assert_eq!(
-            converter.contribution(&counter(3.0, 200)),
+            contribution(&mut converter, &counter(3.0, 200)),
             Contribution::Number(3.0)
         );
         // A restart of the exporter (new start time).
         assert_eq!(
-            converter.contribution(&counter(2.0, 300)),
+            contribution(&mut converter, &counter(2.0, 300)),
             Contribution::Number(2.0)
         );
     }
@@ -238,11 +248,11 @@ mod tests {
     fn series_older_than_redline_start_with_a_baseline() {
         let mut converter = DeltaConverter::new(1_000);
         assert_eq!(
-            converter.contribution(&counter(500.0, 10)),
+            contribution(&mut converter, &counter(500.0, 10)),
             Contribution::Baseline
         );
         assert_eq!(
-            converter.contribution(&counter(510.0, 10)),
+            contribution(&mut converter, &counter(510.0, 10)),
             Contribution::Number(10.0)
         );
     }

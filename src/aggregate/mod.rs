@@ -9,6 +9,8 @@ pub mod red;
 pub mod sampler;
 pub mod sketch;
 
+use std::sync::Arc;
+
 use foldhash::HashMap;
 
 use crate::model::{
@@ -56,7 +58,8 @@ pub struct RedDelta {
 /// Identity and description of a metric series.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesInfo {
-    pub key: MetricSeriesKey,
+    /// Shared with the cardinality guard (one copy of each key, however many windows).
+    pub key: Arc<MetricSeriesKey>,
     pub kind: MetricKind,
     pub unit: String,
     pub description: String,
@@ -97,7 +100,7 @@ pub struct AggregatorStats {
 /// Open RED windows: endpoint → (source, window start) → statistics. Nested so that a
 /// request finds its endpoint by reference (no key is built per request).
 type RedWindows = HashMap<EndpointKey, HashMap<(RedSource, i64), RedStats>>;
-type MetricKey = (MetricSeriesKey, i64);
+type MetricKey = (Arc<MetricSeriesKey>, i64);
 
 /// The statistics of `endpoint` for `source` and `window`, created when new.
 fn red_entry<'a>(
@@ -176,13 +179,13 @@ impl Aggregator {
 
     fn add_metric_point(&mut self, point: &MetricPoint, now_ms: i64) {
         let key = self.guard.admit_series(&point.series, now_ms);
-        let overflowed = key != point.series;
+        let overflowed = *key != point.series;
         let window = self.window_start(point.time_unix_ms, now_ms);
         // Overflow series fold many series together: deltas of each are not tracked.
         let contribution = if overflowed {
             Contribution::Baseline
         } else {
-            self.converter.contribution(point)
+            self.converter.contribution(&key, point)
         };
         if let Contribution::Histogram(delta) = &contribution
             && point.series.name == HTTP_SERVER_DURATION

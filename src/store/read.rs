@@ -363,7 +363,8 @@ fn series_info(row: &rusqlite::Row<'_>, offset: usize) -> Result<SeriesInfo, Sto
             name: row.get(offset + 1)?,
             attributes: serde_json::from_str::<BTreeMap<String, String>>(&attributes)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        },
+        }
+        .into(),
         kind: MetricKind::parse(&kind)
             .ok_or_else(|| StoreError::Corrupt(format!("metric kind {kind:?}")))?,
         unit: row.get(offset + 4)?,

@@ -123,7 +123,7 @@ struct Writer {
     /// Id caches; cleared when retention may have deleted rows, and when they grow past a cap.
     endpoint_ids: HashMap<(RedSource, EndpointKey), i64>,
     /// Keyed by the series itself: a known series is found without serializing its attributes.
-    series_ids: HashMap<MetricSeriesKey, i64>,
+    series_ids: HashMap<Arc<MetricSeriesKey>, i64>,
 }
 
 const ID_CACHE_CAP: usize = 100_000;
