@@ -102,11 +102,30 @@ pub fn read_trace_export<'a>(
     body: &'a [u8],
     mut visit: impl FnMut(Item<'a>),
 ) -> Result<(), DecodeError> {
-    let mut reader = Reader::new(body);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(body, 0, |reader, field, wire| {
         match field {
             1 => read_resource_spans(reader.message(wire)?, 1, &mut visit)?,
-            _ => reader.skip(field, wire, 0)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })
+}
+
+/// Calls `on_field` for each field of the message in `buf`, nested `depth` deep. A field it
+/// does not know (it returns `false` without reading it) is skipped. Always inlined, so each
+/// walker compiles to its own loop (`ingest -- profile` measured it as fast as hand-written
+/// loops).
+#[inline(always)]
+fn each_field<'a>(
+    buf: &'a [u8],
+    depth: u32,
+    mut on_field: impl FnMut(&mut Reader<'a>, u32, WireType) -> Result<bool, DecodeError>,
+) -> Result<(), DecodeError> {
+    check_depth(depth)?;
+    let mut reader = Reader::new(buf);
+    while let Some((field, wire)) = reader.next_field()? {
+        if !on_field(&mut reader, field, wire)? {
+            reader.skip(field, wire, depth)?;
         }
     }
     Ok(())
@@ -117,11 +136,9 @@ fn read_resource_spans<'a>(
     depth: u32,
     visit: &mut impl FnMut(Item<'a>),
 ) -> Result<(), DecodeError> {
-    check_depth(depth)?;
     // The resource may come after the spans on the wire: find it (and check every field) first.
     let mut service_name = None;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             1 => {
                 let name = read_resource(reader.message(wire)?, depth + 1)?;
@@ -134,26 +151,24 @@ fn read_resource_spans<'a>(
             3 => {
                 reader.string(wire)?;
             }
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     visit(Item::Resource { service_name });
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             2 => read_scope_spans(reader.message(wire)?, depth + 1, visit)?,
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 /// A `Resource`: returns its first `service.name` attribute.
 fn read_resource(buf: &[u8], depth: u32) -> Result<Option<Value<'_>>, DecodeError> {
-    check_depth(depth)?;
     let mut service_name = None;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             1 => {
                 let (key, value) = read_key_value(reader.message(wire)?, depth + 1)?;
@@ -165,24 +180,23 @@ fn read_resource(buf: &[u8], depth: u32) -> Result<Option<Value<'_>>, DecodeErro
                 reader.varint(wire)?;
             }
             3 => check_entity_ref(reader.message(wire)?, depth + 1)?,
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(service_name)
 }
 
 fn check_entity_ref(buf: &[u8], depth: u32) -> Result<(), DecodeError> {
-    check_depth(depth)?;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             1..=4 => {
                 reader.string(wire)?;
             }
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 fn read_scope_spans<'a>(
@@ -190,25 +204,21 @@ fn read_scope_spans<'a>(
     depth: u32,
     visit: &mut impl FnMut(Item<'a>),
 ) -> Result<(), DecodeError> {
-    check_depth(depth)?;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             1 => check_scope(reader.message(wire)?, depth + 1)?,
             2 => visit(Item::Span(read_span(reader.message(wire)?, depth + 1)?)),
             3 => {
                 reader.string(wire)?;
             }
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 fn check_scope(buf: &[u8], depth: u32) -> Result<(), DecodeError> {
-    check_depth(depth)?;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             1 | 2 => {
                 reader.string(wire)?;
@@ -219,14 +229,13 @@ fn check_scope(buf: &[u8], depth: u32) -> Result<(), DecodeError> {
             4 => {
                 reader.varint(wire)?;
             }
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 fn read_span(buf: &[u8], depth: u32) -> Result<SpanView<'_>, DecodeError> {
-    check_depth(depth)?;
     let mut span = SpanView {
         encoded: buf,
         trace_id: &[],
@@ -238,8 +247,7 @@ fn read_span(buf: &[u8], depth: u32) -> Result<SpanView<'_>, DecodeError> {
         status_code: 0,
         attributes: SpanAttributes::default(),
     };
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             1 => span.trace_id = reader.bytes(wire)?,
             2 => span.span_id = reader.bytes(wire)?,
@@ -270,33 +278,31 @@ fn read_span(buf: &[u8], depth: u32) -> Result<SpanView<'_>, DecodeError> {
             16 => {
                 reader.fixed32(wire)?; // flags
             }
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(span)
 }
 
 /// A `Status`: its code, when the field is present.
 fn read_status(buf: &[u8], depth: u32) -> Result<Option<i32>, DecodeError> {
-    check_depth(depth)?;
     let mut code = None;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             2 => {
                 reader.string(wire)?;
             }
             3 => code = Some(reader.varint(wire)? as i32),
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(code)
 }
 
 fn check_event(buf: &[u8], depth: u32) -> Result<(), DecodeError> {
-    check_depth(depth)?;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             1 => {
                 reader.fixed64(wire)?;
@@ -310,16 +316,14 @@ fn check_event(buf: &[u8], depth: u32) -> Result<(), DecodeError> {
             4 => {
                 reader.varint(wire)?;
             }
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 fn check_link(buf: &[u8], depth: u32) -> Result<(), DecodeError> {
-    check_depth(depth)?;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             1 | 2 => {
                 reader.bytes(wire)?;
@@ -336,19 +340,17 @@ fn check_link(buf: &[u8], depth: u32) -> Result<(), DecodeError> {
             6 => {
                 reader.fixed32(wire)?;
             }
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 /// A `KeyValue`: its key and value ([`Value::Empty`] when the value is missing).
 fn read_key_value(buf: &[u8], depth: u32) -> Result<(&str, Value<'_>), DecodeError> {
-    check_depth(depth)?;
     let mut key = "";
     let mut value = Value::Empty;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             1 => key = reader.string(wire)?,
             2 => {
@@ -362,18 +364,17 @@ fn read_key_value(buf: &[u8], depth: u32) -> Result<(&str, Value<'_>), DecodeErr
             3 => {
                 reader.varint(wire)?; // key_strindex (profiles only)
             }
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok((key, value))
 }
 
 /// An `AnyValue`. Its oneof keeps the last variant on the wire, as prost does.
 fn read_any_value(buf: &[u8], depth: u32) -> Result<Value<'_>, DecodeError> {
-    check_depth(depth)?;
     let mut value = Value::Empty;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         value = match field {
             1 => Value::Str(reader.string(wire)?),
             2 => Value::Bool(reader.varint(wire)? != 0),
@@ -395,41 +396,35 @@ fn read_any_value(buf: &[u8], depth: u32) -> Result<Value<'_>, DecodeError> {
                 reader.varint(wire)?;
                 Value::Other(buf)
             }
-            _ => {
-                reader.skip(field, wire, depth)?;
-                value
-            }
+            _ => return Ok(false),
         };
-    }
+        Ok(true)
+    })?;
     Ok(value)
 }
 
 fn check_array(buf: &[u8], depth: u32) -> Result<(), DecodeError> {
-    check_depth(depth)?;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             1 => {
                 read_any_value(reader.message(wire)?, depth + 1)?;
             }
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 fn check_key_value_list(buf: &[u8], depth: u32) -> Result<(), DecodeError> {
-    check_depth(depth)?;
-    let mut reader = Reader::new(buf);
-    while let Some((field, wire)) = reader.next_field()? {
+    each_field(buf, depth, |reader, field, wire| {
         match field {
             1 => {
                 read_key_value(reader.message(wire)?, depth + 1)?;
             }
-            _ => reader.skip(field, wire, depth)?,
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 fn check_depth(depth: u32) -> Result<(), DecodeError> {
