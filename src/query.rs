@@ -252,38 +252,6 @@ impl Query {
             .unwrap_or(Resolution::OneHour)
     }
 
-    /// Stored windows plus unflushed ones for the range, at one resolution (unflushed windows
-    /// are 10 s windows, aligned down to `resolution` here).
-    async fn red_windows(
-        &self,
-        filter: RedFilter,
-        range: TimeRange,
-        resolution: Resolution,
-    ) -> Result<Vec<RedDelta>, StoreError> {
-        let parts = self.live.unflushed(filter.service.as_deref());
-        let from = resolution.align(range.from_ms);
-        let to = range.to_ms;
-        let read_filter = filter.clone();
-        let stored = self
-            .readers
-            .run(move |conn| read::red_windows(conn, &read_filter, resolution, from, to))
-            .await?;
-        let mut rows = stored.rows;
-        for (_, batch) in parts.iter().filter(|(seq, _)| *seq > stored.flushed_seq) {
-            for delta in &batch.red {
-                let start = resolution.align(delta.window_start_ms);
-                if start >= from && start < to && matches_filter(&delta.endpoint, &filter) {
-                    let mut delta = delta.clone();
-                    delta.window_start_ms = start;
-                    rows.push(delta);
-                }
-            }
-        }
-        let mut rows = prefer_spans(rows);
-        rows.sort_by_key(|r| r.window_start_ms);
-        Ok(rows)
-    }
-
     /// Merged RED statistics per endpoint for a range (alert rules read these).
     pub async fn red_stats(
         &self,
@@ -291,7 +259,7 @@ impl Query {
         range: TimeRange,
     ) -> Result<Vec<(EndpointKey, RedStats)>, StoreError> {
         let resolution = self.resolution_for(range, 400);
-        let rows = self.red_windows(filter, range, resolution).await?;
+        let rows = self.red_totals(filter, range, resolution).await?;
         let mut by_endpoint: BTreeMap<EndpointKey, RedStats> = BTreeMap::new();
         for row in rows {
             by_endpoint
@@ -302,8 +270,9 @@ impl Query {
         Ok(by_endpoint.into_iter().collect())
     }
 
-    /// What [`Self::red_windows`] gives, summed per endpoint (and source) over the range: the
-    /// stored part as per-endpoint totals, the unflushed part as windows. Stored data is read
+    /// The RED windows of `resolution` starting in the range, stored and unflushed, summed per
+    /// endpoint (and source): the stored part as per-endpoint totals, the unflushed part as
+    /// windows. Stored data is read
     /// from the coarsest rollup rows that lie entirely inside the range (a rollup row holds
     /// exactly the merge of its finer windows, written in the same transaction), so one hour
     /// of 10 s windows is mostly read as 1 min rows, and rows are merged as they are read.
@@ -326,20 +295,16 @@ impl Query {
             })
             .await?;
         let mut rows = stored.rows;
-        for (_, batch) in parts.iter().filter(|(seq, _)| *seq > stored.flushed_seq) {
-            for delta in &batch.red {
-                let start = resolution.align(delta.window_start_ms);
-                if start >= from && start < to && matches_filter(&delta.endpoint, &filter) {
-                    let mut delta = delta.clone();
-                    delta.window_start_ms = start;
-                    rows.push(delta);
-                }
-            }
-        }
+        let unflushed = unflushed_red(&parts, stored.flushed_seq, &filter, resolution, from, to);
+        rows.extend(unflushed.map(|(start, delta)| RedDelta {
+            window_start_ms: start,
+            ..delta.clone()
+        }));
         Ok(prefer_spans(rows))
     }
 
-    /// What [`Self::red_windows`] gives, summed per step (`window_start_ms` is the step's start)
+    /// The RED windows of `resolution` starting in the range, summed per step
+    /// (`window_start_ms` is the step's start)
     /// and per endpoint and source — or, without `per_endpoint`, per service and source, with
     /// empty method and route. The stored part is summed while it is read (one row per group
     /// and step comes back), the unflushed 10 s windows are added as rows; `step_ms` must be at
@@ -370,28 +335,24 @@ impl Query {
             })
             .await?;
         let mut rows = stored.rows;
-        for (_, batch) in parts.iter().filter(|(seq, _)| *seq > stored.flushed_seq) {
-            for delta in &batch.red {
-                let start = resolution.align(delta.window_start_ms);
-                if start >= from && start < to && matches_filter(&delta.endpoint, &filter) {
-                    let endpoint = if per_endpoint {
-                        delta.endpoint.clone()
-                    } else {
-                        EndpointKey {
-                            service: delta.endpoint.service.clone(),
-                            method: String::new(),
-                            route: String::new(),
-                        }
-                    };
-                    rows.push(RedDelta {
-                        source: delta.source,
-                        endpoint,
-                        window_start_ms: start.div_euclid(step_ms) * step_ms,
-                        stats: delta.stats.clone(),
-                    });
+        let unflushed = unflushed_red(&parts, stored.flushed_seq, &filter, resolution, from, to);
+        rows.extend(unflushed.map(|(start, delta)| {
+            let endpoint = if per_endpoint {
+                delta.endpoint.clone()
+            } else {
+                EndpointKey {
+                    service: delta.endpoint.service.clone(),
+                    method: String::new(),
+                    route: String::new(),
                 }
+            };
+            RedDelta {
+                source: delta.source,
+                endpoint,
+                window_start_ms: start.div_euclid(step_ms) * step_ms,
+                stats: delta.stats.clone(),
             }
-        }
+        }));
         Ok(prefer_spans(rows))
     }
 
@@ -921,6 +882,28 @@ fn trace_matches(trace: &TraceSummary, filter: &TraceFilter) -> bool {
             .is_none_or(|min| trace.duration_ms >= min)
         && trace.start_unix_ms >= filter.from_ms as f64
         && trace.start_unix_ms < filter.to_ms as f64
+}
+
+/// The unflushed RED windows a reader must add to its snapshot: those of flushes after the
+/// `flushed_seq` it saw, matching `filter`, whose start aligned to `resolution` lies in
+/// `[from, to)`; each with that aligned start.
+fn unflushed_red<'a>(
+    parts: &'a [(u64, Arc<FlushBatch>)],
+    flushed_seq: u64,
+    filter: &'a RedFilter,
+    resolution: Resolution,
+    from: i64,
+    to: i64,
+) -> impl Iterator<Item = (i64, &'a RedDelta)> {
+    parts
+        .iter()
+        .filter(move |(seq, _)| *seq > flushed_seq)
+        .flat_map(|(_, batch)| &batch.red)
+        .filter_map(move |delta| {
+            let start = resolution.align(delta.window_start_ms);
+            (start >= from && start < to && matches_filter(&delta.endpoint, filter))
+                .then_some((start, delta))
+        })
 }
 
 fn matches_filter(endpoint: &EndpointKey, filter: &RedFilter) -> bool {

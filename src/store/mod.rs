@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-pub use read::{MetricSeriesRow, RedRows, TraceFilter, TraceSummary};
+pub use read::{MetricSeriesRow, TraceFilter, TraceSummary};
 pub use writer::{WriterHandle, spawn_writer};
 
 #[derive(Debug, thiserror::Error)]

@@ -21,11 +21,6 @@ pub struct RedFilter {
     pub route: Option<String>,
 }
 
-pub struct RedRows {
-    pub rows: Vec<RedDelta>,
-    pub flushed_seq: u64,
-}
-
 fn flushed_seq(conn: &Connection) -> Result<u64, StoreError> {
     let seq: i64 = conn.query_row(
         "SELECT value FROM meta WHERE key = 'flushed_seq'",
@@ -44,63 +39,6 @@ fn in_snapshot<T>(
     let result = f(&tx)?;
     tx.finish()?;
     Ok(result)
-}
-
-pub fn red_windows(
-    conn: &mut Connection,
-    filter: &RedFilter,
-    resolution: Resolution,
-    from_ms: i64,
-    to_ms: i64,
-) -> Result<RedRows, StoreError> {
-    in_snapshot(conn, |conn| {
-        let mut sql = format!(
-            "SELECT e.source, e.service, e.method, e.route, r.start_ms, {columns}
-             FROM red_{suffix} r JOIN endpoints e ON e.id = r.endpoint_id
-             WHERE r.start_ms >= ?1 AND r.start_ms < ?2",
-            columns = RED_COLUMNS
-                .split(", ")
-                .map(|c| format!("r.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            suffix = resolution.suffix(),
-        );
-        let mut values: Vec<Value> = vec![from_ms.into(), to_ms.into()];
-        for (column, value) in [
-            ("e.service", &filter.service),
-            ("e.method", &filter.method),
-            ("e.route", &filter.route),
-        ] {
-            if let Some(value) = value {
-                values.push(value.clone().into());
-                sql.push_str(&format!(" AND {column} = ?{}", values.len()));
-            }
-        }
-        let mut statement = conn.prepare_cached(&sql)?;
-        let mut rows = statement.query(params_from_iter(values))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            let source: i64 = row.get(0)?;
-            out.push(RedDelta {
-                source: if source == RedSource::Metrics as i64 {
-                    RedSource::Metrics
-                } else {
-                    RedSource::Spans
-                },
-                endpoint: EndpointKey {
-                    service: row.get(1)?,
-                    method: row.get(2)?,
-                    route: row.get(3)?,
-                },
-                window_start_ms: row.get(4)?,
-                stats: codec::from_row(row, 5)?,
-            });
-        }
-        Ok(RedRows {
-            rows: out,
-            flushed_seq: flushed_seq(conn)?,
-        })
-    })
 }
 
 /// Stored RED statistics summed per endpoint (and source) over a range.
@@ -165,8 +103,8 @@ pub fn red_totals(
 /// Sums the stored windows of `resolution` starting in `[from_ms, to_ms)` per step (a window
 /// starting at `s` belongs to the step starting at `s` rounded down to `step_ms`) and per
 /// endpoint, or with `per_endpoint` false per service and source (the endpoint key then has an
-/// empty method and route). The same figures as summing [`red_windows`] rows, with rows merged
-/// as they are read: no per-window statistics, endpoint names or decoded sketches are built.
+/// empty method and route). Rows are merged as they are read: no per-window statistics,
+/// endpoint names or decoded sketches are built.
 pub fn red_steps(
     conn: &mut Connection,
     filter: &RedFilter,
