@@ -1,7 +1,7 @@
 //! The ingest pipeline between receivers and store: a bounded queue (counted in spans and
 //! points, and in the request bytes they hold, so memory is bounded whatever the batch
-//! sizes), one task that owns the aggregator and
-//! flushes it to the writer, and the view of not-yet-stored data that queries merge in.
+//! sizes), one task that owns the aggregator and flushes it to the writer, and the view of
+//! not-yet-stored data that queries merge in.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -59,7 +59,7 @@ type TraceId = [u8; 16];
 /// Spans of undecided traces, oldest first. Their encodings are copied into one ring of bytes,
 /// so waiting costs no allocation per span and holds on to no request body. A trace's waiting
 /// spans are linked newest to oldest, so keeping a trace finds them all; spans taken that way
-/// stay in the ring (marked) until they reach its front.
+/// stay in the ring, unreachable (their trace's link is gone), until they reach its front.
 #[derive(Debug, Default)]
 struct WaitBuffer {
     spans: VecDeque<WaitingSpan>,
@@ -77,7 +77,6 @@ struct WaitingSpan {
     span: IncomingSpan,
     /// The same trace's previous waiting span.
     previous: Option<u64>,
-    taken: bool,
 }
 
 impl WaitBuffer {
@@ -92,7 +91,6 @@ impl WaitBuffer {
                 ..span.clone()
             },
             previous,
-            taken: false,
         });
     }
 
@@ -106,7 +104,7 @@ impl WaitBuffer {
         self.bytes.drain(..len);
         self.first_byte += len;
         let trace_id = &oldest.span.trace_id;
-        if !oldest.taken && self.newest.get(trace_id) == Some(&seq) {
+        if self.newest.get(trace_id) == Some(&seq) {
             self.newest.remove(trace_id);
         }
     }
@@ -116,8 +114,7 @@ impl WaitBuffer {
         let mut taken = Vec::new();
         let mut next = self.newest.remove(trace_id);
         while let Some(seq) = next.filter(|seq| *seq >= self.first_seq) {
-            let waiting = &mut self.spans[(seq - self.first_seq) as usize];
-            waiting.taken = true;
+            let waiting = &self.spans[(seq - self.first_seq) as usize];
             next = waiting.previous;
             let range = &waiting.span.encoded;
             let encoded = self

@@ -10,7 +10,6 @@ use foldhash::HashMap;
 use prost::Message;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, exponential_histogram_data_point, metric, number_data_point,
@@ -46,7 +45,7 @@ impl Converted {
 
 /// Converts a trace export from its protobuf bytes (`ExportTraceServiceRequest`). Spans with
 /// invalid ids or times are rejected, the rest are kept; bytes that are not a valid request
-/// are an error and nothing is kept. Kept spans are slices of `body`, not copies.
+/// are an error and nothing is kept. Kept spans are ranges of `body`, which the batch holds.
 pub fn convert_traces(body: &Bytes) -> Result<Converted, DecodeError> {
     let mut out = Converted::default();
     let mut service: Arc<str> = Arc::from(UNKNOWN_SERVICE);
@@ -80,12 +79,6 @@ pub fn convert_traces(body: &Bytes) -> Result<Converted, DecodeError> {
         out.batch.body = body.clone();
     }
     Ok(out)
-}
-
-/// Converts a decoded trace export (OTLP/JSON arrives this way) through the same path.
-pub fn convert_trace_request(request: &ExportTraceServiceRequest) -> Converted {
-    convert_traces(&Bytes::from(request.encode_to_vec()))
-        .expect("prost encodes a valid ExportTraceServiceRequest")
 }
 
 /// One batch's endpoints, so the requests of a batch share one key per endpoint instead of
@@ -677,6 +670,13 @@ mod tests {
             attributes,
             ..Default::default()
         }
+    }
+
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+    fn convert_trace_request(request: &ExportTraceServiceRequest) -> Converted {
+        convert_traces(&Bytes::from(request.encode_to_vec()))
+            .expect("prost encodes a valid ExportTraceServiceRequest")
     }
 
     fn request_with(resource: Option<Resource>, spans: Vec<Span>) -> ExportTraceServiceRequest {
