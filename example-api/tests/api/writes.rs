@@ -390,17 +390,24 @@ async fn adaptive_limit_sheds_when_latency_rises() {
         ..Default::default()
     })
     .await;
-    // A baseline at normal latency (a few windows of 32 completions).
-    for _ in 0..8 {
+    // A baseline at normal latency: the limit stays (or, after a noisy window on a busy
+    // machine cut it, climbs back) well above the 16 in flight, and whole bursts are admitted.
+    // Polled with a deadline rather than asserted after a fixed number of bursts: on a shared
+    // two-core CI machine other tests can make a window look congested.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut admitted_bursts = 0;
+    while admitted_bursts < 4 || app.state.shed.limit() < 32 {
+        assert!(
+            Instant::now() < deadline,
+            "normal latency: limit {}, {admitted_bursts} whole bursts admitted",
+            app.state.shed.limit()
+        );
         let r = burst(16).await;
-        assert!(r.iter().all(|(s, _)| *s == 200), "{r:?}");
+        assert!(r.iter().all(|(s, _)| *s == 200 || *s == 503), "{r:?}");
+        if r.iter().all(|(s, _)| *s == 200) {
+            admitted_bursts += 1;
+        }
     }
-    // (At or near the cap: one noisy window on a busy machine may cut it once.)
-    assert!(
-        app.state.shed.limit() >= 32,
-        "normal latency: {}",
-        app.state.shed.limit()
-    );
     app.set_faults(FaultSettings {
         db_latency_ms: 40,
         ..Default::default()
