@@ -56,6 +56,8 @@ pub struct BenchOptions {
     pub overload: bool,
     /// Pin servers to the last CPU (`taskset`) and the load generator to the others.
     pub pin: bool,
+    /// Trace sampling ratio of the "sampled" server.
+    pub sample_ratio: f64,
 }
 
 struct Server {
@@ -407,8 +409,23 @@ async fn telemetry_overhead(
         &[("OTEL_TRACES_SAMPLER", "always_off")],
     )
     .await?;
+    // Traces sampled as in production (consistent probability sampling, weighted by redline).
+    let ratio = o.sample_ratio.to_string();
+    let sampled = spawn_server(
+        &o.exe,
+        &o.dir.join("sampled.db"),
+        Some(&format!("{sink}/sampled")),
+        &unlimited,
+        server_cpu,
+        &[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", ratio.as_str()),
+        ],
+    )
+    .await?;
+    let sampled_name = format!("on, traces sampled {}", o.sample_ratio);
     let only = Some(("/v1/products/{id}".to_string(), 100));
-    for s in [&off, &on, &metrics_only] {
+    for s in [&off, &on, &metrics_only, &sampled] {
         load(&s.url, o.rate, 3, only.clone()).await?; // warm-up: fills the L1 cache
         saturate(&s.url, o.connections, 2).await?;
     }
@@ -435,8 +452,12 @@ async fn telemetry_overhead(
             baseline.push((name, s));
         }
     }
-    let mut servers: Vec<(&str, &Server)> =
-        vec![("off", &off), ("on", &on), ("metrics only", &metrics_only)];
+    let mut servers: Vec<(&str, &Server)> = vec![
+        ("off", &off),
+        ("on", &on),
+        ("metrics only", &metrics_only),
+        (&sampled_name, &sampled),
+    ];
     servers.extend(baseline.iter().map(|(n, s)| (*n, s)));
     let n = servers.len();
 
@@ -476,25 +497,29 @@ async fn telemetry_overhead(
     let spans = seen.spans.load(Ordering::Relaxed) - spans0;
     let rates: Vec<f64> = sat.into_iter().map(median).collect();
     let cpus: Vec<f64> = sat_cpu.into_iter().map(median).collect();
-    let (r_off, r_on, r_m) = (rates[0], rates[1], rates[2]);
-    let (c_off, c_on, c_m) = (cpus[0], cpus[1], cpus[2]);
+    let (r_off, r_on, r_m, r_s) = (rates[0], rates[1], rates[2], rates[3]);
+    let (c_off, c_on, c_m, c_s) = (cpus[0], cpus[1], cpus[2], cpus[3]);
+    let loss = |r: f64| (1.0 - r / r_off.max(1e-9)) * 100.0;
     out.push_str(&format!(
-        "\nMedians: **{r_on:.0} (on) vs {r_off:.0} (off) req/s → throughput loss {:.1} %** (metrics only: \
-         {r_m:.0} req/s, {:.1} %); server CPU per request {c_on:.1} vs {c_off:.1} µs (metrics only {c_m:.1}). \
+        "\nMedians: **every request traced: {r_on:.0} (on) vs {r_off:.0} (off) req/s → throughput loss {:.1} %**; \
+         **traces sampled {}: {r_s:.0} req/s → {:.1} %**; metrics only: {r_m:.0} req/s, {:.1} %. \
+         Server CPU per request {c_on:.1} (on), {c_s:.1} (sampled), {c_m:.1} (metrics only) vs {c_off:.1} µs (off). \
          Spans received from the telemetry-on server during these runs: {spans} for {served_on} requests \
          ({:.2} per request; export is asynchronous, so a few may arrive after the count).\n\n",
-        (1.0 - r_on / r_off.max(1e-9)) * 100.0,
-        (1.0 - r_m / r_off.max(1e-9)) * 100.0,
+        loss(r_on),
+        o.sample_ratio,
+        loss(r_s),
+        loss(r_m),
         spans as f64 / served_on.max(1) as f64,
     ));
-    if n == 5 {
+    if n == 6 {
         out.push_str(&format!(
             "Baseline build (`--baseline-exe`), same runs: {:.0} (on) vs {:.0} (off) req/s → throughput loss **{:.1} %**; server CPU per request {:.1} vs {:.1} µs.\n\n",
+            rates[5],
             rates[4],
-            rates[3],
-            (1.0 - rates[4] / rates[3].max(1e-9)) * 100.0,
+            (1.0 - rates[5] / rates[4].max(1e-9)) * 100.0,
+            cpus[5],
             cpus[4],
-            cpus[3],
         ));
     }
     drop(servers);
@@ -506,12 +531,17 @@ async fn telemetry_overhead(
          | round | telemetry | achieved req/s | p50 ms | p99 ms | server CPU µs/req |\n|---|---|---|---|---|---|\n",
         o.rate, o.secs
     ));
-    let mut p99s: [Vec<f64>; 3] = Default::default();
-    let mut cpus_fixed: [Vec<f64>; 3] = Default::default();
-    let servers = [("off", &off), ("on", &on), ("metrics only", &metrics_only)];
+    let mut p99s: [Vec<f64>; 4] = Default::default();
+    let mut cpus_fixed: [Vec<f64>; 4] = Default::default();
+    let servers = [
+        ("off", &off),
+        ("on", &on),
+        ("metrics only", &metrics_only),
+        (sampled_name.as_str(), &sampled),
+    ];
     for round in 0..o.rounds {
-        for k in 0..3 {
-            let i = (k + round) % 3;
+        for k in 0..4 {
+            let i = (k + round) % 4;
             let (name, s) = servers[i];
             let c0 = cpu_secs(s.pid);
             let r = load(&s.url, o.rate, o.secs, only.clone()).await?;
@@ -526,16 +556,19 @@ async fn telemetry_overhead(
             cpus_fixed[i].push(cpu);
         }
     }
-    let [p_off, p_on, p_m] = p99s.map(median);
-    let [f_off, f_on, f_m] = cpus_fixed.map(median);
+    let [p_off, p_on, p_m, p_s] = p99s.map(median);
+    let [f_off, f_on, f_m, f_s] = cpus_fixed.map(median);
     out.push_str(&format!(
-        "\nMedians: **p99 {p_on:.2} (on) vs {p_off:.2} (off) ms → added {:+.2} ms** (metrics only {p_m:.2} ms); \
-         server CPU per request {f_on:.0} vs {f_off:.0} µs (metrics only {f_m:.0}).\n\n",
-        p_on - p_off
+        "\nMedians: **p99 {p_on:.2} (on) vs {p_off:.2} (off) ms → added {:+.2} ms**; sampled {p_s:.2} ms \
+         ({:+.2}); metrics only {p_m:.2} ms; server CPU per request {f_on:.0} (on), {f_s:.0} (sampled), \
+         {f_m:.0} (metrics only) vs {f_off:.0} µs (off).\n\n",
+        p_on - p_off,
+        p_s - p_off
     ));
     drop(off);
     drop(on);
     drop(metrics_only);
+    drop(sampled);
     out.push_str(&format!(
         "The sink received {} OTLP export requests ({} KiB, {} spans) in all.\n\n",
         seen.requests.load(Ordering::Relaxed),

@@ -35,6 +35,7 @@ pub mod loadgen;
 pub mod ratelimit;
 pub mod resilience;
 pub mod routes;
+pub mod sampling;
 pub mod span_export;
 pub mod telemetry;
 

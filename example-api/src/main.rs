@@ -65,6 +65,10 @@ struct BenchArgs {
     /// before/after comparison in the same run.
     #[arg(long)]
     baseline_exe: Option<PathBuf>,
+    /// Trace sampling ratio of the "sampled" server (consistent probability sampling, which
+    /// redline weights by adjusted count).
+    #[arg(long, default_value_t = 0.0625)]
+    sample_ratio: f64,
     /// Pin the servers to the last CPU and the load generator to the others.
     #[arg(long)]
     pin: bool,
@@ -232,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
                 baseline_exe: a.baseline_exe,
                 overload: !a.only_telemetry,
                 pin: a.pin,
+                sample_ratio: a.sample_ratio,
             })
             .await
             .context("benchmark")?;

@@ -6,7 +6,9 @@
 //! Also holds the instruments every module records into and small span helpers that follow the
 //! HTTP and database semantic conventions.
 
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
+use crate::sampling::{PresetIdGenerator, Sampling, preset_trace_id};
+use foldhash::fast::RandomState;
+use opentelemetry::metrics::{BoundHistogram, Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
@@ -14,9 +16,10 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{SdkMeterProvider, Temporality};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
-use std::sync::Arc;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Bucket boundaries the HTTP semantic conventions advise for `http.server.request.duration`.
@@ -147,6 +150,86 @@ impl CacheRequests {
     }
 }
 
+/// `http.server.request.duration`, with each attribute set (method, route, status code) bound
+/// once through the SDK's bound instruments. Why: an unbound `record` hashes and compares its
+/// four attributes on every request; a bound one goes straight to its aggregator.
+pub struct HttpDurations {
+    histogram: Histogram<f64>,
+    /// Route ("" when unmatched) → (method index, status code, bound histogram). The router's
+    /// routes, the methods and the status codes the server answers with are finite sets, and
+    /// [`MAX_BOUND_DURATIONS`] caps it anyway (beyond it, records go unbound).
+    bound: RwLock<BoundDurations>,
+}
+
+type BoundDurations = HashMap<Box<str>, Vec<(u8, u16, BoundHistogram<f64>)>, RandomState>;
+
+const MAX_BOUND_DURATIONS: usize = 1024;
+
+impl HttpDurations {
+    fn new(histogram: Histogram<f64>) -> Self {
+        HttpDurations {
+            histogram,
+            bound: RwLock::default(),
+        }
+    }
+
+    /// Records one request; `method` indexes [`HTTP_METHODS`].
+    pub fn record(&self, seconds: f64, method: usize, route: Option<&str>, status: u16) {
+        let method = method.min(HTTP_METHODS.len() - 1) as u8;
+        let key = route.unwrap_or("");
+        {
+            let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(h) = bound.get(key).and_then(|v| find(v, method, status)) {
+                h.record(seconds);
+                return;
+            }
+        }
+        let attrs = Self::attributes(method, route, status);
+        let mut bound = self.bound.write().unwrap_or_else(|e| e.into_inner());
+        if bound.values().map(Vec::len).sum::<usize>() >= MAX_BOUND_DURATIONS {
+            drop(bound);
+            self.histogram.record(seconds, &attrs);
+            return;
+        }
+        let entries = bound.entry(key.into()).or_default();
+        let h = match find(entries, method, status) {
+            Some(h) => h.clone(),
+            None => {
+                let h = self.histogram.bind(&attrs);
+                entries.push((method, status, h.clone()));
+                h
+            }
+        };
+        drop(bound);
+        h.record(seconds);
+    }
+
+    fn attributes(method: u8, route: Option<&str>, status: u16) -> Vec<KeyValue> {
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", HTTP_METHODS[usize::from(method)]),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+        ];
+        if let Some(r) = route {
+            attrs.push(KeyValue::new("http.route", r.to_string()));
+        }
+        if status >= 500 {
+            attrs.push(KeyValue::new("error.type", status.to_string()));
+        }
+        attrs
+    }
+}
+
+fn find(
+    v: &[(u8, u16, BoundHistogram<f64>)],
+    method: u8,
+    status: u16,
+) -> Option<&BoundHistogram<f64>> {
+    v.iter()
+        .find(|(m, s, _)| *m == method && *s == status)
+        .map(|(_, _, h)| h)
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum CacheLevel {
     L1 = 0,
@@ -156,7 +239,7 @@ pub enum CacheLevel {
 /// The instruments shared by all modules of one service.
 #[derive(Clone)]
 pub struct Instruments {
-    pub http_duration: Histogram<f64>,
+    pub http_duration: Arc<HttpDurations>,
     /// Read by the `http.server.active_requests` callback.
     pub http_active: Arc<ActiveRequests>,
     pub client_duration: Histogram<f64>,
@@ -174,12 +257,14 @@ pub struct Instruments {
 impl Instruments {
     fn new(meter: &Meter) -> Self {
         Instruments {
-            http_duration: meter
-                .f64_histogram("http.server.request.duration")
-                .with_unit("s")
-                .with_description("Duration of HTTP server requests.")
-                .with_boundaries(DURATION_BUCKETS.to_vec())
-                .build(),
+            http_duration: Arc::new(HttpDurations::new(
+                meter
+                    .f64_histogram("http.server.request.duration")
+                    .with_unit("s")
+                    .with_description("Duration of HTTP server requests.")
+                    .with_boundaries(DURATION_BUCKETS.to_vec())
+                    .build(),
+            )),
             http_active: Arc::default(),
             client_duration: meter
                 .f64_histogram("http.client.request.duration")
@@ -228,6 +313,9 @@ impl Instruments {
 /// Tracing and metrics of one service.
 pub struct Telemetry {
     pub tracer: SdkTracer,
+    /// The configured sampler, also evaluated before spans are built (see [`crate::sampling`]).
+    pub sampling: Sampling,
+    ids: PresetIdGenerator,
     pub meter: Meter,
     pub m: Instruments,
     /// Whether anything reads the metrics; observable instruments are only registered then
@@ -265,28 +353,33 @@ impl Telemetry {
                     .build();
                 // The batch processor's queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE, 2048 by
                 // default) and drops when full; export runs on its own thread.
+                let sampling = Sampling::from_env();
                 let tp = tp
+                    .with_sampler(sampling.clone())
+                    .with_id_generator(PresetIdGenerator::default())
                     .with_batch_exporter(CountingExporter {
                         inner: spans,
                         exported,
                     })
                     .build();
-                Ok(Self::with_providers(tp, mp, true))
+                Ok(Self::with_providers(tp, mp, sampling, true))
             }
-            _ => Ok(Self::with_providers(
-                tp.with_sampler(Sampler::AlwaysOff).build(),
-                mp.build(),
-                false,
-            )),
+            _ => Ok(Self::not_recording(mp.build())),
         }
+    }
+
+    /// Spans are not recorded at all (an `always_off` sampler); metrics go to `mp`.
+    fn not_recording(mp: SdkMeterProvider) -> Self {
+        let sampling = Sampling::parse("always_off", None);
+        let tp = SdkTracerProvider::builder()
+            .with_sampler(sampling.clone())
+            .build();
+        Self::with_providers(tp, mp, sampling, false)
     }
 
     /// No export, no recording: for tests that do not look at telemetry.
     pub fn disabled() -> Self {
-        let tp = SdkTracerProvider::builder()
-            .with_sampler(Sampler::AlwaysOff)
-            .build();
-        Self::with_providers(tp, SdkMeterProvider::builder().build(), false)
+        Self::not_recording(SdkMeterProvider::builder().build())
     }
 
     /// Wraps existing providers (tests pass in-memory exporters here).
@@ -294,12 +387,27 @@ impl Telemetry {
         tracer_provider: SdkTracerProvider,
         meter_provider: SdkMeterProvider,
     ) -> Self {
-        Self::with_providers(tracer_provider, meter_provider, true)
+        Self::with_providers(tracer_provider, meter_provider, Sampling::default(), true)
+    }
+
+    /// Finishes a tracer provider with `sampling` (its sampler and the ids the request path
+    /// decides for) and wraps it (tests pass in-memory exporters here).
+    pub fn sampled(
+        tracer_provider: opentelemetry_sdk::trace::TracerProviderBuilder,
+        meter_provider: SdkMeterProvider,
+        sampling: Sampling,
+    ) -> Self {
+        let tp = tracer_provider
+            .with_sampler(sampling.clone())
+            .with_id_generator(PresetIdGenerator::default())
+            .build();
+        Self::with_providers(tp, meter_provider, sampling, true)
     }
 
     fn with_providers(
         tracer_provider: SdkTracerProvider,
         meter_provider: SdkMeterProvider,
+        sampling: Sampling,
         metrics_enabled: bool,
     ) -> Self {
         let tracer = tracer_provider.tracer("example-api");
@@ -307,6 +415,8 @@ impl Telemetry {
         let m = Instruments::new(&meter);
         let t = Telemetry {
             tracer,
+            sampling,
+            ids: PresetIdGenerator::default(),
             meter,
             m,
             metrics_enabled,
@@ -382,19 +492,44 @@ impl Telemetry {
         .await;
     }
 
+    /// Whether the SERVER span of a request under `parent` will be sampled, decided before its
+    /// attributes are built. For a new trace the id decided for is handed to the SDK, so the
+    /// span gets that id and the SDK's sampler reaches the same decision.
+    pub fn sample_server_span(&self, parent: &Context) -> bool {
+        let span = parent.span();
+        let sc = span.span_context();
+        let trace_id = if sc.is_valid() {
+            sc.trace_id()
+        } else {
+            let id = self.ids.random_trace_id();
+            preset_trace_id(id);
+            id
+        };
+        self.sampling.decide(parent, trace_id)
+    }
+
     /// Starts a child span of `parent` (an INTERNAL or CLIENT span) and returns its context.
+    /// Under a parent that is not sampled (with a parent-based sampler, the default) no span is
+    /// started and `attrs` is not called: `parent` is returned, whose span records nothing.
     pub fn child(
         &self,
         parent: &Context,
         name: impl Into<std::borrow::Cow<'static, str>>,
         kind: SpanKind,
-        attrs: Vec<KeyValue>,
+        attrs: impl FnOnce() -> Vec<KeyValue>,
     ) -> Context {
+        {
+            let span = parent.span();
+            let sc = span.span_context();
+            if self.sampling.follows_parent() && sc.is_valid() && !sc.is_sampled() {
+                return parent.clone();
+            }
+        }
         let span = self
             .tracer
             .span_builder(name)
             .with_kind(kind)
-            .with_attributes(attrs)
+            .with_attributes(attrs())
             .start_with_context(&self.tracer, parent);
         parent.with_span(span)
     }
@@ -689,7 +824,7 @@ mod tests {
             .with_reader(PeriodicReader::builder(metrics.clone()).build())
             .build();
         let m = Instruments::new(&mp.meter("t"));
-        m.http_duration.record(0.012, &[]);
+        m.http_duration.record(0.012, 0, Some("/x"), 200);
         mp.force_flush().unwrap();
         let found = metrics.get_finished_metrics().unwrap().iter().any(|rm| {
             rm.scope_metrics().any(|sm| {

@@ -105,15 +105,14 @@ impl ProductCache {
         Fut: Future<Output = Result<Option<Map<String, Value>>, LoadError>>,
     {
         let parent = Context::current();
-        let cx = self.telemetry.child(
-            &parent,
-            "cache.get product",
-            SpanKind::Internal,
-            vec![
-                KeyValue::new("cache.name", "product"),
-                KeyValue::new("cache.key", id),
-            ],
-        );
+        let cx = self
+            .telemetry
+            .child(&parent, "cache.get product", SpanKind::Internal, || {
+                vec![
+                    KeyValue::new("cache.name", "product"),
+                    KeyValue::new("cache.key", id),
+                ]
+            });
         let l2_hit = std::sync::atomic::AtomicBool::new(false);
         let entry = self
             .l1

@@ -173,7 +173,7 @@ impl RecommendationsClient {
             parent,
             "GET /recommendations/{product_id}",
             SpanKind::Client,
-            attrs,
+            move || attrs,
         );
         let mut headers = http::HeaderMap::new();
         inject_context(&cx, &mut headers);

@@ -29,7 +29,8 @@ fn method_attr(m: &axum::http::Method) -> (usize, &'static str) {
 }
 
 /// One SERVER span per request named `{method} {route}`, child of an incoming `traceparent`,
-/// and the `http.server.request.duration` / `http.server.active_requests` metrics.
+/// and the `http.server.request.duration` / `http.server.active_requests` metrics. The span's
+/// attributes are only built when the sampler keeps the span.
 pub async fn http_telemetry(
     State(tel): State<Arc<Telemetry>>,
     matched: Option<MatchedPath>,
@@ -37,10 +38,52 @@ pub async fn http_telemetry(
     next: Next,
 ) -> Response {
     let (method_idx, method) = method_attr(req.method());
-    // One allocation shared by the span's and the metric's `http.route`.
-    let route: Option<Arc<str>> = matched.map(|m| Arc::from(m.as_str()));
-    // Concatenated, not format!(): this runs on every request.
-    let name = match &route {
+    let route = matched.as_ref().map(MatchedPath::as_str);
+    let parent = extract_context(req.headers());
+    let sampled = tel.sample_server_span(&parent);
+    let builder = if sampled {
+        server_span(&req, method, route)
+    } else {
+        // Still started (not sampled) so the trace id and flags propagate downstream.
+        tel.tracer.span_builder(method)
+    };
+    let span = builder
+        .with_kind(SpanKind::Server)
+        .start_with_context(&tel.tracer, &parent);
+    let cx = parent.with_span(span);
+    let active = ActiveGuard::new(&tel, method_idx);
+    let start = Instant::now();
+    let resp = next.run(req).with_context(cx.clone()).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(active);
+    let status = resp.status().as_u16();
+    if sampled {
+        let span = cx.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 500 {
+            // Server spans: only 5xx is an error (4xx is the client's).
+            span.set_status(Status::error(format!("HTTP {status}")));
+            span.set_attribute(KeyValue::new("error.type", status.to_string()));
+        }
+        span.end();
+    }
+    tel.m
+        .http_duration
+        .record(elapsed, method_idx, route, status);
+    resp
+}
+
+/// The SERVER span's name and request attributes (HTTP semantic conventions).
+fn server_span(
+    req: &Request,
+    method: &'static str,
+    route: Option<&str>,
+) -> opentelemetry::trace::SpanBuilder {
+    // Concatenated, not format!(): this runs on every sampled request.
+    let name = match route {
         Some(r) => {
             let mut n = String::with_capacity(method.len() + 1 + r.len());
             n.push_str(method);
@@ -50,15 +93,14 @@ pub async fn http_telemetry(
         }
         None => Cow::Borrowed(method),
     };
-    let parent = extract_context(req.headers());
     let mut attrs = Vec::with_capacity(6);
     attrs.extend([
         KeyValue::new("http.request.method", method),
         KeyValue::new("url.path", req.uri().path().to_string()),
         KeyValue::new("url.scheme", "http"),
     ]);
-    if let Some(r) = &route {
-        attrs.push(KeyValue::new("http.route", r.clone()));
+    if let Some(r) = route {
+        attrs.push(KeyValue::new("http.route", r.to_string()));
     }
     if let Some(ua) = req
         .headers()
@@ -67,41 +109,7 @@ pub async fn http_telemetry(
     {
         attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
     }
-    let span = tel
-        .tracer
-        .span_builder(name)
-        .with_kind(SpanKind::Server)
-        .with_attributes(attrs)
-        .start_with_context(&tel.tracer, &parent);
-    let cx = parent.with_span(span);
-    let active = ActiveGuard::new(&tel, method_idx);
-    let start = Instant::now();
-    let resp = next.run(req).with_context(cx.clone()).await;
-    let elapsed = start.elapsed().as_secs_f64();
-    drop(active);
-    let status = resp.status().as_u16();
-    let span = cx.span();
-    span.set_attribute(KeyValue::new(
-        "http.response.status_code",
-        i64::from(status),
-    ));
-    let mut mattrs = vec![
-        KeyValue::new("http.request.method", method),
-        KeyValue::new("url.scheme", "http"),
-        KeyValue::new("http.response.status_code", i64::from(status)),
-    ];
-    if let Some(r) = route {
-        mattrs.push(KeyValue::new("http.route", r));
-    }
-    if status >= 500 {
-        // Server spans: only 5xx is an error (4xx is the client's).
-        span.set_status(Status::error(format!("HTTP {status}")));
-        span.set_attribute(KeyValue::new("error.type", status.to_string()));
-        mattrs.push(KeyValue::new("error.type", status.to_string()));
-    }
-    span.end();
-    tel.m.http_duration.record(elapsed, &mattrs);
-    resp
+    opentelemetry::trace::SpanBuilder::from_name(name).with_attributes(attrs)
 }
 
 /// Counts a request as active until dropped — also when the client disconnects and the

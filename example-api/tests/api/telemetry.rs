@@ -3,6 +3,7 @@
 
 use crate::helpers::{TestApp, eventually, test_config};
 use example_api::faults::FaultSettings;
+use example_api::sampling::Sampling;
 use example_api::telemetry::Telemetry;
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{KeyValue, Value};
@@ -33,21 +34,23 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_sampled(Sampling::default()).await
+}
+
+/// The API and its downstream service, both with `sampling`.
+async fn harness_sampled(sampling: Sampling) -> Harness {
     let spans = InMemorySpanExporter::default();
     let metrics = InMemoryMetricExporter::default();
-    let tp = SdkTracerProvider::builder()
-        .with_simple_exporter(spans.clone())
-        .build();
+    let tp = SdkTracerProvider::builder().with_simple_exporter(spans.clone());
     let mp = SdkMeterProvider::builder()
         .with_reader(PeriodicReader::builder(metrics.clone()).build())
         .build();
-    let tel = Arc::new(Telemetry::from_providers(tp, mp));
-    let dtp = SdkTracerProvider::builder()
-        .with_simple_exporter(spans.clone())
-        .build();
-    let dtel = Arc::new(Telemetry::from_providers(
+    let tel = Arc::new(Telemetry::sampled(tp, mp, sampling.clone()));
+    let dtp = SdkTracerProvider::builder().with_simple_exporter(spans.clone());
+    let dtel = Arc::new(Telemetry::sampled(
         dtp,
         SdkMeterProvider::builder().build(),
+        sampling,
     ));
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let cfg = test_config(&dir);
@@ -273,6 +276,105 @@ async fn http_and_internal_metrics_are_recorded() {
             "missing {expected}; have {names:?}"
         );
     }
+    h.app.stop().await;
+}
+
+/// Sums the `http.server.request.duration` counts of one route.
+fn duration_count(metrics: &InMemoryMetricExporter, route: &'static str) -> u64 {
+    let mut n = 0;
+    for rm in metrics.get_finished_metrics().unwrap() {
+        for sm in rm.scope_metrics() {
+            for m in sm.metrics() {
+                if m.name() != "http.server.request.duration" {
+                    continue;
+                }
+                if let AggregatedMetrics::F64(MetricData::Histogram(hist)) = m.data() {
+                    for dp in hist.data_points() {
+                        let attrs: Vec<KeyValue> = dp.attributes().cloned().collect();
+                        if has(&attrs, "http.route", Value::from(route)) {
+                            n = n.max(dp.count());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    n
+}
+
+/// With a ratio sampler, about that share of requests is traced, each traced span records the
+/// threshold in `tracestate` (`ot=th:…`, so redline can weight it), a request that is not
+/// traced records no child spans either, an incoming sampled `traceparent` is followed, and
+/// the duration metric still counts every request.
+#[tokio::test]
+async fn ratio_sampling_is_consistent_and_recorded_in_tracestate() {
+    let h = harness_sampled(Sampling::ratio(0.25)).await;
+    let n = 400;
+    for _ in 0..n {
+        let r = h.app.get("/v1/products/7").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    h.tel.flush().await;
+    let spans = h.spans.get_finished_spans().unwrap();
+    let servers: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "GET /v1/products/{id}")
+        .collect();
+    // Binomial(400, 0.25): mean 100, sd ≈ 8.7.
+    assert!(
+        (50..=150).contains(&servers.len()),
+        "{} of {n} traced",
+        servers.len()
+    );
+    for s in &servers {
+        assert_eq!(s.span_context.trace_state().get("ot"), Some("th:c"));
+        // Consistent: the trace id's randomness (low 56 bits) is at or above the threshold.
+        let id = s.span_context.trace_id().to_bytes();
+        assert!(
+            id[9] >= 0xc0,
+            "randomness below th:c in {:?}",
+            s.span_context.trace_id()
+        );
+        assert_eq!(
+            attr(s, "http.route"),
+            Some(&Value::from("/v1/products/{id}"))
+        );
+    }
+    let traced: std::collections::HashSet<_> =
+        servers.iter().map(|s| s.span_context.span_id()).collect();
+    let caches: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "cache.get product")
+        .collect();
+    assert_eq!(
+        caches.len(),
+        servers.len(),
+        "one cache span per traced request"
+    );
+    assert!(caches.iter().all(|c| traced.contains(&c.parent_span_id)));
+    assert_eq!(duration_count(&h.metrics, "/v1/products/{id}"), n);
+
+    // A sampled incoming traceparent is followed whatever its trace id; an unsampled one is not.
+    h.spans.reset();
+    let low = "00-4bf92f3577b34da6a3ce929d0e000001-00f067aa0ba902b7";
+    for flags in ["01", "00"] {
+        h.app
+            .get("/v1/categories")
+            .header("traceparent", format!("{low}-{flags}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    h.tel.flush().await;
+    let followed: Vec<_> = h
+        .spans
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.name == "GET /v1/categories")
+        .collect();
+    assert_eq!(followed.len(), 1, "only the sampled parent's request");
+    assert!(followed[0].span_context.is_sampled());
     h.app.stop().await;
 }
 

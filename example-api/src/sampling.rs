@@ -1,0 +1,355 @@
+//! Which requests get traced: the standard `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`
+//! settings, with the ratio samplers implemented as OpenTelemetry's *consistent probability
+//! sampling* so a backend can count what was not sampled.
+//!
+//! Why not the SDK's `TraceIdRatioBased`: it does not say what probability it sampled with, so
+//! a backend deriving request rates from spans (redline does) under-counts by the ratio. The
+//! consistent sampler (OpenTelemetry specification, "TraceState: Probability Sampling") samples
+//! a trace when the randomness of its trace id (the low 56 bits) is at or above a rejection
+//! threshold and writes that threshold into the W3C `tracestate` as `ot=th:…`; every span of the
+//! trace (children and, through propagation, the downstream service's spans) carries it, and the
+//! backend weights each span by its adjusted count, 1 / probability.
+//!
+//! Why the decision is also exposed ([`Sampling::decide_root`]): a span's attributes cost more
+//! to build than the span when it is not sampled, so the request path decides first and builds
+//! attributes only for spans that will be recorded.
+
+use opentelemetry::trace::{Link, SpanId, SpanKind, TraceContextExt, TraceId, TraceState};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, SamplingDecision, SamplingResult, ShouldSample,
+};
+
+/// 2^56: trace-id randomness and thresholds are 56-bit numbers.
+const MAX_THRESHOLD: u64 = 1 << 56;
+
+/// The configured sampler, in a form the request path can evaluate before building a span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    root: Root,
+    /// Children follow their parent's decision (the `parentbased_*` samplers, the default).
+    parent_based: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Root {
+    AlwaysOn,
+    AlwaysOff,
+    /// Sample when the trace id's randomness is ≥ `threshold`; `th` is its tracestate form.
+    Probability {
+        threshold: u64,
+        th: String,
+    },
+}
+
+impl Default for Sampling {
+    /// `parentbased_always_on`, the specification's default.
+    fn default() -> Self {
+        Sampling {
+            root: Root::AlwaysOn,
+            parent_based: true,
+        }
+    }
+}
+
+impl Sampling {
+    /// Reads `OTEL_TRACES_SAMPLER` (`always_on`, `always_off`, `traceidratio`, and their
+    /// `parentbased_` forms) and `OTEL_TRACES_SAMPLER_ARG` (the ratio, 1.0 by default). Unknown
+    /// names fall back to the default, as the specification asks.
+    pub fn from_env() -> Self {
+        let name = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default();
+        let arg = std::env::var("OTEL_TRACES_SAMPLER_ARG").ok();
+        Self::parse(&name, arg.as_deref())
+    }
+
+    pub fn parse(name: &str, arg: Option<&str>) -> Self {
+        let name = name.trim().to_ascii_lowercase();
+        let (parent_based, root) = match name.strip_prefix("parentbased_") {
+            Some(rest) => (true, rest.to_string()),
+            None if name.is_empty() => (true, "always_on".to_string()),
+            None => (false, name),
+        };
+        let root = match root.as_str() {
+            "always_off" => Root::AlwaysOff,
+            "traceidratio" => {
+                let ratio = arg
+                    .and_then(|a| a.trim().parse::<f64>().ok())
+                    .unwrap_or(1.0);
+                Self::probability(ratio)
+            }
+            _ => Root::AlwaysOn,
+        };
+        Sampling { root, parent_based }
+    }
+
+    /// Samples each trace with probability `ratio` (clamped to 0..=1).
+    pub fn ratio(ratio: f64) -> Self {
+        Sampling {
+            root: Self::probability(ratio),
+            parent_based: true,
+        }
+    }
+
+    fn probability(ratio: f64) -> Root {
+        if ratio.is_nan() || ratio <= 0.0 {
+            return Root::AlwaysOff;
+        }
+        if ratio >= 1.0 {
+            return Root::AlwaysOn;
+        }
+        // The threshold rejects the lowest (1 − ratio) share of the 2^56 randomness values.
+        // (Computed from the kept share: 1 − ratio loses precision, 0.1 would not give e666….)
+        let kept = ((ratio * MAX_THRESHOLD as f64).round() as u64).clamp(1, MAX_THRESHOLD);
+        let threshold = MAX_THRESHOLD - kept;
+        if threshold == 0 {
+            return Root::AlwaysOn;
+        }
+        Root::Probability {
+            threshold,
+            th: encode_threshold(threshold),
+        }
+    }
+
+    /// Whether a span under `parent` will be sampled, for a new trace with id `trace_id` when
+    /// `parent` has no span. The SDK asks the same question through [`ShouldSample`].
+    pub fn decide(&self, parent: &Context, trace_id: TraceId) -> bool {
+        self.decision(parent, trace_id).0
+    }
+
+    /// (sampled, whether the root sampler decided rather than the parent).
+    fn decision(&self, parent: &Context, trace_id: TraceId) -> (bool, bool) {
+        let parent_span = parent.span();
+        let sc = parent_span.span_context();
+        if self.parent_based && sc.is_valid() {
+            return (sc.is_sampled(), false);
+        }
+        let sampled = match &self.root {
+            Root::AlwaysOn => true,
+            Root::AlwaysOff => false,
+            Root::Probability { threshold, .. } => randomness(trace_id) >= *threshold,
+        };
+        (sampled, true)
+    }
+
+    /// Whether a span whose parent is not sampled is certainly not sampled either, so callers
+    /// can skip building its attributes.
+    pub fn follows_parent(&self) -> bool {
+        self.parent_based
+    }
+
+    /// The `tracestate` of a span sampled by the root sampler: `ot=th:…` for a probability,
+    /// `th:0` (probability 1) when an inherited `ot` entry would otherwise claim less.
+    fn root_trace_state(&self, inherited: &TraceState) -> TraceState {
+        let th = match &self.root {
+            Root::Probability { th, .. } => th.as_str(),
+            _ if inherited.get("ot").is_some() => "0",
+            _ => return inherited.clone(),
+        };
+        inherited
+            .insert("ot", format!("th:{th}"))
+            .unwrap_or_else(|_| inherited.clone())
+    }
+}
+
+impl ShouldSample for Sampling {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        _name: &str,
+        _span_kind: &SpanKind,
+        _attributes: &[KeyValue],
+        _links: &[Link],
+    ) -> SamplingResult {
+        let empty = Context::new();
+        let parent = parent_context.unwrap_or(&empty);
+        let (sampled, by_root) = self.decision(parent, trace_id);
+        let inherited = parent.span().span_context().trace_state().clone();
+        SamplingResult {
+            decision: if sampled {
+                SamplingDecision::RecordAndSample
+            } else {
+                SamplingDecision::Drop
+            },
+            attributes: Vec::new(),
+            trace_state: if sampled && by_root {
+                self.root_trace_state(&inherited)
+            } else {
+                inherited
+            },
+        }
+    }
+}
+
+/// Trace ids for new root spans, chosen before the SDK builds the span so that the sampling
+/// decision ([`Sampling::decide`]) can be taken first: [`preset_trace_id`] hands the SDK, on
+/// this thread, the id the decision was taken for; otherwise ids are random as usual.
+#[derive(Debug, Default)]
+pub struct PresetIdGenerator {
+    random: RandomIdGenerator,
+}
+
+thread_local! {
+    static PRESET_TRACE_ID: std::cell::Cell<Option<TraceId>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes the next root span started on this thread use `trace_id` (taken once).
+pub fn preset_trace_id(trace_id: TraceId) {
+    PRESET_TRACE_ID.with(|c| c.set(Some(trace_id)));
+}
+
+impl PresetIdGenerator {
+    /// A random trace id (what the SDK would have chosen).
+    pub fn random_trace_id(&self) -> TraceId {
+        self.random.new_trace_id()
+    }
+}
+
+impl IdGenerator for PresetIdGenerator {
+    fn new_trace_id(&self) -> TraceId {
+        PRESET_TRACE_ID
+            .with(|c| c.take())
+            .unwrap_or_else(|| self.random.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.random.new_span_id()
+    }
+}
+
+/// The randomness the threshold is compared with: the low 56 bits of the trace id (W3C trace
+/// context level 2 makes them random).
+fn randomness(trace_id: TraceId) -> u64 {
+    let bytes = trace_id.to_bytes();
+    let mut low = [0u8; 8];
+    low[1..].copy_from_slice(&bytes[9..]);
+    u64::from_be_bytes(low)
+}
+
+/// A threshold as `th` writes it: 14 hex digits with trailing zeros dropped (`0` for zero).
+fn encode_threshold(threshold: u64) -> String {
+    let hex = format!("{threshold:014x}");
+    let trimmed = hex.trim_end_matches('0');
+    if trimmed.is_empty() {
+        "0".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, TraceFlags};
+
+    fn trace_id_with_randomness(r: u64) -> TraceId {
+        let mut b = [0xabu8; 16];
+        b[8..].copy_from_slice(&r.to_be_bytes());
+        b[8] = 0xcd; // the byte above the 56 random bits is not part of the randomness
+        TraceId::from_bytes(b)
+    }
+
+    fn sample(s: &Sampling, parent: &Context, r: u64) -> SamplingResult {
+        s.should_sample(
+            Some(parent),
+            trace_id_with_randomness(r),
+            "x",
+            &SpanKind::Server,
+            &[],
+            &[],
+        )
+    }
+
+    #[test]
+    fn thresholds_are_written_as_the_specification_shows() {
+        assert_eq!(encode_threshold(0), "0");
+        assert_eq!(encode_threshold(1 << 55), "8");
+        assert_eq!(encode_threshold(0xc0000000000000), "c");
+        assert_eq!(encode_threshold(0xf0000000000000), "f");
+        assert_eq!(encode_threshold(0x00000000000001), "00000000000001");
+        // 1/10: the specification's example threshold for 10 %.
+        let Root::Probability { th, .. } = Sampling::probability(0.1) else {
+            panic!("a probability")
+        };
+        assert_eq!(th, "e6666666666666");
+    }
+
+    #[test]
+    fn the_ratio_decides_by_trace_id_randomness_and_records_the_threshold() {
+        let s = Sampling::ratio(0.25); // threshold 0xc0000000000000
+        let root = Context::new();
+        let kept = sample(&s, &root, 0xc0000000000000);
+        assert_eq!(kept.decision, SamplingDecision::RecordAndSample);
+        assert_eq!(kept.trace_state.get("ot"), Some("th:c"));
+        let dropped = sample(&s, &root, 0xbfffffffffffff);
+        assert_eq!(dropped.decision, SamplingDecision::Drop);
+        assert!(s.decide(&root, trace_id_with_randomness(0xc0000000000000)));
+        assert!(!s.decide(&root, trace_id_with_randomness(0xbfffffffffffff)));
+        // About a quarter of uniformly spread trace ids.
+        let kept = (0..4096u64)
+            .filter(|i| s.decide(&root, trace_id_with_randomness(i << 44)))
+            .count();
+        assert_eq!(kept, 1024);
+    }
+
+    #[test]
+    fn children_follow_the_parent_and_keep_its_trace_state() {
+        let s = Sampling::ratio(0.25);
+        let state = TraceState::from_key_value([("vendor", "x"), ("ot", "th:c")]).unwrap();
+        let parent_sc = |flags| {
+            SpanContext::new(
+                trace_id_with_randomness(0),
+                SpanId::from_bytes([1; 8]),
+                flags,
+                true,
+                state.clone(),
+            )
+        };
+        let sampled = Context::new().with_remote_span_context(parent_sc(TraceFlags::SAMPLED));
+        // Randomness 0 would be dropped at the root; the sampled parent decides.
+        let r = sample(&s, &sampled, 0);
+        assert_eq!(r.decision, SamplingDecision::RecordAndSample);
+        assert_eq!(r.trace_state, state);
+        let unsampled = Context::new().with_remote_span_context(parent_sc(TraceFlags::default()));
+        assert_eq!(
+            sample(&s, &unsampled, u64::MAX).decision,
+            SamplingDecision::Drop
+        );
+        assert!(!s.decide(&unsampled, trace_id_with_randomness(u64::MAX)));
+    }
+
+    #[test]
+    fn environment_names_map_to_samplers() {
+        assert_eq!(Sampling::parse("", None), Sampling::default());
+        assert_eq!(Sampling::parse("bogus", None).root, Root::AlwaysOn);
+        let off = Sampling::parse("always_off", None);
+        assert!(!off.decide(&Context::new(), trace_id_with_randomness(u64::MAX)));
+        let ratio = Sampling::parse("parentbased_traceidratio", Some("0.5"));
+        assert!(ratio.follows_parent());
+        assert_eq!(ratio.root, Sampling::probability(0.5));
+        assert_eq!(
+            Sampling::parse("traceidratio", Some("1")).root,
+            Root::AlwaysOn
+        );
+        assert_eq!(
+            Sampling::parse("traceidratio", Some("0")).root,
+            Root::AlwaysOff
+        );
+        assert!(!Sampling::parse("traceidratio", Some("0.5")).follows_parent());
+    }
+
+    #[test]
+    fn an_always_on_root_under_an_inherited_threshold_claims_probability_one() {
+        let s = Sampling::parse("always_on", None);
+        let state = TraceState::from_key_value([("ot", "th:f")]).unwrap();
+        let parent = Context::new().with_remote_span_context(SpanContext::new(
+            trace_id_with_randomness(0),
+            SpanId::from_bytes([1; 8]),
+            TraceFlags::SAMPLED,
+            true,
+            state,
+        ));
+        let r = sample(&s, &parent, 0);
+        assert_eq!(r.trace_state.get("ot"), Some("th:0"));
+    }
+}
