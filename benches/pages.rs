@@ -77,6 +77,7 @@ fn red_window(index: usize, minute_start: i64) -> RedStats {
             duration_ms,
             status_code: Some(status),
             is_error: status >= 500,
+            count: 1,
         });
     }
     stats

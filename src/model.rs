@@ -14,7 +14,8 @@ pub struct EndpointKey {
     pub route: String,
 }
 
-/// Where a RED figure came from. Spans give exact counts and a 1 % sketch; the
+/// Where a RED figure came from. Spans give exact counts and a 1 % sketch (estimates when the
+/// spans were probability-sampled: each is weighted by its adjusted count); the
 /// `http.server.request.duration` histogram metric gives counts and a coarser estimate.
 /// A service that sends both is read from its spans only, so nothing is counted twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,6 +32,11 @@ pub struct RequestRecord {
     pub duration_ms: f64,
     pub status_code: Option<u16>,
     pub is_error: bool,
+    /// How many requests this span stands for: its adjusted count when it was sampled with
+    /// OpenTelemetry's consistent probability sampling (`ot=th:…` in its tracestate, see
+    /// [`crate::ingest::tracestate`]), else 1. Every RED figure but min and max is weighted by
+    /// it; 0 adds nothing.
+    pub count: u32,
 }
 
 /// An already-aggregated group of requests, taken from one `http.server.request.duration`

@@ -1,18 +1,21 @@
 //! End to end through the real `opentelemetry-otlp` exporter: spans over gRPC, HTTP/protobuf
-//! and HTTP/JSON, and the `http.server.request.duration` histogram, checked against the exact
-//! values the test generated.
+//! and HTTP/JSON (also spans weighted by the sampling threshold in their tracestate), and the
+//! `http.server.request.duration` histogram, checked against the exact values the test
+//! generated.
 
+use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _,
+    Link, Span as _, SpanKind, Status, TraceContextExt, TraceId, TraceState, Tracer,
+    TracerProvider as _,
 };
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample};
 use rand::SeedableRng;
 use rand_distr::{Distribution, LogNormal};
 
@@ -28,6 +31,16 @@ fn tracer_provider(
     redline: &TestRedline,
     transport: Transport,
     service: &str,
+) -> SdkTracerProvider {
+    tracer_provider_sampled_by(redline, transport, service, None)
+}
+
+/// A tracer provider exporting to `redline`, with `sampler` instead of the SDK's default.
+fn tracer_provider_sampled_by(
+    redline: &TestRedline,
+    transport: Transport,
+    service: &str,
+    sampler: Option<Box<dyn ShouldSample>>,
 ) -> SdkTracerProvider {
     let exporter = match transport {
         Transport::Grpc => opentelemetry_otlp::SpanExporter::builder()
@@ -46,14 +59,17 @@ fn tracer_provider(
         }
     }
     .expect("exporter builds");
-    SdkTracerProvider::builder()
+    let mut builder = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(
             Resource::builder()
                 .with_service_name(service.to_string())
                 .build(),
-        )
-        .build()
+        );
+    if let Some(sampler) = sampler {
+        builder = builder.with_sampler(sampler);
+    }
+    builder.build()
 }
 
 /// The SDK's flush blocks its caller; off the async runtime it must go.
@@ -138,16 +154,29 @@ fn skewed_requests(count: usize, seed: u64) -> Vec<Request> {
 
 /// Checks counts exactly and every percentile to 1 % against the generated requests.
 fn check_endpoints(body: &serde_json::Value, requests: &[Request]) {
+    check_weighted_endpoints(body, requests, |_| 1);
+}
+
+/// [`check_endpoints`] for spans that each stand for `weight(route)` requests: counts are
+/// multiplied, percentiles are those of the requests each repeated that often, the maximum is
+/// the observed one.
+fn check_weighted_endpoints(
+    body: &serde_json::Value,
+    requests: &[Request],
+    weight: impl Fn(&str) -> u64,
+) {
     for route in ["/v1/products/{id}", "/v1/products", "/v1/checkout"] {
         let mine: Vec<&Request> = requests.iter().filter(|r| r.route == route).collect();
+        let weight = weight(route);
         let reported =
             endpoint(body, "GET", route).unwrap_or_else(|| panic!("{route} missing: {body}"));
-        let errors = mine.iter().filter(|r| r.status >= 500).count() as u64;
+        let errors = mine.iter().filter(|r| r.status >= 500).count() as u64 * weight;
         let client_errors = mine
             .iter()
             .filter(|r| (400..500).contains(&r.status))
-            .count() as u64;
-        assert_eq!(reported["requests"], mine.len() as u64, "{route}");
+            .count() as u64
+            * weight;
+        assert_eq!(reported["requests"], mine.len() as u64 * weight, "{route}");
         assert_eq!(reported["errors"], errors, "{route}");
         assert_eq!(
             reported["status"]["4xx"], client_errors,
@@ -155,7 +184,10 @@ fn check_endpoints(body: &serde_json::Value, requests: &[Request]) {
         );
         assert_eq!(reported["status"]["5xx"], errors, "{route}");
         assert_eq!(reported["estimate"], "sketch");
-        let mut durations: Vec<f64> = mine.iter().map(|r| r.duration_us as f64 / 1000.0).collect();
+        let mut durations: Vec<f64> = mine
+            .iter()
+            .flat_map(|r| std::iter::repeat_n(r.duration_us as f64 / 1000.0, weight as usize))
+            .collect();
         durations.sort_by(f64::total_cmp);
         for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)] {
             let value = reported["latency_ms"][name].as_f64().expect("percentile");
@@ -168,6 +200,12 @@ fn check_endpoints(body: &serde_json::Value, requests: &[Request]) {
         assert_eq!(
             reported["latency_ms"]["max"].as_f64(),
             durations.last().copied()
+        );
+        let mean = durations.iter().sum::<f64>() / durations.len() as f64;
+        let reported_mean = reported["latency_ms"]["mean"].as_f64().expect("mean");
+        assert!(
+            (reported_mean - mean).abs() <= mean * 1e-9,
+            "{route}: mean {reported_mean} vs {mean}"
         );
     }
 }
@@ -224,6 +262,93 @@ async fn spans_over_http_protobuf_give_exact_counts_and_percentiles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_over_http_json_give_exact_counts_and_percentiles() {
     export_and_check(Transport::HttpJson, "json-shop", 600, 3).await;
+}
+
+/// A consistent probability sampler as the exporter shows it: it keeps every span, and records
+/// the threshold `th:c` (probability 1/4, adjusted count 4) in the tracestate of all but the
+/// checkout spans, which it leaves without one, as a sampler that does not record its
+/// probability would.
+#[derive(Debug, Clone)]
+struct QuarterThreshold;
+
+impl ShouldSample for QuarterThreshold {
+    fn should_sample(
+        &self,
+        _parent_context: Option<&Context>,
+        _trace_id: TraceId,
+        name: &str,
+        _span_kind: &SpanKind,
+        _attributes: &[KeyValue],
+        _links: &[Link],
+    ) -> SamplingResult {
+        let trace_state = if name == "GET /v1/checkout" {
+            TraceState::NONE
+        } else {
+            TraceState::from_str("vendor=x,ot=th:c").expect("valid tracestate")
+        };
+        SamplingResult {
+            decision: SamplingDecision::RecordAndSample,
+            attributes: Vec::new(),
+            trace_state,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_with_a_sampling_threshold_count_their_adjusted_count() {
+    let redline = TestRedline::start().await;
+    let weight = |route: &str| if route == "/v1/checkout" { 1 } else { 4 };
+    // gRPC carries protobuf as is; OTLP/JSON is decoded and re-encoded before the same path.
+    for (transport, service, count, seed) in [
+        (Transport::Grpc, "weighted-grpc", 300, 4),
+        (Transport::HttpJson, "weighted-json", 150, 5),
+    ] {
+        let requests = skewed_requests(count, seed);
+        let provider = tracer_provider_sampled_by(
+            &redline,
+            transport,
+            service,
+            Some(Box::new(QuarterThreshold)),
+        );
+        emit(&provider, &requests);
+        flush_traces(provider).await;
+        let expected: u64 = requests.iter().map(|r| weight(r.route)).sum();
+        let path = format!("/api/v1/endpoints?service={service}&since=10m");
+        let body = redline
+            .wait_for(&path, Duration::from_secs(10), |b| {
+                let total: u64 = b["endpoints"].as_array().map_or(0, |e| {
+                    e.iter().map(|e| e["requests"].as_u64().unwrap_or(0)).sum()
+                });
+                total == expected
+            })
+            .await;
+        // `th:c` spans count four times each; the spans without `ot` count once.
+        check_weighted_endpoints(&body, &requests, weight);
+        let checkout = endpoint(&body, "GET", "/v1/checkout").expect("checkout");
+        assert_eq!(
+            checkout["requests"],
+            requests
+                .iter()
+                .filter(|r| r.route == "/v1/checkout")
+                .count() as u64
+        );
+        let services = redline.get_ok("/api/v1/services?since=10m").await;
+        let summary = services
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["service"] == service))
+            .expect("service listed");
+        assert_eq!(summary["requests"], expected, "{service}");
+        let errors: u64 = requests
+            .iter()
+            .filter(|r| r.status >= 500)
+            .map(|r| weight(r.route))
+            .sum();
+        assert!(
+            (summary["error_rate"].as_f64().unwrap() - errors as f64 / expected as f64).abs()
+                < 1e-12
+        );
+    }
+    redline.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

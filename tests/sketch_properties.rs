@@ -52,6 +52,7 @@ fn request(duration_ms: f64, i: usize) -> RequestRecord {
         duration_ms,
         status_code: Some(if i.is_multiple_of(10) { 500 } else { 200 }),
         is_error: i.is_multiple_of(10),
+        count: 1,
     }
 }
 

@@ -350,6 +350,7 @@ mod tests {
                 duration_ms: duration,
                 status_code: Some(status),
                 is_error: status >= 500,
+                count: 1,
             },
         }
     }
@@ -377,6 +378,109 @@ mod tests {
         assert_eq!(windows, vec![(990_000, 1), (1_000_000, 1), (1_010_000, 1)]);
         assert_eq!(flush.red[1].stats.errors, 1);
         assert!(aggregator.take_flush(now).is_empty());
+    }
+
+    /// Server spans of `/a` as an OTLP export, each (duration ms, status, tracestate),
+    /// converted as the receivers do.
+    fn converted_spans(spans: &[(u64, i64, &str)], end_ns: u64) -> IngestBatch {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        use prost::Message;
+        let kv = |key: &str, value| KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        };
+        let spans = spans
+            .iter()
+            .enumerate()
+            .map(|(i, (duration_ms, status, trace_state))| Span {
+                trace_id: (i as u128 + 1).to_be_bytes().to_vec(),
+                span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+                trace_state: trace_state.to_string(),
+                name: "GET /a".into(),
+                kind: 2, // SERVER
+                start_time_unix_nano: end_ns - duration_ms * 1_000_000,
+                end_time_unix_nano: end_ns,
+                attributes: vec![
+                    kv(
+                        "http.request.method",
+                        any_value::Value::StringValue("GET".into()),
+                    ),
+                    kv("http.route", any_value::Value::StringValue("/a".into())),
+                    kv(
+                        "http.response.status_code",
+                        any_value::Value::IntValue(*status),
+                    ),
+                ],
+                ..Default::default()
+            })
+            .collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let body = bytes::Bytes::from(request.encode_to_vec());
+        crate::ingest::convert::convert_traces(&body)
+            .expect("valid export")
+            .batch
+    }
+
+    #[test]
+    fn sampled_spans_count_their_adjusted_count() {
+        let now_ms = 1_000_000;
+        let end_ns = now_ms as u64 * 1_000_000;
+        // `th:c`: probability 1/4, so each span stands for four requests; the last is unsampled.
+        let batch = converted_spans(
+            &[
+                (10, 200, "ot=th:c"),
+                (20, 200, "vendor=x,ot=th:c"),
+                (40, 503, "ot=rv:0123456789abcd;th:c"),
+                (80, 200, ""),
+            ],
+            end_ns,
+        );
+        let mut aggregator = Aggregator::new(AggregatorConfig::default(), 0);
+        aggregator.apply(batch, now_ms);
+        let flush = aggregator.take_flush(now_ms);
+        assert_eq!(flush.red.len(), 1);
+        let stats = &flush.red[0].stats;
+        assert_eq!(stats.requests, 3 * 4 + 1);
+        assert_eq!(stats.errors, 4);
+        assert_eq!(stats.status, [0, 9, 0, 0, 4]);
+        assert_eq!(stats.duration_sum_ms, (10.0 + 20.0 + 40.0) * 4.0 + 80.0);
+        assert_eq!(stats.sketch.count(), 13);
+        // The sketch holds the observed durations, each as often as the requests it stands
+        // for: the same as the 13 requests added one by one.
+        let mut expanded = red::RedStats::default();
+        for (duration, times) in [(10.0, 4), (20.0, 4), (40.0, 4), (80.0, 1)] {
+            for _ in 0..times {
+                expanded.add_request(&RequestRecord {
+                    end_unix_ms: now_ms,
+                    duration_ms: duration,
+                    status_code: Some(200),
+                    is_error: false,
+                    count: 1,
+                });
+            }
+        }
+        assert_eq!(stats.sketch.encode(), expanded.sketch.encode());
+        for q in [0.0, 0.25, 0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(stats.quantile_ms(q), expanded.quantile_ms(q), "q {q}");
+        }
+        // Weighted ranks: the median of 13 is the 7th value, 20 ms (unweighted: 4 spans,
+        // rank 1, also 20 ms); p90 is rank 10 → 40 ms, where four spans alone give 40 ms too,
+        // but p25 is rank 3 → 10 ms.
+        let near =
+            |q: f64, exact: f64| (stats.quantile_ms(q).unwrap() - exact).abs() <= exact * 0.01;
+        assert!(near(0.25, 10.0) && near(0.5, 20.0) && near(0.9, 40.0));
+        assert_eq!((stats.min_ms(), stats.max_ms()), (Some(10.0), Some(80.0)));
     }
 
     #[test]

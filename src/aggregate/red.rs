@@ -60,13 +60,20 @@ impl Default for RedStats {
 }
 
 impl RedStats {
+    /// Adds one span as `request.count` requests (its adjusted count): counts, status classes,
+    /// the duration sum and the sketch are weighted by it; min and max are the observed values.
     pub fn add_request(&mut self, request: &RequestRecord) {
-        self.count(1, request.is_error as u64, request.status_code);
+        let count = u64::from(request.count);
+        if count == 0 {
+            return;
+        }
+        let errors = if request.is_error { count } else { 0 };
+        self.count(count, errors, request.status_code);
         let duration = request.duration_ms.max(0.0);
-        self.duration_sum_ms += duration;
+        self.duration_sum_ms += duration * count as f64;
         self.duration_min_ms = self.duration_min_ms.min(duration);
         self.duration_max_ms = self.duration_max_ms.max(duration);
-        self.sketch.add(duration);
+        self.sketch.add_with_count(duration, count);
     }
 
     fn count(&mut self, requests: u64, errors: u64, status_code: Option<u16>) {
@@ -244,6 +251,7 @@ mod tests {
             duration_ms,
             status_code: Some(status),
             is_error: status >= 500,
+            count: 1,
         }
     }
 
@@ -260,6 +268,58 @@ mod tests {
         assert_eq!(stats.min_ms(), Some(1.0));
         assert_eq!(stats.max_ms(), Some(4.0));
         assert_eq!(stats.estimate(), Estimate::Sketch);
+    }
+
+    #[test]
+    fn a_weighted_request_counts_as_that_many() {
+        // One span with adjusted count 4 (`th:c`) is four requests and, failed, four errors.
+        let mut weighted = RedStats::default();
+        weighted.add_request(&RequestRecord {
+            count: 4,
+            ..request(7.5, 503)
+        });
+        let mut repeated = RedStats::default();
+        for _ in 0..4 {
+            repeated.add_request(&request(7.5, 503));
+        }
+        assert_eq!(weighted.requests, 4);
+        assert_eq!(weighted.errors, 4);
+        assert_eq!(weighted.status, [0, 0, 0, 0, 4]);
+        assert_eq!(weighted.duration_sum_ms, 30.0);
+        assert_eq!(weighted.sketch.count(), 4);
+        assert_eq!(weighted.sketch.encode(), repeated.sketch.encode());
+        assert_eq!(weighted.mean_ms(), Some(7.5));
+        assert_eq!(
+            (weighted.min_ms(), weighted.max_ms()),
+            (Some(7.5), Some(7.5))
+        );
+        // A count of 0 stands for no request.
+        weighted.add_request(&RequestRecord {
+            count: 0,
+            ..request(1_000.0, 200)
+        });
+        assert_eq!(weighted.requests, 4);
+        assert_eq!(weighted.max_ms(), Some(7.5));
+    }
+
+    #[test]
+    fn weights_move_the_quantiles_between_observed_values() {
+        // 10 ms once and 100 ms with weight 3: four requests, three of them at 100 ms.
+        let mut stats = RedStats::default();
+        stats.add_request(&request(10.0, 200));
+        stats.add_request(&RequestRecord {
+            count: 3,
+            ..request(100.0, 200)
+        });
+        assert_eq!(stats.requests, 4);
+        assert_eq!(stats.mean_ms(), Some(77.5));
+        // Unweighted, the median (rank ⌊0.5·1⌋ = 0) would be 10 ms; weighted (rank
+        // ⌊0.5·3⌋ = 1) it is 100 ms. Every quantile is still one of the observed values, to 1 %.
+        let near = |value: Option<f64>, exact: f64| (value.unwrap() - exact).abs() <= exact * 0.01;
+        assert!(near(stats.quantile_ms(0.5), 100.0));
+        assert!(near(stats.quantile_ms(0.25), 10.0));
+        assert!(near(stats.quantile_ms(0.99), 100.0));
+        assert_eq!((stats.min_ms(), stats.max_ms()), (Some(10.0), Some(100.0)));
     }
 
     #[test]

@@ -218,6 +218,7 @@ fn build_series(case: &TestCase, interval_ms: i64) -> Result<Vec<Series>, RuleTe
                             duration_ms: latency,
                             status_code: Some(if failed { 500 } else { 200 }),
                             is_error: failed,
+                            count: 1,
                         });
                     }
                     Some(stats)

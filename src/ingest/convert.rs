@@ -1,5 +1,6 @@
 //! OTLP → redline's plain records. Pure functions: what counts as a request, an error and an
-//! endpoint (HTTP semantic conventions), and which data points are malformed.
+//! endpoint (HTTP semantic conventions), how many requests a sampled span stands for (its
+//! adjusted count, [`super::tracestate`]), and which data points are malformed.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 
+use crate::ingest::tracestate;
 use crate::ingest::wire::{self, DecodeError, Item, SpanAttributes, SpanView, Value};
 use crate::model::{
     Buckets, EndpointKey, EndpointRequest, HistogramValue, IncomingSpan, IngestBatch, MetricKind,
@@ -69,6 +71,7 @@ pub fn convert_traces(body: &Bytes) -> Result<Converted, DecodeError> {
                         duration_ms: (incoming.end_unix_ns - incoming.start_unix_ns) as f64 / 1e6,
                         status_code,
                         is_error: incoming.is_error,
+                        count: tracestate::adjusted_count(span.trace_state, span.span_id),
                     },
                 });
             }
@@ -782,6 +785,34 @@ mod tests {
         let mut span = server_span(vec![]);
         span.kind = SpanKind::Client as i32;
         assert!(classify(span).endpoint.is_none());
+    }
+
+    #[test]
+    fn sampled_server_spans_carry_their_adjusted_count() {
+        let with_state = |trace_state: &str| {
+            let mut span = server_span(vec![]);
+            span.trace_state = trace_state.into();
+            span
+        };
+        let request = request_with(
+            service_resource(s("svc")),
+            vec![
+                with_state("ot=th:c"),
+                with_state("vendor=x, ot=rv:0123456789abcd;th:f"),
+                with_state(""),
+                with_state("ot=th:nothex"),
+            ],
+        );
+        let converted = convert_trace_request(&request);
+        let counts: Vec<u32> = converted
+            .batch
+            .requests
+            .iter()
+            .map(|r| r.request.count)
+            .collect();
+        assert_eq!(counts, vec![4, 16, 1, 1]);
+        // A kept span is still one span.
+        assert_eq!(converted.batch.spans.len(), 4);
     }
 
     #[test]

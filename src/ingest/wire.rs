@@ -73,6 +73,9 @@ pub struct SpanView<'a> {
     pub encoded: &'a [u8],
     pub trace_id: &'a [u8],
     pub span_id: &'a [u8],
+    /// The W3C `tracestate` (empty when absent); it carries the OpenTelemetry sampling
+    /// threshold (see [`super::tracestate`]).
+    pub trace_state: &'a str,
     pub name: &'a str,
     pub kind: i32,
     pub start_time_unix_nano: u64,
@@ -240,6 +243,7 @@ fn read_span(buf: &[u8], depth: u32) -> Result<SpanView<'_>, DecodeError> {
         encoded: buf,
         trace_id: &[],
         span_id: &[],
+        trace_state: "",
         name: "",
         kind: 0,
         start_time_unix_nano: 0,
@@ -251,9 +255,7 @@ fn read_span(buf: &[u8], depth: u32) -> Result<SpanView<'_>, DecodeError> {
         match field {
             1 => span.trace_id = reader.bytes(wire)?,
             2 => span.span_id = reader.bytes(wire)?,
-            3 => {
-                reader.string(wire)?; // trace_state
-            }
+            3 => span.trace_state = reader.string(wire)?,
             4 => {
                 reader.bytes(wire)?; // parent_span_id
             }
@@ -617,6 +619,7 @@ mod tests {
             trace_id: vec![7; 16],
             span_id: vec![8; 8],
             parent_span_id: vec![9; 8],
+            trace_state: "vendor=x,ot=th:c".into(),
             name: "GET /items/{id}".into(),
             kind: 2,
             start_time_unix_nano: 1_000,
@@ -691,6 +694,7 @@ mod tests {
         };
         assert_eq!(span.trace_id, &[7; 16]);
         assert_eq!(span.span_id, &[8; 8]);
+        assert_eq!(span.trace_state, "vendor=x,ot=th:c");
         assert_eq!(span.name, "GET /items/{id}");
         assert_eq!(span.kind, 2);
         assert_eq!(

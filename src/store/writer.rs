@@ -520,6 +520,7 @@ mod tests {
             duration_ms: 12.0,
             status_code: Some(200),
             is_error: false,
+            count: 1,
         });
         RedDelta {
             source: RedSource::Spans,
