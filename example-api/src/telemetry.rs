@@ -52,6 +52,8 @@ pub struct ExportConfig {
     /// exports histograms as exponential histograms (bounded relative error) instead of the
     /// semantic conventions' explicit buckets.
     pub exponential_histograms: bool,
+    /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
+    pub sampling: Sampling,
 }
 
 impl ExportConfig {
@@ -69,6 +71,7 @@ impl ExportConfig {
             disabled: var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")),
             exponential_histograms: var("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION")
                 .is_some_and(|v| v.eq_ignore_ascii_case("base2_exponential_bucket_histogram")),
+            sampling: Sampling::from_env(),
         }
     }
 
@@ -353,7 +356,7 @@ impl Telemetry {
                     .build();
                 // The batch processor's queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE, 2048 by
                 // default) and drops when full; export runs on its own thread.
-                let sampling = Sampling::from_env();
+                let sampling = cfg.sampling.clone();
                 let tp = tp
                     .with_sampler(sampling.clone())
                     .with_id_generator(PresetIdGenerator::default())

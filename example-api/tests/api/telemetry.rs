@@ -389,6 +389,7 @@ async fn failing_export_never_blocks_or_fails_requests() {
         metric_interval: Duration::from_millis(100),
         disabled: false,
         exponential_histograms: false,
+        sampling: Sampling::default(),
     };
     let tel = Arc::new(Telemetry::new("example-api", &cfg).unwrap());
     let dir = Arc::new(tempfile::tempdir().unwrap());

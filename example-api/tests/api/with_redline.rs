@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use example_api::loadgen::{self, Options};
+use example_api::sampling::Sampling;
 use example_api::telemetry::{ExportConfig, Telemetry};
 use redline::app::App as Redline;
 use redline::config::{Settings, SettingsLayer};
@@ -89,50 +90,117 @@ async fn redline_counts_exactly_what_was_sent_over_http_protobuf() {
     counts_match_over("http/protobuf").await;
 }
 
-async fn counts_match_over(protocol: &str) {
-    let redline = start_redline().await;
-    let addr = if protocol == "grpc" {
-        redline.grpc
-    } else {
-        redline.http
-    };
-    let export = ExportConfig {
-        endpoint: Some(format!("http://{addr}")),
-        protocol: protocol.into(),
-        delta: false,
-        metric_interval: Duration::from_secs(1),
-        disabled: false,
-        exponential_histograms: false,
-    };
-    let tel = Arc::new(Telemetry::new("example-api", &export).unwrap());
-    let dtel = Arc::new(Telemetry::new("recommendations", &export).unwrap());
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let api = TestApp::spawn_telemetry(test_config(&dir), dir, tel.clone(), dtel.clone()).await;
+/// The API, its downstream service and a redline they export to.
+struct Loop {
+    redline: RunningRedline,
+    api: TestApp,
+    tel: Arc<Telemetry>,
+    dtel: Arc<Telemetry>,
+}
 
-    let report = loadgen::run(
-        Options::new(api.url(""), 40.0, Duration::from_secs(5)),
-        std::future::pending(),
-    )
-    .await
-    .expect("load generator runs");
+impl Loop {
+    async fn start(protocol: &str, sampling: Sampling) -> Loop {
+        let redline = start_redline().await;
+        let addr = if protocol == "grpc" {
+            redline.grpc
+        } else {
+            redline.http
+        };
+        let export = ExportConfig {
+            endpoint: Some(format!("http://{addr}")),
+            protocol: protocol.into(),
+            delta: false,
+            metric_interval: Duration::from_secs(1),
+            disabled: false,
+            exponential_histograms: false,
+            sampling,
+        };
+        let tel = Arc::new(Telemetry::new("example-api", &export).unwrap());
+        let dtel = Arc::new(Telemetry::new("recommendations", &export).unwrap());
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let api = TestApp::spawn_telemetry(test_config(&dir), dir, tel.clone(), dtel.clone()).await;
+        Loop {
+            redline,
+            api,
+            tel,
+            dtel,
+        }
+    }
+
+    /// Runs the load generator, flushes telemetry and returns what it sent per endpoint
+    /// (requests, errors), including its set-up requests.
+    async fn drive(&self, rate: f64) -> BTreeMap<String, (u64, u64)> {
+        let report = loadgen::run(
+            Options::new(self.api.url(""), rate, Duration::from_secs(5)),
+            std::future::pending(),
+        )
+        .await
+        .expect("load generator runs");
+        assert!(
+            report.completed > 100,
+            "the run did something: {}",
+            report.completed
+        );
+        self.tel.flush().await;
+        self.dtel.flush().await;
+        let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (endpoint, counts) in &report.by_endpoint {
+            let entry = expected.entry(endpoint.clone()).or_default();
+            entry.0 += counts.requests;
+            entry.1 += counts.errors;
+        }
+        for (endpoint, count) in &report.setup {
+            expected.entry(endpoint.clone()).or_default().0 += count;
+        }
+        expected
+    }
+
+    async fn stop(self) {
+        self.api.stop().await;
+        self.tel.shutdown().await;
+        self.dtel.shutdown().await;
+        let _ = self.redline.stop.send(());
+        self.redline.task.await.unwrap();
+    }
+}
+
+/// With 1 in 4 traces sampled (consistent probability sampling, `ot=th:c` in tracestate),
+/// redline counts each sampled request 4 times: every count is a multiple of 4 and the total is
+/// within four standard deviations of what the load generator sent (unweighted, it would be
+/// about a quarter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redline_estimates_counts_from_sampled_traces() {
+    let l = Loop::start("http/protobuf", Sampling::ratio(0.25)).await;
+    let expected = l.drive(80.0).await;
+    let sent: u64 = expected.values().map(|(r, _)| r).sum();
+    // Binomial thinning: the estimate's variance is sent × (1 − p) / p.
+    let tolerance = 4.0 * (sent as f64 * 3.0).sqrt();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut counted = BTreeMap::new();
+    let mut total = 0;
+    while std::time::Instant::now() < deadline {
+        counted = redline_counts(l.redline.web, "example-api").await;
+        total = counted.values().map(|(r, _)| r).sum::<u64>();
+        if (total as f64 - sent as f64).abs() <= tolerance {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
-        report.completed > 100,
-        "the run did something: {}",
-        report.completed
+        (total as f64 - sent as f64).abs() <= tolerance,
+        "redline estimated {total} requests, the load generator sent {sent} (±{tolerance:.0}): {counted:?}"
     );
-    tel.flush().await;
-    dtel.flush().await;
+    assert!(
+        counted.values().all(|(r, e)| r % 4 == 0 && e % 4 == 0),
+        "each sampled request counts 4: {counted:?}"
+    );
+    l.stop().await;
+}
 
-    // What the load generator sent, including its set-up requests.
-    let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (endpoint, counts) in &report.by_endpoint {
-        let entry = expected.entry(endpoint.clone()).or_default();
-        entry.0 += counts.requests;
-        entry.1 += counts.errors;
-    }
-    for (endpoint, count) in &report.setup {
-        expected.entry(endpoint.clone()).or_default().0 += count;
-    }
+async fn counts_match_over(protocol: &str) {
+    let l = Loop::start(protocol, Sampling::default()).await;
+    let expected = l.drive(40.0).await;
+    let redline = &l.redline;
     // Poll with a deadline, keeping the last answer so a mismatch shows what differs.
     let mut counted = BTreeMap::new();
     for _ in 0..200 {
@@ -154,9 +222,5 @@ async fn counts_match_over(protocol: &str) {
         "the recommendations service is visible too"
     );
 
-    api.stop().await;
-    tel.shutdown().await;
-    dtel.shutdown().await;
-    let _ = redline.stop.send(());
-    redline.task.await.unwrap();
+    l.stop().await;
 }
