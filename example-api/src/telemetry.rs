@@ -10,7 +10,7 @@ use crate::sampling::{PresetIdGenerator, Sampling, preset_trace_id};
 use foldhash::fast::RandomState;
 use opentelemetry::metrics::{BoundHistogram, Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::trace::{SpanKind, TraceContextExt, TraceId, Tracer, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
@@ -318,7 +318,9 @@ pub struct Telemetry {
     pub tracer: SdkTracer,
     /// The configured sampler, also evaluated before spans are built (see [`crate::sampling`]).
     pub sampling: Sampling,
-    ids: PresetIdGenerator,
+    /// Set when the tracer provider takes its trace ids from [`PresetIdGenerator`], i.e. when
+    /// the request path may choose a root span's trace id before deciding on it.
+    ids: Option<PresetIdGenerator>,
     pub meter: Meter,
     pub m: Instruments,
     /// Whether anything reads the metrics; observable instruments are only registered then
@@ -365,7 +367,7 @@ impl Telemetry {
                         exported,
                     })
                     .build();
-                Ok(Self::with_providers(tp, mp, sampling, true))
+                Ok(Self::with_providers(tp, mp, sampling, true, true))
             }
             _ => Ok(Self::not_recording(mp.build())),
         }
@@ -377,7 +379,7 @@ impl Telemetry {
         let tp = SdkTracerProvider::builder()
             .with_sampler(sampling.clone())
             .build();
-        Self::with_providers(tp, mp, sampling, false)
+        Self::with_providers(tp, mp, sampling, false, false)
     }
 
     /// No export, no recording: for tests that do not look at telemetry.
@@ -390,7 +392,13 @@ impl Telemetry {
         tracer_provider: SdkTracerProvider,
         meter_provider: SdkMeterProvider,
     ) -> Self {
-        Self::with_providers(tracer_provider, meter_provider, Sampling::default(), true)
+        Self::with_providers(
+            tracer_provider,
+            meter_provider,
+            Sampling::default(),
+            true,
+            false,
+        )
     }
 
     /// Finishes a tracer provider with `sampling` (its sampler and the ids the request path
@@ -404,7 +412,7 @@ impl Telemetry {
             .with_sampler(sampling.clone())
             .with_id_generator(PresetIdGenerator::default())
             .build();
-        Self::with_providers(tp, meter_provider, sampling, true)
+        Self::with_providers(tp, meter_provider, sampling, true, true)
     }
 
     fn with_providers(
@@ -412,6 +420,7 @@ impl Telemetry {
         meter_provider: SdkMeterProvider,
         sampling: Sampling,
         metrics_enabled: bool,
+        presets_ids: bool,
     ) -> Self {
         let tracer = tracer_provider.tracer("example-api");
         let meter = meter_provider.meter("example-api");
@@ -419,7 +428,7 @@ impl Telemetry {
         let t = Telemetry {
             tracer,
             sampling,
-            ids: PresetIdGenerator::default(),
+            ids: presets_ids.then(PresetIdGenerator::default),
             meter,
             m,
             metrics_enabled,
@@ -501,12 +510,16 @@ impl Telemetry {
     pub fn sample_server_span(&self, parent: &Context) -> bool {
         let span = parent.span();
         let sc = span.span_context();
-        let trace_id = if sc.is_valid() {
-            sc.trace_id()
-        } else {
-            let id = self.ids.random_trace_id();
-            preset_trace_id(id);
-            id
+        let trace_id = match &self.ids {
+            _ if sc.is_valid() => sc.trace_id(),
+            Some(ids) => {
+                let id = ids.random_trace_id();
+                preset_trace_id(id);
+                id
+            }
+            // A provider with its own ids gets the default sampler (or none): its decision for
+            // a root span does not depend on the id.
+            None => TraceId::INVALID,
         };
         self.sampling.decide(parent, trace_id)
     }
