@@ -357,7 +357,14 @@ impl Telemetry {
                     .with_unit("{span}")
                     .build();
                 // The batch processor's queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE, 2048 by
-                // default) and drops when full; export runs on its own thread.
+                // default) and drops when full; export runs on its own thread. It counts what
+                // it drops in `otel.sdk.processor.span.processed` (`error.type=queue_full`)
+                // through the global meter provider, read when the processor is built: that
+                // must be this service's provider, so it is set first (under a lock: a process
+                // may build several services' telemetry at once — the API and its downstream).
+                static GLOBAL_METER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+                let _global = GLOBAL_METER.lock().unwrap_or_else(|e| e.into_inner());
+                opentelemetry::global::set_meter_provider(mp.clone());
                 let sampling = cfg.sampling.clone();
                 let tp = tp
                     .with_sampler(sampling.clone())

@@ -408,3 +408,121 @@ async fn failing_export_never_blocks_or_fails_requests() {
     app.stop().await;
     tel.shutdown().await;
 }
+
+/// A collector that accepts metrics but never answers trace exports: the span queue fills, the
+/// excess is dropped and counted (`otel.sdk.processor.span.processed` with
+/// `error.type=queue_full`, exported with the service's metrics), and requests are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_dropped_at_a_full_queue_are_counted() {
+    use axum::body::Bytes;
+    use example_api::telemetry::ExportConfig;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use opentelemetry_proto::tonic::metrics::v1::metric;
+    use prost::Message;
+    use tokio::sync::watch;
+
+    let metrics_bodies: Arc<std::sync::Mutex<Vec<Bytes>>> = Arc::default();
+    let (release, released) = watch::channel(false);
+    let stored = metrics_bodies.clone();
+    let collector = axum::Router::new()
+        .route(
+            "/v1/metrics",
+            axum::routing::post(move |body: Bytes| {
+                stored.lock().unwrap().push(body);
+                async {
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/v1/traces",
+            axum::routing::post(move || {
+                let mut released = released.clone();
+                async move {
+                    let _ = released.wait_for(|r| *r).await;
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let cfg = ExportConfig {
+        endpoint: Some(endpoint),
+        protocol: "http/protobuf".into(),
+        delta: false,
+        metric_interval: Duration::from_millis(200),
+        disabled: false,
+        exponential_histograms: false,
+        sampling: Sampling::default(),
+    };
+    let tel = Arc::new(Telemetry::new("example-api", &cfg).unwrap());
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = TestApp::spawn_config(test_config(&dir), dir, tel.clone()).await;
+    // Two spans per cached GET: 1600 requests end 3200 spans, more than the export in flight
+    // (512) plus the queue (2048) can hold.
+    for i in 0..1600 {
+        let r = app
+            .get(&format!("/v1/products/{}", 1 + i % 50))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let dropped = || {
+        let mut dropped = 0;
+        for body in metrics_bodies.lock().unwrap().iter() {
+            let req = ExportMetricsServiceRequest::decode(body.clone()).unwrap();
+            for m in req
+                .resource_metrics
+                .iter()
+                .flat_map(|rm| &rm.scope_metrics)
+                .flat_map(|sm| &sm.metrics)
+                .filter(|m| m.name == "otel.sdk.processor.span.processed")
+            {
+                let Some(metric::Data::Sum(sum)) = &m.data else {
+                    continue;
+                };
+                for dp in &sum.data_points {
+                    let queue_full = dp.attributes.iter().any(|kv| {
+                        kv.key == "error.type"
+                            && matches!(
+                                kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                                Some(any_value::Value::StringValue(s)) if s == "queue_full"
+                            )
+                    });
+                    if let (true, Some(v)) = (queue_full, &dp.value) {
+                        let n = match v {
+                            opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i) => *i,
+                            opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d) => *d as i64,
+                        };
+                        dropped = dropped.max(n);
+                    }
+                }
+            }
+        }
+        dropped
+    };
+    // 3200 spans ended, at most 512 + 2048 held: at least 640 dropped (a cumulative counter,
+    // exported every 200 ms, so the last export may lag the last drop).
+    eventually(
+        "at least 600 queue-full drops in the exported metrics",
+        Duration::from_secs(10),
+        || {
+            let n = dropped();
+            async move { (n >= 600).then_some(n) }
+        },
+    )
+    .await;
+    let _ = release.send(true);
+    app.stop().await;
+    tel.shutdown().await;
+}
