@@ -95,6 +95,49 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// What start-up reads from disk: the database (created or migrated) and the sequence number
+/// of its last flush, the alert and outbox stores, and how alert e-mail is delivered.
+struct OpenedStorage {
+    conn: rusqlite::Connection,
+    last_seq: i64,
+    alert_store: AlertStore,
+    outbox: Outbox,
+    delivery: crate::notify::Delivery,
+}
+
+/// Blocking (files and SQLite): run on a blocking thread.
+fn open_storage(
+    data_dir: &std::path::Path,
+    db_path: &std::path::Path,
+    alerts_file: &std::path::Path,
+) -> Result<OpenedStorage, AppError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| AppError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let conn = store::open_writer(db_path)?;
+    let last_seq: i64 = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'flushed_seq'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(StoreError::from)?;
+    let alert_store = AlertStore::open(db_path)?;
+    let outbox = Outbox::open(db_path).map_err(|e| AppError::Server("outbox", e.to_string()))?;
+    let delivery = match crate::alerts::config::load(alerts_file) {
+        Ok(config) => config.delivery(&data_dir.join("outbox")),
+        Err(_) => crate::notify::Delivery::Outbox(data_dir.join("outbox")),
+    };
+    Ok(OpenedStorage {
+        conn,
+        last_seq,
+        alert_store,
+        outbox,
+        delivery,
+    })
+}
+
 impl App {
     pub async fn build(settings: Settings) -> Result<App, AppError> {
         let grpc_listener = bind("OTLP/gRPC", settings.otlp_grpc_addr).await?;
@@ -104,24 +147,21 @@ impl App {
         let http_addr = local_addr(&http_listener, "OTLP/HTTP", settings.otlp_http_addr)?;
         let web_addr = local_addr(&web_listener, "web", settings.web_addr)?;
 
-        std::fs::create_dir_all(&settings.data_dir).map_err(|source| AppError::DataDir {
-            path: settings.data_dir.clone(),
-            source,
-        })?;
         let db_path = store::database_path(&settings.data_dir);
-        let conn = tokio::task::spawn_blocking({
-            let path = db_path.clone();
-            move || store::open_writer(&path)
+        let opened = tokio::task::spawn_blocking({
+            let (data_dir, db_path) = (settings.data_dir.clone(), db_path.clone());
+            let alerts_file = settings.alerts_file.clone();
+            move || open_storage(&data_dir, &db_path, &alerts_file)
         })
         .await
         .map_err(|e| AppError::Server("store", e.to_string()))??;
-        let last_seq: i64 = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'flushed_seq'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(StoreError::from)?;
+        let OpenedStorage {
+            conn,
+            last_seq,
+            alert_store,
+            outbox,
+            delivery,
+        } = opened;
 
         let started_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -187,14 +227,7 @@ impl App {
         });
 
         // Alerting: the evaluation loop and the e-mail sender, stopped with the web server.
-        let alert_store = AlertStore::open(&db_path)?;
         let alerts = AlertsHandle::new(alert_store);
-        let outbox =
-            Outbox::open(&db_path).map_err(|e| AppError::Server("outbox", e.to_string()))?;
-        let delivery = match crate::alerts::config::load(&settings.alerts_file) {
-            Ok(config) => config.delivery(&settings.data_dir.join("outbox")),
-            Err(_) => crate::notify::Delivery::Outbox(settings.data_dir.join("outbox")),
-        };
         let (alerts_stop, alerts_stop_rx) = watch::channel(false);
         let alerts_settings = AlertsSettings {
             rules_file: settings.alerts_file.clone(),

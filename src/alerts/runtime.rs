@@ -174,21 +174,28 @@ struct Loaded {
     modified: Option<SystemTime>,
 }
 
-fn modified(path: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// The rules file's modification time, read without blocking the runtime.
+async fn modified(path: &std::path::Path) -> Option<SystemTime> {
+    tokio::fs::metadata(path)
+        .await
+        .and_then(|m| m.modified())
+        .ok()
 }
 
-fn load(settings: &AlertsSettings) -> Result<Loaded, String> {
-    let modified = modified(&settings.rules_file);
-    if modified.is_none() {
-        // No rules file: nothing to evaluate, which is a valid state for a new user.
-        return Ok(Loaded {
-            config: AlertsConfig::default(),
-            modified: None,
-        });
-    }
-    let config = config::load(&settings.rules_file).map_err(|e| e.to_string())?;
-    Ok(Loaded { config, modified })
+/// The rules file's modification time and its rules, read and parsed on a blocking thread. No
+/// file means no rules, a valid state for a new user.
+async fn read_rules(path: &std::path::Path) -> (Option<SystemTime>, Result<AlertsConfig, String>) {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let config = match modified {
+            None => Ok(AlertsConfig::default()),
+            Some(_) => config::load(&path).map_err(|e| e.to_string()),
+        };
+        (modified, config)
+    })
+    .await
+    .unwrap_or_else(|e| (None, Err(format!("reading the rules file: {e}"))))
 }
 
 /// Runs until `stop` turns true.
@@ -199,14 +206,14 @@ pub async fn run<N: NotificationSink>(
     sink: N,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut loaded = match load(&settings) {
-        Ok(loaded) => loaded,
-        Err(error) => {
+    let mut loaded = match read_rules(&settings.rules_file).await {
+        (modified, Ok(config)) => Loaded { config, modified },
+        (modified, Err(error)) => {
             tracing::error!(%error, "alert rules not loaded; no rules in force until the file is fixed");
             handle.publish(|v| v.config_error = Some(error));
             Loaded {
                 config: AlertsConfig::default(),
-                modified: modified(&settings.rules_file),
+                modified,
             }
         }
     };
@@ -239,14 +246,19 @@ pub async fn run<N: NotificationSink>(
         )
         .await;
         let wait = loaded.config.eval_interval;
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = handle.wake.notified() => {}
-            _ = handle.reload.notified() => reload(&settings, &handle, &mut loaded, &mut engine, true),
+        let reload_requested = tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
+            _ = handle.wake.notified() => false,
+            _ = handle.reload.notified() => true,
             _ = stop.wait_for(|s| *s) => break,
+        };
+        if reload_requested {
+            let fresh = read_rules(&settings.rules_file).await;
+            reload(fresh, &handle, &mut loaded, &mut engine, true);
         }
-        if modified(&settings.rules_file) != loaded.modified {
-            reload(&settings, &handle, &mut loaded, &mut engine, false);
+        if modified(&settings.rules_file).await != loaded.modified {
+            let fresh = read_rules(&settings.rules_file).await;
+            reload(fresh, &handle, &mut loaded, &mut engine, false);
         }
     }
 }
@@ -254,14 +266,15 @@ pub async fn run<N: NotificationSink>(
 /// Loads the file again; on success unchanged rules keep their alerts, changed or removed
 /// rules lose theirs. On failure everything stays as it was.
 fn reload(
-    settings: &AlertsSettings,
+    (modified, config): (Option<SystemTime>, Result<AlertsConfig, String>),
     handle: &AlertsHandle,
     loaded: &mut Loaded,
     engine: &mut Engine,
     forced: bool,
 ) {
-    match load(settings) {
-        Ok(fresh) => {
+    match config {
+        Ok(config) => {
+            let fresh = Loaded { config, modified };
             let unchanged: HashSet<String> = fresh
                 .config
                 .rules
@@ -282,7 +295,7 @@ fn reload(
         Err(error) => {
             tracing::error!(%error, "alert rules file rejected; the previous rules stay in force");
             handle.publish(|v| v.config_error = Some(error));
-            loaded.modified = modified(&settings.rules_file);
+            loaded.modified = modified;
         }
     }
 }

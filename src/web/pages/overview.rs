@@ -150,24 +150,28 @@ pub async fn build(pages: &Pages, params: Params) -> Result<Overview, PageError>
         layout: Layout::new(pages, "Overview", "overview", &params, &choice, refresh),
         rows: figures.into_iter().map(|f| f.row).collect(),
         headers: sort_headers(&params, &COLUMNS, "name"),
-        health: health(pages),
+        health: health(pages).await,
         help: EmptyHelp::of(pages),
         empty_title: "No requests in this time range",
     })
 }
 
-fn health(pages: &Pages) -> HealthView {
+/// Size of a file, 0 when it is missing (read off the runtime, as `tokio::fs` does).
+async fn file_len(path: &std::path::Path) -> u64 {
+    tokio::fs::metadata(path)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+async fn health(pages: &Pages) -> HealthView {
     let stats = pages.live.stats();
     let totals = crate::self_metrics::ingest_totals();
     let rejected = totals.spans_rejected + totals.points_rejected;
     let overflow =
         stats.overflow.services + stats.overflow.endpoints + stats.overflow.metric_series;
-    let database = std::fs::metadata(&pages.database_path)
-        .map(|m| m.len())
-        .unwrap_or(0)
-        + std::fs::metadata(pages.database_path.with_extension("db-wal"))
-            .map(|m| m.len())
-            .unwrap_or(0);
+    let database = file_len(&pages.database_path).await
+        + file_len(&pages.database_path.with_extension("db-wal")).await;
     let depth = pages.queue.depth();
     HealthView {
         ingest_rate: pages
