@@ -226,7 +226,15 @@ pub async fn run<N: NotificationSink>(
     let log = store.run(persist::load_log).await.unwrap_or_default();
     let mut dispatcher = Dispatcher::with_log(log);
     *handle.rules.write().unwrap_or_else(|p| p.into_inner()) = loaded.config.rules.clone();
-    let mut past = std::collections::VecDeque::new();
+    // Ended firing periods from before this start, so charts shade them too.
+    let mut past: std::collections::VecDeque<FiringPeriod> = store
+        .run(|conn| persist::firing_periods(conn, PERIODS_KEPT))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not restore past firing periods");
+            Vec::new()
+        })
+        .into();
 
     loop {
         let started = now_ms();

@@ -9,6 +9,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::alerts::engine::{Alert, AlertState, Transition};
 use crate::alerts::routing::{LogEntry, Matcher, Silence};
+use crate::alerts::runtime::FiringPeriod;
 use crate::store::StoreError;
 
 #[derive(Clone)]
@@ -159,6 +160,46 @@ pub fn history(
     Ok(out)
 }
 
+/// The most recent ended firing periods (oldest first, at most `limit`), rebuilt from the
+/// transition history so charts shade alerts that fired before this process started.
+pub fn firing_periods(
+    conn: &mut Connection,
+    limit: usize,
+) -> Result<Vec<FiringPeriod>, StoreError> {
+    // A period is two transitions (into firing, out of it); other transitions interleave, so
+    // read a generous tail of the history rather than an exact count.
+    let mut statement = conn.prepare_cached(
+        "SELECT alert_key, rule, labels, from_state, to_state, at_ms FROM
+           (SELECT id, alert_key, rule, labels, from_state, to_state, at_ms FROM alert_history
+            ORDER BY at_ms DESC, id DESC LIMIT ?1)
+         ORDER BY at_ms, id",
+    )?;
+    let mut rows = statement.query(params![(limit * 8) as i64])?;
+    let mut fired: HashMap<String, i64> = HashMap::new();
+    let mut periods = std::collections::VecDeque::new();
+    while let Some(row) = rows.next()? {
+        let key: String = row.get(0)?;
+        let (from, to): (String, String) = (row.get(3)?, row.get(4)?);
+        let at_ms: i64 = row.get(5)?;
+        if to == "firing" {
+            fired.insert(key, at_ms);
+        } else if from == "firing"
+            && let Some(from_ms) = fired.remove(&key)
+        {
+            periods.push_back(FiringPeriod {
+                rule: row.get(1)?,
+                labels: from_json(&row.get::<_, String>(2)?)?,
+                from_ms,
+                to_ms: Some(at_ms),
+            });
+            if periods.len() > limit {
+                periods.pop_front();
+            }
+        }
+    }
+    Ok(periods.into())
+}
+
 /// Deletes history older than `before_ms` (the history is bounded like everything else).
 pub fn prune_history(conn: &mut Connection, before_ms: i64) -> Result<(), StoreError> {
     conn.execute(
@@ -256,4 +297,55 @@ pub fn load_silences(conn: &mut Connection, now_ms: i64) -> Result<Vec<Silence>,
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transition(key: &str, from: &'static str, to: &'static str, at_ms: i64) -> Transition {
+        Transition {
+            key: key.to_string(),
+            rule: format!("rule-{key}"),
+            labels: BTreeMap::from([("service".to_string(), key.to_string())]),
+            from,
+            to,
+            value: Some(1.0),
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn firing_periods_are_rebuilt_from_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open_writer(&dir.path().join("redline.db")).unwrap();
+        let history = [
+            transition("a", "inactive", "pending", 1_000),
+            transition("a", "pending", "firing", 2_000),
+            transition("b", "pending", "firing", 2_500),
+            transition("a", "firing", "resolved", 5_000),
+            transition("a", "resolved", "pending", 6_000),
+            transition("a", "pending", "firing", 7_000),
+            transition("a", "firing", "resolved", 9_000),
+            // b is still firing: the engine's current alerts cover it, not the history.
+        ];
+        save_evaluation(&mut conn, &[], &history).unwrap();
+        let periods = firing_periods(&mut conn, 10).unwrap();
+        let spans: Vec<_> = periods
+            .iter()
+            .map(|p| (p.rule.as_str(), p.from_ms, p.to_ms))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                ("rule-a", 2_000, Some(5_000)),
+                ("rule-a", 7_000, Some(9_000))
+            ]
+        );
+        assert_eq!(periods[0].labels["service"], "a");
+        // Bounded: only the most recent.
+        let last = firing_periods(&mut conn, 1).unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].from_ms, 7_000);
+    }
 }
