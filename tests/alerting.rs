@@ -364,7 +364,8 @@ async fn the_shipped_rules_check_and_their_tests_pass() {
     assert_eq!(check.status.code(), Some(1));
     let errors = String::from_utf8_lossy(&check.stderr);
     assert!(
-        errors.contains("bad.toml:1:1") && errors.contains("p42"),
+        // At the bad value (line 4, `stat = "p42"`), not at the rule's header.
+        errors.contains("bad.toml:4:8") && errors.contains("p42"),
         "{errors}"
     );
     assert!(

@@ -462,7 +462,7 @@ pub fn parse(text: &str) -> Result<AlertsConfig, Vec<Problem>> {
             "global" => global = checker.value(value).unwrap_or_default(),
             "rule" => each(&mut checker, value, |c, v| {
                 if let Some(spec) = c.value::<RuleSpec>(v) {
-                    rule_specs.push((v.span(), spec));
+                    rule_specs.push((FieldSpans::of_table(v), spec));
                 }
             }),
             "slo" => each(&mut checker, value, |c, v| {
@@ -560,8 +560,8 @@ pub fn parse(text: &str) -> Result<AlertsConfig, Vec<Problem>> {
         });
     }
 
-    for (span, spec) in rule_specs {
-        if let Some(rule) = compile_rule(&mut checker, &span, spec) {
+    for (spans, spec) in rule_specs {
+        if let Some(rule) = compile_rule(&mut checker, &spans, spec) {
             config.rules.push(rule);
         }
     }
@@ -627,16 +627,53 @@ fn each<'i>(
 
 const RED_STATS: &str = "requests, errors, rate, error_rate, p50, p90, p95, p99, mean, max";
 
-fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) -> Option<Rule> {
+/// Where a table and each of its fields (and the fields of its inline tables, as `outer.inner`)
+/// are in the file, so a problem can point at the value it is about.
+struct FieldSpans {
+    table: Range<usize>,
+    fields: std::collections::HashMap<String, Range<usize>>,
+}
+
+impl FieldSpans {
+    fn of_table(value: &toml::Spanned<DeValue<'_>>) -> Self {
+        let mut fields = std::collections::HashMap::new();
+        if let DeValue::Table(table) = value.get_ref() {
+            for (key, field) in table.iter() {
+                let key = key.get_ref().to_string();
+                if let DeValue::Table(inner) = field.get_ref() {
+                    for (inner_key, inner_field) in inner.iter() {
+                        fields.insert(format!("{key}.{}", inner_key.get_ref()), inner_field.span());
+                    }
+                }
+                fields.insert(key, field.span());
+            }
+        }
+        FieldSpans {
+            table: value.span(),
+            fields,
+        }
+    }
+
+    /// The field's value, else the table's header.
+    fn of(&self, field: &str) -> Range<usize> {
+        self.fields
+            .get(field)
+            .cloned()
+            .unwrap_or_else(|| self.table.clone())
+    }
+}
+
+fn compile_rule(checker: &mut Checker<'_>, spans: &FieldSpans, spec: RuleSpec) -> Option<Rule> {
     let name = spec.name.clone();
     let problems_before = checker.problems.len();
-    let bad = |checker: &mut Checker<'_>, message: String| {
-        checker.at(span.clone(), format!("rule {name:?}: {message}"))
+    // Problems point at the field they are about ("" = the rule as a whole).
+    let bad = |checker: &mut Checker<'_>, field: &str, message: String| {
+        checker.at(spans.of(field), format!("rule {name:?}: {message}"))
     };
-    let window = checker.duration(span, "window", spec.window.as_deref(), "5m");
-    let for_ = checker.duration(span, "for", spec.for_.as_deref(), "0s");
+    let window = checker.duration(&spans.of("window"), "window", spec.window.as_deref(), "5m");
+    let for_ = checker.duration(&spans.of("for"), "for", spec.for_.as_deref(), "0s");
     let keep_firing_for = checker.duration(
-        span,
+        &spans.of("keep_firing_for"),
         "keep_firing_for",
         spec.keep_firing_for.as_deref(),
         "0s",
@@ -648,7 +685,11 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
                 stat_name: stat.clone(),
             }),
             None => {
-                bad(checker, format!("stat {stat:?} is not one of {RED_STATS}"));
+                bad(
+                    checker,
+                    "stat",
+                    format!("stat {stat:?} is not one of {RED_STATS}"),
+                );
                 None
             }
         },
@@ -660,6 +701,7 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
                     None => {
                         bad(
                             checker,
+                            "metric.agg",
                             format!(
                                 "metric agg {a:?} is not one of avg, min, max, last, sum, rate, count, p50, p90, p95, p99"
                             ),
@@ -677,6 +719,7 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
         (Some(_), Some(_)) => {
             bad(
                 checker,
+                "metric",
                 "give either stat (a RED figure) or metric, not both".into(),
             );
             None
@@ -688,6 +731,7 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
         (None, None) => {
             bad(
                 checker,
+                "",
                 format!("give stat (one of {RED_STATS}) or metric = {{ name = … }}"),
             );
             None
@@ -697,19 +741,29 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
         "threshold" => RuleKind::Threshold,
         "absent" => RuleKind::Absent,
         "change" => {
-            let offset = checker.duration(span, "offset", spec.offset.as_deref(), "1h");
+            let offset =
+                checker.duration(&spans.of("offset"), "offset", spec.offset.as_deref(), "1h");
             let baseline_window = match spec.baseline_window.as_deref() {
-                Some(text) => checker.duration(span, "baseline_window", Some(text), "1h"),
+                Some(text) => checker.duration(
+                    &spans.of("baseline_window"),
+                    "baseline_window",
+                    Some(text),
+                    "1h",
+                ),
                 None => window,
             };
             if offset < window {
-                bad(checker, "offset must be at least the window, so the current window is not its own baseline".into());
+                bad(checker, "offset", "offset must be at least the window, so the current window is not its own baseline".into());
             }
             let mode = match spec.change.as_deref().unwrap_or("ratio") {
                 "ratio" => ChangeMode::Ratio,
                 "percent" => ChangeMode::Percent,
                 other => {
-                    bad(checker, format!("change {other:?} is not ratio or percent"));
+                    bad(
+                        checker,
+                        "change",
+                        format!("change {other:?} is not ratio or percent"),
+                    );
                     ChangeMode::Ratio
                 }
             };
@@ -722,6 +776,7 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
         other => {
             bad(
                 checker,
+                "kind",
                 format!("kind {other:?} is not threshold, change or absent"),
             );
             RuleKind::Threshold
@@ -730,7 +785,11 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
     let op = match spec.op.as_deref() {
         None => Op::Greater,
         Some(text) => Op::parse(text).unwrap_or_else(|| {
-            bad(checker, format!("op {text:?} is not one of >, >=, <, <="));
+            bad(
+                checker,
+                "op",
+                format!("op {text:?} is not one of >, >=, <, <="),
+            );
             Op::Greater
         }),
     };
@@ -738,11 +797,15 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
         (RuleKind::Absent, _) => 0.0,
         (_, Some(t)) if t.is_finite() => t,
         (_, Some(t)) => {
-            bad(checker, format!("threshold {t} is not a finite number"));
+            bad(
+                checker,
+                "threshold",
+                format!("threshold {t} is not a finite number"),
+            );
             0.0
         }
         (_, None) => {
-            bad(checker, "threshold is required".into());
+            bad(checker, "", "threshold is required".into());
             0.0
         }
     };
@@ -755,6 +818,7 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
         if !safe_side {
             bad(
                 checker,
+                "recovery_threshold",
                 format!(
                     "recovery_threshold {recovery} must be on the safe side of threshold {threshold} (op {})",
                     op.symbol()
@@ -769,6 +833,7 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
         other => {
             bad(
                 checker,
+                "no_data",
                 format!("no_data {other:?} is not ok, alerting or keep_last"),
             );
             NoData::Ok
@@ -780,6 +845,7 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
             if dimension != "method" && dimension != "route" {
                 bad(
                     checker,
+                    "by",
                     format!("by {dimension:?}: RED rules split by method and/or route"),
                 );
             }
@@ -787,7 +853,11 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
     }
     for reserved in ["alertname"] {
         if spec.labels.contains_key(reserved) {
-            bad(checker, format!("label {reserved:?} is set by redline"));
+            bad(
+                checker,
+                "labels",
+                format!("label {reserved:?} is set by redline"),
+            );
         }
     }
     let rule = Rule {
@@ -811,7 +881,11 @@ fn compile_rule(checker: &mut Checker<'_>, span: &Range<usize>, spec: RuleSpec) 
     };
     for (key, text) in &rule.annotations {
         if let Err(e) = template::check(text, &rule) {
-            bad(checker, format!("annotation {key:?}: {e}"));
+            bad(
+                checker,
+                &format!("annotations.{key}"),
+                format!("annotation {key:?}: {e}"),
+            );
         }
     }
     (checker.problems.len() == problems_before).then_some(rule)
@@ -1088,8 +1162,9 @@ window = "soon"
 "#;
         let problems = parse(text).unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
+        // Semantic problems point at the offending value, not at the rule's header.
         assert!(
-            problems[0].message.contains("p98") && problems[0].line == 5,
+            problems[0].message.contains("p98") && (problems[0].line, problems[0].column) == (8, 8),
             "{problems:?}"
         );
         assert!(
@@ -1097,7 +1172,8 @@ window = "soon"
             "{problems:?}"
         );
         assert!(
-            problems[2].message.contains("soon") && problems[2].line == 17,
+            problems[2].message.contains("soon")
+                && (problems[2].line, problems[2].column) == (22, 10),
             "{problems:?}"
         );
     }
