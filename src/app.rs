@@ -99,7 +99,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// of its last flush, the alert and outbox stores, and how alert e-mail is delivered.
 struct OpenedStorage {
     conn: rusqlite::Connection,
-    last_seq: i64,
+    last_seq: u64,
     alert_store: AlertStore,
     outbox: Outbox,
     delivery: crate::notify::Delivery,
@@ -116,13 +116,7 @@ fn open_storage(
         source,
     })?;
     let conn = store::open_writer(db_path)?;
-    let last_seq: i64 = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'flushed_seq'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(StoreError::from)?;
+    let last_seq = store::read::flushed_seq(&conn)?;
     let alert_store = AlertStore::open(db_path)?;
     let outbox = Outbox::open(db_path).map_err(|e| AppError::Server("outbox", e.to_string()))?;
     let delivery = match crate::alerts::config::load(alerts_file) {
@@ -169,7 +163,7 @@ impl App {
             .unwrap_or(0);
         let live = Arc::new(Live::new(
             Aggregator::new(settings.aggregator, started_ns),
-            last_seq as u64,
+            last_seq,
         ));
         let writer = store::spawn_writer(conn, settings.retention, {
             let live = live.clone();

@@ -10,13 +10,13 @@ use crate::sampling::{PresetIdGenerator, Sampling, preset_trace_id};
 use foldhash::fast::RandomState;
 use opentelemetry::metrics::{BoundHistogram, Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, TraceContextExt, TraceId, Tracer, TracerProvider as _};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{SdkMeterProvider, Temporality};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, TracerProviderBuilder};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -318,9 +318,8 @@ pub struct Telemetry {
     pub tracer: SdkTracer,
     /// The configured sampler, also evaluated before spans are built (see [`crate::sampling`]).
     pub sampling: Sampling,
-    /// Set when the tracer provider takes its trace ids from [`PresetIdGenerator`], i.e. when
-    /// the request path may choose a root span's trace id before deciding on it.
-    ids: Option<PresetIdGenerator>,
+    /// Chooses a root span's trace id before the decision on it (see [`Self::sample_server_span`]).
+    ids: PresetIdGenerator,
     pub meter: Meter,
     pub m: Instruments,
     /// Whether anything reads the metrics; observable instruments are only registered then
@@ -365,16 +364,11 @@ impl Telemetry {
                 static GLOBAL_METER: std::sync::Mutex<()> = std::sync::Mutex::new(());
                 let _global = GLOBAL_METER.lock().unwrap_or_else(|e| e.into_inner());
                 opentelemetry::global::set_meter_provider(mp.clone());
-                let sampling = cfg.sampling.clone();
-                let tp = tp
-                    .with_sampler(sampling.clone())
-                    .with_id_generator(PresetIdGenerator::default())
-                    .with_batch_exporter(CountingExporter {
-                        inner: spans,
-                        exported,
-                    })
-                    .build();
-                Ok(Self::with_providers(tp, mp, sampling, true, true))
+                let tp = tp.with_batch_exporter(CountingExporter {
+                    inner: spans,
+                    exported,
+                });
+                Ok(Self::with_providers(tp, mp, cfg.sampling.clone(), true))
             }
             _ => Ok(Self::not_recording(mp.build())),
         }
@@ -383,10 +377,7 @@ impl Telemetry {
     /// Spans are not recorded at all (an `always_off` sampler); metrics go to `mp`.
     fn not_recording(mp: SdkMeterProvider) -> Self {
         let sampling = Sampling::parse("always_off", None);
-        let tp = SdkTracerProvider::builder()
-            .with_sampler(sampling.clone())
-            .build();
-        Self::with_providers(tp, mp, sampling, false, false)
+        Self::with_providers(SdkTracerProvider::builder(), mp, sampling, false)
     }
 
     /// No export, no recording: for tests that do not look at telemetry.
@@ -394,48 +385,35 @@ impl Telemetry {
         Self::not_recording(SdkMeterProvider::builder().build())
     }
 
-    /// Wraps existing providers (tests pass in-memory exporters here).
-    pub fn from_providers(
-        tracer_provider: SdkTracerProvider,
-        meter_provider: SdkMeterProvider,
-    ) -> Self {
-        Self::with_providers(
-            tracer_provider,
-            meter_provider,
-            Sampling::default(),
-            true,
-            false,
-        )
-    }
-
-    /// Finishes a tracer provider with `sampling` (its sampler and the ids the request path
-    /// decides for) and wraps it (tests pass in-memory exporters here).
+    /// Finishes a tracer provider with `sampling` and wraps it (tests pass in-memory exporters
+    /// here).
     pub fn sampled(
-        tracer_provider: opentelemetry_sdk::trace::TracerProviderBuilder,
+        tracer_provider: TracerProviderBuilder,
         meter_provider: SdkMeterProvider,
         sampling: Sampling,
     ) -> Self {
-        let tp = tracer_provider
-            .with_sampler(sampling.clone())
-            .with_id_generator(PresetIdGenerator::default())
-            .build();
-        Self::with_providers(tp, meter_provider, sampling, true, true)
+        Self::with_providers(tracer_provider, meter_provider, sampling, true)
     }
 
+    /// Every tracer provider gets `sampling` as its sampler and trace ids from
+    /// [`PresetIdGenerator`], so the request path can decide before a span is built.
     fn with_providers(
-        tracer_provider: SdkTracerProvider,
+        tracer_provider: TracerProviderBuilder,
         meter_provider: SdkMeterProvider,
         sampling: Sampling,
         metrics_enabled: bool,
-        presets_ids: bool,
     ) -> Self {
+        let tracer_provider = tracer_provider
+            .with_sampler(sampling.clone())
+            .with_id_generator(PresetIdGenerator::default())
+            .build();
         let tracer = tracer_provider.tracer("example-api");
         let meter = meter_provider.meter("example-api");
         let m = Instruments::new(&meter);
         let t = Telemetry {
             tracer,
             sampling,
-            ids: presets_ids.then(PresetIdGenerator::default),
+            ids: PresetIdGenerator::default(),
             meter,
             m,
             metrics_enabled,
@@ -517,16 +495,12 @@ impl Telemetry {
     pub fn sample_server_span(&self, parent: &Context) -> bool {
         let span = parent.span();
         let sc = span.span_context();
-        let trace_id = match &self.ids {
-            _ if sc.is_valid() => sc.trace_id(),
-            Some(ids) => {
-                let id = ids.random_trace_id();
-                preset_trace_id(id);
-                id
-            }
-            // A provider with its own ids gets the default sampler (or none): its decision for
-            // a root span does not depend on the id.
-            None => TraceId::INVALID,
+        let trace_id = if sc.is_valid() {
+            sc.trace_id()
+        } else {
+            let id = self.ids.random_trace_id();
+            preset_trace_id(id);
+            id
         };
         self.sampling.decide(parent, trace_id)
     }

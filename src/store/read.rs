@@ -21,7 +21,8 @@ pub struct RedFilter {
     pub route: Option<String>,
 }
 
-fn flushed_seq(conn: &Connection) -> Result<u64, StoreError> {
+/// The sequence number of the last flush the database holds.
+pub(crate) fn flushed_seq(conn: &Connection) -> Result<u64, StoreError> {
     let seq: i64 = conn.query_row(
         "SELECT value FROM meta WHERE key = 'flushed_seq'",
         [],

@@ -5,7 +5,8 @@ use example_api::App;
 use example_api::config::{Config, RatePolicy};
 use example_api::faults::FaultSettings;
 use example_api::routes::AppState;
-use example_api::telemetry::Telemetry;
+use example_api::sampling::Sampling;
+use example_api::telemetry::{ExportConfig, Telemetry};
 use serde_json::{Value, json};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +31,24 @@ pub struct TestApp {
 }
 
 /// A config for tests: small seed, generous limits, no Redis unless a test asks.
+/// Export to `endpoint` over `protocol` with explicit settings (tests do not read `OTEL_*`).
+pub fn export_config(
+    endpoint: String,
+    protocol: &str,
+    metric_interval: Duration,
+    sampling: Sampling,
+) -> ExportConfig {
+    ExportConfig {
+        endpoint: Some(endpoint),
+        protocol: protocol.into(),
+        delta: false,
+        metric_interval,
+        disabled: false,
+        exponential_histograms: false,
+        sampling,
+    }
+}
+
 pub fn test_config(dir: &tempfile::TempDir) -> Config {
     let mut cfg = Config::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),

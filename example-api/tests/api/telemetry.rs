@@ -1,7 +1,7 @@
 //! Spans and metrics follow the semantic conventions. Uses the SDK's in-memory exporters (real
 //! SDK components) instead of an OTLP endpoint; the OTLP path is covered end to end with redline.
 
-use crate::helpers::{TestApp, eventually, test_config};
+use crate::helpers::{TestApp, eventually, export_config, test_config};
 use example_api::faults::FaultSettings;
 use example_api::sampling::Sampling;
 use example_api::telemetry::Telemetry;
@@ -381,16 +381,12 @@ async fn ratio_sampling_is_consistent_and_recorded_in_tracestate() {
 /// Export to an endpoint where nothing listens: every request still succeeds, quickly.
 #[tokio::test]
 async fn failing_export_never_blocks_or_fails_requests() {
-    use example_api::telemetry::ExportConfig;
-    let cfg = ExportConfig {
-        endpoint: Some("http://127.0.0.1:9".into()),
-        protocol: "http/protobuf".into(),
-        delta: false,
-        metric_interval: Duration::from_millis(100),
-        disabled: false,
-        exponential_histograms: false,
-        sampling: Sampling::default(),
-    };
+    let cfg = export_config(
+        "http://127.0.0.1:9".into(),
+        "http/protobuf",
+        Duration::from_millis(100),
+        Sampling::default(),
+    );
     let tel = Arc::new(Telemetry::new("example-api", &cfg).unwrap());
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let app = TestApp::spawn_config(test_config(&dir), dir, tel.clone()).await;
@@ -415,10 +411,10 @@ async fn failing_export_never_blocks_or_fails_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_dropped_at_a_full_queue_are_counted() {
     use axum::body::Bytes;
-    use example_api::telemetry::ExportConfig;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value;
     use opentelemetry_proto::tonic::metrics::v1::metric;
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as NumberValue;
     use prost::Message;
     use tokio::sync::watch;
 
@@ -455,15 +451,12 @@ async fn spans_dropped_at_a_full_queue_are_counted() {
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, collector).await });
 
-    let cfg = ExportConfig {
-        endpoint: Some(endpoint),
-        protocol: "http/protobuf".into(),
-        delta: false,
-        metric_interval: Duration::from_millis(200),
-        disabled: false,
-        exponential_histograms: false,
-        sampling: Sampling::default(),
-    };
+    let cfg = export_config(
+        endpoint,
+        "http/protobuf",
+        Duration::from_millis(200),
+        Sampling::default(),
+    );
     let tel = Arc::new(Telemetry::new("example-api", &cfg).unwrap());
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let app = TestApp::spawn_config(test_config(&dir), dir, tel.clone()).await;
@@ -501,8 +494,8 @@ async fn spans_dropped_at_a_full_queue_are_counted() {
                     });
                     if let (true, Some(v)) = (queue_full, &dp.value) {
                         let n = match v {
-                            opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i) => *i,
-                            opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d) => *d as i64,
+                            NumberValue::AsInt(i) => *i,
+                            NumberValue::AsDouble(d) => *d as i64,
                         };
                         dropped = dropped.max(n);
                     }

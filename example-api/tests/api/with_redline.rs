@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use example_api::loadgen::{self, Options};
 use example_api::sampling::Sampling;
-use example_api::telemetry::{ExportConfig, Telemetry};
+use example_api::telemetry::Telemetry;
 use redline::app::App as Redline;
 use redline::config::{Settings, SettingsLayer};
 
-use crate::helpers::{TestApp, test_config};
+use crate::helpers::{TestApp, export_config, test_config};
 
 struct RunningRedline {
     grpc: std::net::SocketAddr,
@@ -106,15 +106,12 @@ impl Loop {
         } else {
             redline.http
         };
-        let export = ExportConfig {
-            endpoint: Some(format!("http://{addr}")),
-            protocol: protocol.into(),
-            delta: false,
-            metric_interval: Duration::from_secs(1),
-            disabled: false,
-            exponential_histograms: false,
+        let export = export_config(
+            format!("http://{addr}"),
+            protocol,
+            Duration::from_secs(1),
             sampling,
-        };
+        );
         let tel = Arc::new(Telemetry::new("example-api", &export).unwrap());
         let dtel = Arc::new(Telemetry::new("recommendations", &export).unwrap());
         let dir = Arc::new(tempfile::tempdir().unwrap());
