@@ -10,15 +10,10 @@
 //! trace (children and, through propagation, the downstream service's spans) carries it, and the
 //! backend weights each span by its adjusted count, 1 / probability.
 //!
-//! Why the decision is also exposed ([`Sampling::decide_root`]): a span's attributes cost more
-//! to build than the span when it is not sampled, so the request path decides first and builds
-//! attributes only for spans that will be recorded.
+//! The decision is taken before a span is built ([`crate::tracer`]): a span that is not sampled
+//! builds no attributes and records nothing.
 
-use opentelemetry::trace::{Link, SpanId, SpanKind, TraceContextExt, TraceId, TraceState};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, SamplingDecision, SamplingResult, ShouldSample,
-};
+use opentelemetry::trace::{SpanContext, TraceId, TraceState};
 
 /// 2^56: trace-id randomness and thresholds are 56-bit numbers.
 const MAX_THRESHOLD: u64 = 1 << 56;
@@ -110,25 +105,29 @@ impl Sampling {
         }
     }
 
-    /// Whether a span under `parent` will be sampled, for a new trace with id `trace_id` when
-    /// `parent` has no span. The SDK asks the same question through [`ShouldSample`].
-    pub fn decide(&self, parent: &Context, trace_id: TraceId) -> bool {
-        self.decision(parent, trace_id).0
-    }
-
-    /// (sampled, whether the root sampler decided rather than the parent).
-    fn decision(&self, parent: &Context, trace_id: TraceId) -> (bool, bool) {
-        let parent_span = parent.span();
-        let sc = parent_span.span_context();
-        if self.parent_based && sc.is_valid() {
-            return (sc.is_sampled(), false);
+    /// The decision for a span under `parent` (the invalid context for a root), in a trace
+    /// with id `trace_id`, and the `tracestate` the span gets.
+    pub fn sample(&self, parent: &SpanContext, trace_id: TraceId) -> Decision {
+        if self.parent_based && parent.is_valid() {
+            return Decision {
+                sampled: parent.is_sampled(),
+                trace_state: parent.trace_state().clone(),
+            };
         }
         let sampled = match &self.root {
             Root::AlwaysOn => true,
             Root::AlwaysOff => false,
             Root::Probability { threshold, .. } => randomness(trace_id) >= *threshold,
         };
-        (sampled, true)
+        let inherited = parent.trace_state();
+        Decision {
+            sampled,
+            trace_state: if sampled {
+                self.root_trace_state(inherited)
+            } else {
+                inherited.clone()
+            },
+        }
     }
 
     /// Whether a span whose parent is not sampled is certainly not sampled either, so callers
@@ -151,70 +150,11 @@ impl Sampling {
     }
 }
 
-impl ShouldSample for Sampling {
-    fn should_sample(
-        &self,
-        parent_context: Option<&Context>,
-        trace_id: TraceId,
-        _name: &str,
-        _span_kind: &SpanKind,
-        _attributes: &[KeyValue],
-        _links: &[Link],
-    ) -> SamplingResult {
-        let empty = Context::new();
-        let parent = parent_context.unwrap_or(&empty);
-        let (sampled, by_root) = self.decision(parent, trace_id);
-        let inherited = parent.span().span_context().trace_state().clone();
-        SamplingResult {
-            decision: if sampled {
-                SamplingDecision::RecordAndSample
-            } else {
-                SamplingDecision::Drop
-            },
-            attributes: Vec::new(),
-            trace_state: if sampled && by_root {
-                self.root_trace_state(&inherited)
-            } else {
-                inherited
-            },
-        }
-    }
-}
-
-/// Trace ids for new root spans, chosen before the SDK builds the span so that the sampling
-/// decision ([`Sampling::decide`]) can be taken first: [`preset_trace_id`] hands the SDK, on
-/// this thread, the id the decision was taken for; otherwise ids are random as usual.
-#[derive(Debug, Default)]
-pub struct PresetIdGenerator {
-    random: RandomIdGenerator,
-}
-
-thread_local! {
-    static PRESET_TRACE_ID: std::cell::Cell<Option<TraceId>> = const { std::cell::Cell::new(None) };
-}
-
-/// Makes the next root span started on this thread use `trace_id` (taken once).
-pub fn preset_trace_id(trace_id: TraceId) {
-    PRESET_TRACE_ID.with(|c| c.set(Some(trace_id)));
-}
-
-impl PresetIdGenerator {
-    /// A random trace id (what the SDK would have chosen).
-    pub fn random_trace_id(&self) -> TraceId {
-        self.random.new_trace_id()
-    }
-}
-
-impl IdGenerator for PresetIdGenerator {
-    fn new_trace_id(&self) -> TraceId {
-        PRESET_TRACE_ID
-            .with(|c| c.take())
-            .unwrap_or_else(|| self.random.new_trace_id())
-    }
-
-    fn new_span_id(&self) -> SpanId {
-        self.random.new_span_id()
-    }
+/// A sampling decision and the `tracestate` that goes with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub sampled: bool,
+    pub trace_state: TraceState,
 }
 
 /// The randomness the threshold is compared with: the low 56 bits of the trace id (W3C trace
@@ -240,7 +180,7 @@ fn encode_threshold(threshold: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanContext, TraceFlags};
+    use opentelemetry::trace::{SpanId, TraceFlags};
 
     fn trace_id_with_randomness(r: u64) -> TraceId {
         let mut b = [0xabu8; 16];
@@ -249,15 +189,8 @@ mod tests {
         TraceId::from_bytes(b)
     }
 
-    fn sample(s: &Sampling, parent: &Context, r: u64) -> SamplingResult {
-        s.should_sample(
-            Some(parent),
-            trace_id_with_randomness(r),
-            "x",
-            &SpanKind::Server,
-            &[],
-            &[],
-        )
+    fn sample(s: &Sampling, parent: &SpanContext, r: u64) -> Decision {
+        s.sample(parent, trace_id_with_randomness(r))
     }
 
     #[test]
@@ -277,17 +210,15 @@ mod tests {
     #[test]
     fn the_ratio_decides_by_trace_id_randomness_and_records_the_threshold() {
         let s = Sampling::ratio(0.25); // threshold 0xc0000000000000
-        let root = Context::new();
+        let root = SpanContext::empty_context();
         let kept = sample(&s, &root, 0xc0000000000000);
-        assert_eq!(kept.decision, SamplingDecision::RecordAndSample);
+        assert!(kept.sampled);
         assert_eq!(kept.trace_state.get("ot"), Some("th:c"));
         let dropped = sample(&s, &root, 0xbfffffffffffff);
-        assert_eq!(dropped.decision, SamplingDecision::Drop);
-        assert!(s.decide(&root, trace_id_with_randomness(0xc0000000000000)));
-        assert!(!s.decide(&root, trace_id_with_randomness(0xbfffffffffffff)));
+        assert!(!dropped.sampled);
         // About a quarter of uniformly spread trace ids.
         let kept = (0..4096u64)
-            .filter(|i| s.decide(&root, trace_id_with_randomness(i << 44)))
+            .filter(|i| sample(&s, &root, i << 44).sampled)
             .count();
         assert_eq!(kept, 1024);
     }
@@ -305,17 +236,11 @@ mod tests {
                 state.clone(),
             )
         };
-        let sampled = Context::new().with_remote_span_context(parent_sc(TraceFlags::SAMPLED));
         // Randomness 0 would be dropped at the root; the sampled parent decides.
-        let r = sample(&s, &sampled, 0);
-        assert_eq!(r.decision, SamplingDecision::RecordAndSample);
+        let r = sample(&s, &parent_sc(TraceFlags::SAMPLED), 0);
+        assert!(r.sampled);
         assert_eq!(r.trace_state, state);
-        let unsampled = Context::new().with_remote_span_context(parent_sc(TraceFlags::default()));
-        assert_eq!(
-            sample(&s, &unsampled, u64::MAX).decision,
-            SamplingDecision::Drop
-        );
-        assert!(!s.decide(&unsampled, trace_id_with_randomness(u64::MAX)));
+        assert!(!sample(&s, &parent_sc(TraceFlags::default()), u64::MAX).sampled);
     }
 
     #[test]
@@ -323,7 +248,7 @@ mod tests {
         assert_eq!(Sampling::parse("", None), Sampling::default());
         assert_eq!(Sampling::parse("bogus", None).root, Root::AlwaysOn);
         let off = Sampling::parse("always_off", None);
-        assert!(!off.decide(&Context::new(), trace_id_with_randomness(u64::MAX)));
+        assert!(!sample(&off, &SpanContext::empty_context(), u64::MAX).sampled);
         let ratio = Sampling::parse("parentbased_traceidratio", Some("0.5"));
         assert!(ratio.follows_parent());
         assert_eq!(ratio.root, Sampling::probability(0.5));
@@ -342,13 +267,13 @@ mod tests {
     fn an_always_on_root_under_an_inherited_threshold_claims_probability_one() {
         let s = Sampling::parse("always_on", None);
         let state = TraceState::from_key_value([("ot", "th:f")]).unwrap();
-        let parent = Context::new().with_remote_span_context(SpanContext::new(
+        let parent = SpanContext::new(
             trace_id_with_randomness(0),
             SpanId::from_bytes([1; 8]),
             TraceFlags::SAMPLED,
             true,
             state,
-        ));
+        );
         let r = sample(&s, &parent, 0);
         assert_eq!(r.trace_state.get("ot"), Some("th:0"));
     }

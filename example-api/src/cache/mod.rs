@@ -9,7 +9,7 @@ pub mod views;
 
 use crate::telemetry::{CacheLevel, Telemetry};
 use futures_util::StreamExt;
-use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use redis::aio::ConnectionManager;
 use serde_json::{Map, Value};
@@ -107,11 +107,9 @@ impl ProductCache {
         let parent = Context::current();
         let cx = self
             .telemetry
-            .child(&parent, "cache.get product", SpanKind::Internal, || {
-                vec![
-                    KeyValue::new("cache.name", "product"),
-                    KeyValue::new("cache.key", id),
-                ]
+            .child(&parent, "cache.get product", SpanKind::Internal, |s| {
+                s.set_str("cache.name", "product");
+                s.set_attribute(KeyValue::new("cache.key", id));
             });
         let l2_hit = std::sync::atomic::AtomicBool::new(false);
         let entry = self

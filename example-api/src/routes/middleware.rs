@@ -6,13 +6,14 @@ use super::{ApiError, AppState, Client};
 use crate::faults::Faults;
 use crate::ratelimit;
 use crate::telemetry::{HTTP_METHODS, Telemetry, extract_context};
+use crate::tracer::RecordingSpan;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use opentelemetry::KeyValue;
 use opentelemetry::context::FutureExt;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt};
 use serde_json::json;
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -40,16 +41,14 @@ pub async fn http_telemetry(
     let (method_idx, method) = method_attr(req.method());
     let route = matched.as_ref().map(MatchedPath::as_str);
     let parent = extract_context(req.headers());
-    let sampled = tel.sample_server_span(&parent);
-    let builder = if sampled {
-        server_span(&req, method, route)
-    } else {
-        // Still started (not sampled) so the trace id and flags propagate downstream.
-        tel.tracer.span_builder(method)
-    };
-    let span = builder
-        .with_kind(SpanKind::Server)
-        .start_with_context(&tel.tracer, &parent);
+    // Started even when not sampled, so the trace id and flags propagate downstream.
+    let mut span = tel
+        .tracer
+        .start_span(&parent, SpanKind::Server, || span_name(method, route));
+    let sampled = span.is_recording();
+    if sampled {
+        request_attributes(&mut span, &req, method, route);
+    }
     let cx = parent.with_span(span);
     let active = ActiveGuard::new(&tel, method_idx);
     let start = Instant::now();
@@ -76,14 +75,10 @@ pub async fn http_telemetry(
     resp
 }
 
-/// The SERVER span's name and request attributes (HTTP semantic conventions).
-fn server_span(
-    req: &Request,
-    method: &'static str,
-    route: Option<&str>,
-) -> opentelemetry::trace::SpanBuilder {
+/// `{method} {route}`, or the method alone for an unmatched request.
+fn span_name(method: &'static str, route: Option<&str>) -> Cow<'static, str> {
     // Concatenated, not format!(): this runs on every sampled request.
-    let name = match route {
+    match route {
         Some(r) => {
             let mut n = String::with_capacity(method.len() + 1 + r.len());
             n.push_str(method);
@@ -92,24 +87,29 @@ fn server_span(
             Cow::Owned(n)
         }
         None => Cow::Borrowed(method),
-    };
-    let mut attrs = Vec::with_capacity(6);
-    attrs.extend([
-        KeyValue::new("http.request.method", method),
-        KeyValue::new("url.path", req.uri().path().to_string()),
-        KeyValue::new("url.scheme", "http"),
-    ]);
+    }
+}
+
+/// The SERVER span's request attributes (HTTP semantic conventions).
+fn request_attributes(
+    span: &mut RecordingSpan,
+    req: &Request,
+    method: &'static str,
+    route: Option<&str>,
+) {
+    span.set_str("http.request.method", method);
+    span.set_str("url.path", req.uri().path());
+    span.set_str("url.scheme", "http");
     if let Some(r) = route {
-        attrs.push(KeyValue::new("http.route", r.to_string()));
+        span.set_str("http.route", r);
     }
     if let Some(ua) = req
         .headers()
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
     {
-        attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
+        span.set_str("user_agent.original", ua);
     }
-    opentelemetry::trace::SpanBuilder::from_name(name).with_attributes(attrs)
 }
 
 /// Counts a request as active until dropped — also when the client disconnects and the

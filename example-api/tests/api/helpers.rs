@@ -6,7 +6,9 @@ use example_api::config::{Config, RatePolicy};
 use example_api::faults::FaultSettings;
 use example_api::routes::AppState;
 use example_api::sampling::Sampling;
+use example_api::span_export::BatchSettings;
 use example_api::telemetry::{ExportConfig, Telemetry};
+use example_api::tracer::SpanLimits;
 use serde_json::{Value, json};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -46,6 +48,18 @@ pub fn export_config(
         disabled: false,
         exponential_histograms: false,
         sampling,
+        // Spans leave as often as metrics, so tests need not flush.
+        batch: BatchSettings {
+            max_queue_size: 2048,
+            max_export_batch_size: 512,
+            schedule_delay: metric_interval,
+            export_timeout: Duration::from_secs(10),
+        },
+        limits: SpanLimits {
+            attributes: 128,
+            events: 128,
+            links: 128,
+        },
     }
 }
 

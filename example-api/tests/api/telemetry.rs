@@ -1,23 +1,106 @@
-//! Spans and metrics follow the semantic conventions. Uses the SDK's in-memory exporters (real
-//! SDK components) instead of an OTLP endpoint; the OTLP path is covered end to end with redline.
+//! Spans and metrics follow the semantic conventions. Spans go over OTLP/HTTP to a collector
+//! on port 0 inside the test (which decodes them with `opentelemetry_proto`); metrics to the
+//! SDK's in-memory exporter. The path into redline is covered end to end in `with_redline`.
 
 use crate::helpers::{TestApp, eventually, export_config, test_config};
+use axum::body::Bytes;
 use example_api::faults::FaultSettings;
 use example_api::sampling::Sampling;
 use example_api::telemetry::Telemetry;
-use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{KeyValue, Value};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use std::sync::Arc;
+use prost::Message;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a Value> {
+/// An OTLP/HTTP collector keeping every span it receives, with its resource's `service.name`.
+#[derive(Clone)]
+struct Collector {
+    endpoint: String,
+    spans: Arc<Mutex<Vec<(String, Span)>>>,
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        let spans: Arc<Mutex<Vec<(String, Span)>>> = Arc::default();
+        let stored = spans.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                let req = ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf");
+                let mut stored = stored.lock().unwrap();
+                for rs in req.resource_spans {
+                    let service = rs
+                        .resource
+                        .iter()
+                        .flat_map(|r| &r.attributes)
+                        .find(|kv| kv.key == "service.name")
+                        .and_then(|kv| kv.value.as_ref()?.value.clone())
+                        .map(|v| match v {
+                            Any::StringValue(s) => s,
+                            other => format!("{other:?}"),
+                        })
+                        .unwrap_or_default();
+                    for ss in rs.scope_spans {
+                        for span in ss.spans {
+                            stored.push((service.clone(), span));
+                        }
+                    }
+                }
+                async {
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Collector { endpoint, spans }
+    }
+
+    fn spans(&self) -> Vec<Span> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    fn reset(&self) {
+        self.spans.lock().unwrap().clear();
+    }
+}
+
+fn attr(s: &Span, key: &str) -> Option<Any> {
     s.attributes
         .iter()
-        .find(|kv| kv.key.as_str() == key)
-        .map(|kv| &kv.value)
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.clone())
+}
+
+fn string(s: &str) -> Option<Any> {
+    Some(Any::StringValue(s.to_string()))
+}
+
+fn int(i: i64) -> Option<Any> {
+    Some(Any::IntValue(i))
+}
+
+fn status_code(s: &Span) -> StatusCode {
+    s.status
+        .as_ref()
+        .map(|st| st.code())
+        .unwrap_or(StatusCode::Unset)
 }
 
 fn has(attrs: &[KeyValue], key: &str, v: Value) -> bool {
@@ -28,7 +111,7 @@ fn has(attrs: &[KeyValue], key: &str, v: Value) -> bool {
 
 struct Harness {
     app: TestApp,
-    spans: InMemorySpanExporter,
+    collector: Collector,
     metrics: InMemoryMetricExporter,
     tel: Arc<Telemetry>,
 }
@@ -37,39 +120,37 @@ async fn harness() -> Harness {
     harness_sampled(Sampling::default()).await
 }
 
-/// The API and its downstream service, both with `sampling`.
+/// The API and its downstream service, both with `sampling`, exporting spans to a collector.
 async fn harness_sampled(sampling: Sampling) -> Harness {
-    let spans = InMemorySpanExporter::default();
+    let collector = Collector::start().await;
+    let cfg = export_config(
+        collector.endpoint.clone(),
+        "http/protobuf",
+        Duration::from_millis(100),
+        sampling,
+    );
     let metrics = InMemoryMetricExporter::default();
-    let tp = SdkTracerProvider::builder().with_simple_exporter(spans.clone());
     let mp = SdkMeterProvider::builder()
         .with_reader(PeriodicReader::builder(metrics.clone()).build())
         .build();
-    let tel = Arc::new(Telemetry::sampled(tp, mp, sampling.clone()));
-    let dtp = SdkTracerProvider::builder().with_simple_exporter(spans.clone());
-    let dtel = Arc::new(Telemetry::sampled(
-        dtp,
-        SdkMeterProvider::builder().build(),
-        sampling,
-    ));
+    let tel = Arc::new(Telemetry::exporting_spans("example-api", &cfg, mp).unwrap());
+    let dtel = Arc::new(
+        Telemetry::exporting_spans("recommendations", &cfg, SdkMeterProvider::builder().build())
+            .unwrap(),
+    );
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let cfg = test_config(&dir);
-    let app = TestApp::spawn_telemetry(cfg, dir, tel.clone(), dtel).await;
+    let app = TestApp::spawn_telemetry(test_config(&dir), dir, tel.clone(), dtel).await;
     Harness {
         app,
-        spans,
+        collector,
         metrics,
         tel,
     }
 }
 
-async fn find_span(h: &Harness, pred: impl Fn(&SpanData) -> bool) -> SpanData {
+async fn find_span(h: &Harness, pred: impl Fn(&Span) -> bool) -> Span {
     eventually("span", Duration::from_secs(5), || async {
-        h.spans
-            .get_finished_spans()
-            .unwrap()
-            .into_iter()
-            .find(|s| pred(s))
+        h.collector.spans().into_iter().find(|s| pred(s))
     })
     .await
 }
@@ -80,41 +161,35 @@ async fn server_spans_follow_http_semantic_conventions() {
     let r = h.app.get("/v1/products/5").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let server = find_span(&h, |s| s.name == "GET /v1/products/{id}").await;
-    assert_eq!(server.span_kind, SpanKind::Server);
-    assert_eq!(
-        attr(&server, "http.request.method"),
-        Some(&Value::from("GET"))
+    assert_eq!(server.kind(), SpanKind::Server);
+    assert_eq!(attr(&server, "http.request.method"), string("GET"));
+    assert_eq!(attr(&server, "http.route"), string("/v1/products/{id}"));
+    assert_eq!(attr(&server, "url.path"), string("/v1/products/5"));
+    assert_eq!(attr(&server, "http.response.status_code"), int(200));
+    assert_eq!(status_code(&server), StatusCode::Unset);
+    assert!(server.parent_span_id.is_empty(), "a root span");
+    assert!(
+        server.end_time_unix_nano > server.start_time_unix_nano,
+        "timed: {server:?}"
     );
-    assert_eq!(
-        attr(&server, "http.route"),
-        Some(&Value::from("/v1/products/{id}"))
-    );
-    assert_eq!(
-        attr(&server, "http.response.status_code"),
-        Some(&Value::I64(200))
-    );
-    assert_eq!(server.status, Status::Unset);
-    let trace = server.span_context.trace_id();
-    let id = server.span_context.span_id();
+    assert_eq!(server.flags & 0x1, 1, "sampled flag");
+    let trace = server.trace_id.clone();
 
     // Children: the cache lookup and, on this first (missed) read, the SQL statement.
-    let cache = find_span(&h, |s| {
-        s.name == "cache.get product" && s.span_context.trace_id() == trace
-    })
-    .await;
-    assert_eq!(cache.parent_span_id, id);
-    assert_eq!(attr(&cache, "cache.l1.hit"), Some(&Value::Bool(false)));
-    let sql = find_span(&h, |s| {
-        s.name == "SELECT products" && s.span_context.trace_id() == trace
-    })
-    .await;
-    assert_eq!(attr(&sql, "db.system"), Some(&Value::from("sqlite")));
-    let text = attr(&sql, "db.query.text").unwrap().as_str();
+    let cache = find_span(&h, |s| s.name == "cache.get product" && s.trace_id == trace).await;
+    assert_eq!(cache.parent_span_id, server.span_id);
+    assert_eq!(cache.kind(), SpanKind::Internal);
+    assert_eq!(attr(&cache, "cache.l1.hit"), Some(Any::BoolValue(false)));
+    let sql = find_span(&h, |s| s.name == "SELECT products" && s.trace_id == trace).await;
+    assert_eq!(sql.kind(), SpanKind::Client);
+    assert_eq!(attr(&sql, "db.system"), string("sqlite"));
+    let Some(Any::StringValue(text)) = attr(&sql, "db.query.text") else {
+        panic!("db.query.text on {sql:?}")
+    };
     assert!(
         text.contains("FROM products WHERE id = ?1"),
         "statement shape, no values: {text}"
     );
-    assert_eq!(sql.span_context.trace_id(), trace);
 
     // An incoming W3C traceparent is continued.
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -125,11 +200,9 @@ async fn server_spans_follow_http_semantic_conventions() {
         .await
         .unwrap();
     let s = find_span(&h, |s| s.name == "GET /v1/categories").await;
-    assert_eq!(
-        s.span_context.trace_id().to_string(),
-        "4bf92f3577b34da6a3ce929d0e0e4736"
-    );
-    assert_eq!(s.parent_span_id.to_string(), "00f067aa0ba902b7");
+    assert_eq!(hex::encode(&s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(hex::encode(&s.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(s.flags & 0x300, 0x300, "the parent is remote");
 
     // 5xx marks the server span as an error; 4xx does not.
     h.app
@@ -141,11 +214,9 @@ async fn server_spans_follow_http_semantic_conventions() {
         .await;
     assert_eq!(h.app.get("/v1/stats").send().await.unwrap().status(), 500);
     let s = find_span(&h, |s| s.name == "GET /v1/stats").await;
-    assert!(matches!(s.status, Status::Error { .. }));
-    assert_eq!(
-        attr(&s, "http.response.status_code"),
-        Some(&Value::I64(500))
-    );
+    assert_eq!(status_code(&s), StatusCode::Error);
+    assert_eq!(attr(&s, "http.response.status_code"), int(500));
+    assert_eq!(attr(&s, "error.type"), string("500"));
     assert_eq!(
         h.app
             .get("/v1/products/99999")
@@ -156,11 +227,10 @@ async fn server_spans_follow_http_semantic_conventions() {
         404
     );
     let s = find_span(&h, |s| {
-        s.name == "GET /v1/products/{id}"
-            && attr(s, "http.response.status_code") == Some(&Value::I64(404))
+        s.name == "GET /v1/products/{id}" && attr(s, "http.response.status_code") == int(404)
     })
     .await;
-    assert_eq!(s.status, Status::Unset);
+    assert_eq!(status_code(&s), StatusCode::Unset);
     h.app.stop().await;
 }
 
@@ -183,41 +253,56 @@ async fn downstream_calls_are_client_spans_joined_to_the_downstream_trace() {
         200
     );
     let server = find_span(&h, |s| s.name == "GET /v1/products/{id}/recommendations").await;
-    let trace = server.span_context.trace_id();
-    let spans = h.spans.get_finished_spans().unwrap();
-    let mut clients: Vec<&SpanData> = spans
+    let trace = server.trace_id.clone();
+    // The downstream's server spans of all three attempts have arrived.
+    let spans = eventually(
+        "three downstream server spans",
+        Duration::from_secs(5),
+        || {
+            let spans = h.collector.spans();
+            let n = spans
+                .iter()
+                .filter(|s| s.kind() == SpanKind::Server && s.trace_id == trace)
+                .count();
+            async move { (n >= 4).then_some(spans) }
+        },
+    )
+    .await;
+    let mut clients: Vec<&Span> = spans
         .iter()
-        .filter(|s| {
-            s.span_kind == SpanKind::Client && s.name == "GET /recommendations/{product_id}"
-        })
+        .filter(|s| s.kind() == SpanKind::Client && s.name == "GET /recommendations/{product_id}")
         .collect();
-    clients.sort_by_key(|s| s.start_time);
+    clients.sort_by_key(|s| s.start_time_unix_nano);
     // One CLIENT span per attempt (3 by default), retries numbered, all children of the request.
     assert_eq!(clients.len(), 3);
     for (i, c) in clients.iter().enumerate() {
-        assert_eq!(c.span_context.trace_id(), trace);
-        assert_eq!(c.parent_span_id, server.span_context.span_id());
-        assert_eq!(attr(c, "http.response.status_code"), Some(&Value::I64(500)));
-        assert!(matches!(c.status, Status::Error { .. }));
-        let resend = attr(c, "http.request.resend_count").cloned();
-        assert_eq!(
-            resend,
-            if i == 0 {
-                None
-            } else {
-                Some(Value::I64(i as i64))
-            }
-        );
+        assert_eq!(c.trace_id, trace);
+        assert_eq!(c.parent_span_id, server.span_id);
+        assert_eq!(attr(c, "http.response.status_code"), int(500));
+        assert_eq!(status_code(c), StatusCode::Error);
+        let resend = attr(c, "http.request.resend_count");
+        assert_eq!(resend, if i == 0 { None } else { int(i as i64) });
         // The downstream's SERVER span continues this attempt's context.
         let ds = spans
             .iter()
-            .find(|s| {
-                s.span_kind == SpanKind::Server && s.parent_span_id == c.span_context.span_id()
-            })
+            .find(|s| s.kind() == SpanKind::Server && s.parent_span_id == c.span_id)
             .expect("downstream server span");
-        assert_eq!(ds.span_context.trace_id(), trace);
+        assert_eq!(ds.trace_id, trace);
         assert_eq!(ds.name, "GET /recommendations/{product_id}");
     }
+    // Each service's spans carry its own resource.
+    let services: std::collections::BTreeSet<String> = h
+        .collector
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(service, _)| service.clone())
+        .collect();
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        ["example-api", "recommendations"]
+    );
     h.app.stop().await;
 }
 
@@ -315,8 +400,8 @@ async fn ratio_sampling_is_consistent_and_recorded_in_tracestate() {
         assert_eq!(r.status(), 200);
     }
     h.tel.flush().await;
-    let spans = h.spans.get_finished_spans().unwrap();
-    let servers: Vec<&SpanData> = spans
+    let spans = h.collector.spans();
+    let servers: Vec<&Span> = spans
         .iter()
         .filter(|s| s.name == "GET /v1/products/{id}")
         .collect();
@@ -327,22 +412,17 @@ async fn ratio_sampling_is_consistent_and_recorded_in_tracestate() {
         servers.len()
     );
     for s in &servers {
-        assert_eq!(s.span_context.trace_state().get("ot"), Some("th:c"));
+        assert_eq!(s.trace_state, "ot=th:c");
         // Consistent: the trace id's randomness (low 56 bits) is at or above the threshold.
-        let id = s.span_context.trace_id().to_bytes();
         assert!(
-            id[9] >= 0xc0,
+            s.trace_id[9] >= 0xc0,
             "randomness below th:c in {:?}",
-            s.span_context.trace_id()
+            s.trace_id
         );
-        assert_eq!(
-            attr(s, "http.route"),
-            Some(&Value::from("/v1/products/{id}"))
-        );
+        assert_eq!(attr(s, "http.route"), string("/v1/products/{id}"));
     }
-    let traced: std::collections::HashSet<_> =
-        servers.iter().map(|s| s.span_context.span_id()).collect();
-    let caches: Vec<&SpanData> = spans
+    let traced: std::collections::HashSet<_> = servers.iter().map(|s| &s.span_id).collect();
+    let caches: Vec<&Span> = spans
         .iter()
         .filter(|s| s.name == "cache.get product")
         .collect();
@@ -352,10 +432,14 @@ async fn ratio_sampling_is_consistent_and_recorded_in_tracestate() {
         "one cache span per traced request"
     );
     assert!(caches.iter().all(|c| traced.contains(&c.parent_span_id)));
+    assert!(
+        caches.iter().all(|c| c.trace_state == "ot=th:c"),
+        "inherited"
+    );
     assert_eq!(duration_count(&h.metrics, "/v1/products/{id}"), n);
 
     // A sampled incoming traceparent is followed whatever its trace id; an unsampled one is not.
-    h.spans.reset();
+    h.collector.reset();
     let low = "00-4bf92f3577b34da6a3ce929d0e000001-00f067aa0ba902b7";
     for flags in ["01", "00"] {
         h.app
@@ -367,14 +451,13 @@ async fn ratio_sampling_is_consistent_and_recorded_in_tracestate() {
     }
     h.tel.flush().await;
     let followed: Vec<_> = h
-        .spans
-        .get_finished_spans()
-        .unwrap()
+        .collector
+        .spans()
         .into_iter()
         .filter(|s| s.name == "GET /v1/categories")
         .collect();
     assert_eq!(followed.len(), 1, "only the sampled parent's request");
-    assert!(followed[0].span_context.is_sampled());
+    assert_eq!(followed[0].flags & 1, 1);
     h.app.stop().await;
 }
 
@@ -410,12 +493,10 @@ async fn failing_export_never_blocks_or_fails_requests() {
 /// `error.type=queue_full`, exported with the service's metrics), and requests are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_dropped_at_a_full_queue_are_counted() {
-    use axum::body::Bytes;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value;
     use opentelemetry_proto::tonic::metrics::v1::metric;
     use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as NumberValue;
-    use prost::Message;
     use tokio::sync::watch;
 
     let metrics_bodies: Arc<std::sync::Mutex<Vec<Bytes>>> = Arc::default();

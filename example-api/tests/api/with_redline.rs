@@ -83,11 +83,17 @@ async fn redline_counts_exactly_what_the_load_generator_sent() {
     counts_match_over("grpc").await;
 }
 
-/// The same over OTLP/HTTP protobuf, the default protocol, whose spans the API encodes itself
-/// (`span_export`): a real receiver decodes them.
+/// The same over OTLP/HTTP protobuf, the default protocol, whose spans the API's tracer
+/// encodes itself (`tracer`, `span_export`): a real receiver decodes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redline_counts_exactly_what_was_sent_over_http_protobuf() {
     counts_match_over("http/protobuf").await;
+}
+
+/// And over OTLP/HTTP JSON (hex ids, the JSON mapping of `opentelemetry_proto`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redline_counts_exactly_what_was_sent_over_http_json() {
+    counts_match_over("http/json").await;
 }
 
 /// The API, its downstream service and a redline they export to.
