@@ -9,7 +9,7 @@
 
 use crate::sampling::Sampling;
 use crate::span_export::{self, BatchSettings, ExportCounters, SpanQueue};
-use crate::tracer::{RecordingSpan, SpanLimits, Tracer};
+use crate::tracer::{EncodedAttribute, RecordingSpan, SpanLimits, SpanName, Tracer};
 use foldhash::fast::RandomState;
 use opentelemetry::metrics::{BoundHistogram, Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -19,7 +19,6 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{SdkMeterProvider, Temporality};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -242,6 +241,55 @@ fn find(
         .map(|(_, _, h)| h)
 }
 
+/// What the SERVER span of each route repeats on every request — its name per method and its
+/// `http.route` attribute — made once per route. The router's routes are a finite set;
+/// [`MAX_ROUTE_SPANS`] caps it anyway (beyond it, each request builds its own).
+#[derive(Default)]
+pub struct RouteSpans {
+    routes: RwLock<HashMap<Box<str>, Arc<RouteSpan>, RandomState>>,
+}
+
+const MAX_ROUTE_SPANS: usize = 256;
+
+pub struct RouteSpan {
+    /// `{method} {route}` for each of [`HTTP_METHODS`].
+    names: [Arc<str>; HTTP_METHODS.len()],
+    pub route: EncodedAttribute,
+}
+
+impl RouteSpan {
+    fn new(route: &str) -> Self {
+        RouteSpan {
+            names: std::array::from_fn(|m| Arc::from(format!("{} {route}", HTTP_METHODS[m]))),
+            route: EncodedAttribute::new("http.route", route.to_string()),
+        }
+    }
+
+    /// The span name for `method` (an index into [`HTTP_METHODS`]).
+    pub fn name(&self, method: usize) -> SpanName {
+        SpanName::Shared(self.names[method.min(HTTP_METHODS.len() - 1)].clone())
+    }
+}
+
+impl RouteSpans {
+    pub fn get(&self, route: &str) -> Arc<RouteSpan> {
+        if let Some(r) = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+        {
+            return r.clone();
+        }
+        let made = Arc::new(RouteSpan::new(route));
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        if routes.len() < MAX_ROUTE_SPANS {
+            routes.insert(route.into(), made.clone());
+        }
+        made
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum CacheLevel {
     L1 = 0,
@@ -252,6 +300,8 @@ pub enum CacheLevel {
 #[derive(Clone)]
 pub struct Instruments {
     pub http_duration: Arc<HttpDurations>,
+    /// Names and route attributes of SERVER spans.
+    pub route_spans: Arc<RouteSpans>,
     /// Read by the `http.server.active_requests` callback.
     pub http_active: Arc<ActiveRequests>,
     pub client_duration: Histogram<f64>,
@@ -278,6 +328,7 @@ impl Instruments {
                     .build(),
             )),
             http_active: Arc::default(),
+            route_spans: Arc::default(),
             client_duration: meter
                 .f64_histogram("http.client.request.duration")
                 .with_unit("s")
@@ -514,7 +565,7 @@ impl Telemetry {
     pub fn child(
         &self,
         parent: &Context,
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<SpanName>,
         kind: SpanKind,
         record: impl FnOnce(&mut RecordingSpan),
     ) -> Context {

@@ -80,7 +80,7 @@ impl Tracer {
         &self,
         parent: &Context,
         kind: SpanKind,
-        name: impl FnOnce() -> Cow<'static, str>,
+        name: impl FnOnce() -> SpanName,
     ) -> RecordingSpan {
         let parent_span = parent.span();
         self.start_under(parent_span.span_context(), kind, name)
@@ -90,7 +90,7 @@ impl Tracer {
         &self,
         parent: &SpanContext,
         kind: SpanKind,
-        name: impl FnOnce() -> Cow<'static, str>,
+        name: impl FnOnce() -> SpanName,
     ) -> RecordingSpan {
         let (trace_id, span_id) = ids::next(parent);
         let decision = self.sampling.sample(parent, trace_id);
@@ -137,7 +137,9 @@ impl opentelemetry::trace::Tracer for Tracer {
     fn build_with_context(&self, builder: SpanBuilder, parent_cx: &Context) -> RecordingSpan {
         let parent_span = parent_cx.span();
         let kind = builder.span_kind.unwrap_or(SpanKind::Internal);
-        let mut span = self.start_under(parent_span.span_context(), kind, || builder.name);
+        let mut span = self.start_under(parent_span.span_context(), kind, || {
+            SpanName::Text(builder.name)
+        });
         if let Some(r) = span.record.as_mut() {
             if let Some(t) = builder.start_time {
                 r.start = t;
@@ -156,6 +158,53 @@ impl opentelemetry::trace::Tracer for Tracer {
     }
 }
 
+/// A span's name: text, or shared with other spans of the same route (no copy per span).
+#[derive(Debug, Clone)]
+pub enum SpanName {
+    Text(Cow<'static, str>),
+    Shared(Arc<str>),
+}
+
+impl SpanName {
+    pub fn as_str(&self) -> &str {
+        match self {
+            SpanName::Text(t) => t,
+            SpanName::Shared(s) => s,
+        }
+    }
+}
+
+impl From<&'static str> for SpanName {
+    fn from(s: &'static str) -> Self {
+        SpanName::Text(Cow::Borrowed(s))
+    }
+}
+
+impl From<String> for SpanName {
+    fn from(s: String) -> Self {
+        SpanName::Text(Cow::Owned(s))
+    }
+}
+
+impl From<Cow<'static, str>> for SpanName {
+    fn from(s: Cow<'static, str>) -> Self {
+        SpanName::Text(s)
+    }
+}
+
+/// An attribute encoded once, for attributes that repeat on every request (the method, the
+/// scheme, a route): recording it is one copy.
+#[derive(Debug, Clone)]
+pub struct EncodedAttribute(Box<[u8]>);
+
+impl EncodedAttribute {
+    pub fn new(key: &str, value: impl Into<Value>) -> Self {
+        let mut b = Vec::new();
+        key_value(&mut b, 9, key, &value.into());
+        EncodedAttribute(b.into_boxed_slice())
+    }
+}
+
 /// A span of this tracer: recording when sampled, otherwise only a span context that
 /// propagates the trace. Ended on drop if not ended before (as the SDK does).
 pub struct RecordingSpan {
@@ -167,7 +216,7 @@ struct Record {
     parent_span_id: SpanId,
     parent_is_remote: bool,
     kind: SpanKind,
-    name: Cow<'static, str>,
+    name: SpanName,
     start: SystemTime,
     /// Encoded `KeyValue`s, field 9 of `Span`.
     attributes: Vec<u8>,
@@ -193,6 +242,17 @@ impl RecordingSpan {
             && r.admit_attribute()
         {
             key_value_str(&mut r.attributes, 9, key, value);
+        }
+    }
+}
+
+impl RecordingSpan {
+    /// Sets an attribute encoded before.
+    pub fn set_encoded(&mut self, attribute: &EncodedAttribute) {
+        if let Some(r) = self.record.as_mut()
+            && r.admit_attribute()
+        {
+            r.attributes.extend_from_slice(&attribute.0);
         }
     }
 }
@@ -257,7 +317,7 @@ impl Record {
             + field(8) // span_id
             + opt_field(trace_state.len())
             + if self.parent_span_id == SpanId::INVALID { 0 } else { field(8) }
-            + opt_field(self.name.len())
+            + opt_field(self.name.as_str().len())
             + 2 // kind
             + 9 + 9 // start, end
             + self.attributes.len()
@@ -279,7 +339,7 @@ impl Record {
             if self.parent_span_id != SpanId::INVALID {
                 bytes_field(b, 4, &self.parent_span_id.to_bytes());
             }
-            opt_bytes_field(b, 5, self.name.as_bytes());
+            opt_bytes_field(b, 5, self.name.as_str().as_bytes());
             uint_field(b, 6, kind_number(&self.kind));
             // Fixed 9 bytes each, zero included (the length above counts them).
             b.push((7 << 3) | 1);
@@ -440,7 +500,7 @@ impl opentelemetry::trace::Span for RecordingSpan {
         T: Into<Cow<'static, str>>,
     {
         if let Some(r) = self.record.as_mut() {
-            r.name = new_name.into();
+            r.name = SpanName::Text(new_name.into());
         }
     }
 
@@ -543,6 +603,7 @@ mod tests {
             .with_attributes([KeyValue::new("http.request.method", "GET")])
             .start_with_context(&tracer, &parent);
         server.set_str("url.path", "/v1/products/5");
+        server.set_encoded(&EncodedAttribute::new("encoded", 7_i64));
         server.set_attribute(KeyValue::new("http.response.status_code", 200_i64));
         server.set_attribute(KeyValue::new("negative", -5_i64));
         server.set_attribute(KeyValue::new("hit", true));
@@ -566,6 +627,7 @@ mod tests {
 
         let child_parent = Context::new().with_remote_span_context(server_cx.clone());
         let mut child = tracer.start_span(&child_parent, SpanKind::Client, || "SELECT x".into());
+        assert!(child.is_recording());
         child.set_status(Status::Ok);
         child.set_status(Status::error("ignored after Ok"));
         child.end();
@@ -602,6 +664,7 @@ mod tests {
             Some(Any::IntValue(200))
         );
         assert_eq!(attr(s, "negative"), Some(Any::IntValue(-5)));
+        assert_eq!(attr(s, "encoded"), Some(Any::IntValue(7)));
         assert_eq!(attr(s, "hit"), Some(Any::BoolValue(true)));
         assert_eq!(attr(s, "ratio"), Some(Any::DoubleValue(0.25)));
         assert_eq!(attr(s, "empty"), Some(Any::StringValue(String::new())));
@@ -643,7 +706,9 @@ mod tests {
             links: 0,
         };
         let (tracer, queue) = tracer(Sampling::default(), limits);
-        let mut span = tracer.start_span(&Context::new(), SpanKind::Internal, || "x".into());
+        let mut span = tracer.start_span(&Context::new(), SpanKind::Internal, || {
+            SpanName::Shared(Arc::from("shared name"))
+        });
         for i in 0..5_i64 {
             span.set_attribute(KeyValue::new(format!("k{i}"), i));
         }
@@ -658,6 +723,7 @@ mod tests {
         assert_eq!((s.events.len(), s.dropped_events_count), (1, 1));
         assert_eq!((s.links.len(), s.dropped_links_count), (0, 1));
         assert!(s.parent_span_id.is_empty());
+        assert_eq!(s.name, "shared name");
         assert_eq!(s.flags, 0x101, "a local root");
     }
 

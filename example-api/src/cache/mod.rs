@@ -8,13 +8,14 @@ pub mod etag;
 pub mod views;
 
 use crate::telemetry::{CacheLevel, Telemetry};
+use crate::tracer::EncodedAttribute;
 use futures_util::StreamExt;
 use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use redis::aio::ConnectionManager;
 use serde_json::{Map, Value};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 pub type Product = Arc<Map<String, Value>>;
@@ -108,7 +109,9 @@ impl ProductCache {
         let cx = self
             .telemetry
             .child(&parent, "cache.get product", SpanKind::Internal, |s| {
-                s.set_str("cache.name", "product");
+                static NAME: LazyLock<EncodedAttribute> =
+                    LazyLock::new(|| EncodedAttribute::new("cache.name", "product"));
+                s.set_encoded(&NAME);
                 s.set_attribute(KeyValue::new("cache.key", id));
             });
         let l2_hit = std::sync::atomic::AtomicBool::new(false);

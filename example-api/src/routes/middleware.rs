@@ -5,8 +5,9 @@
 use super::{ApiError, AppState, Client};
 use crate::faults::Faults;
 use crate::ratelimit;
+use crate::telemetry::RouteSpan;
 use crate::telemetry::{HTTP_METHODS, Telemetry, extract_context};
-use crate::tracer::RecordingSpan;
+use crate::tracer::{EncodedAttribute, RecordingSpan};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -15,9 +16,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::context::FutureExt;
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt};
 use serde_json::json;
-use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 /// The method as the semantic conventions name it, and its index in [`HTTP_METHODS`].
@@ -41,13 +41,17 @@ pub async fn http_telemetry(
     let (method_idx, method) = method_attr(req.method());
     let route = matched.as_ref().map(MatchedPath::as_str);
     let parent = extract_context(req.headers());
+    let route_span = route.map(|r| tel.m.route_spans.get(r));
     // Started even when not sampled, so the trace id and flags propagate downstream.
     let mut span = tel
         .tracer
-        .start_span(&parent, SpanKind::Server, || span_name(method, route));
+        .start_span(&parent, SpanKind::Server, || match &route_span {
+            Some(r) => r.name(method_idx),
+            None => method.into(),
+        });
     let sampled = span.is_recording();
     if sampled {
-        request_attributes(&mut span, &req, method, route);
+        request_attributes(&mut span, &req, method_idx, route_span.as_deref());
     }
     let cx = parent.with_span(span);
     let active = ActiveGuard::new(&tel, method_idx);
@@ -75,33 +79,30 @@ pub async fn http_telemetry(
     resp
 }
 
-/// `{method} {route}`, or the method alone for an unmatched request.
-fn span_name(method: &'static str, route: Option<&str>) -> Cow<'static, str> {
-    // Concatenated, not format!(): this runs on every sampled request.
-    match route {
-        Some(r) => {
-            let mut n = String::with_capacity(method.len() + 1 + r.len());
-            n.push_str(method);
-            n.push(' ');
-            n.push_str(r);
-            Cow::Owned(n)
-        }
-        None => Cow::Borrowed(method),
-    }
+/// Attributes every request repeats, encoded once.
+struct ConstantAttributes {
+    methods: [EncodedAttribute; HTTP_METHODS.len()],
+    scheme: EncodedAttribute,
 }
+
+static CONSTANT_ATTRIBUTES: LazyLock<ConstantAttributes> = LazyLock::new(|| ConstantAttributes {
+    methods: std::array::from_fn(|m| EncodedAttribute::new("http.request.method", HTTP_METHODS[m])),
+    scheme: EncodedAttribute::new("url.scheme", "http"),
+});
 
 /// The SERVER span's request attributes (HTTP semantic conventions).
 fn request_attributes(
     span: &mut RecordingSpan,
     req: &Request,
-    method: &'static str,
-    route: Option<&str>,
+    method: usize,
+    route: Option<&RouteSpan>,
 ) {
-    span.set_str("http.request.method", method);
+    let constant = &*CONSTANT_ATTRIBUTES;
+    span.set_encoded(&constant.methods[method]);
     span.set_str("url.path", req.uri().path());
-    span.set_str("url.scheme", "http");
+    span.set_encoded(&constant.scheme);
     if let Some(r) = route {
-        span.set_str("http.route", r);
+        span.set_encoded(&r.route);
     }
     if let Some(ua) = req
         .headers()
