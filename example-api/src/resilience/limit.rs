@@ -119,6 +119,16 @@ impl AdaptiveLimit {
         self.limit.load(Ordering::Relaxed)
     }
 
+    /// Whether an uncongested window has set the latency baseline yet (until then, only the
+    /// runtime-lag signal can cut the limit).
+    pub fn has_baseline(&self) -> bool {
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .baseline
+            > 0.0
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
