@@ -6,10 +6,10 @@
 //! links), sends it through a channel to the batch processor, and the exporter converts and
 //! encodes it there. Two such spans per cached `GET /v1/products/{id}` cost 13.8 % more
 //! instructions per request than no telemetry (callgrind, `example-api/PERFORMANCE.md`),
-//! against a budget of 5 %. Here a span's attributes are encoded into its own buffer as they are
-//! set, and ending it appends one `Span` message to the queue under one lock. The API
-//! (`Tracer`, `Span`, `Context`, propagation) and the metrics SDK remain the opentelemetry
-//! crates', so instrumentation code is plain OpenTelemetry.
+//! against a budget of 5 % (this tracer: +2.9 %). Here a span's attributes are encoded into
+//! its own buffer as they are set, and ending it appends one `Span` message to the queue under
+//! one lock. The API (`Tracer`, `Span`, `Context`, propagation) and the metrics SDK remain the
+//! opentelemetry crates', so instrumentation code is plain OpenTelemetry.
 
 use crate::otlp_wire::{
     I32, LEN, attributes, bytes_field, fixed32_field, fixed64_field, key_value, key_value_str,
