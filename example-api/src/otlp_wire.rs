@@ -145,6 +145,14 @@ pub(crate) fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value)
             message(buf, 2, |buf| any_value(buf, value));
         });
     };
+    key_value_head(buf, field, key, any_len);
+    any_value(buf, value);
+}
+
+/// A `KeyValue`'s tag and length, its key, and the tag and length of its `AnyValue` (whose
+/// body, `any_len` bytes, the caller writes next).
+#[inline]
+fn key_value_head(buf: &mut Vec<u8>, field: u32, key: &str, any_len: usize) {
     let key_len = if key.is_empty() {
         0
     } else {
@@ -158,7 +166,6 @@ pub(crate) fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value)
     opt_bytes_field(buf, 1, key.as_bytes());
     tag(buf, 2, LEN);
     varint(buf, any_len as u64);
-    any_value(buf, value);
 }
 
 /// The encoded length of a scalar `AnyValue` (`None` for arrays and other composites).
@@ -176,20 +183,7 @@ fn scalar_len(value: &Value) -> Option<usize> {
 #[inline]
 pub(crate) fn key_value_str(buf: &mut Vec<u8>, field: u32, key: &str, value: &str) {
     let s = value.as_bytes();
-    let any_len = 1 + varint_len(s.len() as u64) + s.len();
-    let key_len = if key.is_empty() {
-        0
-    } else {
-        1 + varint_len(key.len() as u64) + key.len()
-    };
-    tag(buf, field, LEN);
-    varint(
-        buf,
-        (key_len + 1 + varint_len(any_len as u64) + any_len) as u64,
-    );
-    opt_bytes_field(buf, 1, key.as_bytes());
-    tag(buf, 2, LEN);
-    varint(buf, any_len as u64);
+    key_value_head(buf, field, key, 1 + varint_len(s.len() as u64) + s.len());
     bytes_field(buf, 1, s);
 }
 

@@ -9,6 +9,7 @@
 //! or absent collector therefore costs requests nothing.
 
 use crate::otlp_wire::{LEN, key_value, message, opt_bytes_field, tag, varint, varint_len};
+use crate::telemetry::env_number;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -43,11 +44,7 @@ pub struct BatchSettings {
 
 impl BatchSettings {
     pub fn from_env() -> Self {
-        let num = |k: &str| {
-            std::env::var(k)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
+        let num = env_number::<u64>;
         let max_queue_size = num("OTEL_BSP_MAX_QUEUE_SIZE").unwrap_or(2048).max(1) as usize;
         BatchSettings {
             max_queue_size,

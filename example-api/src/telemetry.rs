@@ -37,6 +37,11 @@ pub enum TelemetryError {
     SpanExporter(#[from] crate::span_export::ExportBuildError),
 }
 
+/// A number from the environment variable `key` (`None` when unset or not a number).
+pub(crate) fn env_number<T: std::str::FromStr>(key: &str) -> Option<T> {
+    std::env::var(key).ok()?.trim().parse().ok()
+}
+
 /// Where and how to export; read from the standard environment variables.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
@@ -70,8 +75,7 @@ impl ExportConfig {
             protocol: var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "http/protobuf".into()),
             delta: var("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
                 .is_some_and(|v| v.eq_ignore_ascii_case("delta")),
-            metric_interval: var("OTEL_METRIC_EXPORT_INTERVAL")
-                .and_then(|v| v.parse().ok())
+            metric_interval: env_number("OTEL_METRIC_EXPORT_INTERVAL")
                 .map(Duration::from_millis)
                 .unwrap_or(Duration::from_secs(10)),
             disabled: var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")),

@@ -17,6 +17,7 @@ use crate::otlp_wire::{
 };
 use crate::sampling::Sampling;
 use crate::span_export::SpanQueue;
+use crate::telemetry::env_number;
 use opentelemetry::trace::{
     SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags,
 };
@@ -37,12 +38,7 @@ pub struct SpanLimits {
 
 impl SpanLimits {
     pub fn from_env() -> Self {
-        let limit = |k: &str| {
-            std::env::var(k)
-                .ok()
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                .unwrap_or(128)
-        };
+        let limit = |k: &str| env_number(k).unwrap_or(128);
         SpanLimits {
             attributes: limit("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"),
             events: limit("OTEL_SPAN_EVENT_COUNT_LIMIT"),
@@ -186,12 +182,6 @@ impl From<String> for SpanName {
     }
 }
 
-impl From<Cow<'static, str>> for SpanName {
-    fn from(s: Cow<'static, str>) -> Self {
-        SpanName::Text(s)
-    }
-}
-
 /// An attribute encoded once, for attributes that repeat on every request (the method, the
 /// scheme, a route): recording it is one copy.
 #[derive(Debug, Clone)]
@@ -259,13 +249,11 @@ impl RecordingSpan {
 
 impl Record {
     fn admit_attribute(&mut self) -> bool {
-        if self.attribute_count < self.limits.attributes {
-            self.attribute_count += 1;
-            true
-        } else {
-            self.dropped_attributes += 1;
-            false
-        }
+        admit(
+            &mut self.attribute_count,
+            &mut self.dropped_attributes,
+            self.limits.attributes,
+        )
     }
 
     fn set_attribute(&mut self, key: &opentelemetry::Key, value: &Value) {
@@ -275,11 +263,13 @@ impl Record {
     }
 
     fn add_event(&mut self, name: &str, at: SystemTime, attrs: &[KeyValue]) {
-        if self.event_count >= self.limits.events {
-            self.dropped_events += 1;
+        if !admit(
+            &mut self.event_count,
+            &mut self.dropped_events,
+            self.limits.events,
+        ) {
             return;
         }
-        self.event_count += 1;
         let kept = attrs.len().min(self.limits.attributes as usize);
         message(&mut self.events, 11, |b| {
             fixed64_field(b, 1, nanos(at));
@@ -290,11 +280,13 @@ impl Record {
     }
 
     fn add_link(&mut self, sc: &SpanContext, attrs: &[KeyValue]) {
-        if self.link_count >= self.limits.links {
-            self.dropped_links += 1;
+        if !admit(
+            &mut self.link_count,
+            &mut self.dropped_links,
+            self.limits.links,
+        ) {
             return;
         }
-        self.link_count += 1;
         let kept = attrs.len().min(self.limits.attributes as usize);
         message(&mut self.links, 13, |b| {
             bytes_field(b, 1, &sc.trace_id().to_bytes());
@@ -421,6 +413,17 @@ mod buffers {
                 f.push(buf);
             }
         });
+    }
+}
+
+/// Counts one more item against `limit`: kept (`true`) or dropped and counted.
+fn admit(count: &mut u32, dropped: &mut u32, limit: u32) -> bool {
+    if *count < limit {
+        *count += 1;
+        true
+    } else {
+        *dropped += 1;
+        false
     }
 }
 
@@ -729,9 +732,9 @@ mod tests {
 
     #[test]
     fn spans_not_sampled_record_nothing_but_propagate_their_trace() {
-        let (tracer, queue) = tracer(Sampling::parse("always_off", None), LIMITS);
+        let (off, queue) = tracer(Sampling::parse("always_off", None), LIMITS);
         let mut named = false;
-        let mut span = tracer.start_span(&Context::new(), SpanKind::Server, || {
+        let mut span = off.start_span(&Context::new(), SpanKind::Server, || {
             named = true;
             "x".into()
         });
@@ -745,7 +748,7 @@ mod tests {
         assert!(spans.is_empty());
 
         // Children of that span under a parent-based sampler are not sampled either.
-        let (tracer, queue) = super::tests::tracer(Sampling::default(), LIMITS);
+        let (tracer, queue) = tracer(Sampling::default(), LIMITS);
         let cx = Context::new().with_span(span);
         let child = tracer.start_span(&cx, SpanKind::Internal, || "child".into());
         assert!(!child.is_recording());

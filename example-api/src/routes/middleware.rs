@@ -41,14 +41,16 @@ pub async fn http_telemetry(
     let (method_idx, method) = method_attr(req.method());
     let route = matched.as_ref().map(MatchedPath::as_str);
     let parent = extract_context(req.headers());
-    let route_span = route.map(|r| tel.m.route_spans.get(r));
-    // Started even when not sampled, so the trace id and flags propagate downstream.
-    let mut span = tel
-        .tracer
-        .start_span(&parent, SpanKind::Server, || match &route_span {
+    // Started even when not sampled, so the trace id and flags propagate downstream; the
+    // route's name and attribute are only looked up for a span that records.
+    let mut route_span = None;
+    let mut span = tel.tracer.start_span(&parent, SpanKind::Server, || {
+        route_span = route.map(|r| tel.m.route_spans.get(r));
+        match &route_span {
             Some(r) => r.name(method_idx),
             None => method.into(),
-        });
+        }
+    });
     let sampled = span.is_recording();
     if sampled {
         request_attributes(&mut span, &req, method_idx, route_span.as_deref());

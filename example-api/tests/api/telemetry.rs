@@ -461,20 +461,18 @@ async fn ratio_sampling_is_consistent_and_recorded_in_tracestate() {
     h.app.stop().await;
 }
 
-/// Export to an endpoint where nothing listens: every request still succeeds, quickly.
-#[tokio::test]
-async fn failing_export_never_blocks_or_fails_requests() {
-    let cfg = export_config(
-        "http://127.0.0.1:9".into(),
-        "http/protobuf",
-        Duration::from_millis(100),
-        Sampling::default(),
-    );
+/// The API alone, exporting its telemetry to `endpoint` every `interval`.
+async fn app_exporting_to(endpoint: String, interval: Duration) -> (TestApp, Arc<Telemetry>) {
+    let cfg = export_config(endpoint, "http/protobuf", interval, Sampling::default());
     let tel = Arc::new(Telemetry::new("example-api", &cfg).unwrap());
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let app = TestApp::spawn_config(test_config(&dir), dir, tel.clone()).await;
-    let start = std::time::Instant::now();
-    for i in 0..300 {
+    (app, tel)
+}
+
+/// `n` cached product reads, each answered 200.
+async fn read_products(app: &TestApp, n: usize) {
+    for i in 0..n {
         let r = app
             .get(&format!("/v1/products/{}", 1 + i % 50))
             .send()
@@ -482,6 +480,15 @@ async fn failing_export_never_blocks_or_fails_requests() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+}
+
+/// Export to an endpoint where nothing listens: every request still succeeds, quickly.
+#[tokio::test]
+async fn failing_export_never_blocks_or_fails_requests() {
+    let (app, tel) =
+        app_exporting_to("http://127.0.0.1:9".into(), Duration::from_millis(100)).await;
+    let start = std::time::Instant::now();
+    read_products(&app, 300).await;
     let took = start.elapsed();
     assert!(took < Duration::from_secs(10), "300 requests took {took:?}");
     app.stop().await;
@@ -532,25 +539,10 @@ async fn spans_dropped_at_a_full_queue_are_counted() {
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, collector).await });
 
-    let cfg = export_config(
-        endpoint,
-        "http/protobuf",
-        Duration::from_millis(200),
-        Sampling::default(),
-    );
-    let tel = Arc::new(Telemetry::new("example-api", &cfg).unwrap());
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let app = TestApp::spawn_config(test_config(&dir), dir, tel.clone()).await;
+    let (app, tel) = app_exporting_to(endpoint, Duration::from_millis(200)).await;
     // Two spans per cached GET: 1600 requests end 3200 spans, more than the export in flight
     // (512) plus the queue (2048) can hold.
-    for i in 0..1600 {
-        let r = app
-            .get(&format!("/v1/products/{}", 1 + i % 50))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    read_products(&app, 1600).await;
     let dropped = || {
         let mut dropped = 0;
         for body in metrics_bodies.lock().unwrap().iter() {
