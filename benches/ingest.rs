@@ -15,6 +15,9 @@
 //!   (for `valgrind --tool=callgrind`).
 //! - `all`     — ingest, cpu, memory and query in turn.
 //!
+//! `REDLINE_BIN` runs another build as "redline"; in `ingest`, `REDLINE_BASELINE_BIN` adds an
+//! older build as a third contender, interleaved with the others (before/after in one run).
+//!
 //! Everything listens on 127.0.0.1 only. The benchmark pins itself (the load generator) to
 //! core 0 and the system under test to core 1 with `taskset`. Child processes are killed when
 //! the benchmark ends, on error and on panic (and by the kernel if it dies: PR_SET_PDEATHSIG).
@@ -443,8 +446,17 @@ fn redline_binary() -> PathBuf {
 }
 
 fn start_redline(extra: &[&str]) -> Result<Sut> {
+    start_redline_binary(&redline_binary(), "redline", extra)
+}
+
+/// An older build to compare with, interleaved in the same run (`REDLINE_BASELINE_BIN`).
+fn baseline_binary() -> Option<PathBuf> {
+    std::env::var_os("REDLINE_BASELINE_BIN").map(PathBuf::from)
+}
+
+fn start_redline_binary(binary: &Path, name: &'static str, extra: &[&str]) -> Result<Sut> {
     let dir = tempfile::tempdir()?;
-    let mut command = pinned_command(&redline_binary());
+    let mut command = pinned_command(binary);
     command
         .args([
             "serve",
@@ -472,7 +484,7 @@ fn start_redline(extra: &[&str]) -> Result<Sut> {
         }
     });
     let mut sut = Sut {
-        name: "redline",
+        name,
         child,
         grpc: "127.0.0.1:0".parse()?,
         web: None,
@@ -1078,6 +1090,16 @@ async fn ingest(options: &Options) -> Result<()> {
             best: 0.0,
             done: false,
         });
+        if let Some(binary) = baseline_binary() {
+            let sut = start_redline_binary(&binary, "baseline", &[])?;
+            let channels = connect(sut.grpc, options.connections).await?;
+            contenders.push(Contender {
+                sut,
+                channels,
+                best: 0.0,
+                done: false,
+            });
+        }
         if let Some(binary) = &rotel {
             let sut = start_rotel(binary)?;
             let channels = connect(sut.grpc, options.connections).await?;
@@ -1153,6 +1175,14 @@ async fn ingest(options: &Options) -> Result<()> {
             "rotel (blackhole):   {rotel:>10.0} spans/s = {:.1} % of the decode-only bound; redline/rotel = {:.2} (target ≥ 1)",
             rotel / decode_median * 100.0,
             redline / rotel
+        );
+    }
+    if let Some(baseline) = best.get_mut("baseline") {
+        let baseline = median(baseline);
+        println!(
+            "baseline build:      {baseline:>10.0} spans/s = {:.1} % of the decode-only bound; redline/baseline = {:.2}",
+            baseline / decode_median * 100.0,
+            redline / baseline
         );
     }
     println!("(rates are on a ×1.2 ladder: a result means the next rung up failed)");

@@ -50,6 +50,7 @@ pub fn spawn_writer(
     let thread = std::thread::Builder::new()
         .name("redline-store-writer".into())
         .spawn(move || {
+            lower_thread_priority();
             let mut writer = Writer {
                 conn,
                 retention,
@@ -80,6 +81,29 @@ pub fn spawn_writer(
         thread: Some(thread),
     }
 }
+
+/// The writer's niceness. Storing is background work that only has to keep up on average, while
+/// a receiver that loses the core for a few milliseconds makes exporters wait and retry: when
+/// both want the one core, the receivers should win. At nice 10 the writer still gets about a
+/// tenth of a contended core (and every idle cycle), and a writer that falls behind still backs
+/// the pipeline up through its bounded channel, so nothing is lost or unbounded.
+const WRITER_NICE: libc::c_int = 10;
+
+#[cfg(target_os = "linux")]
+fn lower_thread_priority() {
+    // On Linux a thread has its own nice value; `setpriority` on its thread id sets just that.
+    // SAFETY: plain system calls on the calling thread, no memory is passed.
+    let result = unsafe {
+        let thread_id = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, thread_id as libc::id_t, WRITER_NICE)
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the store writer's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority() {}
 
 impl WriterHandle {
     /// Queues a flush; waits (backpressure) while the writer is behind.
