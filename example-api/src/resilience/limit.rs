@@ -8,15 +8,15 @@
 //! requests wait on I/O and need more concurrency, not less.
 //!
 //! The rule, per window of [`WINDOW`] completed requests:
-//! - the window's mean latency is compared with a baseline: a moving average of the window
-//!   means that follows uncongested windows quickly and congested ones only slowly, so that
+//! - the window's median latency is compared with a baseline: a moving average of the window
+//!   medians that follows uncongested windows quickly and congested ones only slowly, so that
 //!   overload does not become the norm within one episode but a lasting change of the workload
 //!   (a slower dependency) does;
-//! - mean above `TOLERANCE` × baseline: queueing has begun, halve the limit (multiplicative
+//! - median above `TOLERANCE` × baseline: queueing has begun, halve the limit (multiplicative
 //!   decrease, down to `min`);
 //! - otherwise, if the window used at least half of the limit, raise it by √limit (additive
 //!   increase, up to `max`);
-//! - and in any case keep it within `HEADROOM` × the window's peak concurrency: a limit far above
+//! - and in any case keep it within `HEADROOM` × the recent peak concurrency: a limit far above
 //!   what is used protects nothing, and the first windows of an overload would otherwise admit
 //!   a burst at the old, lenient limit (measured: a start at 256 left the admitted p99 at 2.4×
 //!   the unloaded one under 10× overload).
@@ -36,29 +36,41 @@ use std::time::{Duration, Instant};
 
 /// Completed requests per adjustment.
 pub const WINDOW: u32 = 32;
-/// Window mean latency over baseline beyond which the limit is cut (Netflix's gradient limit
+/// Window median latency over baseline beyond which the limit is cut (Netflix's gradient limit
 /// uses the same 1.5).
 const TOLERANCE: f64 = 1.5;
 /// Multiplicative decrease.
 const DECREASE: f64 = 0.5;
-/// Limit at most this many times the window's peak concurrency (but at least `min`).
+/// Limit at most this many times the recent peak concurrency (but at least `min`).
 const HEADROOM: usize = 4;
+/// Per-window decay of the recent peak concurrency (half-life about 14 windows, some 450
+/// requests).
+const PEAK_DECAY: f64 = 0.95;
 /// Smoothed scheduling delay beyond which the runtime counts as congested.
 const LAG_LIMIT: Duration = Duration::from_millis(2);
 /// Period of the lag probe.
 const LAG_PERIOD: Duration = Duration::from_millis(10);
-/// Weight of an uncongested window's mean in the baseline.
+/// Weight of an uncongested window's median in the baseline.
 const BASELINE_FOLLOW: f64 = 0.05;
-/// Weight of a congested window's mean: a few hundred windows (about 10k requests) to accept a
+/// Weight of a congested window's median: a few hundred windows (about 10k requests) to accept a
 /// lasting shift.
 const BASELINE_DRIFT: f64 = 1.0 / 300.0;
 
 #[derive(Debug)]
 struct Window {
     n: u32,
-    sum: Duration,
+    /// Latencies (seconds) of the window's requests. The median, not the mean: a window of an
+    /// uneven mix (a few writes or downstream calls among cached reads) has a mean well above
+    /// the baseline with no queueing at all, which cut the limit at a tenth of capacity and shed
+    /// requests at normal load; queueing delays every request and moves the median too.
+    latencies: [f64; WINDOW as usize],
     max_in_flight: usize,
-    /// Mean latency (seconds) regarded as uncongested; 0 until the first window.
+    /// The peak concurrency of recent windows, decaying by [`PEAK_DECAY`] per window: the
+    /// headroom rule's reference. One window's peak alone is often 1 at light load (32 fast
+    /// requests one after another), which set the limit to 4 and shed the next small burst —
+    /// a slow request and the arrivals behind it — at a tenth of capacity.
+    recent_peak: f64,
+    /// Median latency (seconds) regarded as uncongested; 0 until the first window.
     baseline: f64,
 }
 
@@ -102,8 +114,9 @@ impl AdaptiveLimit {
             lag_us: AtomicU64::new(0),
             window: Mutex::new(Window {
                 n: 0,
-                sum: Duration::ZERO,
+                latencies: [0.0; WINDOW as usize],
                 max_in_flight: 0,
+                recent_peak: 0.0,
                 baseline: 0.0,
             }),
         }
@@ -178,21 +191,23 @@ impl AdaptiveLimit {
             return;
         }
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = w.n as usize;
+        w.latencies[slot] = latency.as_secs_f64();
         w.n += 1;
-        w.sum += latency;
         w.max_in_flight = w.max_in_flight.max(in_flight);
         if w.n < WINDOW {
             return;
         }
-        let mean = w.sum.as_secs_f64() / f64::from(w.n);
+        let middle = WINDOW as usize / 2;
+        let (_, &mut median, _) = w.latencies.select_nth_unstable_by(middle, f64::total_cmp);
         let lagging = self.lag_us.load(Ordering::Relaxed) > LAG_LIMIT.as_micros() as u64;
-        let congested = lagging || (w.baseline > 0.0 && mean > TOLERANCE * w.baseline);
+        let congested = lagging || (w.baseline > 0.0 && median > TOLERANCE * w.baseline);
         if w.baseline == 0.0 {
-            w.baseline = if lagging { 0.0 } else { mean };
+            w.baseline = if lagging { 0.0 } else { median };
         } else if congested {
-            w.baseline += (mean - w.baseline) * BASELINE_DRIFT;
+            w.baseline += (median - w.baseline) * BASELINE_DRIFT;
         } else {
-            w.baseline += (mean - w.baseline) * BASELINE_FOLLOW;
+            w.baseline += (median - w.baseline) * BASELINE_FOLLOW;
         }
         let limit = self.limit();
         let next = if congested {
@@ -202,12 +217,12 @@ impl AdaptiveLimit {
         } else {
             limit
         };
+        w.recent_peak = (w.recent_peak * PEAK_DECAY).max(w.max_in_flight as f64);
         let next = next
-            .min(w.max_in_flight.saturating_mul(HEADROOM))
+            .min((w.recent_peak.ceil() as usize).saturating_mul(HEADROOM))
             .clamp(self.min, self.max);
         self.limit.store(next, Ordering::Relaxed);
         w.n = 0;
-        w.sum = Duration::ZERO;
         w.max_in_flight = 0;
     }
 }
@@ -254,6 +269,21 @@ mod tests {
     }
 
     #[test]
+    fn a_few_slow_requests_in_a_window_are_not_queueing() {
+        let l = Arc::new(AdaptiveLimit::new(2, 64));
+        feed(&l, 5, 4, Duration::from_millis(1));
+        assert_eq!(l.limit(), 16);
+        // Every window: 28 cached reads at 1 ms and 4 writes at 20 ms (mean 3.4× the baseline).
+        for _ in 0..50 {
+            for i in 0..WINDOW {
+                let slow = i % 8 == 0;
+                l.completed(Duration::from_millis(if slow { 20 } else { 1 }), 4);
+            }
+        }
+        assert_eq!(l.limit(), 16, "an uneven mix is not a reason to shed");
+    }
+
+    #[test]
     fn limit_grows_back_when_used_without_queueing() {
         let l = Arc::new(AdaptiveLimit::new(8, 64));
         feed(&l, 1, 4, Duration::from_millis(2));
@@ -275,12 +305,19 @@ mod tests {
     }
 
     #[test]
-    fn an_unused_limit_shrinks_to_headroom_over_the_peak() {
-        let l = Arc::new(AdaptiveLimit::new(2, 256));
+    fn an_unused_limit_shrinks_to_headroom_over_the_recent_peak() {
+        let l = Arc::new(AdaptiveLimit::new(8, 256));
         feed(&l, 1, 10, Duration::from_millis(1));
         assert_eq!(l.limit(), 40);
-        feed(&l, 1, 0, Duration::from_millis(1));
-        assert_eq!(l.limit(), 2, "never below min");
+        // Light load, one request at a time: the peak of 10 fades over some hundred windows…
+        feed(&l, 1, 1, Duration::from_millis(1));
+        assert_eq!(
+            l.limit(),
+            40,
+            "one quiet window does not forget the recent peak"
+        );
+        feed(&l, 200, 1, Duration::from_millis(1));
+        assert_eq!(l.limit(), 8, "…and the limit with it, never below min");
     }
 
     #[test]

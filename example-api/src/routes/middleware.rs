@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use opentelemetry::KeyValue;
 use opentelemetry::context::FutureExt;
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt};
-use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
@@ -209,15 +208,29 @@ pub async fn load_shed(State(st): State<AppState>, req: Request, next: Next) -> 
         }
         None => {
             st.telemetry.m.shed.add(1, &[]);
-            let body = json!({ "error": { "code": "overloaded", "message": "server is at capacity; retry later" } });
-            let mut resp = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            resp.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            resp
+            overloaded()
         }
     }
+}
+
+/// The 503 of a shed request, built from constants: under overload a rejection must cost as
+/// little as possible, so nothing is serialized or allocated beyond the response itself.
+fn overloaded() -> Response {
+    const BODY: &str =
+        r#"{"error":{"code":"overloaded","message":"server is at capacity; retry later"}}"#;
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::RETRY_AFTER, HeaderValue::from_static("1")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        BODY,
+    )
+        .into_response()
 }
 
 /// Demo fault: fails a share of the requests to one route with 500.
