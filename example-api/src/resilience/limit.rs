@@ -22,16 +22,26 @@
 //!   the unloaded one under 10× overload).
 //!
 //! A second congestion signal is the runtime's scheduling delay ([`AdaptiveLimit::spawn_lag_probe`]:
-//! how late a 10 ms timer fires). When the CPU is saturated, requests wait in the socket backlog
-//! and the run queue before any handler sees them, which handler latency cannot show; a late
-//! timer does.
+//! every 10 ms, how long a task that yields waits to run again, which is the run queue's length in
+//! time). When the CPU is saturated, requests wait in the socket backlog and the run queue before
+//! any handler sees them, which handler latency cannot show; the run queue does.
+//!
+//! A concurrency limit cannot relieve a saturated CPU: at any limit of one or more per core, the
+//! admitted requests alone keep the core busy, and every arrival — admitted or shed — waits
+//! behind them. So the scheduling delay also drives an **admission share**: while the smoothed
+//! delay is above [`DELAY_TARGET`], the share of arrivals let through to the concurrency check
+//! falls by an eighth every probe (multiplicative decrease, down to [`MIN_SHARE`]); below it, it
+//! climbs back by [`SHARE_RECOVERY`] per probe (about 0.3 s from the floor to everything). Shed
+//! arrivals cost a fraction of admitted ones, so the core gets out of saturation and the admitted
+//! requests stop queueing. (The first probe measured how late a 10 ms timer fired: tokio's timers
+//! have a resolution of 1 ms, so that read about 1 ms at rest and under a 10× overload alike.)
 //!
 //! Admission is one compare-and-swap on the in-flight count; the bookkeeping happens when a
 //! request completes, under a mutex held for a few arithmetic operations (never across `.await`).
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Completed requests per adjustment.
@@ -46,8 +56,17 @@ const HEADROOM: usize = 4;
 /// Per-window decay of the recent peak concurrency (half-life about 14 windows, some 450
 /// requests).
 const PEAK_DECAY: f64 = 0.95;
-/// Smoothed scheduling delay beyond which the runtime counts as congested.
+/// Smoothed scheduling delay beyond which the runtime counts as congested and the limit is cut.
 const LAG_LIMIT: Duration = Duration::from_millis(2);
+/// Smoothed scheduling delay above which the admission share falls. Measured on a one-core
+/// server: about 30 µs on average at a tenth of its capacity, about 200 µs under a 10× overload.
+const DELAY_TARGET: Duration = Duration::from_micros(250);
+/// The admission share is kept in 1/`FULL_SHARE` steps.
+const FULL_SHARE: u32 = 1024;
+/// Never shed more than half of the arrivals on the delay signal alone.
+const MIN_SHARE: u32 = FULL_SHARE / 2;
+/// Share regained per probe below the target.
+const SHARE_RECOVERY: u32 = FULL_SHARE / 64;
 /// Period of the lag probe.
 const LAG_PERIOD: Duration = Duration::from_millis(10);
 /// Weight of an uncongested window's median in the baseline.
@@ -83,6 +102,8 @@ pub struct AdaptiveLimit {
     in_flight: AtomicUsize,
     /// Smoothed scheduling delay in µs (see [`Self::spawn_lag_probe`]).
     lag_us: AtomicU64,
+    /// Arrivals let through to the concurrency check, in 1/[`FULL_SHARE`].
+    admit_share: AtomicU32,
     window: Mutex<Window>,
 }
 
@@ -112,6 +133,7 @@ impl AdaptiveLimit {
             limit: AtomicUsize::new(max),
             in_flight: AtomicUsize::new(0),
             lag_us: AtomicU64::new(0),
+            admit_share: AtomicU32::new(FULL_SHARE),
             window: Mutex::new(Window {
                 n: 0,
                 latencies: [0.0; WINDOW as usize],
@@ -146,8 +168,9 @@ impl AdaptiveLimit {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Measures how late a periodic timer fires on the current runtime and feeds it to the limit
-    /// until the limit is dropped. Only adaptive limits need it.
+    /// Every [`LAG_PERIOD`], measures how long a yielding task waits to be polled again on the
+    /// current runtime and feeds it to the limit, until the limit is dropped. Only adaptive
+    /// limits need it.
     pub fn spawn_lag_probe(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         if self.min == self.max {
             return None;
@@ -155,24 +178,45 @@ impl AdaptiveLimit {
         let weak = Arc::downgrade(self);
         Some(tokio::spawn(async move {
             loop {
-                let start = tokio::time::Instant::now();
                 tokio::time::sleep(LAG_PERIOD).await;
+                let start = Instant::now();
+                tokio::task::yield_now().await;
+                let delay = start.elapsed();
                 let Some(limit) = weak.upgrade() else { break };
-                limit.record_lag(start.elapsed().saturating_sub(LAG_PERIOD));
+                limit.record_lag(delay);
             }
         }))
     }
 
-    /// Folds one scheduling-delay sample into the smoothed value (weight 1/4).
+    /// Folds one scheduling-delay sample into the smoothed value (weight 1/8: one late poll
+    /// behind a slow request must not shed at rest) and moves the admission share with it.
     pub fn record_lag(&self, lag: Duration) {
         let sample = lag.as_micros().min(u128::from(u32::MAX)) as u64;
         let prev = self.lag_us.load(Ordering::Relaxed);
-        self.lag_us
-            .store(prev - prev / 4 + sample / 4, Ordering::Relaxed);
+        let smoothed = prev - prev / 8 + sample / 8;
+        self.lag_us.store(smoothed, Ordering::Relaxed);
+        let share = self.admit_share.load(Ordering::Relaxed);
+        let next = if smoothed > DELAY_TARGET.as_micros() as u64 {
+            share - share / 8
+        } else {
+            share + SHARE_RECOVERY
+        };
+        self.admit_share
+            .store(next.clamp(MIN_SHARE, FULL_SHARE), Ordering::Relaxed);
     }
 
-    /// Admits a request if fewer than the limit are in progress.
+    /// The share of arrivals currently let through to the concurrency check (1.0 = all).
+    pub fn admit_share(&self) -> f64 {
+        f64::from(self.admit_share.load(Ordering::Relaxed)) / f64::from(FULL_SHARE)
+    }
+
+    /// Admits a request if it falls within the admission share and fewer than the limit are in
+    /// progress.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let share = self.admit_share.load(Ordering::Relaxed);
+        if share < FULL_SHARE && rand::random::<u32>() % FULL_SHARE >= share {
+            return None;
+        }
         let limit = self.limit();
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
@@ -334,6 +378,32 @@ mod tests {
         }
         feed(&l, 100, 64, Duration::from_millis(1));
         assert_eq!(l.limit(), 64, "recovers once the runtime is on time");
+    }
+
+    #[test]
+    fn a_busy_run_queue_sheds_a_share_of_arrivals_until_it_drains() {
+        // Each permit is dropped at once, so the concurrency limit never binds here.
+        let admitted =
+            |l: &Arc<AdaptiveLimit>| (0..2000).filter(|_| l.try_acquire().is_some()).count();
+        let l = Arc::new(AdaptiveLimit::new(2, 64));
+        for _ in 0..50 {
+            l.record_lag(Duration::from_micros(20));
+        }
+        assert_eq!(admitted(&l), 2000, "a short run queue sheds nothing");
+        for _ in 0..50 {
+            l.record_lag(Duration::from_micros(500));
+        }
+        assert_eq!(l.admit_share(), 0.5, "down to the floor");
+        let n = admitted(&l);
+        assert!((850..1150).contains(&n), "about half of 2000 admitted: {n}");
+        for _ in 0..100 {
+            l.record_lag(Duration::from_micros(5));
+        }
+        assert_eq!(
+            l.admit_share(),
+            1.0,
+            "back to everything once the queue drains"
+        );
     }
 
     #[test]
