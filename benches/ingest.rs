@@ -1003,6 +1003,18 @@ struct Contender {
     done: bool,
 }
 
+impl Contender {
+    async fn connect(sut: Sut, connections: usize) -> Result<Self> {
+        let channels = connect(sut.grpc, connections).await?;
+        Ok(Contender {
+            sut,
+            channels,
+            best: 0.0,
+            done: false,
+        })
+    }
+}
+
 async fn step(
     contender: &mut Contender,
     payloads: &Arc<Vec<Payload>>,
@@ -1082,33 +1094,13 @@ async fn ingest(options: &Options) -> Result<()> {
         println!("  decode-only bound: {bound:.0} spans/s (prost decode + drop, one core)");
         decode.push(bound);
         let mut contenders = Vec::new();
-        let redline = start_redline(&[])?;
-        let channels = connect(redline.grpc, options.connections).await?;
-        contenders.push(Contender {
-            sut: redline,
-            channels,
-            best: 0.0,
-            done: false,
-        });
+        contenders.push(Contender::connect(start_redline(&[])?, options.connections).await?);
         if let Some(binary) = baseline_binary() {
             let sut = start_redline_binary(&binary, "baseline", &[])?;
-            let channels = connect(sut.grpc, options.connections).await?;
-            contenders.push(Contender {
-                sut,
-                channels,
-                best: 0.0,
-                done: false,
-            });
+            contenders.push(Contender::connect(sut, options.connections).await?);
         }
         if let Some(binary) = &rotel {
-            let sut = start_rotel(binary)?;
-            let channels = connect(sut.grpc, options.connections).await?;
-            contenders.push(Contender {
-                sut,
-                channels,
-                best: 0.0,
-                done: false,
-            });
+            contenders.push(Contender::connect(start_rotel(binary)?, options.connections).await?);
         }
         // Check each with the generated client first (one typed export), then warm up.
         for c in &mut contenders {
