@@ -160,6 +160,13 @@ async fn spawn_server(
     pin: Option<usize>,
     extra_env: &[(&str, &str)],
 ) -> Result<Server, BenchError> {
+    // A fresh database per server: each run starts from the same seeded catalog, not from the
+    // reviews the previous runs wrote.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        let _ = std::fs::remove_file(path);
+    }
     let mut cmd = match pin {
         Some(cpu) => {
             let mut c = Command::new("taskset");
@@ -600,6 +607,7 @@ async fn overload(
         o.base_rate, o.secs
     ));
     let mut ratios = Vec::new();
+    let mut tails = Vec::new();
     for (i, (label, args)) in configs.iter().enumerate() {
         let srv = spawn_server(
             &o.exe,
@@ -646,6 +654,7 @@ async fn overload(
             ));
         }
         ratios.push((label.clone(), ap99(&over) / ap99(&base).max(1e-9)));
+        tails.push((label.clone(), slowest_endpoints(&over)));
     }
     out.push('\n');
     for (label, ratio) in ratios {
@@ -653,7 +662,28 @@ async fn overload(
             "Limit {label}: admitted p99 under 10× overload is **{ratio:.2}×** the unloaded p99 (target ≤ 2×).\n"
         ));
     }
+    out.push('\n');
+    for (label, tail) in tails {
+        out.push_str(&format!(
+            "Admitted p99 by endpoint at 10×, limit {label}: {tail}\n"
+        ));
+    }
     Ok(())
+}
+
+/// The endpoints' admitted p99s, slowest first (`GET /v1/stats 12.3 ms, …`): which route a
+/// tail comes from.
+fn slowest_endpoints(r: &Report) -> String {
+    let mut p99s: Vec<(f64, &str)> = r
+        .admitted_by_endpoint
+        .iter()
+        .map(|(k, h)| (h.value_at_quantile(0.99) as f64 / 1000.0, k.as_str()))
+        .collect();
+    p99s.sort_by(|a, b| b.0.total_cmp(&a.0));
+    p99s.iter()
+        .map(|(ms, k)| format!("{k} {ms:.2} ms"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Drop for Server {

@@ -82,6 +82,7 @@ struct Shared {
     admitted: Histogram<u64>,
     by_status: BTreeMap<String, u64>,
     by_endpoint: BTreeMap<String, EndpointCounts>,
+    admitted_by_endpoint: BTreeMap<String, Histogram<u64>>,
 }
 
 /// The outcome of a run.
@@ -97,6 +98,8 @@ pub struct Report {
     pub by_status: BTreeMap<String, u64>,
     /// Requests and errors (5xx and transport failures) per `METHOD /route/{template}`.
     pub by_endpoint: BTreeMap<String, EndpointCounts>,
+    /// Latencies of admitted requests per endpoint: which route a tail comes from.
+    pub admitted_by_endpoint: BTreeMap<String, Histogram<u64>>,
     /// Requests sent before the measured run (API keys, catalog size), per endpoint, so totals
     /// can be compared with what the server (or redline) counted.
     pub setup: BTreeMap<String, u64>,
@@ -149,9 +152,18 @@ impl Report {
         for (k, v) in &self.by_status {
             s.push_str(&format!("  {k:>16}  {v}\n"));
         }
-        s.push_str("by endpoint (requests / errors):\n");
+        s.push_str("by endpoint (requests / errors; admitted p50 / p99 ms):\n");
         for (k, v) in &self.by_endpoint {
-            s.push_str(&format!("  {k:<45} {:>8} / {}\n", v.requests, v.errors));
+            let (p50, p99) = self.admitted_by_endpoint.get(k).map_or((0.0, 0.0), |h| {
+                (
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0,
+                )
+            });
+            s.push_str(&format!(
+                "  {k:<45} {:>8} / {:<8} {p50:>7.2} / {p99:.2}\n",
+                v.requests, v.errors
+            ));
         }
         s
     }
@@ -220,6 +232,7 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         admitted: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
         by_status: BTreeMap::new(),
         by_endpoint: BTreeMap::new(),
+        admitted_by_endpoint: BTreeMap::new(),
     }));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.max_in_flight.max(1)));
     let period = Duration::from_secs_f64(1.0 / opts.rate);
@@ -319,6 +332,14 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
                 || (status.starts_with('4') && status != "429");
             if admitted {
                 let _ = s.admitted.record(micros.min(60_000_000));
+                let _ = s
+                    .admitted_by_endpoint
+                    .entry(label.clone())
+                    .or_insert_with(|| {
+                        Histogram::new_with_bounds(1, 60_000_000, 3)
+                            .expect("valid histogram bounds")
+                    })
+                    .record(micros.min(60_000_000));
             }
             *s.by_status.entry(status).or_default() += 1;
             let e = s.by_endpoint.entry(label).or_default();
@@ -351,6 +372,7 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         setup,
         by_status: s.by_status.clone(),
         by_endpoint: s.by_endpoint.clone(),
+        admitted_by_endpoint: s.admitted_by_endpoint.clone(),
         target_rate: opts.rate,
     })
 }

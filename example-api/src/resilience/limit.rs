@@ -12,8 +12,8 @@
 //!   medians that follows uncongested windows quickly and congested ones only slowly, so that
 //!   overload does not become the norm within one episode but a lasting change of the workload
 //!   (a slower dependency) does;
-//! - median above `TOLERANCE` × baseline: queueing has begun, halve the limit (multiplicative
-//!   decrease, down to `min`);
+//! - median above `TOLERANCE` × baseline + [`QUEUE_SLACK`]: queueing has begun, halve the limit
+//!   (multiplicative decrease, down to `min`);
 //! - otherwise, if the window used at least half of the limit, raise it by √limit (additive
 //!   increase, up to `max`);
 //! - and in any case keep it within `HEADROOM` × the recent peak concurrency: a limit far above
@@ -23,18 +23,37 @@
 //!
 //! A second congestion signal is the runtime's scheduling delay ([`AdaptiveLimit::spawn_lag_probe`]:
 //! every 10 ms, how long a task that yields waits to run again, which is the run queue's length in
-//! time). When the CPU is saturated, requests wait in the socket backlog and the run queue before
-//! any handler sees them, which handler latency cannot show; the run queue does.
+//! time); above [`LAG_LIMIT`] it cuts the limit like queueing latency does.
 //!
 //! A concurrency limit cannot relieve a saturated CPU: at any limit of one or more per core, the
 //! admitted requests alone keep the core busy, and every arrival — admitted or shed — waits
-//! behind them. So the scheduling delay also drives an **admission share**: while the smoothed
-//! delay is above [`DELAY_TARGET`], the share of arrivals let through to the concurrency check
-//! falls by an eighth every probe (multiplicative decrease, down to [`MIN_SHARE`]); below it, it
-//! climbs back by [`SHARE_RECOVERY`] per probe (about 0.3 s from the floor to everything). Shed
-//! arrivals cost a fraction of admitted ones, so the core gets out of saturation and the admitted
-//! requests stop queueing. (The first probe measured how late a 10 ms timer fired: tokio's timers
-//! have a resolution of 1 ms, so that read about 1 ms at rest and under a 10× overload alike.)
+//! behind them in the socket backlog and the run queue, where handler latency cannot see it. So
+//! two more rules shed arrivals before the concurrency check:
+//!
+//! - **Admission share** (CPU-based shedding, as in Google's SRE book, "Handling Overload"). The
+//!   probe also reads the process's CPU time. Each probe multiplies the share of arrivals let
+//!   through by [`UTIL_TARGET`] / smoothed utilization, bounded to a step between
+//!   [`SHARE_STEP_DOWN`] and [`SHARE_STEP_UP`] and a floor of [`MIN_SHARE`]; a sample that is
+//!   both saturated and late halves it at once. Below the target the share climbs back to
+//!   everything; above it, it falls until the process uses about the target share of its CPUs.
+//!   Shed arrivals cost a fraction of admitted ones (on a slow core about 45 µs against 300 µs
+//!   for the mix), so the core leaves saturation and admitted requests stop queueing.
+//! - **Backlog shedding** (like CoDel's sojourn time, measured on the runtime): the probe beats
+//!   every millisecond, and while its beat is older than [`BACKLOG_LATE`] the runtime is working
+//!   through a backlog, so every arrival polled meanwhile is shed. This covers the first tens of
+//!   milliseconds of an overload, before the share has fallen: a one-core server that jumped to
+//!   10× its base load stalled for up to 39 ms, and the requests it admitted in that stall set
+//!   the p99 of the whole run.
+//!
+//! Why utilization and not the scheduling delay alone: the delay depends on the machine (about
+//! 200 µs under a 10× overload on a fast core, 2 ms on a core three times slower), so no one
+//! threshold fits both, and a share driven by it had to be floored at one half, which on the
+//! slower core still let through more than it could serve (admitted p99 9.6× the unloaded one).
+//! (The first probe measured how late a 10 ms timer fired: tokio's timers have a resolution of
+//! 1 ms, so that read about 1 ms at rest and under a 10× overload alike.) The CPU time is the
+//! process's, not the runtime's: SQLite's blocking threads, the span exporter and the in-process
+//! downstream service compete for the same cores; several adaptive limits in one process (tests)
+//! therefore see each other's load.
 //!
 //! Admission is one compare-and-swap on the in-flight count; the bookkeeping happens when a
 //! request completes, under a mutex held for a few arithmetic operations (never across `.await`).
@@ -49,6 +68,10 @@ pub const WINDOW: u32 = 32;
 /// Window median latency over baseline beyond which the limit is cut (Netflix's gradient limit
 /// uses the same 1.5).
 const TOLERANCE: f64 = 1.5;
+/// Absolute latency added to the tolerance: cached reads take some 80 µs, and a window of the
+/// normal mix has a median up to twice that without any queueing, which at 1.5× alone halved
+/// the limit to 2 and shed bursts of three at a tenth of capacity.
+const QUEUE_SLACK: f64 = 200e-6;
 /// Multiplicative decrease.
 const DECREASE: f64 = 0.5;
 /// Limit at most this many times the recent peak concurrency (but at least `min`).
@@ -58,17 +81,33 @@ const HEADROOM: usize = 4;
 const PEAK_DECAY: f64 = 0.95;
 /// Smoothed scheduling delay beyond which the runtime counts as congested and the limit is cut.
 const LAG_LIMIT: Duration = Duration::from_millis(2);
-/// Smoothed scheduling delay above which the admission share falls. Measured on a one-core
-/// server: about 30 µs on average at a tenth of its capacity, about 200 µs under a 10× overload.
-const DELAY_TARGET: Duration = Duration::from_micros(250);
+/// Share of its CPUs' time the process may use before arrivals are shed: the headroom keeps
+/// admitted requests from queueing behind each other. (0.6 held the admitted p99 as well as 0.7
+/// but admitted a third less under a 10× overload.)
+const UTIL_TARGET: f64 = 0.7;
+/// Weight of a new utilization sample in the smoothed value.
+const UTIL_WEIGHT: f64 = 0.5;
+/// Bounds of the per-probe change of the admission share: down quickly, since a saturated core
+/// builds a backlog every probe, and up slowly, so that it does not overshoot.
+const SHARE_STEP_DOWN: f64 = 0.5;
+const SHARE_STEP_UP: f64 = 1.05;
+/// A probe sample with at least this utilization and a yield wait of at least
+/// [`BACKLOG_DELAY`] is a backlog on a saturated CPU: the share is multiplied by [`SHARE_CUT`]
+/// at once, without waiting for the smoothed utilization.
+const SATURATED: f64 = 0.9;
+const BACKLOG_DELAY: Duration = Duration::from_millis(1);
+const SHARE_CUT: f64 = 0.5;
 /// The admission share is kept in 1/`FULL_SHARE` steps.
-const FULL_SHARE: u32 = 1024;
-/// Never shed more than half of the arrivals on the delay signal alone.
-const MIN_SHARE: u32 = FULL_SHARE / 2;
-/// Share regained per probe below the target.
-const SHARE_RECOVERY: u32 = FULL_SHARE / 64;
-/// Period of the lag probe.
+const FULL_SHARE: u32 = 1 << 16;
+/// Always let a sixteenth of the arrivals through to the concurrency check.
+const MIN_SHARE: u32 = FULL_SHARE / 16;
+/// Period of the lag probe's samples.
 const LAG_PERIOD: Duration = Duration::from_millis(10);
+/// Period of the probe's heartbeat (the timer's resolution).
+const HEARTBEAT_PERIOD: Duration = Duration::from_millis(1);
+/// Heartbeat age beyond which arrivals are shed as backlog: the heartbeat is due every 1–2 ms
+/// (the timer's resolution), and at a sixth of capacity its polls are up to 2 ms late.
+const BACKLOG_LATE: Duration = Duration::from_millis(3);
 /// Weight of an uncongested window's median in the baseline.
 const BASELINE_FOLLOW: f64 = 0.05;
 /// Weight of a congested window's median: a few hundred windows (about 10k requests) to accept a
@@ -102,8 +141,14 @@ pub struct AdaptiveLimit {
     in_flight: AtomicUsize,
     /// Smoothed scheduling delay in µs (see [`Self::spawn_lag_probe`]).
     lag_us: AtomicU64,
+    /// Smoothed CPU utilization of the process (0–1), as `f64` bits.
+    utilization: AtomicU64,
     /// Arrivals let through to the concurrency check, in 1/[`FULL_SHARE`].
     admit_share: AtomicU32,
+    /// Time base of `heartbeat_ns`.
+    epoch: Instant,
+    /// When the probe last ran, in ns since `epoch`; 0 while no probe runs.
+    heartbeat_ns: AtomicU64,
     window: Mutex<Window>,
 }
 
@@ -133,7 +178,10 @@ impl AdaptiveLimit {
             limit: AtomicUsize::new(max),
             in_flight: AtomicUsize::new(0),
             lag_us: AtomicU64::new(0),
+            utilization: AtomicU64::new(0f64.to_bits()),
             admit_share: AtomicU32::new(FULL_SHARE),
+            epoch: Instant::now(),
+            heartbeat_ns: AtomicU64::new(0),
             window: Mutex::new(Window {
                 n: 0,
                 latencies: [0.0; WINDOW as usize],
@@ -168,41 +216,89 @@ impl AdaptiveLimit {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Every [`LAG_PERIOD`], measures how long a yielding task waits to be polled again on the
-    /// current runtime and feeds it to the limit, until the limit is dropped. Only adaptive
-    /// limits need it.
+    /// Beats every [`HEARTBEAT_PERIOD`] and, every [`LAG_PERIOD`], measures how long a yielding
+    /// task waits to be polled again on the current runtime and how much CPU the process used
+    /// since the last sample, and feeds both to the limit, until the limit is dropped. Only
+    /// adaptive limits need it.
     pub fn spawn_lag_probe(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         if self.min == self.max {
             return None;
         }
         let weak = Arc::downgrade(self);
+        let cpu = ProcessCpu::new();
         Some(tokio::spawn(async move {
+            let mut last = cpu.read();
+            let mut sampled = Instant::now();
             loop {
-                tokio::time::sleep(LAG_PERIOD).await;
+                tokio::time::sleep(HEARTBEAT_PERIOD).await;
+                let Some(limit) = weak.upgrade() else { break };
+                limit.beat();
+                if sampled.elapsed() < LAG_PERIOD {
+                    continue;
+                }
+                sampled = Instant::now();
                 let start = Instant::now();
                 tokio::task::yield_now().await;
                 let delay = start.elapsed();
-                let Some(limit) = weak.upgrade() else { break };
-                limit.record_lag(delay);
+                let now = cpu.read();
+                limit.record_probe(delay, cpu.utilization(last, now));
+                last = now;
             }
         }))
     }
 
     /// Folds one scheduling-delay sample into the smoothed value (weight 1/8: one late poll
-    /// behind a slow request must not shed at rest) and moves the admission share with it.
+    /// behind a slow request must not cut the limit at rest).
     pub fn record_lag(&self, lag: Duration) {
         let sample = lag.as_micros().min(u128::from(u32::MAX)) as u64;
         let prev = self.lag_us.load(Ordering::Relaxed);
-        let smoothed = prev - prev / 8 + sample / 8;
-        self.lag_us.store(smoothed, Ordering::Relaxed);
-        let share = self.admit_share.load(Ordering::Relaxed);
-        let next = if smoothed > DELAY_TARGET.as_micros() as u64 {
-            share - share / 8
+        self.lag_us
+            .store(prev - prev / 8 + sample / 8, Ordering::Relaxed);
+    }
+
+    /// Folds one probe into the limit: `delay`, how long the probe waited to run after yielding,
+    /// and `utilization`, the process's CPU time over the wall time of its CPUs since the last
+    /// probe (0–1). Moves the admission share towards the share that keeps the smoothed
+    /// utilization at [`UTIL_TARGET`], and halves it at once when the CPU is saturated with a
+    /// backlog.
+    pub fn record_probe(&self, delay: Duration, utilization: f64) {
+        self.record_lag(delay);
+        let prev = f64::from_bits(self.utilization.load(Ordering::Relaxed));
+        let smoothed = prev + (utilization - prev) * UTIL_WEIGHT;
+        self.utilization
+            .store(smoothed.to_bits(), Ordering::Relaxed);
+        let step = if delay >= BACKLOG_DELAY && utilization >= SATURATED {
+            SHARE_CUT
         } else {
-            share + SHARE_RECOVERY
+            (UTIL_TARGET / smoothed.max(1e-3)).clamp(SHARE_STEP_DOWN, SHARE_STEP_UP)
         };
+        let share = f64::from(self.admit_share.load(Ordering::Relaxed));
+        let next = (share * step).round() as u32;
         self.admit_share
             .store(next.clamp(MIN_SHARE, FULL_SHARE), Ordering::Relaxed);
+    }
+
+    /// Records that the probe ran just now: the runtime got through its queue up to here.
+    fn beat(&self) {
+        let ns = self.epoch.elapsed().as_nanos().max(1);
+        self.heartbeat_ns
+            .store(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Whether the probe is overdue: it was due every [`HEARTBEAT_PERIOD`] and has not run for
+    /// [`BACKLOG_LATE`], so the runtime is working through a backlog and whatever is polled now
+    /// arrived long ago. Shedding it drains the backlog several times faster than serving it.
+    fn backlogged(&self) -> bool {
+        self.backlogged_at(Instant::now())
+    }
+
+    fn backlogged_at(&self, now: Instant) -> bool {
+        let beat = self.heartbeat_ns.load(Ordering::Relaxed);
+        if beat == 0 {
+            return false;
+        }
+        let now = now.saturating_duration_since(self.epoch).as_nanos();
+        now.saturating_sub(u128::from(beat)) > BACKLOG_LATE.as_nanos()
     }
 
     /// The share of arrivals currently let through to the concurrency check (1.0 = all).
@@ -213,6 +309,9 @@ impl AdaptiveLimit {
     /// Admits a request if it falls within the admission share and fewer than the limit are in
     /// progress.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        if self.backlogged() {
+            return None;
+        }
         let share = self.admit_share.load(Ordering::Relaxed);
         if share < FULL_SHARE && rand::random::<u32>() % FULL_SHARE >= share {
             return None;
@@ -245,7 +344,8 @@ impl AdaptiveLimit {
         let middle = WINDOW as usize / 2;
         let (_, &mut median, _) = w.latencies.select_nth_unstable_by(middle, f64::total_cmp);
         let lagging = self.lag_us.load(Ordering::Relaxed) > LAG_LIMIT.as_micros() as u64;
-        let congested = lagging || (w.baseline > 0.0 && median > TOLERANCE * w.baseline);
+        let queueing = w.baseline > 0.0 && median > TOLERANCE * w.baseline + QUEUE_SLACK;
+        let congested = lagging || queueing;
         if w.baseline == 0.0 {
             w.baseline = if lagging { 0.0 } else { median };
         } else if congested {
@@ -269,6 +369,51 @@ impl AdaptiveLimit {
         w.n = 0;
         w.max_in_flight = 0;
     }
+}
+
+/// Reads the CPU time of this process: every thread that competes with request handling for
+/// the cores (runtime workers, SQLite's blocking threads, the span exporter, the in-process
+/// downstream service), including the kernel's network processing done in their system calls.
+struct ProcessCpu {
+    /// CPUs this process may run on (its affinity mask and cgroup quota).
+    cpus: f64,
+}
+
+impl ProcessCpu {
+    fn new() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ProcessCpu { cpus: cpus as f64 }
+    }
+
+    fn read(&self) -> (Instant, Duration) {
+        (Instant::now(), process_cpu_time())
+    }
+
+    /// CPU time between two readings as a share of the CPUs' wall time.
+    fn utilization(&self, before: (Instant, Duration), after: (Instant, Duration)) -> f64 {
+        let wall = after.0.duration_since(before.0).as_secs_f64() * self.cpus;
+        let cpu = after.1.saturating_sub(before.1).as_secs_f64();
+        if wall > 0.0 { cpu / wall } else { 0.0 }
+    }
+}
+
+#[cfg(unix)]
+fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and the clock id a constant of the C library.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(not(unix))]
+fn process_cpu_time() -> Duration {
+    Duration::ZERO
 }
 
 /// The default lower bound, 2 per CPU: enough to keep every core busy while one request per
@@ -380,30 +525,112 @@ mod tests {
         assert_eq!(l.limit(), 64, "recovers once the runtime is on time");
     }
 
+    /// Admissions out of 4000 arrivals; each permit is dropped at once, so the concurrency
+    /// limit never binds.
+    fn admitted_of_4000(l: &Arc<AdaptiveLimit>) -> usize {
+        (0..4000).filter(|_| l.try_acquire().is_some()).count()
+    }
+
     #[test]
-    fn a_busy_run_queue_sheds_a_share_of_arrivals_until_it_drains() {
-        // Each permit is dropped at once, so the concurrency limit never binds here.
-        let admitted =
-            |l: &Arc<AdaptiveLimit>| (0..2000).filter(|_| l.try_acquire().is_some()).count();
+    fn a_saturated_cpu_sheds_a_share_of_arrivals_until_it_has_headroom() {
         let l = Arc::new(AdaptiveLimit::new(2, 64));
         for _ in 0..50 {
-            l.record_lag(Duration::from_micros(20));
+            l.record_probe(Duration::ZERO, UTIL_TARGET - 0.05);
         }
-        assert_eq!(admitted(&l), 2000, "a short run queue sheds nothing");
-        for _ in 0..50 {
-            l.record_lag(Duration::from_micros(500));
+        assert_eq!(
+            admitted_of_4000(&l),
+            4000,
+            "a busy CPU below the target sheds nothing"
+        );
+        for _ in 0..20 {
+            l.record_probe(Duration::ZERO, 1.0);
         }
-        assert_eq!(l.admit_share(), 0.5, "down to the floor");
-        let n = admitted(&l);
-        assert!((850..1150).contains(&n), "about half of 2000 admitted: {n}");
+        assert_eq!(l.admit_share(), 1.0 / 16.0, "down to the floor");
+        let n = admitted_of_4000(&l);
+        assert!(
+            (150..350).contains(&n),
+            "about a sixteenth of 4000 admitted: {n}"
+        );
         for _ in 0..100 {
-            l.record_lag(Duration::from_micros(5));
+            l.record_probe(Duration::ZERO, 0.2);
         }
+        assert_eq!(l.admit_share(), 1.0, "back to everything with headroom");
+    }
+
+    #[test]
+    fn the_admission_share_settles_where_the_cpu_meets_its_target() {
+        // A server offered 4× what it can serve: 5 % of a CPU on its own, and each arrival let
+        // through costs a quarter of the CPU per unit of share (a shed one 1 %).
+        let l = Arc::new(AdaptiveLimit::new(2, 64));
+        let mut used = Vec::new();
+        for _ in 0..400 {
+            let share = l.admit_share();
+            let utilization = (0.05 + 4.0 * (share * 0.25 + (1.0 - share) * 0.01)).min(1.0);
+            l.record_probe(Duration::ZERO, utilization);
+            used.push(utilization);
+        }
+        let settled = &used[200..];
+        let mean = settled.iter().sum::<f64>() / settled.len() as f64;
+        assert!(
+            (UTIL_TARGET - 0.05..UTIL_TARGET + 0.05).contains(&mean),
+            "mean utilization {mean}"
+        );
+        assert!(
+            settled.iter().all(|u| *u < 1.0),
+            "never back in saturation once settled: {settled:?}"
+        );
+    }
+
+    #[test]
+    fn a_backlog_on_a_saturated_cpu_halves_the_share_at_once() {
+        let l = Arc::new(AdaptiveLimit::new(2, 64));
+        l.record_probe(Duration::from_millis(3), 0.3);
         assert_eq!(
             l.admit_share(),
             1.0,
-            "back to everything once the queue drains"
+            "a late poll on an idle CPU is not a backlog"
         );
+        l.record_probe(Duration::from_millis(3), 0.95);
+        assert_eq!(
+            l.admit_share(),
+            0.5,
+            "without waiting for the smoothed utilization"
+        );
+    }
+
+    #[test]
+    fn an_overdue_heartbeat_sheds_every_arrival() {
+        let l = Arc::new(AdaptiveLimit::new(2, 64));
+        assert!(!l.backlogged(), "no probe runs yet: nothing to judge by");
+        l.beat();
+        assert_eq!(admitted_of_4000(&l), 4000, "a fresh beat sheds nothing");
+        let beat = l.epoch + Duration::from_nanos(l.heartbeat_ns.load(Ordering::Relaxed));
+        assert!(!l.backlogged_at(beat + BACKLOG_LATE / 2));
+        assert!(
+            l.backlogged_at(beat + BACKLOG_LATE + Duration::from_millis(1)),
+            "the runtime is behind its heartbeat"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_probe_beats_and_samples_on_the_runtime() {
+        let l = Arc::new(AdaptiveLimit::new(2, 64));
+        let probe = l.spawn_lag_probe().expect("adaptive limits run a probe");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while l.heartbeat_ns.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(!l.backlogged(), "an idle runtime keeps its heartbeat");
+        assert!(
+            Arc::new(AdaptiveLimit::fixed(3))
+                .spawn_lag_probe()
+                .is_none()
+        );
+        drop(l);
+        tokio::time::timeout(Duration::from_secs(10), probe)
+            .await
+            .expect("the probe ends with its limit")
+            .expect("the probe did not panic");
     }
 
     #[test]
