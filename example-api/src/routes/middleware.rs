@@ -196,9 +196,10 @@ pub async fn rate_limit(State(st): State<AppState>, mut req: Request, next: Next
     resp
 }
 
-/// Answers 503 + `Retry-After` at once when the concurrency limit (adaptive, see
-/// [`crate::resilience::limit`]) is reached, instead of queueing (a queue would only add latency
-/// to every request behind it).
+/// Answers 503 + `Retry-After` at once when the limiter ([`crate::resilience::limit`]) turns the
+/// request away — the process is over its CPU target, the runtime is working through a backlog,
+/// or the concurrency limit is reached — instead of queueing (a queue would only add latency to
+/// every request behind it).
 pub async fn load_shed(State(st): State<AppState>, req: Request, next: Next) -> Response {
     match st.shed.try_acquire() {
         Some(permit) => {
