@@ -169,6 +169,14 @@ impl Report {
     }
 }
 
+/// Latencies above this are recorded as this (the histogram's upper bound, 60 s).
+const MAX_LATENCY_MICROS: u64 = 60_000_000;
+
+/// A histogram of latencies in µs, 1 µs – 60 s, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3).expect("valid histogram bounds")
+}
+
 /// Picks an endpoint index by weight.
 pub fn pick(r: u32) -> usize {
     let total: u32 = MIX.iter().map(|m| m.2).sum();
@@ -228,8 +236,8 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
     }
     .max(1);
     let shared = Arc::new(Mutex::new(Shared {
-        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
-        admitted: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+        hist: latency_histogram(),
+        admitted: latency_histogram(),
         by_status: BTreeMap::new(),
         by_endpoint: BTreeMap::new(),
         admitted_by_endpoint: BTreeMap::new(),
@@ -322,24 +330,21 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
             if let Ok(r) = result {
                 let _ = r.bytes().await;
             }
-            let micros = intended.elapsed().as_micros().max(1) as u64;
+            let micros = (intended.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_MICROS);
             let failed =
                 !status.starts_with('2') && !status.starts_with('3') && !status.starts_with('4');
             let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = s.hist.record(micros.min(60_000_000));
+            let _ = s.hist.record(micros);
             let admitted = status.starts_with('2')
                 || status.starts_with('3')
                 || (status.starts_with('4') && status != "429");
             if admitted {
-                let _ = s.admitted.record(micros.min(60_000_000));
+                let _ = s.admitted.record(micros);
                 let _ = s
                     .admitted_by_endpoint
                     .entry(label.clone())
-                    .or_insert_with(|| {
-                        Histogram::new_with_bounds(1, 60_000_000, 3)
-                            .expect("valid histogram bounds")
-                    })
-                    .record(micros.min(60_000_000));
+                    .or_insert_with(latency_histogram)
+                    .record(micros);
             }
             *s.by_status.entry(status).or_default() += 1;
             let e = s.by_endpoint.entry(label).or_default();

@@ -265,8 +265,6 @@ impl QueueState {
     }
 }
 
-/// Starts the export thread for `queue`: batches become requests to `endpoint` (the base URL)
-/// over `protocol` (`http/protobuf`, `http/json` or `grpc`).
 /// The export thread's niceness. Exporting is background work with a bounded queue in front:
 /// when requests and the exporter want the same saturated core, requests should win and the
 /// queue should drop spans (counted), not the other way round. At nice 10 the thread still gets
@@ -288,6 +286,8 @@ fn lower_thread_priority() {
     }
 }
 
+/// Starts the export thread for `queue`: batches become requests to `endpoint` (the base URL)
+/// over `protocol` (`http/protobuf`, `http/json` or `grpc`).
 pub fn start_exporter(
     queue: Arc<SpanQueue>,
     endpoint: &str,

@@ -236,8 +236,8 @@ impl AdaptiveLimit {
                 if sampled.elapsed() < LAG_PERIOD {
                     continue;
                 }
-                sampled = Instant::now();
                 let start = Instant::now();
+                sampled = start;
                 tokio::task::yield_now().await;
                 let delay = start.elapsed();
                 let now = cpu.read();
@@ -285,13 +285,10 @@ impl AdaptiveLimit {
             .store(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    /// Whether the probe is overdue: it was due every [`HEARTBEAT_PERIOD`] and has not run for
-    /// [`BACKLOG_LATE`], so the runtime is working through a backlog and whatever is polled now
-    /// arrived long ago. Shedding it drains the backlog several times faster than serving it.
-    fn backlogged(&self) -> bool {
-        self.backlogged_at(Instant::now())
-    }
-
+    /// Whether the probe is overdue at `now`: it was due every [`HEARTBEAT_PERIOD`] and has not
+    /// run for [`BACKLOG_LATE`], so the runtime is working through a backlog and whatever is
+    /// polled now arrived long ago. Shedding it drains the backlog several times faster than
+    /// serving it.
     fn backlogged_at(&self, now: Instant) -> bool {
         let beat = self.heartbeat_ns.load(Ordering::Relaxed);
         if beat == 0 {
@@ -309,7 +306,8 @@ impl AdaptiveLimit {
     /// Admits a request if it falls within the admission share and fewer than the limit are in
     /// progress.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        if self.backlogged() {
+        let now = Instant::now();
+        if self.backlogged_at(now) {
             return None;
         }
         let share = self.admit_share.load(Ordering::Relaxed);
@@ -324,7 +322,7 @@ impl AdaptiveLimit {
             .ok()?;
         Some(Permit {
             limit: self.clone(),
-            start: Instant::now(),
+            start: now,
         })
     }
 
@@ -601,7 +599,10 @@ mod tests {
     #[test]
     fn an_overdue_heartbeat_sheds_every_arrival() {
         let l = Arc::new(AdaptiveLimit::new(2, 64));
-        assert!(!l.backlogged(), "no probe runs yet: nothing to judge by");
+        assert!(
+            !l.backlogged_at(Instant::now() + Duration::from_secs(1)),
+            "no probe runs yet: nothing to judge by"
+        );
         l.beat();
         assert_eq!(admitted_of_4000(&l), 4000, "a fresh beat sheds nothing");
         let beat = l.epoch + Duration::from_nanos(l.heartbeat_ns.load(Ordering::Relaxed));
@@ -620,7 +621,15 @@ mod tests {
         while l.heartbeat_ns.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert!(!l.backlogged(), "an idle runtime keeps its heartbeat");
+        assert_ne!(
+            l.heartbeat_ns.load(Ordering::Relaxed),
+            0,
+            "the probe beat within the deadline"
+        );
+        assert!(
+            !l.backlogged_at(Instant::now()),
+            "an idle runtime keeps its heartbeat"
+        );
         assert!(
             Arc::new(AdaptiveLimit::fixed(3))
                 .spawn_lag_probe()
