@@ -602,8 +602,8 @@ async fn overload(
     ];
     out.push_str(&format!(
         "## Overload: weighted mix, base {:.0} req/s then 10×, {} s per run\n\n\
-         | limit | load | offered req/s | completed | admitted | shed (429+503) | other 5xx | client errors | admitted p50 ms | admitted p99 ms |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | limit | load | offered req/s | completed | admitted | shed (429+503) | other 5xx | client errors | admitted p50 ms | admitted p99 ms | server CPU |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
         o.base_rate, o.secs
     ));
     let mut ratios = Vec::new();
@@ -619,8 +619,8 @@ async fn overload(
         )
         .await?;
         load(&srv.url, o.base_rate, 3, None).await?; // warm-up
-        let base = load(&srv.url, o.base_rate, o.secs, None).await?;
-        let over = load(&srv.url, o.base_rate * 10.0, o.secs, None).await?;
+        let (base, base_cpu) = load_with_cpu(&srv, o.base_rate, o.secs).await?;
+        let (over, over_cpu) = load_with_cpu(&srv, o.base_rate * 10.0, o.secs).await?;
         drop(srv);
         let shed = |r: &Report| {
             r.by_status.get("503").copied().unwrap_or(0)
@@ -634,7 +634,7 @@ async fn overload(
                 .sum::<u64>()
         };
         let ap99 = |r: &Report| r.admitted.value_at_quantile(0.99) as f64 / 1000.0;
-        for (name, r) in [("base", &base), ("10×", &over)] {
+        for (name, r, cpu) in [("base", &base, base_cpu), ("10×", &over, over_cpu)] {
             let client_err: u64 = r
                 .by_status
                 .iter()
@@ -642,7 +642,7 @@ async fn overload(
                 .map(|(_, v)| *v)
                 .sum();
             out.push_str(&format!(
-                "| {label} | {name} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
+                "| {label} | {name} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} % |\n",
                 r.target_rate,
                 r.completed,
                 r.admitted.len(),
@@ -650,7 +650,8 @@ async fn overload(
                 other_5xx(r),
                 client_err,
                 r.admitted.value_at_quantile(0.5) as f64 / 1000.0,
-                ap99(r)
+                ap99(r),
+                cpu * 100.0
             ));
         }
         ratios.push((label.clone(), ap99(&over) / ap99(&base).max(1e-9)));
@@ -668,6 +669,72 @@ async fn overload(
             "Admitted p99 by endpoint at 10×, limit {label}: {tail}\n"
         ));
     }
+    rejection_cost(o, server_cpu, sink, out).await
+}
+
+/// Runs a load against `srv` and returns its report with the server's CPU time over the run,
+/// as a share of one CPU's wall time.
+async fn load_with_cpu(srv: &Server, rate: f64, secs: u64) -> Result<(Report, f64), BenchError> {
+    let before = cpu_secs(srv.pid);
+    let report = load(&srv.url, rate, secs, None).await?;
+    Ok((report, (cpu_secs(srv.pid) - before) / secs as f64))
+}
+
+/// What shedding the whole 10× load costs: a server whose only permit is held (a POST whose
+/// body never comes, so its handler waits) answers every arrival with 503, and its CPU time per
+/// request is the price of a rejection, whose inverse is the most arrivals one CPU can turn
+/// away. Once the overload nears that rate, rejecting alone saturates the server and arrivals
+/// wait in the socket backlog before any limit sees them: shedding has to move in front of the
+/// process (a proxy's connection or rate limit).
+async fn rejection_cost(
+    o: &BenchOptions,
+    server_cpu: Option<usize>,
+    sink: &str,
+    out: &mut String,
+) -> Result<(), BenchError> {
+    use tokio::io::AsyncWriteExt;
+    let srv = spawn_server(
+        &o.exe,
+        &o.dir.join("rejection.db"),
+        Some(sink),
+        &["--max-concurrency", "1", "--fixed-concurrency"],
+        server_cpu,
+        &[],
+    )
+    .await?;
+    let mut holder = tokio::net::TcpStream::connect(srv.url.trim_start_matches("http://")).await?;
+    holder
+        .write_all(
+            b"POST /v1/products HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n",
+        )
+        .await?;
+    let rate = o.base_rate * 10.0;
+    // Until the held request has its permit, some arrivals are still admitted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = load(&srv.url, 50.0, 1, None).await?;
+        if probe.by_status.get("503") == Some(&probe.completed)
+            || tokio::time::Instant::now() > deadline
+        {
+            break;
+        }
+    }
+    let (r, cpu) = load_with_cpu(&srv, rate, o.secs).await?;
+    drop(holder);
+    drop(srv);
+    let shed = r.by_status.get("503").copied().unwrap_or(0);
+    let micros = cpu * o.secs as f64 / r.completed.max(1) as f64 * 1e6;
+    out.push_str(&format!(
+        "\n## Rejection cost: every arrival shed, {rate:.0} req/s for {} s\n\n\
+         {shed} of {} responses were 503. Server CPU **{:.0} %** of a CPU, **{micros:.1} µs per rejection**: \
+         one CPU turns away at most about {:.0} req/s, so an overload nearing that rate must be shed in front \
+         of the process.\n",
+        o.secs,
+        r.completed,
+        cpu * 100.0,
+        1e6 / micros.max(1e-3),
+    ));
     Ok(())
 }
 
