@@ -63,6 +63,8 @@ pub struct BenchOptions {
 struct Server {
     child: Child,
     url: String,
+    /// The loopback admin endpoint (`/admin/state` counts shed arrivals per rule).
+    admin: String,
     pid: u32,
 }
 
@@ -206,16 +208,23 @@ async fn spawn_server(
     let pid = child.id().unwrap_or(0);
     let stdout = child.stdout.take().ok_or(BenchError::NoAddress)?;
     let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .map_err(|_| BenchError::NoAddress)??
-        .ok_or(BenchError::NoAddress)?;
-    let url = first
-        .strip_prefix("listening on ")
-        .ok_or(BenchError::NoAddress)?
-        .to_string();
+    let mut announced = async |prefix: &str| -> Result<String, BenchError> {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .map_err(|_| BenchError::NoAddress)??
+            .ok_or(BenchError::NoAddress)?;
+        let addr = line.strip_prefix(prefix).ok_or(BenchError::NoAddress)?;
+        Ok(addr.to_string())
+    };
+    let url = announced("listening on ").await?;
+    let admin = announced("admin on ").await?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Server { child, url, pid })
+    Ok(Server {
+        child,
+        url,
+        admin,
+        pid,
+    })
 }
 
 fn cpu_secs(pid: u32) -> f64 {
@@ -602,8 +611,8 @@ async fn overload(
     ];
     out.push_str(&format!(
         "## Overload: weighted mix, base {:.0} req/s then 10×, {} s per run\n\n\
-         | limit | load | offered req/s | completed | admitted | shed (429+503) | other 5xx | client errors | admitted p50 ms | admitted p99 ms | server CPU |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         | limit | load | offered req/s | completed | admitted | shed (429+503) | other 5xx | client errors | admitted p50 ms | admitted p99 ms | server CPU | shed by rule |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         o.base_rate, o.secs
     ));
     let mut ratios = Vec::new();
@@ -619,8 +628,8 @@ async fn overload(
         )
         .await?;
         load(&srv.url, o.base_rate, 3, None).await?; // warm-up
-        let (base, base_cpu) = load_with_cpu(&srv, o.base_rate, o.secs).await?;
-        let (over, over_cpu) = load_with_cpu(&srv, o.base_rate * 10.0, o.secs).await?;
+        let base = load_phase(&srv, o.base_rate, o.secs).await?;
+        let over = load_phase(&srv, o.base_rate * 10.0, o.secs).await?;
         drop(srv);
         let shed = |r: &Report| {
             r.by_status.get("503").copied().unwrap_or(0)
@@ -634,7 +643,8 @@ async fn overload(
                 .sum::<u64>()
         };
         let ap99 = |r: &Report| r.admitted.value_at_quantile(0.99) as f64 / 1000.0;
-        for (name, r, cpu) in [("base", &base, base_cpu), ("10×", &over, over_cpu)] {
+        for (name, phase) in [("base", &base), ("10×", &over)] {
+            let r = &phase.report;
             let client_err: u64 = r
                 .by_status
                 .iter()
@@ -642,7 +652,7 @@ async fn overload(
                 .map(|(_, v)| *v)
                 .sum();
             out.push_str(&format!(
-                "| {label} | {name} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} % |\n",
+                "| {label} | {name} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} % | {} |\n",
                 r.target_rate,
                 r.completed,
                 r.admitted.len(),
@@ -651,11 +661,20 @@ async fn overload(
                 client_err,
                 r.admitted.value_at_quantile(0.5) as f64 / 1000.0,
                 ap99(r),
-                cpu * 100.0
+                phase.cpu * 100.0,
+                phase
+                    .shed_by_rule
+                    .iter()
+                    .map(|(rule, n)| format!("{rule} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
-        ratios.push((label.clone(), ap99(&over) / ap99(&base).max(1e-9)));
-        tails.push((label.clone(), slowest_endpoints(&over)));
+        ratios.push((
+            label.clone(),
+            ap99(&over.report) / ap99(&base.report).max(1e-9),
+        ));
+        tails.push((label.clone(), slowest_endpoints(&over.report)));
     }
     out.push('\n');
     for (label, ratio) in ratios {
@@ -672,12 +691,59 @@ async fn overload(
     rejection_cost(o, server_cpu, sink, out).await
 }
 
-/// Runs a load against `srv` and returns its report with the server's CPU time over the run,
-/// as a share of one CPU's wall time.
-async fn load_with_cpu(srv: &Server, rate: f64, secs: u64) -> Result<(Report, f64), BenchError> {
-    let before = cpu_secs(srv.pid);
+/// What the server spent and shed during one load phase.
+struct Phase {
+    report: Report,
+    /// The server's CPU time over the phase, as a share of one CPU's wall time.
+    cpu: f64,
+    /// Arrivals shed by each of the limiter's rules, as `/admin/state` counts them.
+    shed_by_rule: Vec<(String, u64)>,
+}
+
+/// Runs a load against `srv` and measures the server's side of it.
+async fn load_phase(srv: &Server, rate: f64, secs: u64) -> Result<Phase, BenchError> {
+    let (shed_before, cpu_before) = (shed_by_rule(srv).await, cpu_secs(srv.pid));
     let report = load(&srv.url, rate, secs, None).await?;
-    Ok((report, (cpu_secs(srv.pid) - before) / secs as f64))
+    let cpu = (cpu_secs(srv.pid) - cpu_before) / secs as f64;
+    let shed_by_rule = shed_by_rule(srv)
+        .await
+        .into_iter()
+        .map(|(rule, n)| {
+            let before = shed_before
+                .iter()
+                .find(|(r, _)| *r == rule)
+                .map_or(0, |b| b.1);
+            (rule, n.saturating_sub(before))
+        })
+        .collect();
+    Ok(Phase {
+        report,
+        cpu,
+        shed_by_rule,
+    })
+}
+
+/// The server's shed arrivals so far per rule (empty if its admin endpoint does not answer).
+async fn shed_by_rule(srv: &Server) -> Vec<(String, u64)> {
+    let state: Option<serde_json::Value> = async {
+        reqwest::get(format!("{}/admin/state", srv.admin))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+    .await;
+    state
+        .as_ref()
+        .and_then(|s| s["shed"]["rejected"].as_object())
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|(rule, n)| (rule.clone(), n.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What shedding the whole 10× load costs: a server whose only permit is held (a POST whose
@@ -720,7 +786,7 @@ async fn rejection_cost(
             break;
         }
     }
-    let (r, cpu) = load_with_cpu(&srv, rate, o.secs).await?;
+    let Phase { report: r, cpu, .. } = load_phase(&srv, rate, o.secs).await?;
     drop(holder);
     drop(srv);
     let shed = r.by_status.get("503").copied().unwrap_or(0);

@@ -132,6 +132,30 @@ struct Window {
     baseline: f64,
 }
 
+/// Why an arrival was shed: which of the limiter's three rules turned it away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The runtime was working through a backlog (the probe's heartbeat was late).
+    Backlog,
+    /// The arrival fell outside the admission share (the process is over its CPU target).
+    Cpu,
+    /// The concurrency limit was reached.
+    Concurrency,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 3] = [Rejection::Backlog, Rejection::Cpu, Rejection::Concurrency];
+
+    /// The name used in metrics and the admin state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Backlog => "backlog",
+            Rejection::Cpu => "cpu",
+            Rejection::Concurrency => "concurrency",
+        }
+    }
+}
+
 /// A concurrency limit that adapts to latency; `min == max` makes it fixed.
 #[derive(Debug)]
 pub struct AdaptiveLimit {
@@ -149,6 +173,8 @@ pub struct AdaptiveLimit {
     epoch: Instant,
     /// When the probe last ran, in ns since `epoch`; 0 while no probe runs.
     heartbeat_ns: AtomicU64,
+    /// Arrivals shed so far, per [`Rejection`] (in the order of [`Rejection::ALL`]).
+    rejected: [AtomicU64; 3],
     window: Mutex<Window>,
 }
 
@@ -182,6 +208,7 @@ impl AdaptiveLimit {
             admit_share: AtomicU32::new(FULL_SHARE),
             epoch: Instant::now(),
             heartbeat_ns: AtomicU64::new(0),
+            rejected: Default::default(),
             window: Mutex::new(Window {
                 n: 0,
                 latencies: [0.0; WINDOW as usize],
@@ -303,27 +330,40 @@ impl AdaptiveLimit {
         f64::from(self.admit_share.load(Ordering::Relaxed)) / f64::from(FULL_SHARE)
     }
 
-    /// Admits a request if it falls within the admission share and fewer than the limit are in
-    /// progress.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+    /// Admits a request if the runtime is not working through a backlog, the request falls
+    /// within the admission share and fewer than the limit are in progress.
+    pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, Rejection> {
         let now = Instant::now();
+        self.check_admission(now).inspect_err(|&r| {
+            self.rejected[r as usize].fetch_add(1, Ordering::Relaxed);
+        })?;
+        Ok(Permit {
+            limit: self.clone(),
+            start: now,
+        })
+    }
+
+    /// The three rules in order, taking a slot when all pass.
+    fn check_admission(&self, now: Instant) -> Result<(), Rejection> {
         if self.backlogged_at(now) {
-            return None;
+            return Err(Rejection::Backlog);
         }
         let share = self.admit_share.load(Ordering::Relaxed);
         if share < FULL_SHARE && rand::random::<u32>() % FULL_SHARE >= share {
-            return None;
+            return Err(Rejection::Cpu);
         }
         let limit = self.limit();
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < limit).then_some(n + 1)
             })
-            .ok()?;
-        Some(Permit {
-            limit: self.clone(),
-            start: now,
-        })
+            .map(drop)
+            .map_err(|_| Rejection::Concurrency)
+    }
+
+    /// Arrivals shed so far by `reason`.
+    pub fn rejected(&self, reason: Rejection) -> u64 {
+        self.rejected[reason as usize].load(Ordering::Relaxed)
     }
 
     /// `in_flight` is the count including the request that just completed.
@@ -440,9 +480,14 @@ mod tests {
         let l = Arc::new(AdaptiveLimit::fixed(2));
         let a = l.try_acquire().expect("first");
         let _b = l.try_acquire().expect("second");
-        assert!(l.try_acquire().is_none(), "third is over the limit");
+        assert_eq!(
+            l.try_acquire().err(),
+            Some(Rejection::Concurrency),
+            "third is over the limit"
+        );
+        assert_eq!(l.rejected(Rejection::Concurrency), 1);
         drop(a);
-        assert!(l.try_acquire().is_some(), "a slot was freed");
+        assert!(l.try_acquire().is_ok(), "a slot was freed");
     }
 
     #[test]
@@ -526,7 +571,7 @@ mod tests {
     /// Admissions out of 4000 arrivals; each permit is dropped at once, so the concurrency
     /// limit never binds.
     fn admitted_of_4000(l: &Arc<AdaptiveLimit>) -> usize {
-        (0..4000).filter(|_| l.try_acquire().is_some()).count()
+        (0..4000).filter(|_| l.try_acquire().is_ok()).count()
     }
 
     #[test]
@@ -548,6 +593,11 @@ mod tests {
         assert!(
             (150..350).contains(&n),
             "about a sixteenth of 4000 admitted: {n}"
+        );
+        assert_eq!(
+            l.rejected(Rejection::Cpu),
+            4000 - n as u64,
+            "every arrival turned away was counted as a CPU rejection"
         );
         for _ in 0..100 {
             l.record_probe(Duration::ZERO, 0.2);

@@ -3,6 +3,7 @@
 
 use super::AppState;
 use crate::faults::FaultSettings;
+use crate::resilience::limit::Rejection;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -36,6 +37,15 @@ async fn state_view(State(st): State<AppState>) -> Json<Value> {
         "downstream": {
             "attempts": st.recs.attempts(),
             "received": st.downstream_received.load(Ordering::Relaxed),
+        },
+        "shed": {
+            "limit": st.shed.limit(),
+            "in_flight": st.shed.in_flight(),
+            "admit_share": st.shed.admit_share(),
+            "rejected": Rejection::ALL
+                .iter()
+                .map(|&r| (r.as_str(), st.shed.rejected(r)))
+                .collect::<std::collections::BTreeMap<_, _>>(),
         },
         "db": {
             "statements": c.statements.load(Ordering::Relaxed),

@@ -202,13 +202,16 @@ pub async fn rate_limit(State(st): State<AppState>, mut req: Request, next: Next
 /// every request behind it).
 pub async fn load_shed(State(st): State<AppState>, req: Request, next: Next) -> Response {
     match st.shed.try_acquire() {
-        Some(permit) => {
+        Ok(permit) => {
             let resp = next.run(req).await;
             drop(permit);
             resp
         }
-        None => {
-            st.telemetry.m.shed.add(1, &[]);
+        Err(reason) => {
+            st.telemetry
+                .m
+                .shed
+                .add(1, &[KeyValue::new("reason", reason.as_str())]);
             overloaded()
         }
     }
