@@ -349,6 +349,12 @@ async fn load_shedding_rejects_instead_of_queueing() {
         }
     }
     assert_eq!((ok, shed), (2, 8));
+    let rejected = &app.admin_state().await["shed"]["rejected"];
+    assert_eq!(
+        (rejected["concurrency"].as_u64(), rejected["cpu"].as_u64()),
+        (Some(8), Some(0)),
+        "each rejection is counted under the rule that made it: {rejected}"
+    );
     app.set_faults(FaultSettings::default()).await;
     // Health checks are never shed.
     assert_eq!(app.get("/healthz").send().await.unwrap().status(), 200);
