@@ -36,8 +36,10 @@
 //!   [`SHARE_STEP_DOWN`] and [`SHARE_STEP_UP`] and a floor of [`MIN_SHARE`]; a sample that is
 //!   both saturated and late halves it at once. Below the target the share climbs back to
 //!   everything; above it, it falls until the process uses about the target share of its CPUs.
-//!   Shed arrivals cost a fraction of admitted ones (on a slow core about 45 µs against 300 µs
-//!   for the mix), so the core leaves saturation and admitted requests stop queueing.
+//!   Shed arrivals cost a fraction of admitted ones (on a slow core 45–65 µs of CPU against
+//!   300–800 µs for a request of the mix), so the core leaves saturation and admitted requests
+//!   stop queueing. The price of a rejection also bounds what one core can shed at all (15–20k
+//!   req/s there): beyond it, shedding belongs in front of the process.
 //! - **Backlog shedding** (like CoDel's sojourn time, measured on the runtime): the probe beats
 //!   every millisecond, and while its beat is older than [`BACKLOG_LATE`] the runtime is working
 //!   through a backlog, so every arrival polled meanwhile is shed. This covers the first tens of
