@@ -11,7 +11,10 @@
 //!    The sink counts the spans it receives, so dropped spans would show.
 //! 2. Overload: the weighted mix at a base rate, then at 10× that rate (open model), against the
 //!    `serve` defaults (adaptive concurrency limit) and, for comparison, a fixed limit:
-//!    admitted p99 versus unloaded p99, shed responses, and any other 5xx.
+//!    admitted p99 versus unloaded p99, shed responses, and any other 5xx, with the server's CPU
+//!    and the arrivals each of the limiter's rules shed in each phase.
+//! 3. Rejection cost: the 10× rate against a server that sheds every arrival, for the CPU time
+//!    of one 503 and so the most arrivals one CPU can turn away.
 
 use crate::loadgen::{self, Options, Report};
 use axum::Router;
