@@ -364,7 +364,10 @@ async fn load_shedding_rejects_instead_of_queueing() {
 /// The default limit adapts: it starts at the cap (here 64), and once latency queues up (the database slows from 2 ms to 40 ms per query) the limit falls to its
 /// floor and the excess is shed at once instead of waiting. A fixed limit of 64 would admit all
 /// 16 concurrent requests below.
-#[tokio::test]
+// Several workers: on one thread shared with the client, a debug build on a slow machine took
+// longer than the backlog rule's 3 ms to get through a burst of 16, the limiter's heartbeat was
+// always late, and every arrival of 1,436 bursts was shed as backlog before any latency counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn adaptive_limit_sheds_when_latency_rises() {
     let app = TestApp::spawn_with(|c| {
         c.max_concurrency = 64;
@@ -400,6 +403,9 @@ async fn adaptive_limit_sheds_when_latency_rises() {
     // look normal). Nothing is asserted about the limit here: the runtime-lag signal may
     // already cut it (that it grows back when latency is normal is covered by the unit tests in
     // `resilience::limit`); only that nothing but 200 and 503 is answered.
+    // The bursts are paced: shed bursts return at once, and back to back they would overload
+    // the test's own process, whose CPU time and runtime lag the limiter reads.
+    let pace = || tokio::time::sleep(Duration::from_millis(25));
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut bursts = 0;
     while bursts < 4 || !app.state.shed.has_baseline() {
@@ -410,6 +416,7 @@ async fn adaptive_limit_sheds_when_latency_rises() {
         let r = burst(16).await;
         assert!(r.iter().all(|(s, _)| *s == 200 || *s == 503), "{r:?}");
         bursts += 1;
+        pace().await;
     }
     app.set_faults(FaultSettings {
         db_latency_ms: 40,
@@ -424,6 +431,7 @@ async fn adaptive_limit_sheds_when_latency_rises() {
             app.state.shed.limit()
         );
         burst(16).await;
+        pace().await;
     }
     let r = burst(16).await;
     let ok = r.iter().filter(|(s, _)| *s == 200).count();
