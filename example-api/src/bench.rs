@@ -20,6 +20,7 @@ use crate::loadgen::{self, Options, Report};
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -700,7 +701,7 @@ struct Phase {
     /// The server's CPU time over the phase, as a share of one CPU's wall time.
     cpu: f64,
     /// Arrivals shed by each of the limiter's rules, as `/admin/state` counts them.
-    shed_by_rule: Vec<(String, u64)>,
+    shed_by_rule: BTreeMap<String, u64>,
 }
 
 /// Runs a load against `srv` and measures the server's side of it.
@@ -712,10 +713,7 @@ async fn load_phase(srv: &Server, rate: f64, secs: u64) -> Result<Phase, BenchEr
         .await
         .into_iter()
         .map(|(rule, n)| {
-            let before = shed_before
-                .iter()
-                .find(|(r, _)| *r == rule)
-                .map_or(0, |b| b.1);
+            let before = shed_before.get(&rule).copied().unwrap_or(0);
             (rule, n.saturating_sub(before))
         })
         .collect();
@@ -727,7 +725,7 @@ async fn load_phase(srv: &Server, rate: f64, secs: u64) -> Result<Phase, BenchEr
 }
 
 /// The server's shed arrivals so far per rule (empty if its admin endpoint does not answer).
-async fn shed_by_rule(srv: &Server) -> Vec<(String, u64)> {
+async fn shed_by_rule(srv: &Server) -> BTreeMap<String, u64> {
     let state: Option<serde_json::Value> = async {
         reqwest::get(format!("{}/admin/state", srv.admin))
             .await

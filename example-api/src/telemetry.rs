@@ -7,11 +7,14 @@
 //! Also holds the instruments every module records into and small span helpers that follow the
 //! HTTP and database semantic conventions.
 
+use crate::resilience::limit::Rejection;
 use crate::sampling::Sampling;
 use crate::span_export::{self, BatchSettings, ExportCounters, SpanQueue};
 use crate::tracer::{EncodedAttribute, RecordingSpan, SpanLimits, SpanName, Tracer};
 use foldhash::fast::RandomState;
-use opentelemetry::metrics::{BoundHistogram, Counter, Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{
+    BoundCounter, BoundHistogram, Counter, Histogram, Meter, MeterProvider as _,
+};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
@@ -316,7 +319,9 @@ pub struct Instruments {
     pub ratelimit_rejections: Counter<u64>,
     pub breaker_transitions: Counter<u64>,
     pub retries: Counter<u64>,
-    pub shed: Counter<u64>,
+    /// `http.server.shed_requests`, bound once per `reason` (indexed by [`Rejection`]): a
+    /// rejection is the path that must stay cheapest under overload.
+    pub shed: [BoundCounter<u64>; 3],
     pub view_flushes: Counter<u64>,
 }
 
@@ -365,10 +370,13 @@ impl Instruments {
                 .u64_counter("http.client.retries")
                 .with_unit("{retry}")
                 .build(),
-            shed: meter
-                .u64_counter("http.server.shed_requests")
-                .with_unit("{request}")
-                .build(),
+            shed: {
+                let counter = meter
+                    .u64_counter("http.server.shed_requests")
+                    .with_unit("{request}")
+                    .build();
+                Rejection::ALL.map(|r| counter.bind(&[KeyValue::new("reason", r.as_str())]))
+            },
             view_flushes: meter
                 .u64_counter("write_behind.flushes")
                 .with_unit("{flush}")
@@ -758,5 +766,48 @@ mod tests {
             })
         });
         assert!(found);
+    }
+
+    #[test]
+    fn shed_requests_are_counted_per_reason() {
+        let metrics = InMemoryMetricExporter::default();
+        let mp = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(metrics.clone()).build())
+            .build();
+        let m = Instruments::new(&mp.meter("t"));
+        m.shed[Rejection::Cpu as usize].add(3);
+        m.shed[Rejection::Backlog as usize].add(1);
+        mp.force_flush().unwrap();
+        let mut counts = std::collections::BTreeMap::new();
+        for rm in metrics.get_finished_metrics().unwrap() {
+            for sm in rm.scope_metrics() {
+                for metric in sm.metrics() {
+                    if metric.name() != "http.server.shed_requests" {
+                        continue;
+                    }
+                    let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+                        panic!("a u64 sum");
+                    };
+                    for dp in sum.data_points() {
+                        let reason = dp
+                            .attributes()
+                            .find(|kv| kv.key.as_str() == "reason")
+                            .map(|kv| kv.value.to_string());
+                        counts.insert(reason, dp.value());
+                    }
+                }
+            }
+        }
+        // Bound up front, every reason exports a series from the start, at 0 until it occurs.
+        assert_eq!(
+            counts,
+            [
+                (Some("backlog".to_string()), 1),
+                (Some("concurrency".to_string()), 0),
+                (Some("cpu".to_string()), 3)
+            ]
+            .into(),
+            "one series per reason"
+        );
     }
 }

@@ -208,10 +208,7 @@ pub async fn load_shed(State(st): State<AppState>, req: Request, next: Next) -> 
             resp
         }
         Err(reason) => {
-            st.telemetry
-                .m
-                .shed
-                .add(1, &[KeyValue::new("reason", reason.as_str())]);
+            st.telemetry.m.shed[reason as usize].add(1);
             overloaded()
         }
     }
