@@ -656,11 +656,17 @@ mod tests {
             "no probe runs yet: nothing to judge by"
         );
         l.beat();
-        assert_eq!(admitted_of_4000(&l), 4000, "a fresh beat sheds nothing");
+        // Judged at instants relative to the beat, not by the wall clock: a loaded CI machine
+        // can stall this thread for longer than BACKLOG_LATE between two lines.
         let beat = l.epoch + Duration::from_nanos(l.heartbeat_ns.load(Ordering::Relaxed));
-        assert!(!l.backlogged_at(beat + BACKLOG_LATE / 2));
-        assert!(
-            l.backlogged_at(beat + BACKLOG_LATE + Duration::from_millis(1)),
+        assert_eq!(
+            l.check_admission(beat + BACKLOG_LATE / 2),
+            Ok(()),
+            "a fresh beat sheds nothing"
+        );
+        assert_eq!(
+            l.check_admission(beat + BACKLOG_LATE + Duration::from_millis(1)),
+            Err(Rejection::Backlog),
             "the runtime is behind its heartbeat"
         );
     }
@@ -669,19 +675,21 @@ mod tests {
     async fn the_probe_beats_and_samples_on_the_runtime() {
         let l = Arc::new(AdaptiveLimit::new(2, 64));
         let probe = l.spawn_lag_probe().expect("adaptive limits run a probe");
+        // Polled, not checked once: a loaded machine may stall this thread past BACKLOG_LATE,
+        // but a probe that keeps beating is seen current again within the deadline.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while l.heartbeat_ns.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        let mut beats = std::collections::BTreeSet::new();
+        let mut seen_current = false;
+        while (beats.len() < 3 || !seen_current) && Instant::now() < deadline {
+            let beat = l.heartbeat_ns.load(Ordering::Relaxed);
+            if beat != 0 {
+                beats.insert(beat);
+                seen_current |= beats.len() >= 3 && !l.backlogged_at(Instant::now());
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert_ne!(
-            l.heartbeat_ns.load(Ordering::Relaxed),
-            0,
-            "the probe beat within the deadline"
-        );
-        assert!(
-            !l.backlogged_at(Instant::now()),
-            "an idle runtime keeps its heartbeat"
-        );
+        assert!(beats.len() >= 3, "the probe kept beating: {beats:?}");
+        assert!(seen_current, "an idle runtime keeps its heartbeat");
         assert!(
             Arc::new(AdaptiveLimit::fixed(3))
                 .spawn_lag_probe()
