@@ -26,7 +26,7 @@ service = "shop"
 method = "GET"
 route = "/checkout"
 stat = "p99"
-window = "5s"
+window = "15s"
 threshold = 100
 labels = {{ severity = "page" }}
 annotations = {{ summary = "p99 of checkout is {{{{ value }}}}" }}
@@ -149,9 +149,11 @@ async fn a_rule_fires_mails_evidence_resolves_and_survives_restarts_and_smtp_out
     );
     assert!(image.contents().starts_with(b"\x89PNG"), "a real PNG");
 
-    // A restart while firing: still firing, nothing sent twice.
+    // A restart while firing: still firing, nothing sent twice. (The window is wide enough
+    // that a slow restart does not let the slow requests age out of it before they resume.)
     redline.stop().await;
     let redline = TestRedline::start_in(layer.clone()).await;
+    send(&redline, 300, 20).await;
     let state = poll(Duration::from_secs(10), || async {
         let state = alert_state(&redline).await;
         (state == "firing").then_some(state)
@@ -381,7 +383,7 @@ async fn the_alerts_page_shows_rules_alerts_silences_and_chart_thresholds() {
     std::fs::write(
         &path,
         format!(
-            "{RECEIVER}[[rule]]\nname = \"SlowCheckout\"\nservice = \"shop\"\nmethod = \"GET\"\nroute = \"/checkout\"\nstat = \"p99\"\nwindow = \"5s\"\nthreshold = 100\nlabels = {{ severity = \"page\", team = \"<script>alert(1)</script>\" }}\nannotations = {{ summary = \"checkout p99 is {{{{ value }}}}\" }}\n[route]\nreceiver = \"r\"\ngroup_wait = \"1s\"\n"
+            "{RECEIVER}[[rule]]\nname = \"SlowCheckout\"\nservice = \"shop\"\nmethod = \"GET\"\nroute = \"/checkout\"\nstat = \"p99\"\nwindow = \"1m\"\nthreshold = 100\nlabels = {{ severity = \"page\", team = \"<script>alert(1)</script>\" }}\nannotations = {{ summary = \"checkout p99 is {{{{ value }}}}\" }}\n[route]\nreceiver = \"r\"\ngroup_wait = \"1s\"\n"
         ),
     )
     .unwrap();

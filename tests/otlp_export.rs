@@ -401,7 +401,7 @@ async fn traces_keep_the_span_tree() {
     let list = redline
         .wait_for(
             "/api/v1/traces?service=tree&error=true&since=10m",
-            Duration::from_secs(5),
+            Duration::from_secs(15),
             |b| b["traces"].as_array().is_some_and(|t| !t.is_empty()),
         )
         .await;

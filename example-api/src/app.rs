@@ -104,7 +104,12 @@ impl App {
         let (redis_cache, redis_rl) = match &cfg.redis_url {
             Some(url) => {
                 let client = redis::Client::open(url.as_str())?;
-                let conn = client.get_connection_manager().await?;
+                let conn = client
+                    .get_connection_manager_with_config(
+                        redis::aio::ConnectionManagerConfig::new()
+                            .set_response_timeout(Some(cfg.redis_timeout)),
+                    )
+                    .await?;
                 (
                     Some((client, conn.clone(), cfg.redis_prefix.clone(), cfg.l2_ttl)),
                     Some((conn, cfg.redis_prefix.clone())),

@@ -50,6 +50,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel, so tests and instances groups never collide.
     pub redis_prefix: String,
+    /// How long a Redis command may take before the cache or the rate limiter gives up on it
+    /// and falls back to the instance's own (the redis crate's default, 500 ms).
+    pub redis_timeout: Duration,
     /// HMAC key for pagination cursors (random per process unless set, so share it between
     /// instances that sit behind one load balancer).
     pub cursor_secret: Vec<u8>,
@@ -93,6 +96,7 @@ impl Config {
             replicas: 4,
             redis_url: std::env::var("REDIS_URL").ok().filter(|s| !s.is_empty()),
             redis_prefix: "example-api".into(),
+            redis_timeout: Duration::from_millis(500),
             cursor_secret: rand::random::<[u8; 32]>().to_vec(),
             l1_capacity: 10_000,
             l1_ttl: Duration::from_secs(30),

@@ -76,6 +76,10 @@ pub fn test_config(dir: &tempfile::TempDir) -> Config {
     // A fixed limit: tests run in parallel on a busy machine, where the adaptive limit could
     // (rightly) shed their concurrent requests; its own tests opt in.
     cfg.min_concurrency = None;
+    // Generous, so that a slow machine does not turn a healthy downstream call into a timeout;
+    // the timeout tests set their own.
+    cfg.downstream_timeout = Duration::from_secs(5);
+    cfg.redis_timeout = Duration::from_secs(5);
     cfg.rate_default = RatePolicy {
         name: "default",
         quota: 100_000,

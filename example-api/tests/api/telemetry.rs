@@ -462,8 +462,13 @@ async fn ratio_sampling_is_consistent_and_recorded_in_tracestate() {
 }
 
 /// The API alone, exporting its telemetry to `endpoint` every `interval`.
-async fn app_exporting_to(endpoint: String, interval: Duration) -> (TestApp, Arc<Telemetry>) {
-    let cfg = export_config(endpoint, "http/protobuf", interval, Sampling::default());
+async fn app_exporting_to(
+    endpoint: String,
+    interval: Duration,
+    export_timeout: Duration,
+) -> (TestApp, Arc<Telemetry>) {
+    let mut cfg = export_config(endpoint, "http/protobuf", interval, Sampling::default());
+    cfg.batch.export_timeout = export_timeout;
     let tel = Arc::new(Telemetry::new("example-api", &cfg).unwrap());
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let app = TestApp::spawn_config(test_config(&dir), dir, tel.clone()).await;
@@ -485,8 +490,12 @@ async fn read_products(app: &TestApp, n: usize) {
 /// Export to an endpoint where nothing listens: every request still succeeds, quickly.
 #[tokio::test]
 async fn failing_export_never_blocks_or_fails_requests() {
-    let (app, tel) =
-        app_exporting_to("http://127.0.0.1:9".into(), Duration::from_millis(100)).await;
+    let (app, tel) = app_exporting_to(
+        "http://127.0.0.1:9".into(),
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+    )
+    .await;
     let start = std::time::Instant::now();
     read_products(&app, 300).await;
     let took = start.elapsed();
@@ -539,7 +548,14 @@ async fn spans_dropped_at_a_full_queue_are_counted() {
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, collector).await });
 
-    let (app, tel) = app_exporting_to(endpoint, Duration::from_millis(200)).await;
+    // The stuck export must not time out while the test reads: a timed-out batch would make
+    // room in the queue and fewer spans would be dropped than the count below expects.
+    let (app, tel) = app_exporting_to(
+        endpoint,
+        Duration::from_millis(200),
+        Duration::from_secs(600),
+    )
+    .await;
     // Two spans per cached GET: 1600 requests end 3200 spans, more than the export in flight
     // (512) plus the queue (2048) can hold.
     read_products(&app, 1600).await;
