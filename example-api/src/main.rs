@@ -43,7 +43,8 @@ struct BenchArgs {
     /// Seconds per run.
     #[arg(long, default_value_t = 10)]
     secs: u64,
-    /// Interleaved rounds (each runs telemetry on and off).
+    /// Interleaved rounds (of the telemetry runs: each server once; of the overload runs: a
+    /// base and a 10× phase per limit).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Base rate of the overload runs (the overload is 10×).
