@@ -753,7 +753,9 @@ struct Phase {
 
 /// Shares of one CPU's time over a phase that the server did not get: other processes' work
 /// and the hypervisor's steal. Either one leaves the server less of the core than its CPU
-/// rule assumes, which is what a noisy spell of a shared machine looks like.
+/// rule assumes, which is what a noisy spell of a shared machine looks like. `/proc/stat`
+/// counts in clock ticks, the server's own time is exact: at light load "others" is off by up
+/// to some 15 % of the core; steal is exact enough to compare phases.
 #[derive(Clone, Copy)]
 struct CoreShares {
     others: f64,
