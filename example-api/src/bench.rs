@@ -665,8 +665,7 @@ async fn overload(
         // The same comparison over every round's requests at once: less at the mercy of one
         // round's noise than any single ratio.
         let pooled = |pick: fn(&(Phase, Phase)) -> &Phase| {
-            let mut all = runs[0].0.report.admitted.clone();
-            all.reset();
+            let mut all = hdrhistogram::Histogram::new_from(&runs[0].0.report.admitted);
             for run in runs {
                 let _ = all.add(&pick(run).report.admitted);
             }

@@ -595,8 +595,8 @@ impl SpanQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::tests::u64_sum_points;
     use opentelemetry::metrics::MeterProvider as _;
-    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
     fn settings(queue: usize, batch: usize) -> BatchSettings {
@@ -616,19 +616,11 @@ mod tests {
     /// (sum of `name` points with `error.type`, sum without).
     fn counted(metrics: &InMemoryMetricExporter, name: &str) -> (u64, u64) {
         let (mut failed, mut ok) = (0, 0);
-        for rm in metrics.get_finished_metrics().unwrap() {
-            for sm in rm.scope_metrics() {
-                for m in sm.metrics().filter(|m| m.name() == name) {
-                    if let AggregatedMetrics::U64(MetricData::Sum(sum)) = m.data() {
-                        for dp in sum.data_points() {
-                            if dp.attributes().any(|kv| kv.key.as_str() == "error.type") {
-                                failed += dp.value();
-                            } else {
-                                ok += dp.value();
-                            }
-                        }
-                    }
-                }
+        for (attributes, value) in u64_sum_points(metrics, name) {
+            if attributes.iter().any(|kv| kv.key.as_str() == "error.type") {
+                failed += value;
+            } else {
+                ok += value;
             }
         }
         (failed, ok)

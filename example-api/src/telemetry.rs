@@ -739,10 +739,31 @@ impl Injector for HeaderInjector<'_> {
 pub use opentelemetry::trace::Status as SpanStatus;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader};
+
+    /// Every exported data point of the u64 sum `name`: its attributes and value.
+    pub(crate) fn u64_sum_points(
+        metrics: &InMemoryMetricExporter,
+        name: &str,
+    ) -> Vec<(Vec<KeyValue>, u64)> {
+        let mut points = Vec::new();
+        for rm in metrics.get_finished_metrics().unwrap() {
+            for sm in rm.scope_metrics() {
+                for metric in sm.metrics().filter(|m| m.name() == name) {
+                    let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+                        panic!("{name} is not a u64 sum");
+                    };
+                    for dp in sum.data_points() {
+                        points.push((dp.attributes().cloned().collect(), dp.value()));
+                    }
+                }
+            }
+        }
+        points
+    }
 
     #[test]
     fn exponential_view_makes_exponential_histograms() {
@@ -778,26 +799,17 @@ mod tests {
         m.shed[Rejection::Cpu as usize].add(3);
         m.shed[Rejection::Backlog as usize].add(1);
         mp.force_flush().unwrap();
-        let mut counts = std::collections::BTreeMap::new();
-        for rm in metrics.get_finished_metrics().unwrap() {
-            for sm in rm.scope_metrics() {
-                for metric in sm.metrics() {
-                    if metric.name() != "http.server.shed_requests" {
-                        continue;
-                    }
-                    let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
-                        panic!("a u64 sum");
-                    };
-                    for dp in sum.data_points() {
-                        let reason = dp
-                            .attributes()
-                            .find(|kv| kv.key.as_str() == "reason")
-                            .map(|kv| kv.value.to_string());
-                        counts.insert(reason, dp.value());
-                    }
-                }
-            }
-        }
+        let counts: std::collections::BTreeMap<_, _> =
+            u64_sum_points(&metrics, "http.server.shed_requests")
+                .into_iter()
+                .map(|(attributes, value)| {
+                    let reason = attributes
+                        .iter()
+                        .find(|kv| kv.key.as_str() == "reason")
+                        .map(|kv| kv.value.to_string());
+                    (reason, value)
+                })
+                .collect();
         // Bound up front, every reason exports a series from the start, at 0 until it occurs.
         assert_eq!(
             counts,

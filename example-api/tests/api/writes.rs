@@ -456,24 +456,23 @@ async fn adaptive_limit_sheds_when_latency_rises() {
         burst(16).await;
         pace().await;
     }
-    let rejected_before: u64 = Rejection::ALL
-        .iter()
-        .map(|&rule| app.state.shed.rejected(rule))
-        .sum();
+    let rejected = || -> u64 {
+        Rejection::ALL
+            .iter()
+            .map(|&rule| app.state.shed.rejected(rule))
+            .sum()
+    };
+    let rejected_before = rejected();
     let r = burst(16).await;
     let ok = r.iter().filter(|(s, _)| *s == 200).count();
     let shed: Vec<_> = r.iter().filter(|(s, _)| *s == 503).collect();
-    let rejected: u64 = Rejection::ALL
-        .iter()
-        .map(|&rule| app.state.shed.rejected(rule))
-        .sum();
     // About the floor of 2 (a few more when a slow machine spreads the burst out; none when a
     // loaded machine's run queue also lowers the admission share); a fixed limit of 64 would
     // admit all 16.
     assert!(ok <= 8, "about the floor of 2 admitted: {r:?}");
     assert_eq!(ok + shed.len(), 16, "nothing but 200 and 503: {r:?}");
     assert_eq!(
-        rejected - rejected_before,
+        rejected() - rejected_before,
         shed.len() as u64,
         "every 503 is the limiter's"
     );
