@@ -1,6 +1,6 @@
 //! Wiring: binds the three listeners (port 0 friendly), opens the store, starts the pipeline and
-//! servers, and stops them in the order that loses nothing: receivers first, then the pipeline
-//! drains and flushes, then the web server.
+//! servers under supervision, and stops them in the order that loses nothing: receivers first,
+//! then the pipeline drains and flushes, then the web server.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,13 +15,16 @@ use crate::aggregate::Aggregator;
 use crate::alerts::runtime::{
     self as alerts_runtime, AlertsHandle, AlertsSettings, NotificationSink,
 };
+use crate::budget::MemoryBudget;
 use crate::config::Settings;
+use crate::ingest::admission::GrpcAdmissionLayer;
 use crate::ingest::{self, Ingestor};
 use crate::notify::{Notification, Outbox};
-use crate::pipeline::{self, Live, PipelineConfig};
+use crate::pipeline::{self, Durability, Live, PipelineConfig};
 use crate::query::Query;
 use crate::store::alerts::AlertStore;
 use crate::store::{self, Readers, StoreError};
+use crate::supervise::{Stage, Stages, spawn_critical, spawn_restarting};
 use crate::{self_metrics, web};
 
 /// HTTP/2 flow-control window of each OTLP/gRPC stream (connections get four times it).
@@ -46,6 +49,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("{0} server failed: {1}")]
     Server(&'static str, String),
+    #[error("the {0} stage failed; redline stopped so that it can be restarted")]
+    StageFailed(&'static str),
 }
 
 /// A running redline. Dropping it without `run_until_stopped` aborts the servers.
@@ -53,17 +58,19 @@ pub struct App {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     web_addr: SocketAddr,
+    stopping: watch::Sender<bool>,
     receivers_stop: watch::Sender<bool>,
     web_stop: watch::Sender<bool>,
     pipeline_stop: oneshot::Sender<()>,
-    grpc_task: JoinHandle<Result<(), AppError>>,
-    http_task: JoinHandle<Result<(), AppError>>,
-    web_task: JoinHandle<Result<(), AppError>>,
-    pipeline_task: JoinHandle<()>,
+    grpc_task: JoinHandle<Option<Result<(), AppError>>>,
+    http_task: JoinHandle<Option<Result<(), AppError>>>,
+    web_task: JoinHandle<Option<Result<(), AppError>>>,
+    pipeline_task: JoinHandle<Option<()>>,
     alerts_stop: watch::Sender<bool>,
     alerts_tasks: Vec<JoinHandle<()>>,
     query: Query,
     alerts: AlertsHandle,
+    stages: Arc<Stages>,
 }
 
 impl NotificationSink for Outbox {
@@ -161,9 +168,19 @@ impl App {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let budget = MemoryBudget::new(settings.memory_limit);
+        let durability = Durability::new(
+            settings.max_unflushed_items,
+            max_write_lag(settings.flush_interval),
+        );
+        let stages = Stages::new();
+        // Set when an orderly stop begins: a critical stage that ends before it has failed.
+        let (stopping, stopping_rx) = watch::channel(false);
         let live = Arc::new(Live::new(
             Aggregator::new(settings.aggregator, started_ns),
             last_seq,
+            budget.clone(),
+            durability.clone(),
         ));
         let writer = store::spawn_writer(conn, settings.retention, {
             let live = live.clone();
@@ -172,40 +189,57 @@ impl App {
         let readers = Readers::new(&db_path);
         let query = Query::new(live.clone(), readers.clone(), settings.retention);
         let pages_live = live.clone();
-        let (queue, queue_rx) = pipeline::queue(settings.queue_capacity, settings.queue_max_bytes);
-        let ingestor = Ingestor::new(queue.clone());
+        let (queue, queue_rx) = pipeline::queue(
+            settings.queue_capacity,
+            settings.queue_max_bytes,
+            durability.clone(),
+        );
+        let ingestor = Ingestor::new(queue.clone(), budget.clone());
 
         let (pipeline_stop, pipeline_stop_rx) = oneshot::channel();
-        let pipeline_task = tokio::spawn(pipeline::run(
-            queue_rx,
-            live,
-            writer,
-            PipelineConfig {
-                queue_capacity: settings.queue_capacity,
-                flush_interval: settings.flush_interval,
-                retention_interval: Duration::from_secs(60),
-            },
-            pipeline_stop_rx,
-        ));
+        let pipeline_task = spawn_critical(
+            stages.clone(),
+            Stage::Pipeline,
+            pipeline::run(
+                queue_rx,
+                live,
+                writer,
+                PipelineConfig {
+                    queue_capacity: settings.queue_capacity,
+                    flush_interval: settings.flush_interval,
+                    retention_interval: Duration::from_secs(60),
+                    stop_deadline: STOP_DEADLINE,
+                },
+                pipeline_stop_rx,
+            ),
+            stopping_rx.clone(),
+        );
 
         let (receivers_stop, receivers_stop_rx) = watch::channel(false);
         let grpc_routes = ingest::grpc::router(ingestor.clone(), settings.max_body_bytes);
         let grpc_stop = receivers_stop_rx.clone();
-        let grpc_task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                // A 512-span export is ~230 KB: with h2's 64 KiB default windows and 16 KiB
-                // frames it takes several round trips of window updates and ~15 frames.
-                .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
-                .initial_connection_window_size(4 * RECEIVE_WINDOW_BYTES)
-                .max_frame_size(RECEIVE_FRAME_BYTES)
-                .add_routes(grpc_routes)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                    stopped(grpc_stop),
-                )
-                .await
-                .map_err(|e| AppError::Server("OTLP/gRPC", e.to_string()))
-        });
+        let grpc_admission = GrpcAdmissionLayer::new(ingestor.clone());
+        let grpc_task = spawn_critical(
+            stages.clone(),
+            Stage::OtlpGrpc,
+            async move {
+                tonic::transport::Server::builder()
+                    // A 512-span export is ~230 KB: with h2's 64 KiB default windows and 16 KiB
+                    // frames it takes several round trips of window updates and ~15 frames.
+                    .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
+                    .initial_connection_window_size(4 * RECEIVE_WINDOW_BYTES)
+                    .max_frame_size(RECEIVE_FRAME_BYTES)
+                    .layer(grpc_admission)
+                    .add_routes(grpc_routes)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                        stopped(grpc_stop),
+                    )
+                    .await
+                    .map_err(|e| AppError::Server("OTLP/gRPC", e.to_string()))
+            },
+            stopping_rx.clone(),
+        );
 
         let http_router = ingest::http::router(
             ingestor,
@@ -213,39 +247,64 @@ impl App {
             &settings.cors_allowed_origins,
         );
         let http_stop = receivers_stop_rx;
-        let http_task = tokio::spawn(async move {
-            axum::serve(http_listener, http_router)
-                .with_graceful_shutdown(stopped(http_stop))
-                .await
-                .map_err(|e| AppError::Server("OTLP/HTTP", e.to_string()))
-        });
+        let http_task = spawn_critical(
+            stages.clone(),
+            Stage::OtlpHttp,
+            async move {
+                axum::serve(http_listener, http_router)
+                    .with_graceful_shutdown(stopped(http_stop))
+                    .await
+                    .map_err(|e| AppError::Server("OTLP/HTTP", e.to_string()))
+            },
+            stopping_rx.clone(),
+        );
 
-        // Alerting: the evaluation loop and the e-mail sender, stopped with the web server.
+        // Alerting: the evaluation loop and the e-mail sender, stopped with the web server and
+        // restarted should they panic.
         let alerts = AlertsHandle::new(alert_store);
         let (alerts_stop, alerts_stop_rx) = watch::channel(false);
-        let alerts_settings = AlertsSettings {
-            rules_file: settings.alerts_file.clone(),
-            dashboard_url: settings
-                .public_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{web_addr}")),
-        };
+        let rules_file = settings.alerts_file.clone();
+        let dashboard_url = settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{web_addr}"));
         let alerts_tasks = vec![
-            tokio::spawn(alerts_runtime::run(
-                alerts_settings,
-                query.clone(),
-                alerts.clone(),
-                outbox.clone(),
-                alerts_stop_rx.clone(),
-            )),
-            tokio::spawn(crate::notify::run_sender(
-                outbox.clone(),
-                delivery,
-                alerts_stop_rx,
-            )),
+            spawn_restarting(stages.clone(), Stage::Alerts, {
+                let (query, alerts, outbox) = (query.clone(), alerts.clone(), outbox.clone());
+                let stop = alerts_stop_rx.clone();
+                move || {
+                    alerts_runtime::run(
+                        AlertsSettings {
+                            rules_file: rules_file.clone(),
+                            dashboard_url: dashboard_url.clone(),
+                        },
+                        query.clone(),
+                        alerts.clone(),
+                        outbox.clone(),
+                        stop.clone(),
+                    )
+                }
+            }),
+            spawn_restarting(stages.clone(), Stage::Notify, {
+                let outbox = outbox.clone();
+                move || {
+                    crate::notify::run_sender(
+                        outbox.clone(),
+                        delivery.clone(),
+                        alerts_stop_rx.clone(),
+                    )
+                }
+            }),
         ];
 
         let (web_stop, web_stop_rx) = watch::channel(false);
+        let readiness = web::Readiness {
+            queue: queue.clone(),
+            readers: readers.clone(),
+            stages: stages.clone(),
+            budget,
+            durability,
+        };
         let pages = web::pages::Pages::new(
             query.clone(),
             pages_live,
@@ -256,33 +315,34 @@ impl App {
             grpc_addr,
             http_addr,
         )
-        .with_alerts(Arc::new(alerts.clone()));
+        .with_alerts(Arc::new(alerts.clone()))
+        .with_readiness(readiness.clone());
         let alerts_pages =
             web::pages::alerts::router(pages.clone(), alerts.clone(), outbox.clone());
-        let web_router = web::router(
-            query.clone(),
-            self_metrics::install(),
-            queue,
-            readers,
-            settings.queue_capacity,
-        )
-        .merge(web::pages::router(pages));
+        let web_router = web::router(query.clone(), self_metrics::install(), readiness)
+            .merge(web::pages::router(pages));
         let web_router = web_router
             .merge(web::alerts_api::router(alerts.clone()))
             .merge(alerts_pages);
         // Credentials and the CSRF guard cover every route of the web address.
         let web_router = web::protect(web_router, settings.web_auth.clone());
-        let web_task = tokio::spawn(async move {
-            axum::serve(web_listener, web_router)
-                .with_graceful_shutdown(stopped(web_stop_rx))
-                .await
-                .map_err(|e| AppError::Server("web", e.to_string()))
-        });
+        let web_task = spawn_critical(
+            stages.clone(),
+            Stage::Web,
+            async move {
+                axum::serve(web_listener, web_router)
+                    .with_graceful_shutdown(stopped(web_stop_rx))
+                    .await
+                    .map_err(|e| AppError::Server("web", e.to_string()))
+            },
+            stopping_rx,
+        );
 
         Ok(App {
             grpc_addr,
             http_addr,
             web_addr,
+            stopping,
             receivers_stop,
             web_stop,
             pipeline_stop,
@@ -294,6 +354,7 @@ impl App {
             alerts_tasks,
             query,
             alerts,
+            stages,
         })
     }
 
@@ -319,39 +380,40 @@ impl App {
         self.alerts.clone()
     }
 
-    /// Serves until `shutdown` resolves (or a server fails), then stops in order: receivers
+    /// How every stage is doing.
+    pub fn stages(&self) -> Arc<Stages> {
+        self.stages.clone()
+    }
+
+    /// Serves until `shutdown` resolves (or a stage fails), then stops in order: receivers
     /// stop accepting and finish their requests, the pipeline drains the queue and writes
-    /// everything, the web server stops last.
+    /// everything, the web server stops last. A failed stage makes the result an error, so the
+    /// process exits non-zero and its manager restarts it.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AppError> {
         let App {
+            stopping,
             receivers_stop,
             web_stop,
             pipeline_stop,
-            mut grpc_task,
-            mut http_task,
+            grpc_task,
+            http_task,
             web_task,
             pipeline_task,
             alerts_stop,
             alerts_tasks,
+            stages,
             ..
         } = self;
-        let mut failure = None;
-        tokio::select! {
-            _ = shutdown => {}
-            result = &mut grpc_task => failure = Some(joined(result)),
-            result = &mut http_task => failure = Some(joined(result)),
-        }
+        let failed = tokio::select! {
+            _ = shutdown => None,
+            stage = stages.first_failure() => Some(stage),
+        };
+        stopping.send_replace(true);
         let _ = receivers_stop.send(true);
-        let mut results = Vec::new();
-        if !grpc_task.is_finished() || failure.is_none() {
-            results.push(joined(grpc_task.await));
-        }
-        if !http_task.is_finished() || failure.is_none() {
-            results.push(joined(http_task.await));
-        }
+        let mut results = vec![joined(grpc_task.await), joined(http_task.await)];
         let _ = pipeline_stop.send(());
         let _ = pipeline_task.await;
         let _ = alerts_stop.send(true);
@@ -360,8 +422,8 @@ impl App {
         }
         let _ = web_stop.send(true);
         results.push(joined(web_task.await));
-        if let Some(Err(e)) = failure {
-            return Err(e);
+        if let Some(stage) = failed {
+            return Err(AppError::StageFailed(stage.as_str()));
         }
         results
             .into_iter()
@@ -370,6 +432,22 @@ impl App {
     }
 }
 
-fn joined(result: Result<Result<(), AppError>, tokio::task::JoinError>) -> Result<(), AppError> {
-    result.map_err(|e| AppError::Server("task", e.to_string()))?
+/// How long a stop keeps trying to store what is left when the store cannot write.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long acknowledged data may wait for a commit before receivers stop acknowledging more:
+/// five flush intervals, and never under five seconds.
+fn max_write_lag(flush_interval: Duration) -> Duration {
+    (flush_interval * 5).max(Duration::from_secs(5))
+}
+
+/// A receiver's or the web server's result; one that panicked is reported by its stage.
+fn joined(
+    result: Result<Option<Result<(), AppError>>, tokio::task::JoinError>,
+) -> Result<(), AppError> {
+    match result {
+        Ok(Some(result)) => result,
+        Ok(None) => Ok(()),
+        Err(e) => Err(AppError::Server("task", e.to_string())),
+    }
 }

@@ -45,9 +45,25 @@ pub struct SettingsLayer {
     /// Spans and data points that may wait for the aggregator; beyond it exports get 503/UNAVAILABLE [default: 20000]
     #[arg(long, env = "REDLINE_QUEUE_CAPACITY", value_name = "ITEMS")]
     pub queue_capacity: Option<usize>,
-    /// Request bytes the waiting spans may hold; beyond it exports get 503/UNAVAILABLE; never below max_body_bytes [default: 67108864]
+    /// Bytes the waiting spans and points may hold; beyond it exports get 503/UNAVAILABLE; never below max_body_bytes [default: 67108864]
     #[arg(long, env = "REDLINE_QUEUE_MAX_BYTES", value_name = "BYTES")]
     pub queue_max_bytes: Option<usize>,
+    /// Bytes everything between the sockets and SQLite may hold (request bodies, queue, aggregator, trace buffers, unwritten flushes); beyond it exports get 503/UNAVAILABLE [default: 268435456]
+    #[arg(long, env = "REDLINE_MEMORY_LIMIT", value_name = "BYTES")]
+    pub memory_limit: Option<usize>,
+    /// Acknowledged spans and points that may wait to be stored; beyond it exports get 503/UNAVAILABLE, so a `kill -9` loses at most this many [default: 1000000]
+    #[arg(long, env = "REDLINE_MAX_UNFLUSHED_ITEMS", value_name = "N")]
+    pub max_unflushed_items: Option<u64>,
+    /// Spans kept for the trace views per second at most (error, slow and sampled traces alike); the rest are dropped and counted [default: 2000]
+    #[arg(long, env = "REDLINE_TRACE_KEEP_SPANS_PER_SECOND", value_name = "N")]
+    pub trace_keep_spans_per_second: Option<u32>,
+    /// Bytes of spans kept for the trace views per second at most [default: 4194304]
+    #[arg(
+        long,
+        env = "REDLINE_TRACE_KEEP_BYTES_PER_SECOND",
+        value_name = "BYTES"
+    )]
+    pub trace_keep_bytes_per_second: Option<usize>,
     /// Width of the finest aggregation window [default: 10s]
     #[arg(long, env = "REDLINE_WINDOW", value_name = "DURATION")]
     pub window: Option<String>,
@@ -126,6 +142,10 @@ impl SettingsLayer {
             cors_allowed_origins,
             queue_capacity,
             queue_max_bytes,
+            memory_limit,
+            max_unflushed_items,
+            trace_keep_spans_per_second,
+            trace_keep_bytes_per_second,
             window,
             flush_interval,
             max_services,
@@ -159,6 +179,10 @@ pub struct Settings {
     pub queue_capacity: usize,
     /// At least `max_body_bytes`, so that any accepted body fits.
     pub queue_max_bytes: usize,
+    /// The memory budget of everything between the sockets and SQLite.
+    pub memory_limit: usize,
+    /// Acknowledged spans and points that may wait to be stored.
+    pub max_unflushed_items: u64,
     pub flush_interval: Duration,
     pub aggregator: AggregatorConfig,
     pub retention: Retention,
@@ -263,6 +287,24 @@ impl Settings {
             64 << 20,
         )
         .max(max_body_bytes);
+        let memory_limit = positive(&mut problems, "memory_limit", layer.memory_limit, 256 << 20);
+        if memory_limit < 4 * max_body_bytes {
+            problems.push(format!(
+                "memory_limit: {memory_limit} bytes must hold at least four requests of \
+                 max_body_bytes ({max_body_bytes}); raise it or lower max_body_bytes"
+            ));
+        }
+        let max_unflushed_items = layer.max_unflushed_items.unwrap_or(1_000_000);
+        if max_unflushed_items == 0 {
+            problems.push("max_unflushed_items: must be at least 1".into());
+        }
+        let sampler_defaults = SamplerConfig::default();
+        let keep_spans = layer
+            .trace_keep_spans_per_second
+            .unwrap_or(sampler_defaults.max_kept_spans_per_second);
+        let keep_bytes = layer
+            .trace_keep_bytes_per_second
+            .unwrap_or(sampler_defaults.max_kept_bytes_per_second);
         let limits = Limits {
             max_services: positive(&mut problems, "max_services", layer.max_services, 200),
             max_endpoints_per_service: positive(
@@ -277,6 +319,7 @@ impl Settings {
                 layer.max_metric_series,
                 20_000,
             ),
+            max_key_bytes: crate::budget::share(memory_limit),
             ..Limits::default()
         };
         let web_auth = WebAuth {
@@ -307,6 +350,8 @@ impl Settings {
             cors_allowed_origins: layer.cors_allowed_origins.unwrap_or_default(),
             queue_capacity,
             queue_max_bytes,
+            memory_limit,
+            max_unflushed_items,
             flush_interval,
             aggregator: AggregatorConfig {
                 window_ms,
@@ -314,7 +359,11 @@ impl Settings {
                 sampler: SamplerConfig {
                     uniform_ratio: ratio,
                     slowest_per_minute: layer.trace_slowest_per_minute.unwrap_or(3),
-                    ..SamplerConfig::default()
+                    buffer_bytes: crate::budget::share(memory_limit),
+                    max_pending_bytes: crate::budget::share(memory_limit),
+                    max_kept_spans_per_second: keep_spans,
+                    max_kept_bytes_per_second: keep_bytes,
+                    ..sampler_defaults
                 },
                 ..AggregatorConfig::default()
             },

@@ -19,18 +19,24 @@
 //! - [`web`]: the dashboard (askama pages, SVG charts), the HTTP API, health and Prometheus
 //!   endpoints.
 //! - [`dashboards`]: custom dashboards as code (`dashboards/*.toml`) and their validation.
+//! - [`budget`] and [`memsize`]: the one memory budget between the sockets and SQLite, and the
+//!   size estimates it counts with.
+//! - [`supervise`]: every stage under a supervisor that `/readyz` reports.
 //! - [`config`] and [`app`]: settings, wiring and ordered shutdown.
 
 pub mod aggregate;
 pub mod alerts;
 pub mod app;
+pub mod budget;
 pub mod config;
 pub mod dashboards;
 pub mod ingest;
+pub mod memsize;
 pub mod model;
 pub mod notify;
 pub mod pipeline;
 pub mod query;
 pub mod self_metrics;
 pub mod store;
+pub mod supervise;
 pub mod web;

@@ -47,7 +47,8 @@ pub fn accepted(signal: Signal, count: u64) {
     TOTALS[signal as usize].fetch_add(count, Ordering::Relaxed);
 }
 
-/// `reason`: invalid, overload, too_large, undecodable, unsupported_media_type.
+/// `reason`: invalid, overload (the queue is full), memory (the memory budget is spent), behind
+/// (unwritten data at its bound), too_large, undecodable, unsupported_media_type.
 pub fn rejected(signal: Signal, reason: &'static str, count: u64) {
     counter!(format!("redline_{}_rejected_total", signal.item()), "reason" => reason)
         .increment(count);
@@ -95,8 +96,36 @@ pub fn aggregator(stats: &AggregatorStats) {
     counter!("redline_overflow_total", "kind" => "endpoints").absolute(stats.overflow.endpoints);
     counter!("redline_overflow_total", "kind" => "metric_series")
         .absolute(stats.overflow.metric_series);
-    counter!("redline_traces_dropped_for_budget_total").absolute(stats.traces_dropped_for_budget);
     counter!("redline_clock_skew_corrected_total").absolute(stats.clock_skew_corrected);
+    let traces = &stats.traces;
+    counter!("redline_trace_spans_kept_total").absolute(traces.kept_spans);
+    counter!("redline_traces_dropped_for_budget_total").absolute(traces.traces_dropped_for_budget);
+    for (reason, count) in [
+        ("budget", traces.spans_dropped_for_budget),
+        ("memory", traces.spans_dropped_for_memory),
+        ("clock", traces.spans_dropped_for_clock),
+    ] {
+        counter!("redline_trace_spans_dropped_total", "reason" => reason).absolute(count);
+    }
+}
+
+/// What each part of the memory budget holds, and the limit.
+pub fn memory_budget(budget: &crate::budget::MemoryBudget) {
+    gauge!("redline_memory_limit_bytes").set(budget.limit() as f64);
+    for part in crate::budget::Part::ALL {
+        gauge!("redline_memory_used_bytes", "part" => part.as_str())
+            .set(budget.used_by(part) as f64);
+    }
+}
+
+/// Acknowledged spans and points that are not yet stored.
+pub fn unwritten(items: u64) {
+    gauge!("redline_unwritten_items").set(items as f64);
+}
+
+/// A stage caught a panic (a bug) and went on without the work that panicked.
+pub fn stage_panicked(stage: &'static str) {
+    counter!("redline_stage_panics_total", "stage" => stage).increment(1);
 }
 
 pub fn store_write(elapsed: Duration, batch: &FlushBatch) {

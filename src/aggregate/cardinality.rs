@@ -1,11 +1,13 @@
-//! Cardinality limits: a bounded set of services, endpoints per service and metric series.
-//! What does not fit goes to an `__overflow__` series and is counted, so a flood of distinct
-//! routes or attribute values costs a counter, not memory.
+//! Cardinality limits: a bounded set of services, endpoints per service and metric series,
+//! bounded in count and in the bytes of their keys. What does not fit goes to an `__overflow__`
+//! series and is counted, so a flood of distinct routes or attribute values costs a counter,
+//! not memory.
 
 use std::sync::Arc;
 
 use foldhash::HashMap;
 
+use crate::memsize::HeapSize;
 use crate::model::{EndpointKey, MetricSeriesKey};
 
 pub const OVERFLOW: &str = "__overflow__";
@@ -15,6 +17,8 @@ pub struct Limits {
     pub max_services: usize,
     pub max_endpoints_per_service: usize,
     pub max_metric_series: usize,
+    /// Bytes all admitted keys may take together (their text plus a table entry each).
+    pub max_key_bytes: usize,
     /// A key unseen for this long is forgotten and frees its place.
     pub idle_expiry_ms: i64,
 }
@@ -25,6 +29,7 @@ impl Default for Limits {
             max_services: 200,
             max_endpoints_per_service: 2_000,
             max_metric_series: 20_000,
+            max_key_bytes: 32 << 20,
             idle_expiry_ms: 60 * 60 * 1000,
         }
     }
@@ -47,7 +52,24 @@ pub struct CardinalityGuard {
     /// The one shared copy of each admitted series key: the aggregator, the delta converter
     /// and the store writer hold clones of these `Arc`s, not copies of the key.
     metric_series: HashMap<Arc<MetricSeriesKey>, i64>,
+    /// Bytes of the admitted keys, as [`key_bytes`] counts them.
+    key_bytes: usize,
     overflow: OverflowCounts,
+}
+
+/// A key's table entry beyond its text.
+const KEY_ENTRY_BYTES: usize = 96;
+
+fn service_bytes(service: &str) -> usize {
+    service.len() + KEY_ENTRY_BYTES
+}
+
+fn endpoint_bytes(endpoint: &EndpointKey) -> usize {
+    endpoint.heap_bytes() + KEY_ENTRY_BYTES
+}
+
+fn series_bytes(series: &MetricSeriesKey) -> usize {
+    series.heap_bytes() + KEY_ENTRY_BYTES
 }
 
 impl CardinalityGuard {
@@ -56,6 +78,7 @@ impl CardinalityGuard {
             limits,
             endpoints: HashMap::default(),
             metric_series: HashMap::default(),
+            key_bytes: 0,
             overflow: OverflowCounts::default(),
         }
     }
@@ -74,41 +97,47 @@ impl CardinalityGuard {
         endpoint: &EndpointKey,
         now_ms: i64,
     ) -> Option<EndpointKey> {
-        if !self.endpoints.contains_key(endpoint.service.as_str()) {
-            if self.endpoints.len() >= self.limits.max_services {
-                self.overflow.services += 1;
-                return Some(overflow_endpoint(OVERFLOW));
-            }
-            self.endpoints
-                .insert(endpoint.service.clone(), HashMap::default());
-        }
-        let routes = self
-            .endpoints
-            .get_mut(endpoint.service.as_str())
-            .expect("present or inserted above");
-        if let Some(seen) = routes.get_mut(endpoint) {
+        if let Some(routes) = self.endpoints.get_mut(endpoint.service.as_str())
+            && let Some(seen) = routes.get_mut(endpoint)
+        {
             *seen = now_ms;
             return None;
         }
-        if routes.len() >= self.limits.max_endpoints_per_service {
+        if !self.endpoints.contains_key(endpoint.service.as_str()) {
+            let bytes = service_bytes(&endpoint.service) + endpoint_bytes(endpoint);
+            if self.endpoints.len() >= self.limits.max_services || !self.fits(bytes) {
+                self.overflow.services += 1;
+                return Some(overflow_endpoint(OVERFLOW));
+            }
+            self.key_bytes += service_bytes(&endpoint.service);
+            self.endpoints
+                .insert(endpoint.service.clone(), HashMap::default());
+        }
+        let bytes = endpoint_bytes(endpoint);
+        let fits = self.fits(bytes);
+        let routes = self.endpoints.get_mut(endpoint.service.as_str())?;
+        if routes.len() >= self.limits.max_endpoints_per_service || !fits {
             self.overflow.endpoints += 1;
             return Some(overflow_endpoint(&endpoint.service));
         }
         routes.insert(endpoint.clone(), now_ms);
+        self.key_bytes += bytes;
         None
+    }
+
+    fn fits(&self, bytes: usize) -> bool {
+        self.key_bytes + bytes <= self.limits.max_key_bytes
     }
 
     /// The key to aggregate `series` under: itself, or its service's overflow series.
     pub fn admit_series(&mut self, series: &MetricSeriesKey, now_ms: i64) -> Arc<MetricSeriesKey> {
-        if let Some(seen) = self.metric_series.get_mut(series) {
-            *seen = now_ms;
-            let (key, _) = self
-                .metric_series
-                .get_key_value(series)
-                .expect("found above");
-            return key.clone();
+        if let Some((key, _)) = self.metric_series.get_key_value(series) {
+            let key = key.clone();
+            self.metric_series.insert(key.clone(), now_ms);
+            return key;
         }
-        if self.metric_series.len() >= self.limits.max_metric_series {
+        let bytes = series_bytes(series);
+        if self.metric_series.len() >= self.limits.max_metric_series || !self.fits(bytes) {
             self.overflow.metric_series += 1;
             return Arc::new(MetricSeriesKey {
                 service: series.service.clone(),
@@ -118,6 +147,7 @@ impl CardinalityGuard {
         }
         let key = Arc::new(series.clone());
         self.metric_series.insert(key.clone(), now_ms);
+        self.key_bytes += bytes;
         key
     }
 
@@ -129,6 +159,23 @@ impl CardinalityGuard {
         }
         self.endpoints.retain(|_, routes| !routes.is_empty());
         self.metric_series.retain(|_, seen| *seen >= cutoff);
+        self.key_bytes = self
+            .endpoints
+            .iter()
+            .map(|(service, routes)| {
+                service_bytes(service) + routes.keys().map(endpoint_bytes).sum::<usize>()
+            })
+            .sum::<usize>()
+            + self
+                .metric_series
+                .keys()
+                .map(|k| series_bytes(k))
+                .sum::<usize>();
+    }
+
+    /// Bytes of the admitted keys.
+    pub fn key_bytes(&self) -> usize {
+        self.key_bytes
     }
 
     pub fn knows_series(&self, series: &MetricSeriesKey) -> bool {
@@ -177,6 +224,7 @@ mod tests {
             max_services: 2,
             max_endpoints_per_service: 3,
             max_metric_series: 2,
+            max_key_bytes: usize::MAX,
             idle_expiry_ms: 1000,
         })
     }

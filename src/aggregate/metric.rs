@@ -190,6 +190,18 @@ impl DeltaConverter {
         self.previous.len()
     }
 
+    /// Bytes the remembered points hold, for the memory budget.
+    pub fn heap_bytes(&self) -> usize {
+        use crate::memsize::HeapSize;
+        self.previous
+            .values()
+            .map(|state| {
+                std::mem::size_of::<(Arc<MetricSeriesKey>, CumulativeState)>()
+                    + state.value.heap_bytes()
+            })
+            .sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.previous.is_empty()
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use foldhash::HashMap;
 
+use crate::memsize::HeapSize;
 use crate::model::{
     EndpointKey, EndpointRequest, IngestBatch, MetricKind, MetricPoint, MetricSeriesKey, RedSource,
     SpanRecord,
@@ -20,7 +21,7 @@ use crate::model::{
 use cardinality::{CardinalityGuard, Limits, OverflowCounts};
 use metric::{Contribution, DeltaConverter, MetricAgg};
 use red::RedStats;
-use sampler::{KeepReason, SamplerConfig, TraceSampler};
+use sampler::{KeepReason, SamplerConfig, SamplerStats, TraceSampler};
 
 /// The stable HTTP server metric; its histograms give RED figures like server spans do.
 pub const HTTP_SERVER_DURATION: &str = "http.server.request.duration";
@@ -94,28 +95,57 @@ pub struct AggregatorStats {
     pub endpoints: usize,
     pub metric_series: usize,
     pub clock_skew_corrected: u64,
-    pub traces_dropped_for_budget: u64,
+    pub traces: SamplerStats,
 }
+
+/// What the aggregator holds, in bytes, for the memory budget.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AggregatorMemory {
+    /// Open windows, cumulative-series state and cardinality keys.
+    pub windows_and_keys: usize,
+    /// The trace sampler's wait buffer and kept spans not yet flushed.
+    pub traces: usize,
+}
+
+/// A delta converter's entry beyond the value it remembers.
+const CONVERTER_ENTRY_BYTES: usize = 96;
 
 /// Open RED windows: endpoint → (source, window start) → statistics. Nested so that a
 /// request finds its endpoint by reference (no key is built per request).
 type RedWindows = HashMap<EndpointKey, HashMap<(RedSource, i64), RedStats>>;
 type MetricKey = (Arc<MetricSeriesKey>, i64);
 
-/// The statistics of `endpoint` for `source` and `window`, created when new.
-fn red_entry<'a>(
-    red: &'a mut RedWindows,
+/// A RED endpoint's entry beyond its key's text; and a window's entry.
+const RED_ENDPOINT_ENTRY_BYTES: usize =
+    std::mem::size_of::<(EndpointKey, HashMap<(RedSource, i64), RedStats>)>() + 16;
+const RED_WINDOW_ENTRY_BYTES: usize = std::mem::size_of::<((RedSource, i64), RedStats)>() + 8;
+const METRIC_WINDOW_ENTRY_BYTES: usize =
+    std::mem::size_of::<(MetricKey, (SeriesInfo, MetricAgg))>() + 8;
+
+/// Adds to the statistics of `endpoint` for `source` and `window` (created when new) and
+/// returns how many heap bytes the windows grew by.
+fn add_to_red(
+    red: &mut RedWindows,
     source: RedSource,
     endpoint: &EndpointKey,
     window: i64,
-) -> &'a mut RedStats {
-    if !red.contains_key(endpoint) {
-        red.insert(endpoint.clone(), HashMap::default());
-    }
-    red.get_mut(endpoint)
-        .expect("present or inserted above")
-        .entry((source, window))
-        .or_default()
+    add: impl FnOnce(&mut RedStats),
+) -> usize {
+    let mut grown = 0;
+    let windows = match red.get_mut(endpoint) {
+        Some(windows) => windows,
+        None => {
+            grown += RED_ENDPOINT_ENTRY_BYTES + endpoint.heap_bytes();
+            red.entry(endpoint.clone()).or_default()
+        }
+    };
+    let stats = windows.entry((source, window)).or_insert_with(|| {
+        grown += RED_WINDOW_ENTRY_BYTES;
+        RedStats::default()
+    });
+    let before = stats.heap_bytes();
+    add(stats);
+    grown + stats.heap_bytes().saturating_sub(before)
 }
 
 pub struct Aggregator {
@@ -126,6 +156,11 @@ pub struct Aggregator {
     red: RedWindows,
     metrics: HashMap<MetricKey, (SeriesInfo, MetricAgg)>,
     clock_skew_corrected: u64,
+    /// Heap bytes of `red` and `metrics`, kept as they grow (they empty at each flush).
+    window_bytes: usize,
+    /// Heap bytes of the delta converter: counted at each flush, raised by every cumulative
+    /// point in between (an over-estimate until the next count).
+    converter_bytes: usize,
 }
 
 impl Aggregator {
@@ -135,10 +170,15 @@ impl Aggregator {
             config,
             guard: CardinalityGuard::new(config.limits),
             converter: DeltaConverter::new(started_unix_ns),
-            sampler: TraceSampler::new(config.sampler),
+            sampler: TraceSampler::new(SamplerConfig {
+                max_clock_skew_ms: config.max_clock_skew_ms,
+                ..config.sampler
+            }),
             red: HashMap::default(),
             metrics: HashMap::default(),
             clock_skew_corrected: 0,
+            window_bytes: 0,
+            converter_bytes: 0,
         }
     }
 
@@ -164,7 +204,7 @@ impl Aggregator {
             self.add_metric_point(point, now_ms);
         }
         for span in batch.spans {
-            self.sampler.offer(span, &batch.body);
+            self.sampler.offer(span, &batch.body, now_ms);
         }
     }
 
@@ -174,7 +214,9 @@ impl Aggregator {
             .admit_endpoint_in_place(&request.endpoint, now_ms);
         let endpoint = overflow.as_ref().unwrap_or(&request.endpoint);
         let window = self.window_start(request.request.end_unix_ms, now_ms);
-        red_entry(&mut self.red, RedSource::Spans, endpoint, window).add_request(&request.request);
+        self.window_bytes += add_to_red(&mut self.red, RedSource::Spans, endpoint, window, |s| {
+            s.add_request(&request.request)
+        });
     }
 
     fn add_metric_point(&mut self, point: &MetricPoint, now_ms: i64) {
@@ -185,6 +227,9 @@ impl Aggregator {
         let contribution = if overflowed {
             Contribution::Baseline
         } else {
+            if point.temporality == crate::model::Temporality::Cumulative {
+                self.converter_bytes += CONVERTER_ENTRY_BYTES + point.value.heap_bytes();
+            }
             self.converter.contribution(&key, point)
         };
         if let Contribution::Histogram(delta) = &contribution
@@ -198,15 +243,18 @@ impl Aggregator {
             unit: point.unit.clone(),
             description: point.description.clone(),
         };
-        let (_, agg) = self
-            .metrics
-            .entry((key, window))
-            .or_insert_with(|| (info, MetricAgg::default()));
+        let mut grown = 0;
+        let (_, agg) = self.metrics.entry((key, window)).or_insert_with(|| {
+            grown += METRIC_WINDOW_ENTRY_BYTES + info.heap_bytes();
+            (info, MetricAgg::default())
+        });
+        let before = agg.heap_bytes();
         match contribution {
             Contribution::Number(v) => agg.add_number(v, point.time_unix_ms),
             Contribution::Histogram(h) => agg.add_histogram(&h, point.time_unix_ms),
             Contribution::Baseline => {}
         }
+        self.window_bytes += grown + agg.heap_bytes().saturating_sub(before);
     }
 
     /// `http.server.request.duration` → RED: one data point is one (method, route, status).
@@ -247,12 +295,10 @@ impl Aggregator {
             },
             now_ms,
         );
-        red_entry(&mut self.red, RedSource::Metrics, &endpoint, window).add_histogram(
-            delta,
-            status_code,
-            is_error,
-            to_ms,
-        );
+        self.window_bytes +=
+            add_to_red(&mut self.red, RedSource::Metrics, &endpoint, window, |s| {
+                s.add_histogram(delta, status_code, is_error, to_ms)
+            });
     }
 
     /// Hands over everything gathered since the last flush and starts afresh.
@@ -260,7 +306,11 @@ impl Aggregator {
         self.guard.expire(now_ms);
         let guard = &self.guard;
         self.converter.retain(|k| guard.knows_series(k));
-        FlushBatch {
+        self.converter_bytes = self.converter.heap_bytes();
+        self.window_bytes = 0;
+        // Keep the tables as large as this flush needed, and give back what a burst grew.
+        let (red_len, metrics_len) = (self.red.len(), self.metrics.len());
+        let flush = FlushBatch {
             red: self
                 .red
                 .drain()
@@ -285,7 +335,10 @@ impl Aggregator {
                 })
                 .collect(),
             spans: self.sampler.take_kept(),
-        }
+        };
+        self.red.shrink_to(red_len);
+        self.metrics.shrink_to(metrics_len);
+        flush
     }
 
     /// A copy of what has not been flushed yet, for queries that must see it.
@@ -326,7 +379,15 @@ impl Aggregator {
             endpoints: self.guard.endpoint_count(),
             metric_series: self.guard.series_count(),
             clock_skew_corrected: self.clock_skew_corrected,
-            traces_dropped_for_budget: self.sampler.dropped_for_budget(),
+            traces: self.sampler.stats(),
+        }
+    }
+
+    /// What the aggregator holds now, for the memory budget.
+    pub fn memory(&self) -> AggregatorMemory {
+        AggregatorMemory {
+            windows_and_keys: self.window_bytes + self.converter_bytes + self.guard.key_bytes(),
+            traces: self.sampler.heap_bytes(),
         }
     }
 }

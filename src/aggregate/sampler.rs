@@ -2,12 +2,20 @@
 //! per endpoint per minute, and a uniform sample by trace id (consistent across services).
 //! Spans of traces not (yet) chosen wait in a bounded buffer, so a trace chosen by a later span
 //! still gets its earlier spans.
+//!
+//! Keeping is the first thing shed under a storm, and visibly: every kept span — of a new
+//! trace, waiting for one, or arriving late for a kept trace — is paid from a budget of spans
+//! and bytes per second of redline's own clock, and kept spans the writer has not taken yet are
+//! bounded in bytes. What does not fit is dropped and counted ([`SamplerStats`]); RED figures
+//! never depend on it. Client timestamps never drive this state: the second and minute used
+//! are the arrival's, and spans outside the accepted clock window are not kept at all.
 
 use std::collections::VecDeque;
 
 use foldhash::{HashMap, HashSet};
 
 use crate::ingest::convert::span_record;
+use crate::memsize::HeapSize;
 use crate::model::{EndpointKey, IncomingSpan, SpanRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -20,8 +28,18 @@ pub struct SamplerConfig {
     pub buffer_spans: usize,
     /// Bytes of encoded spans buffered while their trace is undecided (one span can be large).
     pub buffer_bytes: usize,
-    /// New traces kept per second at most, so an error storm cannot flood the store.
+    /// New traces kept per second at most.
     pub max_new_traces_per_second: u32,
+    /// Spans kept per second at most, whatever trace they belong to.
+    pub max_kept_spans_per_second: u32,
+    /// Encoded bytes of the spans kept per second at most.
+    pub max_kept_bytes_per_second: usize,
+    /// Kept spans not yet taken by a flush, in bytes; beyond it (a writer that cannot keep up)
+    /// further spans are dropped.
+    pub max_pending_bytes: usize,
+    /// Spans that start or end further than this from redline's clock are not kept: stored
+    /// traces are expired by their start time, which must therefore be believable.
+    pub max_clock_skew_ms: i64,
 }
 
 impl Default for SamplerConfig {
@@ -32,6 +50,10 @@ impl Default for SamplerConfig {
             buffer_spans: 20_000,
             buffer_bytes: 32 << 20,
             max_new_traces_per_second: 200,
+            max_kept_spans_per_second: 2_000,
+            max_kept_bytes_per_second: 4 << 20,
+            max_pending_bytes: 32 << 20,
+            max_clock_skew_ms: 6 * 60 * 60 * 1000,
         }
     }
 }
@@ -52,6 +74,20 @@ impl KeepReason {
             KeepReason::Sampled => "sampled",
         }
     }
+}
+
+/// What the sampler kept and shed since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SamplerStats {
+    pub kept_spans: u64,
+    /// New traces refused because this second's budget of new traces, spans or bytes was spent.
+    pub traces_dropped_for_budget: u64,
+    /// Spans of chosen traces refused by the per-second budget (the trace may be kept in part).
+    pub spans_dropped_for_budget: u64,
+    /// Spans refused because kept spans were waiting for the writer beyond their byte bound.
+    pub spans_dropped_for_memory: u64,
+    /// Spans not kept because their times lie outside the accepted clock window.
+    pub spans_dropped_for_clock: u64,
 }
 
 type TraceId = [u8; 16];
@@ -109,24 +145,70 @@ impl WaitBuffer {
         }
     }
 
-    /// Takes every waiting span of `trace_id`, oldest first, each with its encoding.
-    fn take_trace(&mut self, trace_id: &TraceId) -> Vec<(IncomingSpan, Vec<u8>)> {
-        let mut taken = Vec::new();
-        let mut next = self.newest.remove(trace_id);
-        while let Some(seq) = next.filter(|seq| *seq >= self.first_seq) {
+    /// The waiting spans of `trace_id`, newest first.
+    fn trace(&self, trace_id: &TraceId) -> impl Iterator<Item = &WaitingSpan> {
+        let mut next = self.newest.get(trace_id).copied();
+        std::iter::from_fn(move || {
+            let seq = next.filter(|seq| *seq >= self.first_seq)?;
             let waiting = &self.spans[(seq - self.first_seq) as usize];
             next = waiting.previous;
-            let range = &waiting.span.encoded;
-            let encoded = self
-                .bytes
-                .range(range.start - self.first_byte..range.end - self.first_byte)
-                .copied()
-                .collect();
-            taken.push((waiting.span.clone(), encoded));
-        }
+            Some(waiting)
+        })
+    }
+
+    /// How many spans of `trace_id` wait, and their encoded bytes.
+    fn measure(&self, trace_id: &TraceId) -> (u32, usize) {
+        self.trace(trace_id)
+            .fold((0, 0), |(spans, bytes), waiting| {
+                (spans + 1, bytes + waiting.span.encoded.len())
+            })
+    }
+
+    /// Takes every waiting span of `trace_id`, oldest first, each with its encoding.
+    fn take_trace(&mut self, trace_id: &TraceId) -> Vec<(IncomingSpan, Vec<u8>)> {
+        let mut taken: Vec<(IncomingSpan, Vec<u8>)> = self
+            .trace(trace_id)
+            .map(|waiting| {
+                let range = &waiting.span.encoded;
+                let encoded = self
+                    .bytes
+                    .range(range.start - self.first_byte..range.end - self.first_byte)
+                    .copied()
+                    .collect();
+                (waiting.span.clone(), encoded)
+            })
+            .collect();
+        self.newest.remove(trace_id);
         taken.reverse();
         taken
     }
+
+    /// Gives memory back after a burst: a ring holding a quarter of what it once grew to
+    /// shrinks to fit.
+    fn shrink(&mut self) {
+        if self.bytes.len() < self.bytes.capacity() / 4 {
+            self.bytes.shrink_to_fit();
+        }
+        if self.spans.len() < self.spans.capacity() / 4 {
+            self.spans.shrink_to_fit();
+            self.newest.shrink_to_fit();
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.bytes.capacity()
+            + self.spans.capacity() * std::mem::size_of::<WaitingSpan>()
+            + self.newest.capacity() * std::mem::size_of::<(TraceId, u64)>()
+    }
+}
+
+/// The budget of one second of redline's clock.
+#[derive(Debug, Default)]
+struct SecondBudget {
+    second: i64,
+    new_traces: u32,
+    spans: u32,
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -138,17 +220,21 @@ pub struct TraceSampler {
     waiting: WaitBuffer,
     /// Durations of the slowest requests this minute per endpoint, ascending.
     slowest: HashMap<EndpointKey, Vec<f64>>,
+    /// Heap bytes of `slowest`'s keys.
+    slowest_bytes: usize,
     slowest_minute: i64,
-    budget_second: i64,
-    budget_used: u32,
+    budget: SecondBudget,
     out: Vec<(SpanRecord, KeepReason)>,
-    dropped_for_budget: u64,
+    out_bytes: usize,
+    stats: SamplerStats,
 }
 
 const KEPT_IDS_REMEMBERED: usize = 10_000;
 
 /// Endpoints whose slowest requests are tracked per minute; beyond it no new endpoint is.
 const SLOWEST_ENDPOINTS_TRACKED: usize = 10_000;
+/// A `slowest` entry beyond its key's text: the key, the durations and the table's slot.
+const SLOWEST_ENTRY_BYTES: usize = 160;
 
 impl TraceSampler {
     pub fn new(config: SamplerConfig) -> Self {
@@ -158,47 +244,96 @@ impl TraceSampler {
             kept_order: VecDeque::new(),
             waiting: WaitBuffer::default(),
             slowest: HashMap::default(),
+            slowest_bytes: 0,
             slowest_minute: i64::MIN,
-            budget_second: i64::MIN,
-            budget_used: 0,
+            budget: SecondBudget::default(),
             out: Vec::new(),
-            dropped_for_budget: 0,
+            out_bytes: 0,
+            stats: SamplerStats::default(),
         }
     }
 
-    /// Offers one span of a batch; `body` is the batch's body, which `span.encoded` points into.
-    pub fn offer(&mut self, span: IncomingSpan, body: &[u8]) {
-        let encoded = &body[span.encoded.clone()];
-        let trace_id = span.trace_id;
-        let end_ms = (span.end_unix_ns / 1_000_000) as i64;
-        if self.kept.contains(&trace_id) {
-            let reason = if span.is_error {
-                KeepReason::Error
-            } else {
-                KeepReason::Sampled
-            };
-            self.keep_span(&span, encoded, reason);
+    /// Offers one span of a batch arriving at `now_ms`; `body` is the batch's body, which
+    /// `span.encoded` points into.
+    pub fn offer(&mut self, span: IncomingSpan, body: &[u8], now_ms: i64) {
+        let Some(encoded) = body.get(span.encoded.clone()) else {
+            return;
+        };
+        if !self.within_clock(&span, now_ms) {
+            self.stats.spans_dropped_for_clock += 1;
             return;
         }
-        match self.decide(&trace_id, &span, end_ms) {
-            Some(reason) if self.take_budget(end_ms) => {
-                self.keep_trace(trace_id);
-                for (earlier, earlier_encoded) in self.waiting.take_trace(&trace_id) {
-                    self.keep_span(&earlier, &earlier_encoded, reason);
-                }
-                self.keep_span(&span, encoded, reason);
-            }
-            Some(_) => {
-                self.dropped_for_budget += 1;
-                self.wait(&span, encoded);
-            }
-            None => self.wait(&span, encoded),
+        let second = now_ms.div_euclid(1000);
+        if second != self.budget.second {
+            self.budget = SecondBudget {
+                second,
+                ..SecondBudget::default()
+            };
         }
+        let trace_id = span.trace_id;
+        if self.kept.contains(&trace_id) {
+            if self.fits(0, 1, encoded.len()) {
+                let reason = if span.is_error {
+                    KeepReason::Error
+                } else {
+                    KeepReason::Sampled
+                };
+                self.keep_span(&span, encoded, reason);
+            } else {
+                self.stats.spans_dropped_for_budget += 1;
+            }
+            return;
+        }
+        let Some(reason) = self.decide(&trace_id, &span, now_ms) else {
+            self.wait(&span, encoded);
+            return;
+        };
+        let (waiting_spans, waiting_bytes) = self.waiting.measure(&trace_id);
+        if !self.fits(1, waiting_spans + 1, waiting_bytes + encoded.len()) {
+            self.stats.traces_dropped_for_budget += 1;
+            self.wait(&span, encoded);
+            return;
+        }
+        self.budget.new_traces += 1;
+        self.keep_trace(trace_id);
+        for (earlier, earlier_encoded) in self.waiting.take_trace(&trace_id) {
+            self.keep_span(&earlier, &earlier_encoded, reason);
+        }
+        self.keep_span(&span, encoded, reason);
+    }
+
+    fn within_clock(&self, span: &IncomingSpan, now_ms: i64) -> bool {
+        let skew_ns = i128::from(self.config.max_clock_skew_ms) * 1_000_000;
+        let now_ns = i128::from(now_ms) * 1_000_000;
+        [span.start_unix_ns, span.end_unix_ns]
+            .iter()
+            .all(|t| (i128::from(*t) - now_ns).abs() <= skew_ns)
+    }
+
+    /// Whether this second's budget still has room for `traces` new traces of `spans` spans
+    /// and `bytes` bytes; if so they are paid for (but for the trace, which the caller counts).
+    fn fits(&mut self, traces: u32, spans: u32, bytes: usize) -> bool {
+        let budget = &self.budget;
+        let fits = budget.new_traces + traces <= self.config.max_new_traces_per_second
+            && budget.spans.saturating_add(spans) <= self.config.max_kept_spans_per_second
+            && budget.bytes.saturating_add(bytes) <= self.config.max_kept_bytes_per_second;
+        if fits {
+            self.budget.spans += spans;
+            self.budget.bytes += bytes;
+        }
+        fits
     }
 
     fn keep_span(&mut self, span: &IncomingSpan, encoded: &[u8], reason: KeepReason) {
+        // A decoded span takes a few times its encoding; checked before paying for decoding.
+        if self.out_bytes + 4 * encoded.len() > self.config.max_pending_bytes {
+            self.stats.spans_dropped_for_memory += 1;
+            return;
+        }
         if let Some(record) = span_record(span, encoded) {
+            self.out_bytes += record.heap_bytes() + std::mem::size_of::<SpanRecord>();
             self.out.push((record, reason));
+            self.stats.kept_spans += 1;
         }
     }
 
@@ -206,32 +341,42 @@ impl TraceSampler {
         &mut self,
         trace_id: &TraceId,
         span: &IncomingSpan,
-        end_ms: i64,
+        now_ms: i64,
     ) -> Option<KeepReason> {
         if span.is_error {
             return Some(KeepReason::Error);
         }
         if let Some(endpoint) = &span.endpoint {
             let duration = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64;
-            if self.is_among_slowest(endpoint, duration, end_ms) {
+            if self.is_among_slowest(endpoint, duration, now_ms) {
                 return Some(KeepReason::Slow);
             }
         }
-        let random = u64::from_be_bytes(trace_id[8..16].try_into().expect("8 bytes"));
+        let random = u64::from_be_bytes([
+            trace_id[8],
+            trace_id[9],
+            trace_id[10],
+            trace_id[11],
+            trace_id[12],
+            trace_id[13],
+            trace_id[14],
+            trace_id[15],
+        ]);
         let threshold = (self.config.uniform_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
         (random < threshold).then_some(KeepReason::Sampled)
     }
 
-    fn is_among_slowest(&mut self, endpoint: &EndpointKey, duration: f64, end_ms: i64) -> bool {
+    /// Whether a request of `duration` is among the slowest of its endpoint in the minute of
+    /// redline's clock it arrived in.
+    fn is_among_slowest(&mut self, endpoint: &EndpointKey, duration: f64, now_ms: i64) -> bool {
         if self.config.slowest_per_minute == 0 {
             return false;
         }
-        let minute = end_ms.div_euclid(60_000);
-        if minute > self.slowest_minute {
+        let minute = now_ms.div_euclid(60_000);
+        if minute != self.slowest_minute {
             self.slowest.clear();
+            self.slowest_bytes = 0;
             self.slowest_minute = minute;
-        } else if minute < self.slowest_minute {
-            return false;
         }
         // Look up before inserting: cloning the key for every request costs three allocations.
         if !self.slowest.contains_key(endpoint) {
@@ -240,34 +385,24 @@ impl TraceSampler {
             if self.slowest.len() >= SLOWEST_ENDPOINTS_TRACKED {
                 return false;
             }
+            self.slowest_bytes += endpoint.heap_bytes() + SLOWEST_ENTRY_BYTES;
             self.slowest.insert(endpoint.clone(), Vec::new());
         }
-        let top = self.slowest.get_mut(endpoint).expect("inserted above");
+        let Some(top) = self.slowest.get_mut(endpoint) else {
+            return false;
+        };
         if top.len() < self.config.slowest_per_minute {
             let at = top.partition_point(|d| *d < duration);
             top.insert(at, duration);
             return true;
         }
-        if duration > top[0] {
+        if top.first().is_some_and(|fastest| duration > *fastest) {
             top.remove(0);
             let at = top.partition_point(|d| *d < duration);
             top.insert(at, duration);
             return true;
         }
         false
-    }
-
-    fn take_budget(&mut self, end_ms: i64) -> bool {
-        let second = end_ms.div_euclid(1000);
-        if second != self.budget_second {
-            self.budget_second = second;
-            self.budget_used = 0;
-        }
-        if self.budget_used >= self.config.max_new_traces_per_second {
-            return false;
-        }
-        self.budget_used += 1;
-        true
     }
 
     fn keep_trace(&mut self, trace_id: TraceId) {
@@ -295,6 +430,8 @@ impl TraceSampler {
 
     /// Spans chosen since the last call, with the reason their trace was kept.
     pub fn take_kept(&mut self) -> Vec<(SpanRecord, KeepReason)> {
+        self.out_bytes = 0;
+        self.waiting.shrink();
         std::mem::take(&mut self.out)
     }
 
@@ -302,8 +439,18 @@ impl TraceSampler {
         &self.out
     }
 
-    pub fn dropped_for_budget(&self) -> u64 {
-        self.dropped_for_budget
+    pub fn stats(&self) -> SamplerStats {
+        self.stats
+    }
+
+    /// What the sampler holds: its wait buffer and the kept spans not yet taken.
+    pub fn heap_bytes(&self) -> usize {
+        self.waiting.heap_bytes()
+            + self.out_bytes
+            + self.out.capacity() * std::mem::size_of::<(SpanRecord, KeepReason)>()
+            + self.kept.capacity() * std::mem::size_of::<TraceId>()
+            + self.kept_order.capacity() * std::mem::size_of::<TraceId>()
+            + self.slowest_bytes
     }
 }
 
@@ -313,19 +460,23 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::Span;
     use prost::Message;
 
-    /// A span and the body it lies in (just its own encoding).
-    fn span(
+    /// redline's clock in these tests; spans end at it unless a test says otherwise.
+    const NOW_MS: i64 = 1_800_000_000_000;
+
+    /// A span ending at `end_ms` and the body it lies in (just its own encoding).
+    fn span_at(
         trace: u8,
         span_id: u8,
         duration_ms: u64,
         error: bool,
         server: bool,
+        end_ms: i64,
     ) -> (IncomingSpan, Vec<u8>) {
         let mut trace_id = [0u8; 16];
         trace_id[0] = trace;
         trace_id[8] = 0xff; // far above any small uniform threshold
-        let start = 1_000_000_000;
-        let end = start + duration_ms * 1_000_000;
+        let end = end_ms as u64 * 1_000_000;
+        let start = end - duration_ms * 1_000_000;
         let encoded = Span {
             trace_id: trace_id.to_vec(),
             span_id: vec![span_id; 8],
@@ -353,8 +504,22 @@ mod tests {
         (span, encoded)
     }
 
-    fn offer(sampler: &mut TraceSampler, (span, body): (IncomingSpan, Vec<u8>)) {
-        sampler.offer(span, &body);
+    fn span(
+        trace: u8,
+        span_id: u8,
+        duration_ms: u64,
+        error: bool,
+        server: bool,
+    ) -> (IncomingSpan, Vec<u8>) {
+        span_at(trace, span_id, duration_ms, error, server, NOW_MS)
+    }
+
+    fn offer_at(sampler: &mut TraceSampler, (span, body): (IncomingSpan, Vec<u8>), now_ms: i64) {
+        sampler.offer(span, &body, now_ms);
+    }
+
+    fn offer(sampler: &mut TraceSampler, span: (IncomingSpan, Vec<u8>)) {
+        offer_at(sampler, span, NOW_MS);
     }
 
     fn config() -> SamplerConfig {
@@ -364,6 +529,7 @@ mod tests {
             buffer_spans: 100,
             buffer_bytes: 1 << 20,
             max_new_traces_per_second: 100,
+            ..SamplerConfig::default()
         }
     }
 
@@ -376,6 +542,7 @@ mod tests {
         let kept = sampler.take_kept();
         assert_eq!(kept.len(), 3);
         assert!(kept.iter().all(|(_, r)| *r != KeepReason::Slow));
+        assert_eq!(sampler.stats().kept_spans, 3);
     }
 
     #[test]
@@ -414,9 +581,10 @@ mod tests {
                 method: "GET".into(),
                 route: format!("/r/{i}"),
             };
-            sampler.is_among_slowest(&endpoint, 5.0, 1_000);
+            sampler.is_among_slowest(&endpoint, 5.0, NOW_MS);
         }
         assert_eq!(sampler.slowest.len(), SLOWEST_ENDPOINTS_TRACKED);
+        assert!(sampler.heap_bytes() > SLOWEST_ENDPOINTS_TRACKED * SLOWEST_ENTRY_BYTES);
     }
 
     #[test]
@@ -433,7 +601,7 @@ mod tests {
     }
 
     #[test]
-    fn the_wait_buffer_is_bounded_in_bytes() {
+    fn the_wait_buffer_is_bounded_in_bytes_and_shrinks_after_a_burst() {
         let one = span(0, 1, 5, false, false).1.len();
         let mut sampler = TraceSampler::new(SamplerConfig {
             buffer_bytes: one * 3,
@@ -445,6 +613,27 @@ mod tests {
         assert_eq!(sampler.waiting.spans.len(), 3);
         assert_eq!(sampler.waiting.bytes.len(), one * 3);
         assert_eq!(sampler.waiting.newest.len(), 3);
+
+        let mut big = TraceSampler::new(config());
+        for t in 0..100u8 {
+            offer(&mut big, span(t, 1, 5, false, false));
+        }
+        let grown = big.heap_bytes();
+        // The burst's traces are all kept by errors: the buffer empties and gives memory back.
+        big.config.max_kept_spans_per_second = u32::MAX;
+        big.config.max_new_traces_per_second = u32::MAX;
+        for t in 0..100u8 {
+            offer(&mut big, span(t, 2, 5, true, false));
+        }
+        for _ in 0..100 {
+            big.waiting.evict_oldest();
+        }
+        big.take_kept();
+        assert!(
+            big.heap_bytes() < grown / 2,
+            "{} of {grown}",
+            big.heap_bytes()
+        );
     }
 
     #[test]
@@ -472,7 +661,7 @@ mod tests {
         let mut body = encoded.clone();
         body.extend_from_slice(&[0; 4096]);
         let body = bytes::Bytes::from(body);
-        sampler.offer(waiting, &body);
+        sampler.offer(waiting, &body, NOW_MS);
         // The span's bytes were copied into the ring, not the 4 KiB body.
         assert!(body.is_unique());
         assert_eq!(sampler.waiting.bytes.len(), encoded.len());
@@ -484,15 +673,99 @@ mod tests {
     }
 
     #[test]
-    fn the_keep_budget_caps_error_storms() {
+    fn the_keep_budget_caps_new_traces_per_second_of_arrival() {
         let mut sampler = TraceSampler::new(SamplerConfig {
             max_new_traces_per_second: 5,
             ..config()
         });
+        // Client timestamps that interleave across seconds must not reset the budget: it is
+        // kept per second of redline's clock.
         for t in 0..50u8 {
-            offer(&mut sampler, span(t, 1, 5, true, false));
+            let end_ms = NOW_MS - 1000 * i64::from(t % 3);
+            offer(&mut sampler, span_at(t, 1, 5, true, false, end_ms));
         }
         assert_eq!(sampler.take_kept().len(), 5);
-        assert_eq!(sampler.dropped_for_budget(), 45);
+        assert_eq!(sampler.stats().traces_dropped_for_budget, 45);
+        // The next second of arrival has a fresh budget.
+        for t in 50..60u8 {
+            offer_at(&mut sampler, span(t, 1, 5, true, false), NOW_MS + 1000);
+        }
+        assert_eq!(sampler.take_kept().len(), 5);
+    }
+
+    #[test]
+    fn late_spans_of_kept_traces_pay_from_the_span_budget() {
+        let mut sampler = TraceSampler::new(SamplerConfig {
+            max_kept_spans_per_second: 4,
+            ..config()
+        });
+        offer(&mut sampler, span(1, 1, 5, true, false));
+        for id in 2..10u8 {
+            offer(&mut sampler, span(1, id, 5, false, false));
+        }
+        assert_eq!(sampler.take_kept().len(), 4);
+        assert_eq!(sampler.stats().spans_dropped_for_budget, 5);
+    }
+
+    #[test]
+    fn the_byte_budget_caps_kept_bytes_per_second() {
+        let one = span(0, 1, 5, true, false).1.len();
+        let mut sampler = TraceSampler::new(SamplerConfig {
+            max_kept_bytes_per_second: one * 3,
+            ..config()
+        });
+        for t in 0..10u8 {
+            offer(&mut sampler, span(t, 1, 5, true, false));
+        }
+        assert_eq!(sampler.take_kept().len(), 3);
+        assert_eq!(sampler.stats().traces_dropped_for_budget, 7);
+    }
+
+    #[test]
+    fn kept_spans_the_writer_has_not_taken_are_bounded_in_bytes() {
+        let one = span(0, 1, 5, true, false).1.len();
+        let mut sampler = TraceSampler::new(SamplerConfig {
+            max_pending_bytes: 4 * one * 3,
+            ..config()
+        });
+        for t in 0..10u8 {
+            offer(&mut sampler, span(t, 1, 5, true, false));
+        }
+        assert!(sampler.pending_kept().len() <= 3);
+        assert!(sampler.stats().spans_dropped_for_memory >= 7);
+        // Once a flush takes them, keeping resumes.
+        sampler.take_kept();
+        offer(&mut sampler, span(20, 1, 5, true, false));
+        assert_eq!(sampler.pending_kept().len(), 1);
+    }
+
+    #[test]
+    fn spans_outside_the_clock_window_are_not_kept_and_do_not_move_the_clock() {
+        let mut sampler = TraceSampler::new(config());
+        let year_2500_ms = 16_725_225_600_000;
+        offer(&mut sampler, span_at(1, 1, 5, true, true, year_2500_ms));
+        offer(&mut sampler, span_at(2, 1, 5, true, true, 1_000));
+        assert!(sampler.take_kept().is_empty());
+        assert_eq!(sampler.stats().spans_dropped_for_clock, 2);
+        // Slow-trace keeping still works for spans of now.
+        offer(&mut sampler, span(3, 1, 100, false, true));
+        assert_eq!(sampler.take_kept().len(), 1);
+    }
+
+    #[test]
+    fn the_slowest_minute_follows_arrival_not_span_times() {
+        let mut sampler = TraceSampler::new(config());
+        // A span that claims to end five minutes ahead is slowest in the minute it arrived in.
+        offer(
+            &mut sampler,
+            span_at(1, 1, 100, false, true, NOW_MS + 300_000),
+        );
+        // The next minute of arrival starts a new table, whatever the spans' own times.
+        offer_at(
+            &mut sampler,
+            span_at(2, 1, 10, false, true, NOW_MS - 300_000),
+            NOW_MS + 60_000,
+        );
+        assert_eq!(sampler.take_kept().len(), 2);
     }
 }

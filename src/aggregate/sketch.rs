@@ -211,6 +211,11 @@ impl LatencySketch {
         self.store_count + self.zero_count
     }
 
+    /// Bytes its bins take on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.bins.capacity() * std::mem::size_of::<u64>()
+    }
+
     /// The value at rank ⌊q·(n−1)⌋, within 1 % relative error; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let q = q.clamp(0.0, 1.0);

@@ -1,13 +1,13 @@
 //! OTLP/gRPC: TraceService and MetricsService Export (gzip accepted), LogsService answering
-//! UNIMPLEMENTED. Overload is UNAVAILABLE with RetryInfo, which OTLP clients retry.
+//! UNIMPLEMENTED. Overload is UNAVAILABLE with RetryInfo, which OTLP clients retry. Requests
+//! pass [`super::admission::GrpcAdmissionLayer`] first, which counts their bytes against the
+//! memory budget.
 //!
 //! MetricsService and LogsService are opentelemetry-proto's generated tonic services.
 //! TraceService is served the same way (same path, codec framing, compression and limits), but
 //! hands the request to the ingestor as bytes: the generated service would decode every span
 //! into owned structs first, which costs more than everything else redline does with a span
 //! (see `wire`).
-
-use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
@@ -33,9 +33,9 @@ use tonic::codec::{
 use tonic::codegen::{Body, BoxFuture, Bytes, Context, Poll, Service, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::ingest::{IngestError, Ingestor, RETRY_AFTER_SECONDS};
+use crate::ingest::admission::unavailable;
+use crate::ingest::{DECODED_BYTES_PER_ENCODED_BYTE, IngestError, Ingestor};
 
 /// The gRPC router with all three OTLP services.
 pub fn router(ingestor: Ingestor, max_message_bytes: usize) -> tonic::service::Routes {
@@ -60,8 +60,7 @@ fn to_status(error: IngestError) -> Status {
     if let IngestError::Undecodable(message) = error {
         return Status::invalid_argument(message);
     }
-    let details = ErrorDetails::with_retry_info(Some(Duration::from_secs(RETRY_AFTER_SECONDS)));
-    Status::with_error_details(tonic::Code::Unavailable, error.to_string(), details)
+    unavailable(error.to_string())
 }
 
 /// `TraceService/Export`, taking the request message as bytes.
@@ -111,7 +110,11 @@ impl UnaryService<Bytes> for TraceExportServer {
     type Future = BoxFuture<Response<ExportTraceServiceResponse>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let result = self.ingestor.traces(request.get_ref());
+        let body = request.get_ref();
+        let result = self
+            .ingestor
+            .reserve(body.len())
+            .and_then(|memory| self.ingestor.traces(body, memory));
         Box::pin(async move {
             let accepted = result.map_err(to_status)?;
             Ok(Response::new(ExportTraceServiceResponse {
@@ -181,7 +184,15 @@ impl MetricsService for GrpcReceiver {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let accepted = self.0.metrics(request.into_inner()).map_err(to_status)?;
+        let request = request.into_inner();
+        let decoded_bytes = request
+            .encoded_len()
+            .saturating_mul(DECODED_BYTES_PER_ENCODED_BYTE);
+        let accepted = self
+            .0
+            .reserve(decoded_bytes)
+            .and_then(|memory| self.0.metrics(request, memory))
+            .map_err(to_status)?;
         Ok(Response::new(ExportMetricsServiceResponse {
             partial_success: (accepted.rejected > 0).then(|| ExportMetricsPartialSuccess {
                 rejected_data_points: accepted.rejected as i64,

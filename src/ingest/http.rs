@@ -1,9 +1,8 @@
 //! OTLP/HTTP: `POST /v1/traces` and `/v1/metrics`, protobuf or JSON, optionally gzip. Answers in
 //! the request's encoding: 200 with partial success, 400 with a `google.rpc.Status` for an
 //! undecodable body, 413 past the size limit (also after decompression), 415 for other media
-//! types or encodings, 503 + Retry-After when the ingest queue is full.
-
-use std::io::Read;
+//! types or encodings, 503 + Retry-After when redline cannot take the data now (the memory
+//! budget, the ingest queue or unwritten data at its bound).
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -22,7 +21,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::ingest::{Accepted, IngestError, Ingestor, RETRY_AFTER_SECONDS};
+use crate::budget::Reservation;
+use crate::ingest::admission::{BodyError, read_body};
+use crate::ingest::{
+    Accepted, DECODED_BYTES_PER_ENCODED_BYTE, IngestError, Ingestor, RETRY_AFTER_SECONDS,
+};
 use crate::self_metrics;
 
 /// `google.rpc.Status`, the error body OTLP/HTTP specifies.
@@ -66,7 +69,7 @@ pub fn router(ingestor: Ingestor, max_body_bytes: usize, cors_origins: &[String]
     let router = Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))
-        // The limit is enforced in `read_body`, also for decompressed bodies.
+        // The limit is enforced in `admission::read_body`, also for decompressed bodies.
         .layer(DefaultBodyLimit::disable())
         .with_state(receiver);
     if cors_origins.is_empty() {
@@ -92,35 +95,41 @@ pub fn router(ingestor: Ingestor, max_body_bytes: usize, cors_origins: &[String]
 
 async fn traces(State(receiver): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
     receiver
-        .handle(&headers, body, |r, bytes, encoding| {
+        .handle(&headers, body, |r, bytes, encoding, mut memory| {
             // Protobuf goes to the ingestor as bytes (it reads them without decoding the
             // message); JSON is decoded and re-encoded, the rarer and slower path anyway.
             let bytes = match encoding {
                 Encoding::Protobuf => bytes,
                 Encoding::Json => {
-                    let request: ExportTraceServiceRequest = decode(bytes, encoding)?;
+                    let request: ExportTraceServiceRequest = decode(bytes, encoding, &mut memory)?;
                     Bytes::from(request.encode_to_vec())
                 }
             };
-            r.ingestor.traces(&bytes).map(trace_response)
+            r.ingestor.traces(&bytes, memory).map(trace_response)
         })
         .await
 }
 
 async fn metrics(State(receiver): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
     receiver
-        .handle(&headers, body, |r, bytes, encoding| {
-            let request = decode(bytes, encoding)?;
-            r.ingestor.metrics(request).map(metrics_response)
+        .handle(&headers, body, |r, bytes, encoding, mut memory| {
+            let request = decode(bytes, encoding, &mut memory)?;
+            r.ingestor.metrics(request, memory).map(metrics_response)
         })
         .await
 }
 
-/// Decodes a message in the request's encoding.
+/// Decodes a message in the request's encoding, first reserving what the decoded message is
+/// reckoned to take.
 fn decode<M: Message + Default + DeserializeOwned>(
     bytes: Bytes,
     encoding: Encoding,
+    memory: &mut Reservation,
 ) -> Result<M, IngestError> {
+    if let Err(refused) = memory.grow(bytes.len().saturating_mul(DECODED_BYTES_PER_ENCODED_BYTE)) {
+        self_metrics::requests_rejected("memory");
+        return Err(refused.into());
+    }
     let decoded = match encoding {
         Encoding::Protobuf => M::decode(bytes).map_err(|e| format!("invalid protobuf: {e}")),
         Encoding::Json => {
@@ -151,18 +160,11 @@ fn metrics_response(accepted: Accepted) -> ExportMetricsServiceResponse {
     }
 }
 
-/// Why a request body could not be turned into an export request.
-enum BodyError {
-    TooLarge,
-    UnsupportedEncoding(String),
-    Unreadable(String),
-}
-
 impl Receiver {
     async fn handle<Resp, F>(&self, headers: &HeaderMap, body: Body, export: F) -> Response
     where
         Resp: Message + Serialize,
-        F: FnOnce(&Receiver, Bytes, Encoding) -> Result<Resp, IngestError>,
+        F: FnOnce(&Receiver, Bytes, Encoding, Reservation) -> Result<Resp, IngestError>,
     {
         let Some(encoding) = request_encoding(headers) else {
             self_metrics::requests_rejected("unsupported_media_type");
@@ -172,86 +174,45 @@ impl Receiver {
                 format!("Content-Type must be {PROTOBUF} or {JSON}"),
             );
         };
-        let bytes = match self.read_body(headers, body).await {
-            Ok(bytes) => bytes,
-            Err(BodyError::TooLarge) => {
-                self_metrics::requests_rejected("too_large");
-                return status_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    encoding,
-                    format!("request body exceeds {} bytes", self.max_body_bytes),
-                );
-            }
-            Err(BodyError::UnsupportedEncoding(e)) => {
-                self_metrics::requests_rejected("unsupported_media_type");
-                return status_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, encoding, e);
-            }
-            Err(BodyError::Unreadable(e)) => {
-                self_metrics::requests_rejected("undecodable");
-                return status_response(StatusCode::BAD_REQUEST, encoding, e);
-            }
-        };
-        match export(self, bytes, encoding) {
+        let (bytes, memory) =
+            match read_body(&self.ingestor, headers, body, self.max_body_bytes).await {
+                Ok(read) => read,
+                Err(error) => return body_error_response(error, encoding),
+            };
+        match export(self, bytes, encoding, memory) {
             Ok(response) => encoded(StatusCode::OK, encoding, &response),
-            Err(IngestError::Undecodable(message)) => {
-                status_response(StatusCode::BAD_REQUEST, encoding, message)
-            }
-            Err(error) => {
-                let mut response =
-                    status_response(StatusCode::SERVICE_UNAVAILABLE, encoding, error.to_string());
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-                response
-            }
-        }
-    }
-
-    /// Reads the body, undoing gzip, never holding more than the limit in memory.
-    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> {
-        let raw = axum::body::to_bytes(body, self.max_body_bytes)
-            .await
-            .map_err(|e| {
-                if is_length_limit(&e) {
-                    BodyError::TooLarge
-                } else {
-                    BodyError::Unreadable(format!("reading the body failed: {e}"))
-                }
-            })?;
-        let encoding = headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_ascii_lowercase());
-        match encoding.as_deref() {
-            None | Some("") | Some("identity") => Ok(raw),
-            Some("gzip") => {
-                let mut decoder =
-                    flate2::read::GzDecoder::new(&raw[..]).take(self.max_body_bytes as u64 + 1);
-                let mut out = Vec::new();
-                decoder
-                    .read_to_end(&mut out)
-                    .map_err(|e| BodyError::Unreadable(format!("invalid gzip body: {e}")))?;
-                if out.len() > self.max_body_bytes {
-                    return Err(BodyError::TooLarge);
-                }
-                Ok(Bytes::from(out))
-            }
-            Some(other) => Err(BodyError::UnsupportedEncoding(format!(
-                "Content-Encoding {other:?} is not supported (use gzip)"
-            ))),
+            Err(error) => ingest_error_response(error, encoding),
         }
     }
 }
 
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
+fn body_error_response(error: BodyError, encoding: Encoding) -> Response {
+    let (status, reason) = match &error {
+        BodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        BodyError::UnsupportedEncoding(_) => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
         }
-        source = e.source();
+        BodyError::Unreadable(_) => (StatusCode::BAD_REQUEST, "undecodable"),
+        BodyError::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, "memory"),
+    };
+    if let BodyError::Refused(refused) = error {
+        // Counted where it was refused.
+        return ingest_error_response(refused, encoding);
     }
-    false
+    self_metrics::requests_rejected(reason);
+    status_response(status, encoding, error.to_string())
+}
+
+fn ingest_error_response(error: IngestError, encoding: Encoding) -> Response {
+    if let IngestError::Undecodable(message) = error {
+        return status_response(StatusCode::BAD_REQUEST, encoding, message);
+    }
+    let mut response =
+        status_response(StatusCode::SERVICE_UNAVAILABLE, encoding, error.to_string());
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
 }
 
 fn request_encoding(headers: &HeaderMap) -> Option<Encoding> {

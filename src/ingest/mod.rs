@@ -1,17 +1,23 @@
 //! OTLP receivers: gRPC and HTTP front ends that decode, convert and hand batches to the
 //! bounded ingest queue, answering as the OTLP specification requires. Both share
-//! [`Ingestor`], so they count, reject and throttle the same way.
+//! [`Ingestor`], so they count, reject and throttle the same way: a request is refused with
+//! 503/UNAVAILABLE and Retry-After when its bytes do not fit the memory budget, when the queue
+//! is full, or when too much acknowledged data is not yet stored.
 
+pub mod admission;
 pub mod convert;
 pub mod grpc;
 pub mod http;
 pub mod tracestate;
 pub mod wire;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 
-use crate::pipeline::{IngestQueue, SubmitError};
+use crate::budget::{MemoryBudget, OverBudget, Part, Reservation};
+use crate::pipeline::{Behind, IngestQueue, SubmitError};
 use crate::self_metrics::{self, Signal};
 
 /// What an accepted export reports back (`partial_success`).
@@ -26,39 +32,96 @@ pub enum IngestError {
     /// The body is not the message it claims to be (400 / INVALID_ARGUMENT).
     #[error("{0}")]
     Undecodable(String),
-    #[error("redline is overloaded: the ingest queue is full, retry later")]
-    Overloaded,
+    /// A retryable refusal (503 / UNAVAILABLE with Retry-After).
+    #[error("{0}")]
+    Overloaded(Overload),
     #[error("redline is shutting down")]
     ShuttingDown,
+}
+
+/// Why an export was refused for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Overload {
+    #[error("redline is overloaded: the ingest queue is full, retry later")]
+    QueueFull,
+    #[error(transparent)]
+    Memory(#[from] OverBudget),
+    #[error("{0}")]
+    Behind(Behind),
+}
+
+impl Overload {
+    /// The `reason` label of the rejection counters.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Overload::QueueFull => "overload",
+            Overload::Memory(_) => "memory",
+            Overload::Behind(_) => "behind",
+        }
+    }
+}
+
+impl From<OverBudget> for IngestError {
+    fn from(e: OverBudget) -> Self {
+        IngestError::Overloaded(Overload::Memory(e))
+    }
 }
 
 /// Seconds a throttled client is asked to wait.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
+/// Bytes a decoded protobuf or JSON request is reckoned to take per byte of its encoding
+/// (owned strings, vectors and structs instead of a flat buffer), reserved before decoding.
+pub const DECODED_BYTES_PER_ENCODED_BYTE: usize = 4;
+
 #[derive(Clone)]
 pub struct Ingestor {
     queue: IngestQueue,
+    budget: Arc<MemoryBudget>,
 }
 
 impl Ingestor {
-    pub fn new(queue: IngestQueue) -> Self {
-        Ingestor { queue }
+    pub fn new(queue: IngestQueue, budget: Arc<MemoryBudget>) -> Self {
+        Ingestor { queue, budget }
     }
 
-    /// Takes a trace export in protobuf encoding (`ExportTraceServiceRequest`).
-    pub fn traces(&self, body: &Bytes) -> Result<Accepted, IngestError> {
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
+    /// Reserves what a request body will hold before it is read or decoded.
+    pub fn reserve(&self, bytes: usize) -> Result<Reservation, IngestError> {
+        self.budget
+            .try_reserve(Part::RequestBodies, bytes)
+            .map_err(|e| self.refused(Overload::Memory(e)))
+    }
+
+    /// Counts a request refused before its items could be counted.
+    fn refused(&self, overload: Overload) -> IngestError {
+        self_metrics::requests_rejected(overload.reason());
+        IngestError::Overloaded(overload)
+    }
+
+    /// Takes a trace export in protobuf encoding (`ExportTraceServiceRequest`); `memory` holds
+    /// the body's bytes.
+    pub fn traces(&self, body: &Bytes, memory: Reservation) -> Result<Accepted, IngestError> {
         let converted = convert::convert_traces(body).map_err(|e| {
             self_metrics::requests_rejected("undecodable");
             IngestError::Undecodable(e.to_string())
         })?;
         let count = converted.batch.spans.len() as u64;
-        self.submit(Signal::Traces, converted, count)
+        self.submit(Signal::Traces, converted, count, memory)
     }
 
-    pub fn metrics(&self, request: ExportMetricsServiceRequest) -> Result<Accepted, IngestError> {
+    /// Takes a decoded metrics export; `memory` holds the decoded request's bytes.
+    pub fn metrics(
+        &self,
+        request: ExportMetricsServiceRequest,
+        memory: Reservation,
+    ) -> Result<Accepted, IngestError> {
         let converted = convert::convert_metrics(request);
         let count = converted.batch.metric_points.len() as u64;
-        self.submit(Signal::Metrics, converted, count)
+        self.submit(Signal::Metrics, converted, count, memory)
     }
 
     fn submit(
@@ -66,26 +129,28 @@ impl Ingestor {
         signal: Signal,
         converted: convert::Converted,
         count: u64,
+        memory: Reservation,
     ) -> Result<Accepted, IngestError> {
         if converted.rejected > 0 {
             self_metrics::rejected(signal, "invalid", converted.rejected);
         }
-        match self.queue.try_submit(converted.batch) {
+        let overload = match self.queue.try_submit(converted.batch, memory) {
             Ok(()) => {
                 self_metrics::accepted(signal, count);
-                Ok(Accepted {
+                return Ok(Accepted {
                     rejected: converted.rejected,
                     message: converted.first_error,
-                })
+                });
             }
-            Err(SubmitError::Full) => {
-                self_metrics::rejected(signal, "overload", count);
-                Err(IngestError::Overloaded)
-            }
+            Err(SubmitError::Full) => Overload::QueueFull,
+            Err(SubmitError::OverBudget(e)) => Overload::Memory(e),
+            Err(SubmitError::Behind(behind)) => Overload::Behind(behind),
             Err(SubmitError::Closed) => {
                 self_metrics::rejected(signal, "shutting_down", count);
-                Err(IngestError::ShuttingDown)
+                return Err(IngestError::ShuttingDown);
             }
-        }
+        };
+        self_metrics::rejected(signal, overload.reason(), count);
+        Err(IngestError::Overloaded(overload))
     }
 }

@@ -37,8 +37,16 @@ pub struct WriterHandle {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Flushes queued ahead of the writer before the pipeline waits (and ingest backs up).
-const QUEUED_FLUSHES: usize = 16;
+/// Flushes queued ahead of the writer; beyond it the pipeline keeps data in memory.
+const QUEUED_FLUSHES: usize = 2;
+
+/// Why the writer did not take a flush.
+#[derive(Debug)]
+pub enum TryFlushError {
+    /// Its queue is full: the caller keeps the flush and offers it again later.
+    Busy(Arc<FlushBatch>),
+    Closed,
+}
 
 /// Starts the writer thread on `conn`. `on_commit(seq)` runs after each flush is durable.
 pub fn spawn_writer(
@@ -121,6 +129,25 @@ impl WriterHandle {
             .map_err(|_| StoreError::Closed)
     }
 
+    /// Queues a flush if the writer has room, without waiting.
+    pub fn try_flush(&self, seq: u64, batch: Arc<FlushBatch>) -> Result<(), TryFlushError> {
+        self.tx
+            .try_send(Command::Flush { seq, batch })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(Command::Flush { batch, .. }) => {
+                    TryFlushError::Busy(batch)
+                }
+                _ => TryFlushError::Closed,
+            })
+    }
+
+    /// Queues retention if the writer has room, without waiting.
+    pub fn try_retention(&self, now_ms: i64) -> Result<(), StoreError> {
+        self.tx
+            .try_send(Command::Retention { now_ms })
+            .map_err(|_| StoreError::Closed)
+    }
+
     /// Resolves once everything queued before it is written.
     pub async fn barrier(&self) -> Result<(), StoreError> {
         let (reply, done) = oneshot::channel();
@@ -132,7 +159,7 @@ impl WriterHandle {
     }
 
     /// Stops the thread after it has applied everything queued, and waits for it.
-    pub async fn close(mut self) {
+    pub async fn close(mut self, _deadline: std::time::Duration) {
         let thread = self.thread.take();
         drop(self.tx);
         if let Some(thread) = thread {

@@ -14,31 +14,35 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::pipeline::IngestQueue;
+use std::sync::Arc;
+
+use crate::budget::MemoryBudget;
+use crate::pipeline::{Durability, IngestQueue};
 use crate::query::Query;
 use crate::self_metrics;
 use crate::store::Readers;
+use crate::supervise::Stages;
+
+/// What `/readyz` and `/metrics` look at.
+#[derive(Clone)]
+pub struct Readiness {
+    pub queue: IngestQueue,
+    pub readers: Readers,
+    pub stages: Arc<Stages>,
+    pub budget: Arc<MemoryBudget>,
+    pub durability: Arc<Durability>,
+}
 
 #[derive(Clone)]
 struct Health {
     prometheus: PrometheusHandle,
-    queue: IngestQueue,
-    readers: Readers,
-    queue_capacity: usize,
+    readiness: Readiness,
 }
 
-pub fn router(
-    query: Query,
-    prometheus: PrometheusHandle,
-    queue: IngestQueue,
-    readers: Readers,
-    queue_capacity: usize,
-) -> Router {
+pub fn router(query: Query, prometheus: PrometheusHandle, readiness: Readiness) -> Router {
     let health = Health {
         prometheus,
-        queue,
-        readers,
-        queue_capacity,
+        readiness,
     };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -59,25 +63,49 @@ pub fn protect(router: Router, web_auth: auth::WebAuth) -> Router {
         ))
 }
 
-/// Ready when the database answers and the ingest queue has room.
+/// Ready when every stage runs, the database answers, and redline can take data: the ingest
+/// queue and the memory budget have room and unwritten data is within its bound.
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    let database = health
-        .readers
-        .run(|conn| Ok(conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?))
-        .await;
-    let queue_full = health.queue.depth() >= health.queue_capacity;
-    match (database, queue_full) {
-        (Ok(_), false) => (StatusCode::OK, "ready\n".to_string()),
-        (Err(e), _) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")),
-        (_, true) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ingest queue is full\n".to_string(),
-        ),
+    match not_ready(&health.readiness).await {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
 }
 
+/// Why redline is not ready, if it is not.
+async fn not_ready(readiness: &Readiness) -> Option<String> {
+    if let Some(trouble) = readiness.stages.trouble() {
+        return Some(trouble);
+    }
+    let database = readiness
+        .readers
+        .run(|conn| Ok(conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?))
+        .await;
+    if let Err(e) = database {
+        return Some(format!("database: {e}"));
+    }
+    if let Err(behind) = readiness.durability.check(1, crate::pipeline::now_ms()) {
+        return Some(behind.to_string());
+    }
+    if readiness.queue.depth() >= readiness.queue.capacity() {
+        return Some("ingest queue is full".into());
+    }
+    let budget = &readiness.budget;
+    if !budget.has_room_for(1) {
+        return Some(format!(
+            "the memory budget is spent ({} of {} bytes)",
+            budget.used(),
+            budget.limit()
+        ));
+    }
+    None
+}
+
 async fn prometheus_metrics(State(health): State<Health>) -> impl IntoResponse {
-    self_metrics::queue_depth(health.queue.depth(), health.queue_capacity);
+    let readiness = &health.readiness;
+    self_metrics::queue_depth(readiness.queue.depth(), readiness.queue.capacity());
+    self_metrics::memory_budget(&readiness.budget);
+    self_metrics::unwritten(readiness.durability.unwritten());
     health.prometheus.run_upkeep();
     (
         [(

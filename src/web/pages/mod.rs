@@ -100,6 +100,8 @@ pub struct Pages {
     pub otlp_http_addr: SocketAddr,
     /// The alert engine's view, once there is one.
     pub alerts: Option<Arc<dyn AlertView>>,
+    /// Stages, memory and unwritten data, for the health panel.
+    pub readiness: Option<crate::web::Readiness>,
     ingest_rate: Arc<Mutex<IngestSamples>>,
 }
 
@@ -158,8 +160,15 @@ impl Pages {
             otlp_grpc_addr,
             otlp_http_addr,
             alerts: None,
+            readiness: None,
             ingest_rate: Arc::new(Mutex::new(IngestSamples::default())),
         }
+    }
+
+    /// Attaches what the health panel shows of stages, memory and unwritten data.
+    pub fn with_readiness(mut self, readiness: crate::web::Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// Attaches the alert engine's view.

@@ -36,6 +36,17 @@ pub struct HealthView {
     pub overflow: String,
     pub overflow_bad: bool,
     pub database: String,
+    /// Spans kept for the trace views, and those shed (budget, memory, clock).
+    pub traces: String,
+    pub traces_bad: bool,
+    pub traces_detail: String,
+    pub memory: String,
+    pub memory_bad: bool,
+    /// Acknowledged data not yet stored.
+    pub unwritten: String,
+    /// Every stage running, or what is not.
+    pub stages: String,
+    pub stages_bad: bool,
 }
 
 #[derive(Template)]
@@ -173,6 +184,12 @@ async fn health(pages: &Pages) -> HealthView {
     let database = file_len(&pages.database_path).await
         + file_len(&pages.database_path.with_extension("db-wal")).await;
     let depth = pages.queue.depth();
+    let readiness = pages.readiness.as_ref();
+    let trouble = readiness.and_then(|r| r.stages.trouble());
+    let traces_dropped = stats.traces.traces_dropped_for_budget
+        + stats.traces.spans_dropped_for_budget
+        + stats.traces.spans_dropped_for_memory
+        + stats.traces.spans_dropped_for_clock;
     HealthView {
         ingest_rate: pages
             .ingest_rate()
@@ -205,6 +222,33 @@ async fn health(pages: &Pages) -> HealthView {
         ),
         overflow_bad: overflow > 0,
         database: fmt_bytes(database),
+        traces: format!(
+            "{} spans kept, {} dropped",
+            number_int(stats.traces.kept_spans),
+            number_int(traces_dropped)
+        ),
+        traces_bad: traces_dropped > 0,
+        traces_detail: format!(
+            "dropped: {} new traces and {} spans over the keep budget, {} spans while the \
+             writer was behind, {} spans outside the clock window",
+            number_int(stats.traces.traces_dropped_for_budget),
+            number_int(stats.traces.spans_dropped_for_budget),
+            number_int(stats.traces.spans_dropped_for_memory),
+            number_int(stats.traces.spans_dropped_for_clock)
+        ),
+        memory: readiness.map_or_else(String::new, |r| {
+            format!(
+                "{} of {}",
+                fmt_bytes(r.budget.used() as u64),
+                fmt_bytes(r.budget.limit() as u64)
+            )
+        }),
+        memory_bad: readiness.is_some_and(|r| r.budget.used() * 10 > r.budget.limit() * 9),
+        unwritten: readiness.map_or_else(String::new, |r| {
+            format!("{} spans and points", number_int(r.durability.unwritten()))
+        }),
+        stages: trouble.clone().unwrap_or_else(|| "all running".into()),
+        stages_bad: trouble.is_some(),
     }
 }
 
