@@ -194,18 +194,18 @@ async fn client_clocks_do_not_drive_trace_keeping() {
     redline.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spent_memory_budget_refuses_with_503_and_memory_comes_back() {
+/// A redline with a 1 MiB memory budget, and exports whose 300 spans each fall in a different
+/// 10-second window of the last hour: every window is a new entry of the aggregator, which
+/// holds them until the next flush, so a few exports spend the budget.
+async fn small_budget() -> (TestRedline, impl Fn(u64) -> ExportTraceServiceRequest) {
     let redline = TestRedline::start_with(|s| {
         s.max_body_bytes = Some(256 * 1024);
         s.memory_limit = Some(1 << 20);
         s.flush_interval = Some("2s".into());
     })
     .await;
-    // Each export's spans fall in 300 different 10-second windows of the last hour: every
-    // window is a new entry of the aggregator, which holds them until the next flush.
     let now = now_ns();
-    let request = |batch: u64| {
+    let request = move |batch: u64| {
         spans_request(
             "heavy",
             "/w",
@@ -219,6 +219,41 @@ async fn a_spent_memory_budget_refuses_with_503_and_memory_comes_back() {
             }),
         )
     };
+    (redline, request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_memory_budget_refuses_grpc_with_unavailable() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let (redline, request) = small_budget().await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", redline.grpc))
+        .await
+        .unwrap();
+    let (mut acknowledged, mut refused) = (0u64, 0u64);
+    for batch in 0..60 {
+        match client.export(request(batch)).await {
+            Ok(_) => acknowledged += 300,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(status.message().contains("memory budget"), "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0 && acknowledged > 0, "{refused} refused");
+    redline
+        .wait_for(
+            "/api/v1/endpoints?service=heavy&since=2h",
+            Duration::from_secs(15),
+            |b| endpoint(b, "GET", "/w").is_some_and(|e| e["requests"] == acknowledged),
+        )
+        .await;
+    redline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_memory_budget_refuses_with_503_and_memory_comes_back() {
+    let (redline, request) = small_budget().await;
     let (mut acknowledged, mut refused) = (0u64, 0u64);
     for batch in 0..60 {
         let response = redline
