@@ -382,7 +382,17 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Tests make a write panic with these: a span of this name, a flush of this number.
+#[cfg(test)]
+pub const PANICKING_SPAN: &str = "test: writing this span panics";
+#[cfg(test)]
+pub const PANICKING_SEQ: u64 = 1_000_000_007;
+
 fn set_flushed_seq(conn: &Connection, seq: u64) -> Result<(), StoreError> {
+    #[cfg(test)]
+    if seq == PANICKING_SEQ {
+        panic!("test: storing flush {seq} panics");
+    }
     let seq = i64::try_from(seq).map_err(|_| StoreError::Unstorable(format!("flush {seq}")))?;
     conn.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'flushed_seq'",
@@ -529,6 +539,10 @@ fn upsert_metric(
 }
 
 fn insert_span(conn: &Connection, span: &SpanRecord, reason: &str) -> Result<(), StoreError> {
+    #[cfg(test)]
+    if span.name == PANICKING_SPAN {
+        panic!("test: writing span {} panics", span.span_id);
+    }
     let inserted = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO spans (trace_id, span_id, parent_span_id, service, name, kind,
@@ -762,5 +776,121 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(kept, vec![format!("{:032x}", 3), format!("{:032x}", 2)]);
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+    use crate::store::test_data::{
+        HOUR, batch, count, database, gauge, plain, poisoned_red, red, sample, span, with_metrics,
+    };
+
+    fn requests(conn: &Connection, table: &str, route: &str) -> i64 {
+        conn.query_row(
+            &format!(
+                "SELECT coalesce(sum(requests), 0) FROM {table}
+                 JOIN endpoints e ON e.id = endpoint_id WHERE e.route = ?1"
+            ),
+            [route],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stored_row_that_cannot_be_read_is_replaced_by_the_next_flush_and_counted() {
+        let (dir, mut db) = database(Retention::default());
+        db.write_flush(
+            1,
+            &batch(vec![red("/a", HOUR, 3)], vec![gauge("q", "1", HOUR, 1.0)], vec![]),
+        )
+        .unwrap();
+        let damaged = plain(&dir.path().join("redline.db"));
+        damaged
+            .execute_batch("UPDATE red_1m SET sketch = x'0102'; UPDATE metric_1m SET agg = 7;")
+            .unwrap();
+        let (written, metrics) = with_metrics(|| {
+            db.write_flush(
+                2,
+                &batch(
+                    vec![red("/a", HOUR + 10_000, 4)],
+                    vec![gauge("q", "1", HOUR + 10_000, 2.0)],
+                    vec![],
+                ),
+            )
+        });
+        written.unwrap();
+        // The damaged minute holds the new flush only; the intact tiers hold both.
+        assert_eq!(requests(&damaged, "red_1m", "/a"), 4);
+        assert_eq!(requests(&damaged, "red_1h", "/a"), 7);
+        let samples: i64 = damaged
+            .query_row(
+                "SELECT json_extract(agg, '$.samples') FROM metric_1m",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(samples, 1);
+        let unreadable = "redline_store_rows_unreadable_total";
+        assert_eq!(sample(&metrics, &format!("{unreadable}{{table=\"red_1m\"}}")), 1.0);
+        assert_eq!(sample(&metrics, &format!("{unreadable}{{table=\"metric_1m\"}}")), 1.0);
+        assert_eq!(sample(&metrics, &format!("{unreadable}{{table=\"red_1h\"}}")), 0.0);
+    }
+
+    #[test]
+    fn row_by_row_leaves_out_the_refused_rows_and_stores_the_rest() {
+        let (dir, mut db) = database(Retention::default());
+        let mut nan_gauge = gauge("q", "2", HOUR, 1.0);
+        nan_gauge.agg.sum = f64::NAN;
+        let flush = batch(
+            vec![
+                red("/a", HOUR, 3),
+                // Same endpoint and minute as the good one: merged in one go, it would take
+                // the good requests with it.
+                poisoned_red("/a", HOUR + 10_000),
+                red("/b", HOUR, 4),
+            ],
+            vec![gauge("q", "1", HOUR, 1.0), nan_gauge],
+            vec![span(1, 1, HOUR)],
+        );
+        let in_one_go = db.write_flush(1, &flush).unwrap_err();
+        assert_eq!(in_one_go.fault(), None, "{in_one_go}");
+        db.after_failure(None);
+        let skipped = db.write_rows(1, &flush).unwrap();
+        assert_eq!(
+            skipped,
+            SkippedRows {
+                red: 1,
+                metric: 1,
+                span: 0,
+                panicked: 0
+            }
+        );
+        let conn = plain(&dir.path().join("redline.db"));
+        assert_eq!(requests(&conn, "red_10s", "/a"), 3);
+        assert_eq!(requests(&conn, "red_1m", "/a"), 3);
+        assert_eq!(requests(&conn, "red_1h", "/b"), 4);
+        assert_eq!(count(&conn, "red_10s"), 2);
+        assert_eq!(count(&conn, "metric_10s"), 1);
+        assert_eq!(count(&conn, "spans"), 1);
+        assert_eq!(crate::store::read::flushed_seq(&conn).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_row_whose_write_panics_is_left_out_row_by_row() {
+        let (dir, mut db) = database(Retention::default());
+        let (mut panicking, reason) = span(1, 2, HOUR);
+        panicking.name = PANICKING_SPAN.into();
+        let flush = batch(
+            vec![red("/a", HOUR, 3)],
+            vec![],
+            vec![span(1, 1, HOUR), (panicking, reason), span(1, 3, HOUR)],
+        );
+        let skipped = db.write_rows(1, &flush).unwrap();
+        assert_eq!((skipped.span, skipped.panicked), (1, 1));
+        let conn = plain(&dir.path().join("redline.db"));
+        assert_eq!(count(&conn, "spans"), 2);
+        assert_eq!(requests(&conn, "red_1m", "/a"), 3);
     }
 }

@@ -15,8 +15,10 @@ pub mod schema;
 pub mod writer;
 
 #[cfg(test)]
+mod test_data;
+#[cfg(test)]
 #[path = "../../tests/support/tmpfs.rs"]
-pub(crate) mod tmpfs;
+mod tmpfs;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

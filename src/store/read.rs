@@ -585,3 +585,250 @@ fn span_record(row: &Row<'_>) -> Result<SpanRecord, StoreError> {
         is_error,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Retention;
+    use crate::store::test_data::{
+        HOUR, batch, count, database, gauge, plain, red, sample, span, with_metrics,
+    };
+
+    const UNREADABLE: &str = "redline_store_rows_unreadable_total";
+
+    fn all_endpoints() -> RedFilter {
+        RedFilter::default()
+    }
+
+    fn requests_by_route(rows: &[RedDelta]) -> BTreeMap<String, u64> {
+        rows.iter()
+            .map(|r| (r.endpoint.route.clone(), r.stats.requests))
+            .collect()
+    }
+
+    #[test]
+    fn a_red_row_that_cannot_be_decoded_is_skipped_and_counted() {
+        // Each way a RED row can be damaged: the sketch, the status counts, the explicit
+        // buckets, a count of the wrong type or sign.
+        let damages = [
+            "sketch = x'0102'",
+            "status = x'00'",
+            "status = 'text'",
+            "explicit = '{not json'",
+            "requests = 'many'",
+            "requests = -5",
+        ];
+        for damage in damages {
+            let (dir, mut db) = database(Retention::default());
+            let flush = batch(
+                vec![red("/a", HOUR, 3), red("/b", HOUR, 4), red("/c", HOUR, 5)],
+                vec![],
+                vec![],
+            );
+            db.write_flush(1, &flush).unwrap();
+            let path = dir.path().join("redline.db");
+            let damaged = plain(&path)
+                .execute(
+                    &format!(
+                        "UPDATE red_10s SET {damage} WHERE endpoint_id =
+                           (SELECT id FROM endpoints WHERE route = '/b')"
+                    ),
+                    [],
+                )
+                .unwrap();
+            assert_eq!(damaged, 1);
+
+            let mut reader = plain(&path);
+            let ((totals, steps), metrics) = with_metrics(|| {
+                let totals = red_totals(&mut reader, &all_endpoints(), |_| {
+                    vec![(Resolution::TenSeconds, HOUR, HOUR + 60_000)]
+                })
+                .unwrap();
+                let steps = red_steps(
+                    &mut reader,
+                    &all_endpoints(),
+                    Resolution::TenSeconds,
+                    (HOUR, HOUR + 60_000),
+                    10_000,
+                    true,
+                )
+                .unwrap();
+                (totals, steps)
+            });
+            let expected = BTreeMap::from([("/a".to_string(), 3), ("/c".to_string(), 5)]);
+            assert_eq!(requests_by_route(&totals.rows), expected, "{damage}");
+            assert_eq!(requests_by_route(&steps.rows), expected, "{damage}");
+            assert_eq!(totals.flushed_seq, 1);
+            assert_eq!(
+                sample(&metrics, &format!("{UNREADABLE}{{table=\"red_10s\"}}")),
+                2.0,
+                "{damage}: {metrics}"
+            );
+            // The other tiers of the same endpoint are intact.
+            let hourly = red_totals(&mut reader, &all_endpoints(), |_| {
+                vec![(Resolution::OneHour, HOUR, HOUR + 3_600_000)]
+            })
+            .unwrap();
+            assert_eq!(requests_by_route(&hourly.rows)["/b"], 4);
+        }
+    }
+
+    #[test]
+    fn an_endpoint_that_cannot_be_read_is_left_out() {
+        let (dir, mut db) = database(Retention::default());
+        db.write_flush(1, &batch(vec![red("/a", HOUR, 3), red("/b", HOUR, 4)], vec![], vec![]))
+            .unwrap();
+        let path = dir.path().join("redline.db");
+        plain(&path)
+            .execute("UPDATE endpoints SET method = x'00ff' WHERE route = '/b'", [])
+            .unwrap();
+        let mut reader = plain(&path);
+        let (totals, metrics) = with_metrics(|| {
+            red_totals(&mut reader, &all_endpoints(), |_| {
+                vec![(Resolution::OneMinute, HOUR, HOUR + 60_000)]
+            })
+            .unwrap()
+        });
+        assert_eq!(
+            requests_by_route(&totals.rows),
+            BTreeMap::from([("/a".to_string(), 3)])
+        );
+        assert_eq!(
+            sample(&metrics, &format!("{UNREADABLE}{{table=\"endpoints\"}}")),
+            1.0
+        );
+    }
+
+    #[test]
+    fn metric_windows_and_series_that_cannot_be_decoded_are_skipped_and_counted() {
+        let (dir, mut db) = database(Retention::default());
+        let flush = batch(
+            vec![],
+            vec![
+                gauge("queue", "1", HOUR, 1.0),
+                gauge("queue", "2", HOUR, 2.0),
+                gauge("queue", "3", HOUR, 3.0),
+            ],
+            vec![],
+        );
+        db.write_flush(1, &flush).unwrap();
+        let path = dir.path().join("redline.db");
+        let writer = plain(&path);
+        writer
+            .execute(
+                "UPDATE metric_10s SET agg = '{\"samples\": ' WHERE series_id =
+                   (SELECT id FROM metric_series WHERE attributes LIKE '%\"2\"%')",
+                [],
+            )
+            .unwrap();
+        writer
+            .execute(
+                "UPDATE metric_series SET attributes = '{' WHERE attributes LIKE '%\"3\"%'",
+                [],
+            )
+            .unwrap();
+        let mut reader = plain(&path);
+        let ((windows, series), metrics) = with_metrics(|| {
+            let windows = metric_windows(
+                &mut reader,
+                "svc",
+                "queue",
+                Resolution::TenSeconds,
+                HOUR,
+                HOUR + 60_000,
+            )
+            .unwrap();
+            let series = metric_series(&mut reader, Some("svc")).unwrap();
+            (windows, series)
+        });
+        let labels = |keys: Vec<&MetricSeriesKey>| -> Vec<String> {
+            keys.iter().map(|k| k.attributes["k"].clone()).collect()
+        };
+        assert_eq!(
+            labels(windows.rows.iter().map(|w| &*w.series.key).collect()),
+            ["1"]
+        );
+        assert_eq!(windows.rows[0].agg.last, 1.0);
+        assert_eq!(
+            labels(series.iter().map(|s| &*s.series.key).collect()),
+            ["1", "2"]
+        );
+        assert_eq!(
+            sample(&metrics, &format!("{UNREADABLE}{{table=\"metric_10s\"}}")),
+            1.0
+        );
+        // Once by the window read, once by the series list.
+        assert_eq!(
+            sample(&metrics, &format!("{UNREADABLE}{{table=\"metric_series\"}}")),
+            2.0
+        );
+    }
+
+    #[test]
+    fn spans_and_traces_that_cannot_be_decoded_are_skipped_and_counted() {
+        let (dir, mut db) = database(Retention::default());
+        let flush = batch(
+            vec![],
+            vec![],
+            vec![
+                span(1, 1, HOUR),
+                span(1, 2, HOUR + 1),
+                span(1, 3, HOUR + 2),
+                span(2, 1, HOUR + 3),
+                span(3, 1, HOUR + 4),
+            ],
+        );
+        db.write_flush(1, &flush).unwrap();
+        let path = dir.path().join("redline.db");
+        let writer = plain(&path);
+        writer
+            .execute(
+                "UPDATE spans SET attributes = 'garbage' WHERE span_id = ?1",
+                [format!("{:016x}", 2)],
+            )
+            .unwrap();
+        writer
+            .execute(
+                "UPDATE spans SET events = '[{' WHERE span_id = ?1",
+                [format!("{:016x}", 3)],
+            )
+            .unwrap();
+        writer
+            .execute(
+                "UPDATE traces SET span_count = 'several' WHERE trace_id = ?1",
+                [format!("{:032x}", 2)],
+            )
+            .unwrap();
+        let mut reader = plain(&path);
+        let ((spans, traces), metrics) = with_metrics(|| {
+            let spans = trace_spans(&mut reader, &format!("{:032x}", 1)).unwrap();
+            let traces = traces(
+                &mut reader,
+                &TraceFilter {
+                    from_ms: HOUR - 1,
+                    to_ms: HOUR + 60_000,
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            (spans, traces)
+        });
+        assert_eq!(
+            spans.iter().map(|s| s.span_id.as_str()).collect::<Vec<_>>(),
+            [format!("{:016x}", 1)]
+        );
+        let mut listed: Vec<String> = traces.into_iter().map(|t| t.trace_id).collect();
+        listed.sort();
+        assert_eq!(listed, [format!("{:032x}", 1), format!("{:032x}", 3)]);
+        assert_eq!(
+            sample(&metrics, &format!("{UNREADABLE}{{table=\"spans\"}}")),
+            2.0
+        );
+        assert_eq!(
+            sample(&metrics, &format!("{UNREADABLE}{{table=\"traces\"}}")),
+            1.0
+        );
+        assert_eq!(count(&reader, "spans"), 5, "reads change nothing");
+    }
+}

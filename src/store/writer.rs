@@ -667,3 +667,304 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::store::apply::{PANICKING_SEQ, PANICKING_SPAN};
+    use crate::store::test_data::{HOUR, batch, count, plain, poisoned_red, red, span};
+    use crate::store::tmpfs::Tmpfs;
+    use crate::store::{WRITE_LOCK_WAIT, open_database, open_writer, read};
+
+    /// The flush numbers `on_commit` was called with, in order.
+    #[derive(Clone, Default)]
+    struct Commits(Arc<Mutex<Vec<u64>>>);
+
+    impl Commits {
+        fn seen(&self) -> Vec<u64> {
+            self.0.lock().unwrap().clone()
+        }
+
+        fn callback(&self) -> impl Fn(u64) + Send + 'static {
+            let seen = self.0.clone();
+            move |seq| seen.lock().unwrap().push(seq)
+        }
+    }
+
+    fn start(path: &Path) -> (WriterHandle, Commits) {
+        let conn = open_writer(path).unwrap();
+        let commits = Commits::default();
+        let writer = spawn_writer(conn, Retention::default(), commits.callback());
+        (writer, commits)
+    }
+
+    /// Polls `done` every 20 ms; fails the test after `deadline`.
+    async fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < deadline, "{what}: not within {deadline:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    fn fault(status: &WriterStatus) -> Option<FaultKind> {
+        match &status.state {
+            WriterState::Failing { fault, .. } => Some(*fault),
+            WriterState::Healthy => None,
+        }
+    }
+
+    fn message(status: &WriterStatus) -> String {
+        match &status.state {
+            WriterState::Failing { message, .. } => message.clone(),
+            WriterState::Healthy => String::new(),
+        }
+    }
+
+    /// Routes with a stored 10-second window.
+    fn stored_routes(path: &Path) -> Vec<String> {
+        let conn = plain(path);
+        let mut statement = conn
+            .prepare(
+                "SELECT DISTINCT e.route FROM red_10s r JOIN endpoints e ON e.id = r.endpoint_id
+                 ORDER BY e.route",
+            )
+            .unwrap();
+        statement
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_locked_database_keeps_the_flush_until_the_lock_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redline.db");
+        let (writer, commits) = start(&path);
+        // Another process's write transaction.
+        let locker = plain(&path);
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let flush = batch(
+            vec![red("/a", HOUR, 3), red("/b", HOUR, 4)],
+            vec![],
+            vec![span(1, 1, HOUR)],
+        );
+        writer.try_flush(1, flush).unwrap();
+        wait_until("the writer reports the lock", PATIENCE, || {
+            fault(&writer.status()) == Some(FaultKind::Locked)
+        })
+        .await;
+        let status = writer.status();
+        assert!(
+            message(&status).contains(&path.display().to_string())
+                && message(&status).contains("is locked by another process"),
+            "{status:?}"
+        );
+        assert_eq!(status.queued_flushes, 1);
+        assert_eq!(status.last_commit_ms, None);
+        wait_until("tried again", PATIENCE, || {
+            writer.status().failed_attempts_total >= 3
+        })
+        .await;
+        assert!(commits.seen().is_empty(), "{:?}", commits.seen());
+
+        locker.execute_batch("ROLLBACK").unwrap();
+        wait_until("the same flush commits", PATIENCE, || commits.seen() == [1]).await;
+        let status = writer.status();
+        assert_eq!(status.state, WriterState::Healthy);
+        assert_eq!(status.queued_flushes, 0);
+        assert!(status.last_commit_ms.is_some());
+        assert_eq!(stored_routes(&path), ["/a", "/b"]);
+        let conn = plain(&path);
+        assert_eq!(count(&conn, "spans"), 1);
+        assert_eq!(read::flushed_seq(&conn).unwrap(), 1);
+        writer.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_keeps_the_flushes_until_space_is_freed() {
+        let disk = Tmpfs::mount(4 << 20);
+        let path = disk.path().join("redline.db");
+        let (writer, commits) = start(&path);
+        writer
+            .try_flush(1, batch(vec![red("/a", HOUR, 1)], vec![], vec![]))
+            .unwrap();
+        wait_until("the first flush commits", PATIENCE, || commits.seen() == [1]).await;
+
+        let filler = disk.fill();
+        let spans = (0..200).map(|i| span(9, i, HOUR + i64::from(i))).collect();
+        writer
+            .try_flush(2, batch(vec![red("/b", HOUR, 2)], vec![], spans))
+            .unwrap();
+        wait_until("the writer reports the full disk", PATIENCE, || {
+            fault(&writer.status()) == Some(FaultKind::DiskFull)
+        })
+        .await;
+        writer
+            .try_flush(3, batch(vec![red("/c", HOUR, 3)], vec![], vec![]))
+            .unwrap();
+        // Two flushes wait: the third is given back to the caller, who keeps it.
+        let returned = match writer.try_flush(4, batch(vec![red("/d", HOUR, 4)], vec![], vec![]))
+        {
+            Err(TryFlushError::Busy(returned)) => returned,
+            other => panic!("expected busy, got {other:?}"),
+        };
+        assert_eq!(returned.red[0].endpoint.route, "/d");
+        let status = writer.status();
+        assert_eq!(status.queued_flushes, 2);
+        assert!(message(&status).contains("full"), "{status:?}");
+        assert_eq!(commits.seen(), [1]);
+
+        std::fs::remove_file(filler).unwrap();
+        wait_until("the waiting flushes commit", PATIENCE, || {
+            commits.seen() == [1, 2, 3]
+        })
+        .await;
+        assert_eq!(writer.status().state, WriterState::Healthy);
+        writer.try_flush(4, returned).unwrap();
+        wait_until("the returned flush commits", PATIENCE, || {
+            commits.seen() == [1, 2, 3, 4]
+        })
+        .await;
+        assert_eq!(stored_routes(&path), ["/a", "/b", "/c", "/d"]);
+        assert_eq!(count(&plain(&path), "spans"), 200);
+        writer.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_only_file_system_keeps_the_flush_until_it_is_writable_again() {
+        let disk = Tmpfs::mount(8 << 20);
+        let path = disk.path().join("redline.db");
+        drop(open_database(&path, WRITE_LOCK_WAIT).unwrap());
+        // The kernel will not remount read-only under a file open for writing, so the writer
+        // starts where it is once its file system has turned read-only under it: on a
+        // connection SQLite could only open read-only.
+        disk.remount_read_only().unwrap();
+        let conn = Connection::open(&path).unwrap();
+        assert!(conn.is_readonly(rusqlite::MAIN_DB).unwrap());
+        let commits = Commits::default();
+        let writer = spawn_writer(conn, Retention::default(), commits.callback());
+        writer
+            .try_flush(1, batch(vec![red("/a", HOUR, 1)], vec![], vec![]))
+            .unwrap();
+        wait_until("the writer reports the read-only file", PATIENCE, || {
+            let status = writer.status();
+            fault(&status) == Some(FaultKind::ReadOnly) && status.failed_attempts_total >= 2
+        })
+        .await;
+        let status = writer.status();
+        assert!(
+            message(&status).contains("cannot be written")
+                && message(&status).contains(&path.display().to_string()),
+            "{status:?}"
+        );
+        assert!(commits.seen().is_empty());
+
+        disk.remount_read_write();
+        wait_until("the flush commits", PATIENCE, || commits.seen() == [1]).await;
+        assert_eq!(writer.status().state, WriterState::Healthy);
+        assert_eq!(stored_routes(&path), ["/a"]);
+        writer.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poisoned_row_is_skipped_and_the_rest_of_its_flush_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redline.db");
+        let (writer, commits) = start(&path);
+        let flush = batch(
+            vec![
+                red("/a", HOUR, 1),
+                poisoned_red("/poisoned", HOUR),
+                red("/b", HOUR, 2),
+            ],
+            vec![],
+            vec![span(1, 1, HOUR)],
+        );
+        writer.try_flush(1, flush).unwrap();
+        wait_until("the flush commits", PATIENCE, || commits.seen() == [1]).await;
+        let status = writer.status();
+        assert_eq!(status.state, WriterState::Healthy);
+        assert_eq!(status.rows_skipped_total, 1);
+        assert_eq!(status.failed_attempts_total, 0);
+        assert_eq!(stored_routes(&path), ["/a", "/b"]);
+        assert_eq!(count(&plain(&path), "spans"), 1);
+        writer.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_flush_is_dropped_and_counted_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redline.db");
+        let (writer, commits) = start(&path);
+        writer
+            .try_flush(
+                PANICKING_SEQ,
+                batch(vec![red("/lost", HOUR, 1)], vec![], vec![]),
+            )
+            .unwrap();
+        let (mut panicking_span, reason) = span(1, 2, HOUR);
+        panicking_span.name = PANICKING_SPAN.into();
+        let spans = vec![span(1, 1, HOUR), (panicking_span, reason)];
+        writer
+            .try_flush(
+                PANICKING_SEQ + 1,
+                batch(vec![red("/kept", HOUR, 1)], vec![], spans),
+            )
+            .unwrap();
+        wait_until("the next flush commits", PATIENCE, || {
+            commits.seen() == [PANICKING_SEQ + 1]
+        })
+        .await;
+        let status = writer.status();
+        assert_eq!(status.state, WriterState::Healthy);
+        assert_eq!(status.flushes_dropped_total, 1);
+        assert_eq!(status.rows_skipped_total, 1);
+        assert!(
+            status
+                .last_panic
+                .as_ref()
+                .is_some_and(|p| p.message.contains("panics")),
+            "{status:?}"
+        );
+        assert_eq!(stored_routes(&path), ["/kept"]);
+        assert_eq!(count(&plain(&path), "spans"), 1);
+        writer.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_returns_at_its_deadline_while_the_database_stays_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redline.db");
+        let (writer, commits) = start(&path);
+        let health = writer.health();
+        let locker = plain(&path);
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        writer
+            .try_flush(1, batch(vec![red("/a", HOUR, 1)], vec![], vec![]))
+            .unwrap();
+        wait_until("the writer reports the lock", PATIENCE, || {
+            fault(&health.status()) == Some(FaultKind::Locked)
+        })
+        .await;
+
+        let deadline = Duration::from_millis(1500);
+        let started = Instant::now();
+        writer.close_within(deadline).await;
+        let took = started.elapsed();
+        assert!(took < deadline + Duration::from_secs(1), "close took {took:?}");
+        wait_until("the flush is given up", PATIENCE, || {
+            health.status().flushes_dropped_total == 1
+        })
+        .await;
+        assert_eq!(health.status().queued_flushes, 0);
+        locker.execute_batch("ROLLBACK").unwrap();
+        assert!(commits.seen().is_empty());
+        assert!(stored_routes(&path).is_empty());
+    }
+}
