@@ -11,3 +11,4 @@ mod pages;
 mod query_semantics;
 mod restart;
 mod sketch_properties;
+mod store_faults;

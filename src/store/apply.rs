@@ -78,10 +78,7 @@ pub struct Database {
 impl Database {
     /// Takes over `conn`; a connection opened again waits `lock_wait` for another's write lock.
     pub fn new(conn: Connection, retention: Retention, lock_wait: Duration) -> Database {
-        let path = conn
-            .path()
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from);
+        let path = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from);
         if let Err(e) = conn.busy_timeout(lock_wait) {
             tracing::warn!(error = %e, "cannot set the store writer's lock wait");
         }
@@ -120,7 +117,8 @@ impl Database {
     pub fn write_flush(&mut self, seq: u64, batch: &FlushBatch) -> Result<(), StoreError> {
         self.ids.trim();
         let ids = &mut self.ids;
-        let tx = connect(&mut self.conn, self.path.as_ref(), self.lock_wait)?.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = connect(&mut self.conn, self.path.as_ref(), self.lock_wait)?
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut red_ids = Vec::with_capacity(batch.red.len());
         for delta in &batch.red {
             let key = (delta.source, delta.endpoint.clone());
@@ -803,7 +801,11 @@ mod fault_tests {
         let (dir, mut db) = database(Retention::default());
         db.write_flush(
             1,
-            &batch(vec![red("/a", HOUR, 3)], vec![gauge("q", "1", HOUR, 1.0)], vec![]),
+            &batch(
+                vec![red("/a", HOUR, 3)],
+                vec![gauge("q", "1", HOUR, 1.0)],
+                vec![],
+            ),
         )
         .unwrap();
         let damaged = plain(&dir.path().join("redline.db"));
@@ -833,9 +835,18 @@ mod fault_tests {
             .unwrap();
         assert_eq!(samples, 1);
         let unreadable = "redline_store_rows_unreadable_total";
-        assert_eq!(sample(&metrics, &format!("{unreadable}{{table=\"red_1m\"}}")), 1.0);
-        assert_eq!(sample(&metrics, &format!("{unreadable}{{table=\"metric_1m\"}}")), 1.0);
-        assert_eq!(sample(&metrics, &format!("{unreadable}{{table=\"red_1h\"}}")), 0.0);
+        assert_eq!(
+            sample(&metrics, &format!("{unreadable}{{table=\"red_1m\"}}")),
+            1.0
+        );
+        assert_eq!(
+            sample(&metrics, &format!("{unreadable}{{table=\"metric_1m\"}}")),
+            1.0
+        );
+        assert_eq!(
+            sample(&metrics, &format!("{unreadable}{{table=\"red_1h\"}}")),
+            0.0
+        );
     }
 
     #[test]

@@ -52,8 +52,7 @@ pub fn json_that_reads_back<T>(value: &T) -> Result<String, StoreError>
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
-    let text =
-        serde_json::to_string(value).map_err(|e| StoreError::Unstorable(e.to_string()))?;
+    let text = serde_json::to_string(value).map_err(|e| StoreError::Unstorable(e.to_string()))?;
     serde_json::from_str::<T>(&text)
         .map_err(|e| StoreError::Unstorable(format!("{e} in {text}")))?;
     Ok(text)

@@ -272,7 +272,7 @@ pub fn open_database(path: &Path, lock_wait: Duration) -> Result<Connection, Sto
     if conn.is_readonly(rusqlite::MAIN_DB).map_err(open_error)? {
         return Err(open_error(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
-            Some("opened read-only".into()),
+            Some("SQLite could open it read-only only".into()),
         )));
     }
     configure(&conn).map_err(open_error)?;
@@ -290,6 +290,12 @@ pub fn open_database(path: &Path, lock_wait: Duration) -> Result<Connection, Sto
     conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
         .map_err(open_error)?;
     schema::migrate(&mut conn).map_err(open_error)?;
+    // Reads the schema and the flush sequence number: a damaged first page or schema is found
+    // here, where the message can say what to do, rather than by the first query.
+    read::flushed_seq(&conn).map_err(|e| match e {
+        StoreError::Sql(source) => open_error(source),
+        other => other,
+    })?;
     Ok(conn)
 }
 

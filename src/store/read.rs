@@ -676,11 +676,17 @@ mod tests {
     #[test]
     fn an_endpoint_that_cannot_be_read_is_left_out() {
         let (dir, mut db) = database(Retention::default());
-        db.write_flush(1, &batch(vec![red("/a", HOUR, 3), red("/b", HOUR, 4)], vec![], vec![]))
-            .unwrap();
+        db.write_flush(
+            1,
+            &batch(vec![red("/a", HOUR, 3), red("/b", HOUR, 4)], vec![], vec![]),
+        )
+        .unwrap();
         let path = dir.path().join("redline.db");
         plain(&path)
-            .execute("UPDATE endpoints SET method = x'00ff' WHERE route = '/b'", [])
+            .execute(
+                "UPDATE endpoints SET method = x'00ff' WHERE route = '/b'",
+                [],
+            )
             .unwrap();
         let mut reader = plain(&path);
         let (totals, metrics) = with_metrics(|| {
@@ -759,7 +765,10 @@ mod tests {
         );
         // Once by the window read, once by the series list.
         assert_eq!(
-            sample(&metrics, &format!("{UNREADABLE}{{table=\"metric_series\"}}")),
+            sample(
+                &metrics,
+                &format!("{UNREADABLE}{{table=\"metric_series\"}}")
+            ),
             2.0
         );
     }

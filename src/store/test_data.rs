@@ -11,7 +11,9 @@ use crate::aggregate::metric::MetricAgg;
 use crate::aggregate::red::RedStats;
 use crate::aggregate::sampler::KeepReason;
 use crate::aggregate::{FlushBatch, MetricDelta, RedDelta, SeriesInfo};
-use crate::model::{EndpointKey, MetricKind, MetricSeriesKey, RedSource, RequestRecord, SpanRecord};
+use crate::model::{
+    EndpointKey, MetricKind, MetricSeriesKey, RedSource, RequestRecord, SpanRecord,
+};
 use crate::store::apply::Database;
 use crate::store::{Retention, WRITE_LOCK_WAIT, open_database};
 
@@ -113,10 +115,7 @@ pub fn batch(
 pub fn database(retention: Retention) -> (tempfile::TempDir, Database) {
     let dir = tempfile::tempdir().expect("temp dir");
     let conn = open_database(&dir.path().join("redline.db"), WRITE_LOCK_WAIT).expect("opens");
-    (
-        dir,
-        Database::new(conn, retention, Duration::from_secs(1)),
-    )
+    (dir, Database::new(conn, retention, Duration::from_secs(1)))
 }
 
 /// A plain connection, as another process (or a damaged disk) has.

@@ -704,7 +704,10 @@ mod tests {
     async fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
         let started = Instant::now();
         while !done() {
-            assert!(started.elapsed() < deadline, "{what}: not within {deadline:?}");
+            assert!(
+                started.elapsed() < deadline,
+                "{what}: not within {deadline:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -794,7 +797,10 @@ mod tests {
         writer
             .try_flush(1, batch(vec![red("/a", HOUR, 1)], vec![], vec![]))
             .unwrap();
-        wait_until("the first flush commits", PATIENCE, || commits.seen() == [1]).await;
+        wait_until("the first flush commits", PATIENCE, || {
+            commits.seen() == [1]
+        })
+        .await;
 
         let filler = disk.fill();
         let spans = (0..200).map(|i| span(9, i, HOUR + i64::from(i))).collect();
@@ -809,12 +815,15 @@ mod tests {
             .try_flush(3, batch(vec![red("/c", HOUR, 3)], vec![], vec![]))
             .unwrap();
         // Two flushes wait: the third is given back to the caller, who keeps it.
-        let returned = match writer.try_flush(4, batch(vec![red("/d", HOUR, 4)], vec![], vec![]))
-        {
+        let returned = match writer.try_flush(4, batch(vec![red("/d", HOUR, 4)], vec![], vec![])) {
             Err(TryFlushError::Busy(returned)) => returned,
             other => panic!("expected busy, got {other:?}"),
         };
         assert_eq!(returned.red[0].endpoint.route, "/d");
+        wait_until("tried again", PATIENCE, || {
+            writer.status().failed_attempts_total >= 3
+        })
+        .await;
         let status = writer.status();
         assert_eq!(status.queued_flushes, 2);
         assert!(message(&status).contains("full"), "{status:?}");
@@ -854,7 +863,7 @@ mod tests {
             .unwrap();
         wait_until("the writer reports the read-only file", PATIENCE, || {
             let status = writer.status();
-            fault(&status) == Some(FaultKind::ReadOnly) && status.failed_attempts_total >= 2
+            fault(&status) == Some(FaultKind::ReadOnly) && status.failed_attempts_total >= 3
         })
         .await;
         let status = writer.status();
@@ -957,7 +966,10 @@ mod tests {
         let started = Instant::now();
         writer.close_within(deadline).await;
         let took = started.elapsed();
-        assert!(took < deadline + Duration::from_secs(1), "close took {took:?}");
+        assert!(
+            took < deadline + Duration::from_secs(1),
+            "close took {took:?}"
+        );
         wait_until("the flush is given up", PATIENCE, || {
             health.status().flushes_dropped_total == 1
         })
