@@ -35,6 +35,52 @@ impl SkippedRows {
     pub fn total(&self) -> u64 {
         self.red + self.metric + self.span
     }
+
+    /// The counts by the `kind` label of `redline_store_rows_skipped_total`.
+    pub fn by_kind(&self) -> [(&'static str, u64); 3] {
+        [
+            (RowKind::Red.as_str(), self.red),
+            (RowKind::Metric.as_str(), self.metric),
+            (RowKind::Span.as_str(), self.span),
+        ]
+    }
+
+    /// Counts (and logs) a row of `kind` that `outcome` left out.
+    fn count<T>(&mut self, kind: RowKind, outcome: &RowOutcome<T>) {
+        let kind_name = kind.as_str();
+        match outcome {
+            RowOutcome::Written(_) => return,
+            RowOutcome::Refused(e) => {
+                tracing::warn!(kind = kind_name, error = %e, "a row of a flush cannot be stored: skipped");
+            }
+            RowOutcome::Panicked(message) => {
+                tracing::error!(kind = kind_name, panic = %message, "writing a row of a flush panicked: skipped");
+                self.panicked += 1;
+            }
+        }
+        *match kind {
+            RowKind::Red => &mut self.red,
+            RowKind::Metric => &mut self.metric,
+            RowKind::Span => &mut self.span,
+        } += 1;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RowKind {
+    Red,
+    Metric,
+    Span,
+}
+
+impl RowKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RowKind::Red => "red",
+            RowKind::Metric => "metric",
+            RowKind::Span => "span",
+        }
+    }
 }
 
 /// Ids of endpoints and series known to be in the database.
@@ -187,21 +233,6 @@ impl Database {
         let mut tx = connect(&mut self.conn, self.path.as_ref(), self.lock_wait)?
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut skipped = SkippedRows::default();
-        let mut left_out = |kind: &'static str, outcome: RowOutcome<()>, counter: &mut u64| {
-            match outcome {
-                RowOutcome::Written(()) => return,
-                RowOutcome::Refused(e) => {
-                    tracing::warn!(kind, error = %e, "a row of a flush cannot be stored: skipped")
-                }
-                RowOutcome::Panicked(message) => {
-                    tracing::error!(kind, panic = %message, "writing a row of a flush panicked: skipped");
-                    skipped.panicked += 1;
-                }
-            }
-            *counter += 1;
-        };
-
-        let mut red_skipped = 0;
         for delta in &batch.red {
             let key = (delta.source, delta.endpoint.clone());
             let known = ids.endpoints.get(&key).copied();
@@ -220,10 +251,9 @@ impl Database {
             if let RowOutcome::Written(id) = outcome {
                 ids.endpoints.insert(key, id);
             }
-            left_out("red", outcome.map(|_| ()), &mut red_skipped);
+            skipped.count(RowKind::Red, &outcome);
         }
 
-        let mut metric_skipped = 0;
         for delta in &batch.metrics {
             let known = ids.series.get(&delta.series.key).copied();
             let outcome = in_savepoint(&mut tx, |sp| {
@@ -240,19 +270,15 @@ impl Database {
             if let RowOutcome::Written(id) = outcome {
                 ids.series.insert(delta.series.key.clone(), id);
             }
-            left_out("metric", outcome.map(|_| ()), &mut metric_skipped);
+            skipped.count(RowKind::Metric, &outcome);
         }
 
-        let mut span_skipped = 0;
         for (span, reason) in &batch.spans {
             let outcome = in_savepoint(&mut tx, |sp| insert_span(sp, span, reason.as_str()))?;
-            left_out("span", outcome, &mut span_skipped);
+            skipped.count(RowKind::Span, &outcome);
         }
         set_flushed_seq(&tx, seq)?;
         tx.commit()?;
-        skipped.red = red_skipped;
-        skipped.metric = metric_skipped;
-        skipped.span = span_skipped;
         Ok(skipped)
     }
 
@@ -335,16 +361,6 @@ enum RowOutcome<T> {
     /// Refused for its content (a constraint, a type, a value that cannot be stored).
     Refused(StoreError),
     Panicked(String),
-}
-
-impl<T> RowOutcome<T> {
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> RowOutcome<U> {
-        match self {
-            RowOutcome::Written(value) => RowOutcome::Written(f(value)),
-            RowOutcome::Refused(e) => RowOutcome::Refused(e),
-            RowOutcome::Panicked(message) => RowOutcome::Panicked(message),
-        }
-    }
 }
 
 /// Runs `write` in a savepoint of `tx`, rolled back unless it succeeds. A fault of the database

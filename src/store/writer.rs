@@ -27,8 +27,9 @@ use crate::store::{Retention, StoreError, data_dir_lock};
 /// Flushes handed to the writer and not yet stored (the one being written included). Each
 /// holds acknowledged data that a crash would lose; beyond this, the caller keeps its data.
 pub const QUEUED_FLUSHES: usize = 2;
-/// Room in the command channel for retention and barriers besides the flushes.
-const QUEUED_COMMANDS: usize = QUEUED_FLUSHES + 2;
+/// Room in the command channel besides the flushes: retention, barriers and the last flush
+/// before closing.
+const QUEUED_COMMANDS: usize = QUEUED_FLUSHES + 4;
 /// How long one write waits for another connection's write lock before it counts as a fault.
 const WRITER_LOCK_WAIT: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -121,8 +122,9 @@ enum Command {
     Flush {
         seq: u64,
         batch: Arc<FlushBatch>,
-        /// The flush's place among [`QUEUED_FLUSHES`], free again once it is dealt with.
-        _slot: OwnedSemaphorePermit,
+        /// The flush's place among [`QUEUED_FLUSHES`], free again once it is dealt with; none
+        /// for the last flush before closing.
+        _slot: Option<OwnedSemaphorePermit>,
     },
     Retention {
         now_ms: i64,
@@ -389,6 +391,22 @@ impl WriterHandle {
             Err(TryAcquireError::NoPermits) => return Err(TryFlushError::Busy(batch)),
             Err(TryAcquireError::Closed) => return Err(TryFlushError::Closed),
         };
+        self.send_flush(seq, batch, Some(slot))
+    }
+
+    /// Hands over the last flush before [`WriterHandle::close_within`], however many flushes
+    /// wait: the caller is about to close and has nowhere to keep it. `close_within` then
+    /// stores it with the others, or reports it among what was not stored.
+    pub fn try_flush_last(&self, seq: u64, batch: Arc<FlushBatch>) -> Result<(), TryFlushError> {
+        self.send_flush(seq, batch, None)
+    }
+
+    fn send_flush(
+        &self,
+        seq: u64,
+        batch: Arc<FlushBatch>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), TryFlushError> {
         self.shared.progress().pending.add(&batch);
         let command = Command::Flush {
             seq,
@@ -427,7 +445,7 @@ impl WriterHandle {
         let command = Command::Flush {
             seq,
             batch: batch.clone(),
-            _slot: slot,
+            _slot: Some(slot),
         };
         if self.tx.send(command).await.is_err() {
             self.shared.progress().pending.remove(&batch);
@@ -611,11 +629,7 @@ impl Writer {
             match attempt {
                 Ok(Ok(skipped)) => {
                     self_metrics::store_write(started.elapsed(), batch);
-                    for (kind, rows) in [
-                        ("red", skipped.red),
-                        ("metric", skipped.metric),
-                        ("span", skipped.span),
-                    ] {
+                    for (kind, rows) in skipped.by_kind() {
                         if rows > 0 {
                             self_metrics::store_rows_skipped(kind, rows);
                         }
@@ -954,13 +968,19 @@ mod tests {
         let health = writer.health();
         let locker = plain(&path);
         locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        writer
-            .try_flush(1, batch(vec![red("/a", HOUR, 1)], vec![], vec![]))
-            .unwrap();
+        for seq in 1..=2 {
+            writer
+                .try_flush(seq, batch(vec![red("/a", HOUR, 1)], vec![], vec![]))
+                .unwrap();
+        }
         wait_until("the writer reports the lock", PATIENCE, || {
             fault(&health.status()) == Some(FaultKind::Locked)
         })
         .await;
+        writer
+            .try_flush_last(3, batch(vec![red("/b", HOUR, 1)], vec![], vec![]))
+            .unwrap();
+        assert_eq!(health.status().queued_flushes, 3);
 
         let deadline = Duration::from_millis(1500);
         let started = Instant::now();
@@ -970,13 +990,46 @@ mod tests {
             took < deadline + Duration::from_secs(1),
             "close took {took:?}"
         );
-        wait_until("the flush is given up", PATIENCE, || {
-            health.status().flushes_dropped_total == 1
+        wait_until("the flushes are given up", PATIENCE, || {
+            health.status().flushes_dropped_total == 3
         })
         .await;
         assert_eq!(health.status().queued_flushes, 0);
         locker.execute_batch("ROLLBACK").unwrap();
         assert!(commits.seen().is_empty());
         assert!(stored_routes(&path).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_stores_everything_queued_once_the_fault_clears_before_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redline.db");
+        let (writer, commits) = start(&path);
+        let health = writer.health();
+        let locker = plain(&path);
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        writer
+            .try_flush(1, batch(vec![red("/a", HOUR, 1)], vec![], vec![]))
+            .unwrap();
+        writer
+            .try_flush(2, batch(vec![red("/b", HOUR, 1)], vec![], vec![]))
+            .unwrap();
+        writer
+            .try_flush_last(3, batch(vec![red("/c", HOUR, 1)], vec![], vec![]))
+            .unwrap();
+        wait_until("the writer reports the lock", PATIENCE, || {
+            fault(&health.status()) == Some(FaultKind::Locked)
+        })
+        .await;
+        let closing = tokio::spawn(writer.close_within(PATIENCE));
+        wait_until("close has tried again", PATIENCE, || {
+            health.status().failed_attempts_total >= 2
+        })
+        .await;
+        locker.execute_batch("ROLLBACK").unwrap();
+        closing.await.unwrap();
+        assert_eq!(commits.seen(), [1, 2, 3]);
+        assert_eq!(stored_routes(&path), ["/a", "/b", "/c"]);
+        assert_eq!(health.status().flushes_dropped_total, 0);
     }
 }
