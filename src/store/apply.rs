@@ -443,7 +443,7 @@ fn endpoint_id(
 }
 
 fn series_id(conn: &Connection, series: &SeriesInfo) -> Result<i64, StoreError> {
-    let attributes = codec::json_that_reads_back(&series.key.attributes)?;
+    let attributes = codec::json(&series.key.attributes)?;
     conn.prepare_cached(
         "INSERT INTO metric_series (service, name, attributes, kind, unit, description)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -574,8 +574,8 @@ fn insert_span(conn: &Connection, span: &SpanRecord, reason: &str) -> Result<(),
             span.end_unix_ns as i64,
             span.status,
             span.status_message,
-            codec::json_that_reads_back(&span.attributes)?,
-            codec::json_that_reads_back(&span.events)?,
+            codec::json(&span.attributes)?,
+            codec::json(&span.events)?,
         ])?;
     if inserted == 0 {
         return Ok(());

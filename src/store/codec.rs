@@ -47,7 +47,7 @@ pub fn to_columns(stats: &RedStats) -> Result<RedColumns, StoreError> {
 }
 
 /// `value` as JSON, checked by parsing it back: serde_json writes a NaN or an infinity as
-/// `null`, which the type may not accept when read.
+/// `null`, which the type may not accept when read. For values holding floats; see [`json`].
 pub fn json_that_reads_back<T>(value: &T) -> Result<String, StoreError>
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
@@ -56,6 +56,11 @@ where
     serde_json::from_str::<T>(&text)
         .map_err(|e| StoreError::Unstorable(format!("{e} in {text}")))?;
     Ok(text)
+}
+
+/// `value` as JSON, for values of strings and integers only, which always read back.
+pub fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Unstorable(e.to_string()))
 }
 
 /// A stored count, which is never negative.

@@ -4,7 +4,8 @@
 //!
 //! Failures are sorted into [`FaultKind`]s (the database or its disk, as opposed to a row's
 //! content) so that start-up can say what is wrong with the file and what to do, and the writer
-//! can tell a fault to wait out from a row to skip.
+//! can tell a fault to wait out from a row to skip. The writer of a data directory holds
+//! `redline.db.lock` (see `data_dir_lock`), so a second redline on it stops at start-up.
 
 pub mod alerts;
 mod apply;
