@@ -220,7 +220,7 @@ async fn fill(data_dir: &std::path::Path) {
         writer.flush(seq, Arc::new(batch)).await.expect("written");
     }
     writer.barrier().await.expect("stored");
-    writer.close(std::time::Duration::from_secs(30)).await;
+    writer.close().await;
     println!(
         "filled {} endpoints × {MINUTES} minutes in {:.1} s",
         keys.len(),

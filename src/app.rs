@@ -186,6 +186,7 @@ impl App {
             let live = live.clone();
             move |seq| live.committed(seq)
         });
+        let writer_health = writer.health();
         let readers = Readers::new(&db_path);
         let query = Query::new(live.clone(), readers.clone(), settings.retention);
         let pages_live = live.clone();
@@ -304,6 +305,7 @@ impl App {
             stages: stages.clone(),
             budget,
             durability,
+            writer: writer_health,
         };
         let pages = web::pages::Pages::new(
             query.clone(),

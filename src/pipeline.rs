@@ -11,7 +11,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -399,8 +399,8 @@ pub async fn run(
             },
             _ = flush_tick.tick() => flusher.flush(&live, &writer),
             _ = retention_tick.tick() => {
-                if writer.try_retention(now_ms()).is_err() {
-                    tracing::debug!("retention skipped: the store writer is busy");
+                if let Err(e) = writer.try_retention(now_ms()) {
+                    tracing::debug!(error = ?e, "retention skipped");
                 }
             }
             _ = &mut stop => break,
@@ -410,17 +410,8 @@ pub async fn run(
     while let Some(queued) = rx.0.recv().await {
         apply(&live, queued);
     }
-    let deadline = Instant::now() + config.stop_deadline;
-    loop {
-        flusher.flush(&live, &writer);
-        if flusher.waiting.is_none() || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    writer
-        .close(deadline.saturating_duration_since(Instant::now()))
-        .await;
+    flusher.flush_last(&live, &writer);
+    writer.close_within(config.stop_deadline).await;
 }
 
 /// Folds one queued batch into the aggregator. A panic there (a bug, never input: input is
@@ -453,6 +444,16 @@ impl Flusher {
             Ok(()) => {}
             Err(TryFlushError::Busy(batch)) => self.waiting = Some((seq, batch)),
             Err(TryFlushError::Closed) => {
+                tracing::error!(seq, "the store writer has stopped; flush not written");
+            }
+        }
+    }
+
+    /// Hands over everything left before the writer closes, whatever its queue holds.
+    fn flush_last(&mut self, live: &Live, writer: &WriterHandle) {
+        let last = live.take_flush();
+        for (seq, batch) in self.waiting.take().into_iter().chain(last) {
+            if writer.try_flush_last(seq, batch).is_err() {
                 tracing::error!(seq, "the store writer has stopped; flush not written");
             }
         }

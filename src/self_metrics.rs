@@ -137,12 +137,6 @@ pub fn store_write(elapsed: Duration, batch: &FlushBatch) {
         .increment(batch.spans.len() as u64);
 }
 
-pub fn store_write_failed(batch: &FlushBatch) {
-    counter!("redline_store_write_failures_total").increment(1);
-    counter!("redline_store_rows_lost_total")
-        .increment((batch.red.len() + batch.metrics.len() + batch.spans.len()) as u64);
-}
-
 pub fn database_size(bytes: u64) {
     gauge!("redline_database_size_bytes").set(bytes as f64);
 }
@@ -176,4 +170,41 @@ pub fn notification_retry() {
 
 pub fn outbox_pending(messages: u64) {
     gauge!("redline_outbox_pending").set(messages as f64);
+}
+
+/// A stored row that cannot be decoded: skipped by a read, or replaced by the writer. `table`:
+/// red_10s, red_1m, red_10m, red_1h, metric_10s, metric_1m, metric_1h, metric_series,
+/// endpoints, traces, spans.
+pub fn store_row_unreadable(table: &'static str) {
+    counter!("redline_store_rows_unreadable_total", "table" => table).increment(1);
+}
+
+/// Rows of a flush the writer left out because SQLite refused them for their content (or their
+/// write panicked), the rest of the flush being stored. `kind`: red, metric, span.
+pub fn store_rows_skipped(kind: &'static str, rows: u64) {
+    counter!("redline_store_rows_skipped_total", "kind" => kind).increment(rows);
+}
+
+/// Whether the store writer is failing (its last write met a fault of the database or disk).
+pub fn store_writer_failing(failing: bool) {
+    gauge!("redline_store_writer_failing").set(if failing { 1.0 } else { 0.0 });
+}
+
+/// A write attempt that met a fault and will be tried again. `fault`: disk_full, read_only,
+/// locked, io, corrupt, other.
+pub fn store_write_fault(fault: &'static str) {
+    counter!("redline_store_write_failures_total", "fault" => fault).increment(1);
+}
+
+/// A flush the writer gave up. `reason`: panic (it panicked in one go and row by row),
+/// shutdown (not stored by the shutdown deadline), unstorable (refused outside any row).
+pub fn store_flush_dropped(reason: &'static str, batch: &FlushBatch) {
+    counter!("redline_store_flushes_dropped_total", "reason" => reason).increment(1);
+    counter!("redline_store_rows_lost_total")
+        .increment((batch.red.len() + batch.metrics.len() + batch.spans.len()) as u64);
+}
+
+/// A panic caught in the store writer thread, which goes on serving.
+pub fn store_writer_panic() {
+    counter!("redline_store_writer_panics_total").increment(1);
 }

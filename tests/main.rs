@@ -1,9 +1,12 @@
 //! redline's integration tests: one binary, the real server on port 0 through `helpers`.
 
 mod helpers;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
 mod alerting;
 mod browser;
+mod durability;
 mod ingest_errors;
 mod notify;
 mod otlp_export;
@@ -11,4 +14,5 @@ mod pages;
 mod query_semantics;
 mod restart;
 mod sketch_properties;
+mod store_faults;
 mod storms;

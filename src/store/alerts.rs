@@ -26,9 +26,9 @@ fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError
 }
 
 impl AlertStore {
-    /// Opens the database (migrated by [`crate::store::open_writer`]) on a new connection.
+    /// Opens the database (created and migrated if needed) on a new connection of its own.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = crate::store::open_writer(path)?;
+        let conn = crate::store::open_database(path, crate::store::WRITE_LOCK_WAIT)?;
         Ok(AlertStore {
             conn: Arc::new(Mutex::new(conn)),
         })

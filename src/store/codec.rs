@@ -19,21 +19,53 @@ pub struct RedColumns {
     pub explicit: Option<String>,
 }
 
-pub fn to_columns(stats: &RedStats) -> RedColumns {
-    RedColumns {
-        requests: stats.requests as i64,
-        errors: stats.errors as i64,
+/// The columns of `stats`, or [`StoreError::Unstorable`] when a value would not read back as
+/// it is: SQLite stores a NaN as NULL (which `sum_ms` refuses), JSON has no NaN or infinity,
+/// and counts above `i64::MAX` do not fit an integer column.
+pub fn to_columns(stats: &RedStats) -> Result<RedColumns, StoreError> {
+    let count = |what: &str, value: u64| {
+        i64::try_from(value).map_err(|_| StoreError::Unstorable(format!("{what} {value}")))
+    };
+    if stats.duration_sum_ms.is_nan() {
+        return Err(StoreError::Unstorable("duration sum NaN".into()));
+    }
+    let explicit = match &stats.explicit {
+        Some(buckets) => Some(json_that_reads_back(buckets)?),
+        None => None,
+    };
+    Ok(RedColumns {
+        requests: count("requests", stats.requests)?,
+        errors: count("errors", stats.errors)?,
         status: stats.status.iter().flat_map(|c| c.to_le_bytes()).collect(),
         sum_ms: stats.duration_sum_ms,
         min_ms: stats.min_ms(),
         max_ms: stats.max_ms(),
         sketch: (stats.sketch.count() > 0).then(|| stats.sketch.encode()),
         sketch_from_buckets: stats.sketch_from_buckets,
-        explicit: stats
-            .explicit
-            .as_ref()
-            .map(|e| serde_json::to_string(e).expect("buckets serialize")),
-    }
+        explicit,
+    })
+}
+
+/// `value` as JSON, checked by parsing it back: serde_json writes a NaN or an infinity as
+/// `null`, which the type may not accept when read. For values holding floats; see [`json`].
+pub fn json_that_reads_back<T>(value: &T) -> Result<String, StoreError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let text = serde_json::to_string(value).map_err(|e| StoreError::Unstorable(e.to_string()))?;
+    serde_json::from_str::<T>(&text)
+        .map_err(|e| StoreError::Unstorable(format!("{e} in {text}")))?;
+    Ok(text)
+}
+
+/// `value` as JSON, for values of strings and integers only, which always read back.
+pub fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Unstorable(e.to_string()))
+}
+
+/// A stored count, which is never negative.
+fn stored_count(what: &str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value}")))
 }
 
 /// Column list matching [`from_row`], starting at the given row offset.
@@ -43,21 +75,23 @@ pub const RED_COLUMNS: &str =
 pub const RED_COLUMN_COUNT: usize = 9;
 
 pub fn from_row(row: &Row<'_>, offset: usize) -> Result<RedStats, StoreError> {
-    let requests: i64 = row.get(offset)?;
-    let errors: i64 = row.get(offset + 1)?;
+    let requests = stored_count("requests", row.get(offset)?)?;
+    let errors = stored_count("errors", row.get(offset + 1)?)?;
     let status_bytes: Vec<u8> = row.get(offset + 2)?;
     let mut status = [0u64; 5];
     if status_bytes.len() != 40 {
         return Err(StoreError::Corrupt("status counts".into()));
     }
     for (i, chunk) in status_bytes.chunks_exact(8).enumerate() {
-        status[i] = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        status[i] = u64::from_le_bytes(bytes);
     }
     let sketch: Option<Vec<u8>> = row.get(offset + 6)?;
     let explicit: Option<String> = row.get(offset + 8)?;
     Ok(RedStats {
-        requests: requests as u64,
-        errors: errors as u64,
+        requests,
+        errors,
         status,
         duration_sum_ms: row.get(offset + 3)?,
         duration_min_ms: row
@@ -85,10 +119,11 @@ pub fn from_row(row: &Row<'_>, offset: usize) -> Result<RedStats, StoreError> {
 
 /// Adds the row at `offset` (columns as [`RED_COLUMNS`]) to `stats`: the same as
 /// `stats.merge(&from_row(row, offset)?)`, reading blobs in place and merging the sketch
-/// straight from its bytes instead of building the row's statistics first.
+/// straight from its bytes instead of building the row's statistics first. A row that cannot be
+/// read leaves `stats` as it was: every check comes before the first change.
 pub fn merge_row(row: &Row<'_>, offset: usize, stats: &mut RedStats) -> Result<(), StoreError> {
-    let requests: i64 = row.get(offset)?;
-    let errors: i64 = row.get(offset + 1)?;
+    let requests = stored_count("requests", row.get(offset)?)?;
+    let errors = stored_count("errors", row.get(offset + 1)?)?;
     let status_bytes = row
         .get_ref(offset + 2)?
         .as_blob()
@@ -122,10 +157,13 @@ pub fn merge_row(row: &Row<'_>, offset: usize, stats: &mut RedStats) -> Result<(
             .merge_encoded(bytes)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     }
-    stats.requests += requests as u64;
-    stats.errors += errors as u64;
+    // Saturating: stored counts are not trusted to sum within u64.
+    stats.requests = stats.requests.saturating_add(requests);
+    stats.errors = stats.errors.saturating_add(errors);
     for (mine, chunk) in stats.status.iter_mut().zip(status_bytes.chunks_exact(8)) {
-        *mine += u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        *mine = mine.saturating_add(u64::from_le_bytes(bytes));
     }
     stats.duration_sum_ms += sum_ms;
     stats.duration_min_ms = stats.duration_min_ms.min(min_ms);

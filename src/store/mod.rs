@@ -1,35 +1,143 @@
 //! SQLite history: one file (`redline.db`) in WAL mode. One writer thread applies flushes in
 //! transactions and enforces retention; readers use their own read-only connections. Nothing
 //! here runs on the async runtime: callers go through the writer's channel or `spawn_blocking`.
+//!
+//! Failures are sorted into [`FaultKind`]s (the database or its disk, as opposed to a row's
+//! content) so that start-up can say what is wrong with the file and what to do, and the writer
+//! can tell a fault to wait out from a row to skip. The writer of a data directory holds
+//! `redline.db.lock` (see `data_dir_lock`), so a second redline on it stops at start-up.
 
 pub mod alerts;
+mod apply;
 mod codec;
+mod data_dir_lock;
 pub mod read;
 pub mod schema;
 pub mod writer;
+
+#[cfg(test)]
+mod test_data;
+#[cfg(test)]
+#[path = "../../tests/support/tmpfs.rs"]
+mod tmpfs;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, ffi::ErrorCode};
 
 pub use read::{MetricSeriesRow, TraceFilter, TraceSummary};
-pub use writer::{WriterHandle, spawn_writer};
+pub use writer::{
+    FaultKind, PanicReport, TryFlushError, TryRetentionError, WriterHandle, WriterHealth,
+    WriterState, WriterStatus, spawn_writer,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {path}: {source}")]
+    /// The database cannot be opened or made ready for writing; the message names the file
+    /// and says what to do.
+    #[error("{} {}: {source}", path.display(), fault.advice())]
     Open {
         path: PathBuf,
+        fault: FaultKind,
         source: rusqlite::Error,
+    },
+    /// Another redline (this process or another) writes to the same database.
+    #[error(
+        "{} is locked by another process: is another redline using this data directory? \
+         (its lock file {} is held)",
+        path.display(),
+        lock_file.display()
+    )]
+    InUse { path: PathBuf, lock_file: PathBuf },
+    /// The lock file next to the database cannot be created or locked.
+    #[error("{} cannot be written: {}: {source}", path.display(), FaultKind::ReadOnly.advice())]
+    LockFile {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A value of a row that SQLite would not give back as it was given (a NaN, JSON that
+    /// does not parse back): the row is not stored.
+    #[error("a value cannot be stored: {0}")]
+    Unstorable(String),
     #[error("the store has shut down")]
     Closed,
+}
+
+impl StoreError {
+    /// The fault of the database or its disk this error reports, or `None` when it is about
+    /// the content of a row (a constraint, a type, a size, a value that cannot be stored).
+    pub fn fault(&self) -> Option<FaultKind> {
+        match self {
+            StoreError::Open { fault, .. } => Some(*fault),
+            StoreError::InUse { .. } => Some(FaultKind::Locked),
+            StoreError::LockFile { .. } => Some(FaultKind::ReadOnly),
+            StoreError::Sql(e) => FaultKind::of(e),
+            StoreError::Closed => Some(FaultKind::Other),
+            StoreError::Corrupt(_) | StoreError::Unstorable(_) => None,
+        }
+    }
+
+    fn open(path: &Path, source: rusqlite::Error) -> StoreError {
+        StoreError::Open {
+            path: path.to_path_buf(),
+            fault: FaultKind::of(&source).unwrap_or(FaultKind::Other),
+            source,
+        }
+    }
+}
+
+impl FaultKind {
+    /// The fault a SQLite error reports, or `None` for an error caused by a row's content.
+    pub fn of(error: &rusqlite::Error) -> Option<FaultKind> {
+        let rusqlite::Error::SqliteFailure(failure, _) = error else {
+            // Conversions, bad UTF-8, NUL bytes, missing rows: about the values, not the disk.
+            return None;
+        };
+        Some(match failure.code {
+            ErrorCode::DiskFull => FaultKind::DiskFull,
+            ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied => {
+                FaultKind::ReadOnly
+            }
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::FileLockingProtocolFailed => FaultKind::Locked,
+            ErrorCode::SystemIoFailure | ErrorCode::NoLargeFileSupport => FaultKind::Io,
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => FaultKind::Corrupt,
+            ErrorCode::ConstraintViolation
+            | ErrorCode::TypeMismatch
+            | ErrorCode::TooBig
+            | ErrorCode::ParameterOutOfRange => return None,
+            _ => FaultKind::Other,
+        })
+    }
+
+    /// What is wrong with the database file and what to do, after its path.
+    pub fn advice(self) -> &'static str {
+        match self {
+            FaultKind::Corrupt => {
+                "is not a SQLite database (or is damaged): move it aside and redline will \
+                 create a new one, or restore it from a backup"
+            }
+            FaultKind::Locked => {
+                "is locked by another process: is another redline using this data directory?"
+            }
+            FaultKind::ReadOnly => {
+                "cannot be written: check the file system is mounted read-write and the \
+                 permissions of the file and its directory"
+            }
+            FaultKind::DiskFull => {
+                "cannot grow: its file system is full; free some space and redline goes on"
+            }
+            FaultKind::Io => "cannot be read or written (I/O error): check the disk",
+            FaultKind::Other => "cannot be used",
+        }
+    }
 }
 
 /// The window sizes kept, each with its own table and retention.
@@ -69,12 +177,24 @@ impl Resolution {
         }
     }
 
-    fn suffix(self) -> &'static str {
+    /// The RED table of this resolution.
+    fn red_table(self) -> &'static str {
         match self {
-            Resolution::TenSeconds => "10s",
-            Resolution::OneMinute => "1m",
-            Resolution::TenMinutes => "10m",
-            Resolution::OneHour => "1h",
+            Resolution::TenSeconds => "red_10s",
+            Resolution::OneMinute => "red_1m",
+            Resolution::TenMinutes => "red_10m",
+            Resolution::OneHour => "red_1h",
+        }
+    }
+
+    /// The metric table of this resolution. Metrics have no 10-minute tier: its name is of a
+    /// table that does not exist.
+    fn metric_table(self) -> &'static str {
+        match self {
+            Resolution::TenSeconds => "metric_10s",
+            Resolution::OneMinute => "metric_1m",
+            Resolution::TenMinutes => "metric_10m",
+            Resolution::OneHour => "metric_1h",
         }
     }
 
@@ -129,13 +249,35 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Opens (creating if needed) and migrates the database; the connection becomes the writer's.
+/// How long a writing connection waits for another one's write lock before calling it a fault.
+pub(crate) const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens (creating if needed) and migrates the database for the one writer of this data
+/// directory; the connection becomes the writer's ([`spawn_writer`]). Fails with a message that
+/// names the file and says what to do when it is not a database, cannot be written, is locked,
+/// or another redline writes to it.
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
-    let open_error = |source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
+    // The database is checked first: what is wrong with it is the more useful message.
+    let conn = open_database(path, WRITE_LOCK_WAIT)?;
+    data_dir_lock::claim(path)?;
+    Ok(conn)
+}
+
+/// Opens (creating if needed) and migrates the database on a new writable connection, checking
+/// that it can be written: for a second writing connection of this process (alert state) and
+/// for the writer's reconnections.
+pub fn open_database(path: &Path, lock_wait: Duration) -> Result<Connection, StoreError> {
+    let open_error = |source| StoreError::open(path, source);
     let mut conn = Connection::open(path).map_err(open_error)?;
+    // SQLite opens a file it may not write read-only without a word; writes would fail later.
+    if conn.is_readonly(rusqlite::MAIN_DB).map_err(open_error)? {
+        return Err(open_error(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+            Some("SQLite could open it read-only only".into()),
+        )));
+    }
+    configure(&conn).map_err(open_error)?;
+    conn.busy_timeout(lock_wait).map_err(open_error)?;
     // Incremental auto-vacuum must be chosen before the first table exists.
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
         .map_err(open_error)?;
@@ -144,8 +286,17 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     // WAL + NORMAL never corrupts on a crash; a power cut may lose the last commits.
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(open_error)?;
-    configure(&conn).map_err(open_error)?;
+    // Takes the write lock once: a file locked by another process is found here, at start-up,
+    // rather than at the first flush.
+    conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
+        .map_err(open_error)?;
     schema::migrate(&mut conn).map_err(open_error)?;
+    // Reads the schema and the flush sequence number: a damaged first page or schema is found
+    // here, where the message can say what to do, rather than by the first query.
+    read::flushed_seq(&conn).map_err(|e| match e {
+        StoreError::Sql(source) => open_error(source),
+        other => other,
+    })?;
     Ok(conn)
 }
 
@@ -179,10 +330,7 @@ impl Readers {
                     &self.path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
-                .map_err(|source| StoreError::Open {
-                    path: self.path.clone(),
-                    source,
-                })?;
+                .map_err(|source| StoreError::open(&self.path, source))?;
                 configure(&conn)?;
                 conn
             }

@@ -2,16 +2,63 @@
 //! read returns the flush sequence number it saw, read in the same snapshot, so the query layer
 //! can add exactly the unflushed data the snapshot does not contain.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params_from_iter, types::Value};
+use rusqlite::{Connection, OptionalExtension, Row, params_from_iter, types::Value};
 
 use crate::aggregate::metric::MetricAgg;
 use crate::aggregate::red::RedStats;
 use crate::aggregate::{MetricDelta, RedDelta, SeriesInfo};
 use crate::model::{EndpointKey, MetricKind, MetricSeriesKey, RedSource, SpanEvent, SpanRecord};
+use crate::self_metrics;
 use crate::store::codec::{self, RED_COLUMN_COUNT, RED_COLUMNS};
 use crate::store::{Resolution, StoreError};
+
+/// Counts a stored row that cannot be decoded; the read goes on without it. Such a row stays
+/// until retention or the writer replaces it, and every read meets it again: it is logged once a
+/// minute at most, and counted every time.
+fn unreadable(table: &'static str, error: &StoreError) {
+    static LAST_LOGGED_MS: AtomicI64 = AtomicI64::new(i64::MIN);
+    self_metrics::store_row_unreadable(table);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let last = LAST_LOGGED_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 60_000
+        && LAST_LOGGED_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            table,
+            %error,
+            "a stored row cannot be read and is skipped (see redline_store_rows_unreadable_total)"
+        );
+    }
+}
+
+/// Adds the RED row (columns as [`RED_COLUMNS`]) to the sum of `key`; a row that cannot be read
+/// adds nothing, not even an empty entry.
+fn merge_into<K: Hash + Eq>(
+    sums: &mut HashMap<K, RedStats>,
+    key: K,
+    row: &Row<'_>,
+) -> Result<(), StoreError> {
+    match sums.entry(key) {
+        Entry::Occupied(sum) => codec::merge_row(row, 0, sum.into_mut()),
+        Entry::Vacant(vacant) => {
+            let mut stats = RedStats::default();
+            codec::merge_row(row, 0, &mut stats)?;
+            vacant.insert(stats);
+            Ok(())
+        }
+    }
+}
 
 /// Which endpoints a RED read covers.
 #[derive(Debug, Clone, Default)]
@@ -78,7 +125,7 @@ pub fn red_totals(
                 *resolution,
                 *from_ms,
                 *to_ms,
-                |id, _, row| codec::merge_row(row, 0, totals.entry(id).or_default()),
+                |id, _, row| merge_into(&mut totals, id, row),
             )?;
         }
         let from_ms = blocks.iter().map(|b| b.1).min().unwrap_or(0);
@@ -151,9 +198,11 @@ pub fn red_steps(
             from_ms,
             to_ms,
             |id, start_ms, row| {
-                let group = group_of[&id];
+                let Some(&group) = group_of.get(&id) else {
+                    return Ok(());
+                };
                 let step = start_ms.div_euclid(step_ms) * step_ms;
-                codec::merge_row(row, 0, sums.entry((group, step)).or_default())
+                merge_into(&mut sums, (group, step), row)
             },
         )?;
         let rows = sums
@@ -188,7 +237,7 @@ fn selected_endpoints(
     let mut endpoints = HashMap::new();
     let mut statement = conn.prepare_cached(&sql)?;
     let mut rows = statement.query(params_from_iter(filter_values))?;
-    while let Some(row) = rows.next()? {
+    let read = |row: &Row<'_>| -> Result<(i64, RedSource, EndpointKey), StoreError> {
         let source: i64 = row.get(1)?;
         let source = if source == RedSource::Metrics as i64 {
             RedSource::Metrics
@@ -200,14 +249,22 @@ fn selected_endpoints(
             method: row.get(3)?,
             route: row.get(4)?,
         };
-        endpoints.insert(row.get(0)?, (source, endpoint));
+        Ok((row.get(0)?, source, endpoint))
+    };
+    while let Some(row) = rows.next()? {
+        match read(row) {
+            Ok((id, source, endpoint)) => {
+                endpoints.insert(id, (source, endpoint));
+            }
+            Err(e) => unreadable("endpoints", &e),
+        }
     }
     Ok(endpoints)
 }
 
 /// Calls `f(endpoint_id, start_ms, row)` for every stored window of `resolution` starting in
 /// `[from_ms, to_ms)` of the `endpoints` (the filter's selection), the row's columns being
-/// [`RED_COLUMNS`] from offset 0.
+/// [`RED_COLUMNS`] from offset 0. A row `f` cannot read is skipped and counted.
 fn scan_windows(
     conn: &Connection,
     endpoints: &HashMap<i64, (RedSource, EndpointKey)>,
@@ -223,10 +280,10 @@ fn scan_windows(
     // endpoint's windows of the range are one seek and a sequential run of rows — cheaper than
     // a scan of the start_ms index, which needs a seek into the table for every row. Ids in
     // order keep the seeks moving forward through the file.
+    let table = resolution.red_table();
     let sql = format!(
-        "SELECT {RED_COLUMNS}, start_ms FROM red_{suffix}
-         WHERE endpoint_id = ?1 AND start_ms >= ?2 AND start_ms < ?3",
-        suffix = resolution.suffix()
+        "SELECT {RED_COLUMNS}, start_ms FROM {table}
+         WHERE endpoint_id = ?1 AND start_ms >= ?2 AND start_ms < ?3"
     );
     let mut statement = conn.prepare_cached(&sql)?;
     let mut ids: Vec<i64> = endpoints.keys().copied().collect();
@@ -234,7 +291,13 @@ fn scan_windows(
     for id in ids {
         let mut rows = statement.query(rusqlite::params![id, from_ms, to_ms])?;
         while let Some(row) = rows.next()? {
-            f(id, row.get(RED_COLUMN_COUNT)?, row)?;
+            let visited = row
+                .get(RED_COLUMN_COUNT)
+                .map_err(StoreError::from)
+                .and_then(|start_ms| f(id, start_ms, row));
+            if let Err(e) = visited {
+                unreadable(table, &e);
+            }
         }
     }
     Ok(())
@@ -286,9 +349,10 @@ pub fn metric_series(
     let mut rows = statement.query([service])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(MetricSeriesRow {
-            series: series_info(row, 0)?,
-        });
+        match series_info(row, 0) {
+            Ok(series) => out.push(MetricSeriesRow { series }),
+            Err(e) => unreadable("metric_series", &e),
+        }
     }
     Ok(out)
 }
@@ -327,12 +391,12 @@ pub fn metric_windows(
 ) -> Result<MetricRows, StoreError> {
     map_database_file(conn)?;
     in_snapshot(conn, |conn| {
+        let table = resolution.metric_table();
         let sql = format!(
             "SELECT s.id, s.service, s.name, s.attributes, s.kind, s.unit, s.description, m.start_ms,
                     m.agg
-             FROM metric_series s JOIN metric_{suffix} m ON m.series_id = s.id
-             WHERE s.service = ?1 AND s.name = ?2 AND m.start_ms >= ?3 AND m.start_ms < ?4",
-            suffix = resolution.suffix()
+             FROM metric_series s JOIN {table} m ON m.series_id = s.id
+             WHERE s.service = ?1 AND s.name = ?2 AND m.start_ms >= ?3 AND m.start_ms < ?4"
         );
         let mut statement = conn.prepare_cached(&sql)?;
         let mut rows = statement.query(rusqlite::params![service, name, from_ms, to_ms])?;
@@ -343,22 +407,34 @@ pub fn metric_windows(
             let id: i64 = row.get(0)?;
             let series = match described.get(&id) {
                 Some(info) => info.clone(),
-                None => {
-                    let info = series_info(row, 1)?;
-                    described.insert(id, info.clone());
-                    info
-                }
+                None => match series_info(row, 1) {
+                    Ok(info) => {
+                        described.insert(id, info.clone());
+                        info
+                    }
+                    Err(e) => {
+                        unreadable("metric_series", &e);
+                        continue;
+                    }
+                },
             };
-            let agg = row
-                .get_ref(8)?
-                .as_str()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.push(MetricDelta {
-                series,
-                window_start_ms: row.get(7)?,
-                agg: serde_json::from_str::<MetricAgg>(agg)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            });
+            let window = || -> Result<(i64, MetricAgg), StoreError> {
+                let agg = row
+                    .get_ref(8)?
+                    .as_str()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let agg = serde_json::from_str::<MetricAgg>(agg)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((row.get(7)?, agg))
+            };
+            match window() {
+                Ok((window_start_ms, agg)) => out.push(MetricDelta {
+                    series,
+                    window_start_ms,
+                    agg,
+                }),
+                Err(e) => unreadable(table, &e),
+            }
         }
         Ok(MetricRows {
             rows: out,
@@ -437,21 +513,27 @@ pub fn traces(
     let mut statement = conn.prepare_cached(&sql)?;
     let mut rows = statement.query(params_from_iter(values))?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
+    let read = |row: &Row<'_>| -> Result<TraceSummary, StoreError> {
         let start: i64 = row.get(5)?;
         let end: i64 = row.get(6)?;
-        out.push(TraceSummary {
+        Ok(TraceSummary {
             trace_id: row.get(0)?,
             service: row.get(1)?,
             method: row.get(2)?,
             route: row.get(3)?,
             root_name: row.get(4)?,
             start_unix_ms: start as f64 / 1e6,
-            duration_ms: (end - start) as f64 / 1e6,
+            duration_ms: end.saturating_sub(start) as f64 / 1e6,
             error: row.get(7)?,
-            span_count: row.get::<_, i64>(8)? as u64,
+            span_count: row.get::<_, i64>(8)?.max(0) as u64,
             reason: row.get(9)?,
-        });
+        })
+    };
+    while let Some(row) = rows.next()? {
+        match read(row) {
+            Ok(summary) => out.push(summary),
+            Err(e) => unreadable("traces", &e),
+        }
     }
     Ok(out)
 }
@@ -466,32 +548,296 @@ pub fn trace_spans(conn: &mut Connection, trace_id: &str) -> Result<Vec<SpanReco
     let mut rows = statement.query([trace_id])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        let attributes: String = row.get(10)?;
-        let events: String = row.get(11)?;
-        let status: String = row.get(8)?;
-        let attributes: BTreeMap<String, String> =
-            serde_json::from_str(&attributes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let is_error = status == "error"
-            || ["http.response.status_code", "http.status_code"]
-                .iter()
-                .any(|k| attributes.get(*k).and_then(|v| v.parse::<u16>().ok()) >= Some(500));
-        out.push(SpanRecord {
-            trace_id: row.get(0)?,
-            span_id: row.get(1)?,
-            parent_span_id: row.get(2)?,
-            service: row.get(3)?,
-            name: row.get(4)?,
-            kind: row.get(5)?,
-            start_unix_ns: row.get::<_, i64>(6)? as u64,
-            end_unix_ns: row.get::<_, i64>(7)? as u64,
-            status,
-            status_message: row.get(9)?,
-            attributes,
-            events: serde_json::from_str::<Vec<SpanEvent>>(&events)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            endpoint: None,
-            is_error,
-        });
+        match span_record(row) {
+            Ok(span) => out.push(span),
+            Err(e) => unreadable("spans", &e),
+        }
     }
     Ok(out)
+}
+
+/// A stored span (columns as [`trace_spans`] selects them).
+fn span_record(row: &Row<'_>) -> Result<SpanRecord, StoreError> {
+    let attributes: String = row.get(10)?;
+    let events: String = row.get(11)?;
+    let status: String = row.get(8)?;
+    let attributes: BTreeMap<String, String> =
+        serde_json::from_str(&attributes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let is_error = status == "error"
+        || ["http.response.status_code", "http.status_code"]
+            .iter()
+            .any(|k| attributes.get(*k).and_then(|v| v.parse::<u16>().ok()) >= Some(500));
+    Ok(SpanRecord {
+        trace_id: row.get(0)?,
+        span_id: row.get(1)?,
+        parent_span_id: row.get(2)?,
+        service: row.get(3)?,
+        name: row.get(4)?,
+        kind: row.get(5)?,
+        start_unix_ns: row.get::<_, i64>(6)? as u64,
+        end_unix_ns: row.get::<_, i64>(7)? as u64,
+        status,
+        status_message: row.get(9)?,
+        attributes,
+        events: serde_json::from_str::<Vec<SpanEvent>>(&events)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        endpoint: None,
+        is_error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Retention;
+    use crate::store::test_data::{
+        HOUR, batch, count, database, gauge, plain, red, sample, span, with_metrics,
+    };
+
+    const UNREADABLE: &str = "redline_store_rows_unreadable_total";
+
+    fn all_endpoints() -> RedFilter {
+        RedFilter::default()
+    }
+
+    fn requests_by_route(rows: &[RedDelta]) -> BTreeMap<String, u64> {
+        rows.iter()
+            .map(|r| (r.endpoint.route.clone(), r.stats.requests))
+            .collect()
+    }
+
+    #[test]
+    fn a_red_row_that_cannot_be_decoded_is_skipped_and_counted() {
+        // Each way a RED row can be damaged: the sketch, the status counts, the explicit
+        // buckets, a count of the wrong type or sign.
+        let damages = [
+            "sketch = x'0102'",
+            "status = x'00'",
+            "status = 'text'",
+            "explicit = '{not json'",
+            "requests = 'many'",
+            "requests = -5",
+        ];
+        for damage in damages {
+            let (dir, mut db) = database(Retention::default());
+            let flush = batch(
+                vec![red("/a", HOUR, 3), red("/b", HOUR, 4), red("/c", HOUR, 5)],
+                vec![],
+                vec![],
+            );
+            db.write_flush(1, &flush).unwrap();
+            let path = dir.path().join("redline.db");
+            let damaged = plain(&path)
+                .execute(
+                    &format!(
+                        "UPDATE red_10s SET {damage} WHERE endpoint_id =
+                           (SELECT id FROM endpoints WHERE route = '/b')"
+                    ),
+                    [],
+                )
+                .unwrap();
+            assert_eq!(damaged, 1);
+
+            let mut reader = plain(&path);
+            let ((totals, steps), metrics) = with_metrics(|| {
+                let totals = red_totals(&mut reader, &all_endpoints(), |_| {
+                    vec![(Resolution::TenSeconds, HOUR, HOUR + 60_000)]
+                })
+                .unwrap();
+                let steps = red_steps(
+                    &mut reader,
+                    &all_endpoints(),
+                    Resolution::TenSeconds,
+                    (HOUR, HOUR + 60_000),
+                    10_000,
+                    true,
+                )
+                .unwrap();
+                (totals, steps)
+            });
+            let expected = BTreeMap::from([("/a".to_string(), 3), ("/c".to_string(), 5)]);
+            assert_eq!(requests_by_route(&totals.rows), expected, "{damage}");
+            assert_eq!(requests_by_route(&steps.rows), expected, "{damage}");
+            assert_eq!(totals.flushed_seq, 1);
+            assert_eq!(
+                sample(&metrics, &format!("{UNREADABLE}{{table=\"red_10s\"}}")),
+                2.0,
+                "{damage}: {metrics}"
+            );
+            // The other tiers of the same endpoint are intact.
+            let hourly = red_totals(&mut reader, &all_endpoints(), |_| {
+                vec![(Resolution::OneHour, HOUR, HOUR + 3_600_000)]
+            })
+            .unwrap();
+            assert_eq!(requests_by_route(&hourly.rows)["/b"], 4);
+        }
+    }
+
+    #[test]
+    fn an_endpoint_that_cannot_be_read_is_left_out() {
+        let (dir, mut db) = database(Retention::default());
+        db.write_flush(
+            1,
+            &batch(vec![red("/a", HOUR, 3), red("/b", HOUR, 4)], vec![], vec![]),
+        )
+        .unwrap();
+        let path = dir.path().join("redline.db");
+        plain(&path)
+            .execute(
+                "UPDATE endpoints SET method = x'00ff' WHERE route = '/b'",
+                [],
+            )
+            .unwrap();
+        let mut reader = plain(&path);
+        let (totals, metrics) = with_metrics(|| {
+            red_totals(&mut reader, &all_endpoints(), |_| {
+                vec![(Resolution::OneMinute, HOUR, HOUR + 60_000)]
+            })
+            .unwrap()
+        });
+        assert_eq!(
+            requests_by_route(&totals.rows),
+            BTreeMap::from([("/a".to_string(), 3)])
+        );
+        assert_eq!(
+            sample(&metrics, &format!("{UNREADABLE}{{table=\"endpoints\"}}")),
+            1.0
+        );
+    }
+
+    #[test]
+    fn metric_windows_and_series_that_cannot_be_decoded_are_skipped_and_counted() {
+        let (dir, mut db) = database(Retention::default());
+        let flush = batch(
+            vec![],
+            vec![
+                gauge("queue", "1", HOUR, 1.0),
+                gauge("queue", "2", HOUR, 2.0),
+                gauge("queue", "3", HOUR, 3.0),
+            ],
+            vec![],
+        );
+        db.write_flush(1, &flush).unwrap();
+        let path = dir.path().join("redline.db");
+        let writer = plain(&path);
+        writer
+            .execute(
+                "UPDATE metric_10s SET agg = '{\"samples\": ' WHERE series_id =
+                   (SELECT id FROM metric_series WHERE attributes LIKE '%\"2\"%')",
+                [],
+            )
+            .unwrap();
+        writer
+            .execute(
+                "UPDATE metric_series SET attributes = '{' WHERE attributes LIKE '%\"3\"%'",
+                [],
+            )
+            .unwrap();
+        let mut reader = plain(&path);
+        let ((windows, series), metrics) = with_metrics(|| {
+            let windows = metric_windows(
+                &mut reader,
+                "svc",
+                "queue",
+                Resolution::TenSeconds,
+                HOUR,
+                HOUR + 60_000,
+            )
+            .unwrap();
+            let series = metric_series(&mut reader, Some("svc")).unwrap();
+            (windows, series)
+        });
+        let labels = |keys: Vec<&MetricSeriesKey>| -> Vec<String> {
+            keys.iter().map(|k| k.attributes["k"].clone()).collect()
+        };
+        assert_eq!(
+            labels(windows.rows.iter().map(|w| &*w.series.key).collect()),
+            ["1"]
+        );
+        assert_eq!(windows.rows[0].agg.last, 1.0);
+        assert_eq!(
+            labels(series.iter().map(|s| &*s.series.key).collect()),
+            ["1", "2"]
+        );
+        assert_eq!(
+            sample(&metrics, &format!("{UNREADABLE}{{table=\"metric_10s\"}}")),
+            1.0
+        );
+        // Once by the window read, once by the series list.
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!("{UNREADABLE}{{table=\"metric_series\"}}")
+            ),
+            2.0
+        );
+    }
+
+    #[test]
+    fn spans_and_traces_that_cannot_be_decoded_are_skipped_and_counted() {
+        let (dir, mut db) = database(Retention::default());
+        let flush = batch(
+            vec![],
+            vec![],
+            vec![
+                span(1, 1, HOUR),
+                span(1, 2, HOUR + 1),
+                span(1, 3, HOUR + 2),
+                span(2, 1, HOUR + 3),
+                span(3, 1, HOUR + 4),
+            ],
+        );
+        db.write_flush(1, &flush).unwrap();
+        let path = dir.path().join("redline.db");
+        let writer = plain(&path);
+        writer
+            .execute(
+                "UPDATE spans SET attributes = 'garbage' WHERE span_id = ?1",
+                [format!("{:016x}", 2)],
+            )
+            .unwrap();
+        writer
+            .execute(
+                "UPDATE spans SET events = '[{' WHERE span_id = ?1",
+                [format!("{:016x}", 3)],
+            )
+            .unwrap();
+        writer
+            .execute(
+                "UPDATE traces SET span_count = 'several' WHERE trace_id = ?1",
+                [format!("{:032x}", 2)],
+            )
+            .unwrap();
+        let mut reader = plain(&path);
+        let ((spans, traces), metrics) = with_metrics(|| {
+            let spans = trace_spans(&mut reader, &format!("{:032x}", 1)).unwrap();
+            let traces = traces(
+                &mut reader,
+                &TraceFilter {
+                    from_ms: HOUR - 1,
+                    to_ms: HOUR + 60_000,
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            (spans, traces)
+        });
+        assert_eq!(
+            spans.iter().map(|s| s.span_id.as_str()).collect::<Vec<_>>(),
+            [format!("{:016x}", 1)]
+        );
+        let mut listed: Vec<String> = traces.into_iter().map(|t| t.trace_id).collect();
+        listed.sort();
+        assert_eq!(listed, [format!("{:032x}", 1), format!("{:032x}", 3)]);
+        assert_eq!(
+            sample(&metrics, &format!("{UNREADABLE}{{table=\"spans\"}}")),
+            2.0
+        );
+        assert_eq!(
+            sample(&metrics, &format!("{UNREADABLE}{{table=\"traces\"}}")),
+            1.0
+        );
+        assert_eq!(count(&reader, "spans"), 5, "reads change nothing");
+    }
 }

@@ -21,6 +21,7 @@ use crate::pipeline::{Durability, IngestQueue};
 use crate::query::Query;
 use crate::self_metrics;
 use crate::store::Readers;
+use crate::store::writer::{WriterHealth, WriterState};
 use crate::supervise::Stages;
 
 /// What `/readyz` and `/metrics` look at.
@@ -31,6 +32,7 @@ pub struct Readiness {
     pub stages: Arc<Stages>,
     pub budget: Arc<MemoryBudget>,
     pub durability: Arc<Durability>,
+    pub writer: WriterHealth,
 }
 
 #[derive(Clone)]
@@ -83,6 +85,9 @@ async fn not_ready(readiness: &Readiness) -> Option<String> {
         .await;
     if let Err(e) = database {
         return Some(format!("database: {e}"));
+    }
+    if let WriterState::Failing { message, .. } = readiness.writer.status().state {
+        return Some(format!("the store cannot write: {message}"));
     }
     if let Err(behind) = readiness.durability.check(1, crate::pipeline::now_ms()) {
         return Some(behind.to_string());

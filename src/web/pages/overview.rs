@@ -10,6 +10,7 @@ use super::{
 };
 use crate::query::RedStat;
 use crate::store::read::RedFilter;
+use crate::store::writer::WriterState;
 use crate::web::charts::{Unit, number, sparkline_svg};
 
 pub struct ServiceRow {
@@ -47,6 +48,9 @@ pub struct HealthView {
     /// Every stage running, or what is not.
     pub stages: String,
     pub stages_bad: bool,
+    /// The store writer: writing, or the fault it is retrying.
+    pub store: String,
+    pub store_bad: bool,
 }
 
 #[derive(Template)]
@@ -186,6 +190,7 @@ async fn health(pages: &Pages) -> HealthView {
     let depth = pages.queue.depth();
     let readiness = pages.readiness.as_ref();
     let trouble = readiness.and_then(|r| r.stages.trouble());
+    let store = readiness.map(|r| r.writer.status().state);
     let traces_dropped = stats.traces.traces_dropped_for_budget
         + stats.traces.spans_dropped_for_budget
         + stats.traces.spans_dropped_for_memory
@@ -249,6 +254,12 @@ async fn health(pages: &Pages) -> HealthView {
         }),
         stages: trouble.clone().unwrap_or_else(|| "all running".into()),
         stages_bad: trouble.is_some(),
+        store: match &store {
+            Some(WriterState::Failing { message, .. }) => format!("failing, retrying: {message}"),
+            Some(WriterState::Healthy) => "writing".into(),
+            None => String::new(),
+        },
+        store_bad: matches!(store, Some(WriterState::Failing { .. })),
     }
 }
 
