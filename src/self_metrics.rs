@@ -148,3 +148,9 @@ pub fn notification_retry() {
 pub fn outbox_pending(messages: u64) {
     gauge!("redline_outbox_pending").set(messages as f64);
 }
+
+/// A client string cut to its length limit, or a list shortened to its count limit
+/// (`field`: see [`crate::ingest::limits::Field`]).
+pub fn truncated(field: &'static str) {
+    counter!("redline_truncated_total", "field" => field).increment(1);
+}

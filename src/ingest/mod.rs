@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod tracestate;
 pub mod wire;
 
