@@ -180,7 +180,15 @@ impl RedStats {
         self.duration_sum_ms = finite_duration(self.duration_sum_ms + other.duration_sum_ms);
         self.duration_min_ms = self.duration_min_ms.min(other.duration_min_ms);
         self.duration_max_ms = self.duration_max_ms.max(other.duration_max_ms);
-        self.sketch.merge(&other.sketch);
+        // The sketch's own counts do not saturate: one holding u64::MAX values is full.
+        if self
+            .sketch
+            .count()
+            .checked_add(other.sketch.count())
+            .is_some()
+        {
+            self.sketch.merge(&other.sketch);
+        }
         self.sketch_from_buckets |= other.sketch_from_buckets;
         match (&mut self.explicit, &other.explicit) {
             (Some(mine), Some(theirs)) => mine.merge(theirs),

@@ -125,22 +125,15 @@ pub fn limit_str(value: &str, field: Field) -> Cow<'_, str> {
     }
 }
 
-/// [`limit_str`] for a value that may already be owned (an owned one is cut in place).
-#[inline]
-pub fn limit_cow(value: Cow<'_, str>, field: Field) -> Cow<'_, str> {
-    match value {
-        Cow::Borrowed(text) => limit_str(text, field),
-        Cow::Owned(text) => Cow::Owned(limit_string(text, field)),
-    }
-}
-
-/// [`limit_str`] for an owned value: cut in place, no new allocation.
+/// [`limit_str`] for an owned value: cut in place, and its allocation shrunk to the cut length
+/// (a cut megabyte must not stay allocated behind a short key).
 #[inline]
 pub fn limit_string(mut value: String, field: Field) -> String {
     let max = field.max_bytes();
     if value.len() > max {
         value.truncate(keep_len(&value, max));
         value.push_str(MARKER);
+        value.shrink_to_fit();
         field.count_truncation();
     }
     value
@@ -184,11 +177,11 @@ mod tests {
         assert_eq!(cut.len(), MAX_ROUTE_BYTES);
         assert!(cut.ends_with(MARKER));
         assert!(long.starts_with(cut.trim_end_matches(MARKER)));
-        let owned = limit_string(long.clone(), Field::ServiceName);
+        let owned = limit_string(long, Field::ServiceName);
         assert_eq!(owned.len(), MAX_SERVICE_NAME_BYTES);
-        assert_eq!(
-            limit_cow(Cow::Owned(long), Field::Method).len(),
-            MAX_METHOD_BYTES
+        assert!(
+            owned.capacity() < 2 * MAX_SERVICE_NAME_BYTES,
+            "the megabyte is freed"
         );
     }
 
