@@ -4,6 +4,7 @@ mod helpers;
 
 mod alerting;
 mod browser;
+mod hostile_input;
 mod ingest_errors;
 mod notify;
 mod otlp_export;
