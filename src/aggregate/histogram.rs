@@ -648,10 +648,9 @@ mod tests {
             },
         };
         assert_eq!(quantile(&explicit, 0.5), Some(5.0));
-        assert_eq!(
-            within(f64::NAN, Some(1.0), Some(2.0)),
-            f64::NAN.max(1.0).min(2.0)
-        );
+        assert_eq!(within(f64::NAN, Some(1.0), Some(2.0)), 1.0);
+        assert_eq!(within(f64::NAN, None, Some(2.0)), 2.0);
+        assert_eq!(within(7.0, Some(f64::NAN), Some(f64::NAN)), 7.0);
     }
 
     #[test]

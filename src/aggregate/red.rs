@@ -380,7 +380,12 @@ fn check_counts(bounds: usize, counts: usize) -> Result<(), LayoutError> {
 /// A RED duration sum or extreme as stored: finite and not negative (durations are not), so
 /// that a REAL column holds it and it reads back. NaN counts as 0, overflow holds at `f64::MAX`.
 fn finite_duration(ms: f64) -> f64 {
-    ms.max(0.0).min(f64::MAX)
+    if ms.is_nan() {
+        0.0
+    } else {
+        // Constant, ordered bounds: this clamp cannot panic.
+        ms.clamp(0.0, f64::MAX)
+    }
 }
 
 #[cfg(test)]
