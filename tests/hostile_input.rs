@@ -253,7 +253,9 @@ async fn serves_everything(redline: &TestRedline, metric_services: &[&str]) {
         answered_within_a_second(redline, &url(redline, &["metrics-explorer"], &q)).await;
         for metric in described["metrics"].as_array().into_iter().flatten() {
             let name = metric["name"].as_str().expect("metric name");
-            for agg in ["", "avg", "min", "max", "last", "sum", "rate", "count", "p50", "p99"] {
+            for agg in [
+                "", "avg", "min", "max", "last", "sum", "rate", "count", "p50", "p99",
+            ] {
                 let mut query = vec![("service", s), ("name", name), ("since", "1h")];
                 if !agg.is_empty() {
                     query.push(("agg", agg));
@@ -268,7 +270,12 @@ async fn serves_everything(redline: &TestRedline, metric_services: &[&str]) {
 
 /// The values of a metric query's single series (`null` for non-finite values).
 async fn metric_values(redline: &TestRedline, service: &str, name: &str, agg: &str) -> Vec<Value> {
-    let query = [("service", service), ("name", name), ("agg", agg), ("since", "1h")];
+    let query = [
+        ("service", service),
+        ("name", name),
+        ("agg", agg),
+        ("since", "1h"),
+    ];
     let body = api(redline, &["api", "v1", "metrics", "query"], &query).await;
     body["series"]
         .as_array()
@@ -285,7 +292,10 @@ async fn a_bound_without_counts_then_another_layout_is_rejected_not_fatal() {
     // The first point has one bound and no counts: invalid, and once it stopped all ingest.
     let first = metrics_request(
         "layouts",
-        vec![histogram(DURATION, vec![duration_point(vec![0.1], vec![], 3)])],
+        vec![histogram(
+            DURATION,
+            vec![duration_point(vec![0.1], vec![], 3)],
+        )],
     );
     let answer = post_protobuf(&redline, &first).await;
     assert!(answer.refused(1), "{answer:?}");
@@ -416,7 +426,11 @@ async fn min_above_max_nan_and_infinite_values_are_rejected() {
     assert_eq!(items["requests"], 2, "{body}");
     let no_route = endpoint(&body, "", "(no route)").expect("the JSON point is stored");
     assert_eq!(no_route["requests"], 2, "{body}");
-    assert_eq!(body["endpoints"].as_array().map(Vec::len), Some(2), "{body}");
+    assert_eq!(
+        body["endpoints"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
     serves_everything(&redline, &[]).await;
     redline.stop().await;
 }
@@ -473,7 +487,12 @@ async fn megabyte_strings_are_cut_to_their_limits() {
     // A 1 MiB metric attribute value and service name over metrics.
     let request = metrics_request(
         &megabyte,
-        vec![gauge("sized", 1.0, now_ns(), vec![string("blob", &megabyte)])],
+        vec![gauge(
+            "sized",
+            1.0,
+            now_ns(),
+            vec![string("blob", &megabyte)],
+        )],
     );
     assert!(post_protobuf(&redline, &request).await.accepted());
     let (redline, _temp) = restarted(redline).await;
