@@ -305,6 +305,11 @@ impl ExplicitBuckets {
         (self.bounds_ms, self.counts)
     }
 
+    /// Bytes its bounds and counts take on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.bounds_ms.capacity() * size_of::<f64>() + self.counts.capacity() * size_of::<u64>()
+    }
+
     pub fn total(&self) -> u64 {
         self.counts.iter().fold(0, |sum, c| sum.saturating_add(*c))
     }
