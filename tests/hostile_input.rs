@@ -289,7 +289,8 @@ async fn metric_values(redline: &TestRedline, service: &str, name: &str, agg: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bound_without_counts_then_another_layout_is_rejected_not_fatal() {
     let redline = TestRedline::start().await;
-    // The first point has one bound and no counts: invalid, and once it stopped all ingest.
+    // The first point has one bound and no counts: invalid; merged with the second it would
+    // index out of bounds and stop all ingest.
     let first = metrics_request(
         "layouts",
         vec![histogram(
@@ -321,8 +322,8 @@ async fn a_bound_without_counts_then_another_layout_is_rejected_not_fatal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exponential_points_far_apart_are_rejected_or_downscaled() {
     let redline = TestRedline::start().await;
-    // Offsets −2³¹ and 2³¹−1: no finite value maps there, so both are rejected (once, the
-    // merge allocated tens of GiB between them and the process aborted).
+    // Offsets −2³¹ and 2³¹−1: no finite value maps there, so both are rejected (a dense
+    // merge across both would take tens of GiB and abort the process).
     for offset in [i32::MIN, i32::MAX] {
         let request = metrics_request("far", vec![exponential("far.apart", 0, offset, vec![1])]);
         let answer = post_protobuf(&redline, &request).await;
@@ -447,8 +448,8 @@ async fn values_that_overflow_are_stored_and_read_back() {
     )
     .await;
     assert!(answer.accepted(), "{answer:?}");
-    // A gauge of 1.7e308 twice in one window: its sum is +Inf, once stored as an unreadable
-    // `null`.
+    // A gauge of 1.7e308 twice in one window: its sum is +Inf, which plain JSON stores as an
+    // unreadable `null`.
     let time = now_ns();
     for _ in 0..2 {
         let request = metrics_request("overflow", vec![gauge("big", 1.7e308, time, vec![])]);

@@ -521,8 +521,8 @@ mod tests {
         assert!(index_range(21).is_empty() && index_range(-11).is_empty());
     }
 
-    /// Offsets −2³¹ and 2³¹−1 in one series: the merge once allocated a dense array across
-    /// both (tens of GiB) and aborted the process.
+    /// Offsets −2³¹ and 2³¹−1 in one series: a dense array across both would take tens of
+    /// GiB and abort the process.
     #[test]
     fn merging_far_apart_offsets_downscales_within_the_budget() {
         let mut a = exp(20, i32::MIN, vec![1, 2]);

@@ -20,7 +20,7 @@ pub struct MetricAgg {
     /// Counters: the increase in the window; gauges: the sum of sampled values (for the mean).
     #[serde(with = "json_float")]
     pub sum: f64,
-    /// ±infinity while no number was folded in (rows of earlier builds hold them as `null`).
+    /// ±infinity while no number was folded in (a stored `null` reads as that infinity).
     #[serde(with = "json_float::null_as_positive_infinity")]
     pub min: f64,
     #[serde(with = "json_float::null_as_negative_infinity")]
@@ -289,7 +289,8 @@ mod tests {
 
     #[test]
     fn overflowed_sums_and_non_finite_values_survive_storage() {
-        // A gauge of 1.7e308 twice in one window: the sum is +Inf, once stored as null.
+        // A gauge of 1.7e308 twice in one window: the sum is +Inf, which plain JSON writes as
+        // an unreadable null.
         let mut agg = MetricAgg::default();
         agg.add_number(1.7e308, 1);
         agg.add_number(1.7e308, 2);
@@ -328,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_of_earlier_builds_still_read() {
+    fn rows_with_null_extremes_read_as_infinities() {
         let legacy = r#"{"samples":1,"sum":2.0,"min":null,"max":null,"last":0.0,"last_time_ms":5,"histogram":{"count":2,"sum":3.0,"min":null,"max":1.5,"buckets":{"explicit":{"bounds":[1.0],"counts":[1,1]}}}}"#;
         let agg: MetricAgg = serde_json::from_str(legacy).unwrap();
         assert_eq!((agg.min, agg.max), (f64::INFINITY, f64::NEG_INFINITY));

@@ -50,7 +50,7 @@ struct StoredExplicitBuckets {
 impl TryFrom<StoredExplicitBuckets> for ExplicitBuckets {
     type Error = LayoutError;
 
-    /// Rows of earlier builds may hold bounds that met after the conversion to milliseconds
+    /// Stored rows may hold bounds that met after the conversion to milliseconds
     /// (they are folded, as [`ExplicitBuckets::scaled`] does) or no counts at all (a layout
     /// with nothing counted yet).
     fn try_from(stored: StoredExplicitBuckets) -> Result<Self, LayoutError> {
@@ -603,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn stored_rows_of_earlier_builds_still_read() {
+    fn stored_rows_without_counts_or_with_met_bounds_read() {
         // No counts: a layout with nothing counted yet.
         let empty: ExplicitBuckets =
             serde_json::from_str(r#"{"bounds_ms":[1.0,2.0],"counts":[]}"#).unwrap();
@@ -678,7 +678,7 @@ mod tests {
 
     #[test]
     fn quantiles_do_not_panic_on_contradictory_or_nan_extremes() {
-        // Rows written by earlier builds may hold min > max; clamp would panic on them.
+        // Stored rows may hold min > max (or NaN); clamp would panic on them.
         let mut stats = RedStats::default();
         stats.add_request(&request(10.0, 200));
         stats.duration_min_ms = 50.0;

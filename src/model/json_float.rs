@@ -5,8 +5,8 @@
 //!
 //! Use with `#[serde(with = "crate::model::json_float")]` (an `f64`), `…::option` (an
 //! `Option<f64>`, `null` being `None`), `…::vec` (a `Vec<f64>`), or
-//! `…::null_as_positive_infinity` / `…::null_as_negative_infinity` for fields that rows
-//! written by earlier builds hold as `null` meaning an infinity.
+//! `…::null_as_positive_infinity` / `…::null_as_negative_infinity` for fields where a stored
+//! `null` (plain serde_json's spelling of an infinity) means that infinity.
 //!
 //! Finite values read back bit for bit because the crate enables serde_json's
 //! `float_roundtrip` feature (its default parser may be one unit in the last place off).
@@ -93,7 +93,7 @@ impl<'de> Visitor<'de> for FloatVisitor {
     }
 }
 
-/// `null` (as rows written by earlier builds hold it) reads as +∞.
+/// `null` (plain serde_json's spelling of an infinity, which stored rows may hold) reads as +∞.
 pub mod null_as_positive_infinity {
     pub use super::serialize;
 
@@ -104,7 +104,7 @@ pub mod null_as_positive_infinity {
     }
 }
 
-/// `null` (as rows written by earlier builds hold it) reads as −∞.
+/// `null` (plain serde_json's spelling of an infinity, which stored rows may hold) reads as −∞.
 pub mod null_as_negative_infinity {
     pub use super::serialize;
 
