@@ -102,10 +102,7 @@ impl HeapSize for IngestBatch {
 
 impl HeapSize for RedStats {
     fn heap_bytes(&self) -> usize {
-        self.sketch.heap_bytes()
-            + self.explicit.as_ref().map_or(0, |e| {
-                (e.bounds_ms.capacity() + e.counts.capacity()) * size_of::<u64>()
-            })
+        self.sketch.heap_bytes() + self.explicit.as_ref().map_or(0, |e| e.heap_bytes())
     }
 }
 

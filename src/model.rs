@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub mod json_float;
+
 /// Identifies one endpoint of one service: the unit every RED figure is kept for.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -120,12 +122,16 @@ pub enum MetricValue {
     Histogram(HistogramValue),
 }
 
-/// A histogram in either OTLP layout. Counts are per bucket.
+/// A histogram in either OTLP layout. Counts are per bucket. Stored as JSON: every float
+/// goes through [`json_float`], so sums that overflowed read back as they were.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HistogramValue {
     pub count: u64,
+    #[serde(with = "json_float")]
     pub sum: f64,
+    #[serde(with = "json_float::option")]
     pub min: Option<f64>,
+    #[serde(with = "json_float::option")]
     pub max: Option<f64>,
     pub buckets: Buckets,
 }
@@ -133,9 +139,15 @@ pub struct HistogramValue {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Buckets {
-    /// `counts.len() == bounds.len() + 1`; bucket i is (bounds[i-1], bounds[i]].
-    Explicit { bounds: Vec<f64>, counts: Vec<u64> },
+    /// `counts.len() == bounds.len() + 1`; bucket i is (bounds[i-1], bounds[i]]. Conversion
+    /// guarantees it (and finite, strictly increasing bounds); arithmetic never relies on it.
+    Explicit {
+        #[serde(with = "json_float::vec")]
+        bounds: Vec<f64>,
+        counts: Vec<u64>,
+    },
     /// Bucket `offset + i` covers (base^(offset+i), base^(offset+i+1)], base = 2^(2^-scale).
+    /// Positive buckets only, at most [`crate::aggregate::histogram::MAX_EXPONENTIAL_BUCKETS`].
     Exponential {
         scale: i32,
         zero_count: u64,

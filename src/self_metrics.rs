@@ -208,3 +208,9 @@ pub fn store_flush_dropped(reason: &'static str, batch: &FlushBatch) {
 pub fn store_writer_panic() {
     counter!("redline_store_writer_panics_total").increment(1);
 }
+
+/// A client string cut to its length limit, or a list shortened to its count limit
+/// (`field`: see [`crate::ingest::limits::Field`]).
+pub fn truncated(field: &'static str) {
+    counter!("redline_truncated_total", "field" => field).increment(1);
+}

@@ -7,6 +7,7 @@ mod tmpfs;
 mod alerting;
 mod browser;
 mod durability;
+mod hostile_input;
 mod ingest_errors;
 mod notify;
 mod otlp_export;

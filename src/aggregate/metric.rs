@@ -8,36 +8,28 @@ use foldhash::HashMap;
 
 use crate::aggregate::histogram;
 use crate::model::{
-    HistogramValue, MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality,
+    HistogramValue, MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality, json_float,
 };
 
-/// One series over one window. Merges associatively.
+/// One series over one window. Merges associatively. Stored as JSON: every float goes through
+/// [`json_float`], so overflowed sums and the empty window's infinities read back as written.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricAgg {
     /// Number of data points folded in.
     pub samples: u64,
     /// Counters: the increase in the window; gauges: the sum of sampled values (for the mean).
+    #[serde(with = "json_float")]
     pub sum: f64,
-    /// ±infinity while no number was folded in; JSON has no infinity, so they are stored as
-    /// `null` and read back as the infinities.
-    #[serde(deserialize_with = "null_as_positive_infinity")]
+    /// ±infinity while no number was folded in (a stored `null` reads as that infinity).
+    #[serde(with = "json_float::null_as_positive_infinity")]
     pub min: f64,
-    #[serde(deserialize_with = "null_as_negative_infinity")]
+    #[serde(with = "json_float::null_as_negative_infinity")]
     pub max: f64,
     /// The newest value and its time, for gauges and up-down counters.
+    #[serde(with = "json_float")]
     pub last: f64,
     pub last_time_ms: i64,
     pub histogram: Option<HistogramValue>,
-}
-
-fn null_as_positive_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    use serde::Deserialize;
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
-}
-
-fn null_as_negative_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    use serde::Deserialize;
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NEG_INFINITY))
 }
 
 impl Default for MetricAgg {
@@ -57,7 +49,7 @@ impl Default for MetricAgg {
 impl MetricAgg {
     /// Folds in a number: a counter's increase, or a sampled value.
     pub fn add_number(&mut self, value: f64, time_ms: i64) {
-        self.samples += 1;
+        self.samples = self.samples.saturating_add(1);
         self.sum += value;
         self.min = self.min.min(value);
         self.max = self.max.max(value);
@@ -69,7 +61,7 @@ impl MetricAgg {
 
     /// Folds in a delta histogram.
     pub fn add_histogram(&mut self, value: &HistogramValue, time_ms: i64) {
-        self.samples += 1;
+        self.samples = self.samples.saturating_add(1);
         self.last_time_ms = self.last_time_ms.max(time_ms);
         match &mut self.histogram {
             Some(existing) => histogram::merge(existing, value),
@@ -78,7 +70,7 @@ impl MetricAgg {
     }
 
     pub fn merge(&mut self, other: &MetricAgg) {
-        self.samples += other.samples;
+        self.samples = self.samples.saturating_add(other.samples);
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
@@ -271,7 +263,7 @@ mod tests {
 
     #[test]
     fn windows_without_numbers_survive_storage() {
-        // A histogram-only window keeps min/max at ±infinity, which JSON writes as null.
+        // A histogram-only window keeps min/max at ±infinity.
         let mut agg = MetricAgg::default();
         agg.add_histogram(
             &crate::model::HistogramValue {
@@ -305,5 +297,66 @@ mod tests {
         assert_eq!(a.min, 1.0);
         assert_eq!(a.max, 5.0);
         assert_eq!(a.sum, 6.0);
+    }
+
+    #[test]
+    fn overflowed_sums_and_non_finite_values_survive_storage() {
+        // A gauge of 1.7e308 twice in one window: the sum is +Inf, which plain JSON writes as
+        // an unreadable null.
+        let mut agg = MetricAgg::default();
+        agg.add_number(1.7e308, 1);
+        agg.add_number(1.7e308, 2);
+        assert_eq!(agg.sum, f64::INFINITY);
+        let text = serde_json::to_string(&agg).unwrap();
+        assert!(text.contains(r#""sum":"+Inf""#), "{text}");
+        let back: MetricAgg = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, agg);
+        // Windows of opposite infinities merge into NaN, which reads back as NaN.
+        let mut negative = MetricAgg::default();
+        negative.add_number(-1.7e308, 3);
+        negative.add_number(-1.7e308, 4);
+        agg.merge(&negative);
+        assert!(agg.sum.is_nan());
+        let back: MetricAgg = serde_json::from_str(&serde_json::to_string(&agg).unwrap()).unwrap();
+        assert!(back.sum.is_nan());
+        assert_eq!((back.min, back.max), (-1.7e308, 1.7e308));
+        // A histogram whose sum overflowed.
+        let mut histogram = MetricAgg::default();
+        let value = crate::model::HistogramValue {
+            count: 1,
+            sum: f64::MAX,
+            min: Some(f64::NEG_INFINITY),
+            max: None,
+            buckets: crate::model::Buckets::Explicit {
+                bounds: vec![],
+                counts: vec![1],
+            },
+        };
+        histogram.add_histogram(&value, 1);
+        histogram.add_histogram(&value, 2);
+        let back: MetricAgg =
+            serde_json::from_str(&serde_json::to_string(&histogram).unwrap()).unwrap();
+        assert_eq!(back, histogram);
+        assert_eq!(back.histogram.unwrap().sum, f64::INFINITY);
+    }
+
+    #[test]
+    fn rows_with_null_extremes_read_as_infinities() {
+        let legacy = r#"{"samples":1,"sum":2.0,"min":null,"max":null,"last":0.0,"last_time_ms":5,"histogram":{"count":2,"sum":3.0,"min":null,"max":1.5,"buckets":{"explicit":{"bounds":[1.0],"counts":[1,1]}}}}"#;
+        let agg: MetricAgg = serde_json::from_str(legacy).unwrap();
+        assert_eq!((agg.min, agg.max), (f64::INFINITY, f64::NEG_INFINITY));
+        let histogram = agg.histogram.unwrap();
+        assert_eq!((histogram.min, histogram.max), (None, Some(1.5)));
+    }
+
+    #[test]
+    fn sample_counts_saturate() {
+        let mut a = MetricAgg {
+            samples: u64::MAX,
+            ..MetricAgg::default()
+        };
+        a.add_number(1.0, 1);
+        a.merge(&a.clone());
+        assert_eq!(a.samples, u64::MAX);
     }
 }

@@ -19,11 +19,48 @@ pub enum Estimate {
     None,
 }
 
-/// Explicit-bucket latency counts (bounds in milliseconds) from histogram metrics.
+/// Explicit-bucket latency counts (bounds in milliseconds) from histogram metrics. Always a valid
+/// layout: finite, strictly increasing bounds and one more count than bounds (the last bucket
+/// is +Inf). Only the constructors make one, and reading a stored one checks it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "StoredExplicitBuckets")]
 pub struct ExplicitBuckets {
-    pub bounds_ms: Vec<f64>,
-    pub counts: Vec<u64>,
+    #[serde(with = "crate::model::json_float::vec")]
+    bounds_ms: Vec<f64>,
+    counts: Vec<u64>,
+}
+
+/// Why bounds and counts do not make an explicit-bucket layout.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{counts} bucket counts for {bounds} bounds: there must be one more count than bounds")]
+    CountsDoNotMatchBounds { bounds: usize, counts: usize },
+    #[error("bucket bounds must be finite and strictly increasing")]
+    BoundsNotIncreasing,
+}
+
+/// [`ExplicitBuckets`] as stored, before its layout is checked.
+#[derive(serde::Deserialize)]
+struct StoredExplicitBuckets {
+    #[serde(with = "crate::model::json_float::vec")]
+    bounds_ms: Vec<f64>,
+    counts: Vec<u64>,
+}
+
+impl TryFrom<StoredExplicitBuckets> for ExplicitBuckets {
+    type Error = LayoutError;
+
+    /// Stored rows may hold bounds that met after the conversion to milliseconds
+    /// (they are folded, as [`ExplicitBuckets::scaled`] does) or no counts at all (a layout
+    /// with nothing counted yet).
+    fn try_from(stored: StoredExplicitBuckets) -> Result<Self, LayoutError> {
+        let counts = if stored.counts.is_empty() {
+            vec![0; stored.bounds_ms.len() + 1]
+        } else {
+            stored.counts
+        };
+        ExplicitBuckets::scaled(&stored.bounds_ms, &counts, 1.0)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -69,18 +106,22 @@ impl RedStats {
         }
         let errors = if request.is_error { count } else { 0 };
         self.count(count, errors, request.status_code);
-        let duration = request.duration_ms.max(0.0);
-        self.duration_sum_ms += duration * count as f64;
+        let duration = finite_duration(request.duration_ms);
+        self.duration_sum_ms = finite_duration(self.duration_sum_ms + duration * count as f64);
         self.duration_min_ms = self.duration_min_ms.min(duration);
         self.duration_max_ms = self.duration_max_ms.max(duration);
         self.sketch.add_with_count(duration, count);
     }
 
+    /// Counts saturate: a client can claim any count, and a wrapped one would be a lie.
     fn count(&mut self, requests: u64, errors: u64, status_code: Option<u16>) {
-        self.requests += requests;
-        self.errors += errors;
-        if let Some(class) = status_code.and_then(status_class) {
-            self.status[class] += requests;
+        self.requests = self.requests.saturating_add(requests);
+        self.errors = self.errors.saturating_add(errors);
+        if let Some(slot) = status_code
+            .and_then(status_class)
+            .and_then(|class| self.status.get_mut(class))
+        {
+            *slot = slot.saturating_add(requests);
         }
     }
 
@@ -100,27 +141,30 @@ impl RedStats {
             if is_error { value.count } else { 0 },
             status_code,
         );
-        self.duration_sum_ms += value.sum * to_ms;
+        self.duration_sum_ms =
+            finite_duration(self.duration_sum_ms + finite_duration(value.sum * to_ms));
         if let Some(min) = value.min {
-            self.duration_min_ms = self.duration_min_ms.min(min * to_ms);
+            self.duration_min_ms = self.duration_min_ms.min(finite_duration(min * to_ms));
         }
         if let Some(max) = value.max {
-            self.duration_max_ms = self.duration_max_ms.max(max * to_ms);
+            self.duration_max_ms = self.duration_max_ms.max(finite_duration(max * to_ms));
         }
         match &value.buckets {
             Buckets::Explicit { bounds, counts } => {
-                let incoming = ExplicitBuckets {
-                    bounds_ms: bounds.iter().map(|b| b * to_ms).collect(),
-                    counts: counts.clone(),
-                };
-                match &mut self.explicit {
-                    Some(existing) => existing.merge(&incoming),
-                    None => self.explicit = Some(incoming),
+                // A malformed layout (conversion refuses them) adds its counts, not its buckets.
+                if let Ok(incoming) = ExplicitBuckets::scaled(bounds, counts, to_ms) {
+                    match &mut self.explicit {
+                        Some(existing) => existing.merge(&incoming),
+                        None => self.explicit = Some(incoming),
+                    }
                 }
             }
             Buckets::Exponential { .. } => {
                 for (representative, count) in histogram::exponential_representatives(value) {
-                    self.sketch.add_with_count(representative * to_ms, count);
+                    // The sketch's counts must not overflow; beyond u64::MAX nothing is exact.
+                    let room = u64::MAX - self.sketch.count();
+                    self.sketch
+                        .add_with_count(finite_duration(representative * to_ms), count.min(room));
                 }
                 self.sketch_from_buckets = true;
             }
@@ -128,15 +172,23 @@ impl RedStats {
     }
 
     pub fn merge(&mut self, other: &RedStats) {
-        self.requests += other.requests;
-        self.errors += other.errors;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
         for (mine, theirs) in self.status.iter_mut().zip(other.status) {
-            *mine += theirs;
+            *mine = mine.saturating_add(theirs);
         }
-        self.duration_sum_ms += other.duration_sum_ms;
+        self.duration_sum_ms = finite_duration(self.duration_sum_ms + other.duration_sum_ms);
         self.duration_min_ms = self.duration_min_ms.min(other.duration_min_ms);
         self.duration_max_ms = self.duration_max_ms.max(other.duration_max_ms);
-        self.sketch.merge(&other.sketch);
+        // The sketch's own counts do not saturate: one holding u64::MAX values is full.
+        if self
+            .sketch
+            .count()
+            .checked_add(other.sketch.count())
+            .is_some()
+        {
+            self.sketch.merge(&other.sketch);
+        }
         self.sketch_from_buckets |= other.sketch_from_buckets;
         match (&mut self.explicit, &other.explicit) {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
@@ -167,7 +219,7 @@ impl RedStats {
             Estimate::None => None,
         }?;
         // Known extremes bound every estimate (they are exact when present).
-        Some(raw.clamp(self.min_ms().unwrap_or(raw), self.max_ms().unwrap_or(raw)))
+        Some(histogram::within(raw, self.min_ms(), self.max_ms()))
     }
 
     pub fn mean_ms(&self) -> Option<f64> {
@@ -196,23 +248,95 @@ impl RedStats {
 }
 
 impl ExplicitBuckets {
+    /// Checks the layout: finite, strictly increasing bounds, one more count than bounds.
+    pub fn new(bounds_ms: Vec<f64>, counts: Vec<u64>) -> Result<Self, LayoutError> {
+        check_counts(bounds_ms.len(), counts.len())?;
+        let increasing = bounds_ms.iter().all(|b| b.is_finite())
+            && bounds_ms.windows(2).all(|pair| pair[0] < pair[1]);
+        if !increasing {
+            return Err(LayoutError::BoundsNotIncreasing);
+        }
+        Ok(ExplicitBuckets { bounds_ms, counts })
+    }
+
+    /// One +Inf bucket holding `count`: a histogram that only knows its count.
+    pub fn single(count: u64) -> Self {
+        ExplicitBuckets {
+            bounds_ms: Vec::new(),
+            counts: vec![count],
+        }
+    }
+
+    /// The layout with every bound multiplied by `factor` (a unit conversion). A bound that is
+    /// not finite or not above the one before after the multiplication (it overflowed, or two
+    /// bounds met in rounding) is dropped and its bucket joins the next, so the result is
+    /// always valid and counts are never lost. Only the counts must match the bounds.
+    pub fn scaled(bounds: &[f64], counts: &[u64], factor: f64) -> Result<Self, LayoutError> {
+        check_counts(bounds.len(), counts.len())?;
+        let mut bounds_ms = Vec::with_capacity(bounds.len());
+        let mut kept_counts = Vec::with_capacity(counts.len());
+        let mut pending = 0u64;
+        for (bound, count) in bounds.iter().zip(counts) {
+            pending = pending.saturating_add(*count);
+            let scaled = bound * factor;
+            if scaled.is_finite() && bounds_ms.last().is_none_or(|last| scaled > *last) {
+                bounds_ms.push(scaled);
+                kept_counts.push(pending);
+                pending = 0;
+            }
+        }
+        let last = counts.last().copied().unwrap_or(0);
+        kept_counts.push(pending.saturating_add(last));
+        Ok(ExplicitBuckets {
+            bounds_ms,
+            counts: kept_counts,
+        })
+    }
+
+    pub fn bounds_ms(&self) -> &[f64] {
+        &self.bounds_ms
+    }
+
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    pub fn into_parts(self) -> (Vec<f64>, Vec<u64>) {
+        (self.bounds_ms, self.counts)
+    }
+
+    /// Bytes its bounds and counts take on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.bounds_ms.capacity() * size_of::<f64>() + self.counts.capacity() * size_of::<u64>()
+    }
+
     pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().fold(0, |sum, c| sum.saturating_add(*c))
     }
 
     /// Adds another bucket set. Identical bounds add exactly; different bounds put each of the
     /// other's buckets into the bucket of ours that holds its upper bound (never under-reports).
     pub fn merge(&mut self, other: &ExplicitBuckets) {
-        if self.bounds_ms == other.bounds_ms {
-            for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
-                *mine += theirs;
+        self.add(&other.bounds_ms, &other.counts);
+    }
+
+    /// [`Self::merge`] for a layout given as parts, which need not be valid: whatever they
+    /// hold, every count lands in one of this layout's buckets (a count without a bound is a
+    /// +Inf one) and nothing indexes out of bounds.
+    pub fn add(&mut self, bounds: &[f64], counts: &[u64]) {
+        if self.bounds_ms == bounds && self.counts.len() == counts.len() {
+            for (mine, theirs) in self.counts.iter_mut().zip(counts) {
+                *mine = mine.saturating_add(*theirs);
             }
             return;
         }
-        for (i, count) in other.counts.iter().enumerate() {
-            let upper = other.bounds_ms.get(i).copied().unwrap_or(f64::INFINITY);
+        for (i, count) in counts.iter().enumerate() {
+            let upper = bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            // `partition_point` is at most `bounds_ms.len()`, the +Inf bucket's index.
             let target = self.bounds_ms.partition_point(|b| *b < upper);
-            self.counts[target] += count;
+            if let Some(slot) = self.counts.get_mut(target) {
+                *slot = slot.saturating_add(*count);
+            }
         }
     }
 
@@ -225,19 +349,47 @@ impl ExplicitBuckets {
         }
         let rank = q.clamp(0.0, 1.0) * total as f64;
         let mut below = 0u64;
-        for (i, count) in self.counts.iter().enumerate() {
-            let cumulative = below + count;
+        let mut lower = 0.0f64;
+        for (count, upper) in self
+            .counts
+            .iter()
+            .zip(self.bounds_ms.iter().map(Some).chain([None]))
+        {
+            let cumulative = below.saturating_add(*count);
             if (cumulative as f64) >= rank && *count > 0 {
-                let Some(upper) = self.bounds_ms.get(i).copied() else {
+                let Some(upper) = upper.copied() else {
                     return self.bounds_ms.last().copied();
                 };
-                let lower = if i == 0 { 0.0 } else { self.bounds_ms[i - 1] };
+                // A first bucket at or below 0 has no positive lower limit: its bound stands.
+                let lower = lower.min(upper);
                 let fraction = (rank - below as f64) / *count as f64;
                 return Some(lower + (upper - lower) * fraction);
             }
             below = cumulative;
+            if let Some(upper) = upper {
+                lower = *upper;
+            }
         }
         self.bounds_ms.last().copied()
+    }
+}
+
+fn check_counts(bounds: usize, counts: usize) -> Result<(), LayoutError> {
+    if counts == bounds.saturating_add(1) {
+        Ok(())
+    } else {
+        Err(LayoutError::CountsDoNotMatchBounds { bounds, counts })
+    }
+}
+
+/// A RED duration sum or extreme as stored: finite and not negative (durations are not), so
+/// that a REAL column holds it and it reads back. NaN counts as 0, overflow holds at `f64::MAX`.
+fn finite_duration(ms: f64) -> f64 {
+    if ms.is_nan() {
+        0.0
+    } else {
+        // Constant, ordered bounds: this clamp cannot panic.
+        ms.clamp(0.0, f64::MAX)
     }
 }
 
@@ -324,20 +476,14 @@ mod tests {
 
     #[test]
     fn explicit_buckets_interpolate_like_prometheus() {
-        let buckets = ExplicitBuckets {
-            bounds_ms: vec![100.0, 200.0, 400.0],
-            counts: vec![50, 30, 20, 0],
-        };
+        let buckets = ExplicitBuckets::new(vec![100.0, 200.0, 400.0], vec![50, 30, 20, 0]).unwrap();
         // rank 50 of 100 ends the first bucket: 100 ms.
         assert_eq!(buckets.quantile(0.5), Some(100.0));
         // rank 65: 15 of 30 into (100, 200] → 150 ms.
         assert_eq!(buckets.quantile(0.65), Some(150.0));
         // rank 95: 15 of 20 into (200, 400] → 350 ms.
         assert_eq!(buckets.quantile(0.95), Some(350.0));
-        let inf = ExplicitBuckets {
-            bounds_ms: vec![100.0],
-            counts: vec![0, 5],
-        };
+        let inf = ExplicitBuckets::new(vec![100.0], vec![0, 5]).unwrap();
         assert_eq!(inf.quantile(0.5), Some(100.0));
     }
 
@@ -364,5 +510,218 @@ mod tests {
         assert!((stats.quantile_ms(0.5).unwrap() - 125.0).abs() < 1e-9);
         // Clamped by the exact maximum.
         assert!(stats.quantile_ms(0.99).unwrap() <= 400.0);
+    }
+
+    fn explicit_point(bounds: Vec<f64>, counts: Vec<u64>) -> HistogramValue {
+        HistogramValue {
+            count: counts.iter().sum(),
+            sum: 0.0,
+            min: None,
+            max: None,
+            buckets: Buckets::Explicit { bounds, counts },
+        }
+    }
+
+    /// The case that stopped all ingest: two delta points of one series, the first with a
+    /// bound and no counts, the second with another layout (index out of bounds on merge).
+    #[test]
+    fn a_bound_without_counts_then_another_layout_does_not_panic() {
+        let mut stats = RedStats::default();
+        let no_counts = HistogramValue {
+            count: 3,
+            ..explicit_point(vec![0.1], vec![])
+        };
+        stats.add_histogram(&no_counts, Some(200), false, 1000.0);
+        stats.add_histogram(
+            &explicit_point(vec![0.05, 0.2], vec![1, 2, 3]),
+            Some(200),
+            false,
+            1000.0,
+        );
+        assert_eq!(stats.requests, 9);
+        let explicit = stats.explicit.as_ref().unwrap();
+        assert_eq!(explicit.bounds_ms(), &[50.0, 200.0]);
+        assert_eq!(explicit.counts(), &[1, 2, 3]);
+        // And the other way round: the malformed layout arrives second.
+        let mut stats = RedStats::default();
+        stats.add_histogram(&explicit_point(vec![0.05], vec![1, 1]), None, false, 1000.0);
+        stats.add_histogram(&no_counts, None, false, 1000.0);
+        assert_eq!(stats.explicit.as_ref().unwrap().counts(), &[1, 1]);
+        assert_eq!(stats.requests, 5);
+    }
+
+    #[test]
+    fn explicit_buckets_only_hold_valid_layouts() {
+        assert_eq!(
+            ExplicitBuckets::new(vec![1.0], vec![]),
+            Err(LayoutError::CountsDoNotMatchBounds {
+                bounds: 1,
+                counts: 0
+            })
+        );
+        assert_eq!(
+            ExplicitBuckets::new(vec![2.0, 1.0], vec![0, 0, 0]),
+            Err(LayoutError::BoundsNotIncreasing)
+        );
+        assert_eq!(
+            ExplicitBuckets::new(vec![1.0, f64::INFINITY], vec![0, 0, 0]),
+            Err(LayoutError::BoundsNotIncreasing)
+        );
+        assert!(ExplicitBuckets::scaled(&[1.0, 2.0], &[1, 2], 1.0).is_err());
+        // Reading a stored row checks it too: the store treats such a row as unreadable.
+        let bad = r#"{"bounds_ms":[1.0,2.0],"counts":[1,2]}"#;
+        assert!(serde_json::from_str::<ExplicitBuckets>(bad).is_err());
+    }
+
+    #[test]
+    fn bounds_that_overflow_in_ms_fold_into_the_inf_bucket_and_survive_storage() {
+        // 1e308 s and 1.5e308 s are +Inf in ms; 1e-320 s and 2e-320 s meet at 0 ms·(rounding).
+        let scaled =
+            ExplicitBuckets::scaled(&[1.0, 1e308, 1.5e308], &[1, 2, 3, 4], 1000.0).unwrap();
+        assert_eq!(scaled.bounds_ms(), &[1000.0]);
+        assert_eq!(scaled.counts(), &[1, 9]);
+        assert_eq!(scaled.total(), 10);
+        let meeting = ExplicitBuckets::scaled(&[1e-320, 2e-320, 1.0], &[1, 2, 3, 4], 1e-3).unwrap();
+        assert_eq!(meeting.counts().len(), meeting.bounds_ms().len() + 1);
+        assert!(meeting.bounds_ms().windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(meeting.total(), 10);
+        let text = serde_json::to_string(&scaled).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ExplicitBuckets>(&text).unwrap(),
+            scaled
+        );
+        // Through RED statistics: the +Inf-bound point is counted and the row reads back.
+        let mut stats = RedStats::default();
+        stats.add_histogram(
+            &explicit_point(vec![1e308], vec![1, 1]),
+            None,
+            false,
+            1000.0,
+        );
+        assert_eq!(stats.explicit.as_ref().unwrap().bounds_ms(), &[] as &[f64]);
+        assert_eq!(stats.quantile_ms(0.5), None);
+    }
+
+    #[test]
+    fn stored_rows_without_counts_or_with_met_bounds_read() {
+        // No counts: a layout with nothing counted yet.
+        let empty: ExplicitBuckets =
+            serde_json::from_str(r#"{"bounds_ms":[1.0,2.0],"counts":[]}"#).unwrap();
+        assert_eq!(empty.counts(), &[0, 0, 0]);
+        // Bounds that met when converted to ms fold together.
+        let met: ExplicitBuckets =
+            serde_json::from_str(r#"{"bounds_ms":[1.0,1.0,2.0],"counts":[1,2,3,4]}"#).unwrap();
+        assert_eq!(met.bounds_ms(), &[1.0, 2.0]);
+        assert_eq!(met.counts(), &[1, 5, 4]);
+    }
+
+    #[test]
+    fn merging_any_two_layouts_stays_in_bounds() {
+        let mut mine = ExplicitBuckets::new(vec![10.0, 20.0], vec![1, 1, 1]).unwrap();
+        // Malformed parts: more counts than bounds allow, NaN and unsorted bounds.
+        mine.add(&[f64::NAN, 5.0], &[1, 2, 3, 4, 5]);
+        mine.add(&[], &[]);
+        mine.add(&[30.0], &[7]);
+        assert_eq!(mine.total(), 3 + 15 + 7);
+        let mut empty = ExplicitBuckets::single(2);
+        empty.merge(&ExplicitBuckets::new(vec![1.0], vec![4, 5]).unwrap());
+        assert_eq!(empty.counts(), &[11]);
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_overflowing() {
+        let mut stats = RedStats::default();
+        let huge = HistogramValue {
+            count: u64::MAX,
+            sum: f64::MAX,
+            ..explicit_point(vec![1.0], vec![u64::MAX, 0])
+        };
+        stats.add_histogram(&huge, Some(503), true, 1000.0);
+        stats.add_histogram(&huge, Some(503), true, 1000.0);
+        let copy = stats.clone();
+        stats.merge(&copy);
+        assert_eq!(stats.requests, u64::MAX);
+        assert_eq!(stats.errors, u64::MAX);
+        assert_eq!(stats.status[4], u64::MAX);
+        assert_eq!(stats.explicit.as_ref().unwrap().total(), u64::MAX);
+        // The sum is held finite: a REAL column stores it and it reads back.
+        assert_eq!(stats.duration_sum_ms, f64::MAX);
+        let mut requests = RedStats::default();
+        requests.add_request(&RequestRecord {
+            count: u32::MAX,
+            ..request(1.0, 200)
+        });
+        requests.requests = u64::MAX - 1;
+        requests.add_request(&request(1.0, 200));
+        requests.add_request(&request(1.0, 200));
+        assert_eq!(requests.requests, u64::MAX);
+    }
+
+    #[test]
+    fn histogram_sums_and_extremes_stay_finite_and_not_negative() {
+        let mut stats = RedStats::default();
+        let point = HistogramValue {
+            count: 2,
+            sum: -5.0,
+            min: Some(-1.0),
+            max: Some(1e308),
+            buckets: Buckets::Explicit {
+                bounds: vec![],
+                counts: vec![2],
+            },
+        };
+        stats.add_histogram(&point, None, false, 1000.0);
+        assert_eq!(stats.duration_sum_ms, 0.0);
+        assert_eq!(stats.min_ms(), Some(0.0));
+        assert_eq!(stats.max_ms(), Some(f64::MAX));
+    }
+
+    #[test]
+    fn quantiles_do_not_panic_on_contradictory_or_nan_extremes() {
+        // Stored rows may hold min > max (or NaN); clamp would panic on them.
+        let mut stats = RedStats::default();
+        stats.add_request(&request(10.0, 200));
+        stats.duration_min_ms = 50.0;
+        stats.duration_max_ms = 5.0;
+        assert_eq!(stats.quantile_ms(0.5), Some(5.0));
+        stats.duration_min_ms = f64::NAN;
+        stats.duration_max_ms = f64::NAN;
+        assert!(stats.quantile_ms(0.5).is_some());
+        let buckets = ExplicitBuckets::new(vec![1.0], vec![1, 1]).unwrap();
+        assert!(buckets.quantile(f64::NAN).is_some());
+    }
+
+    #[test]
+    fn exponential_points_with_extreme_indices_stay_finite() {
+        use crate::aggregate::histogram::index_range;
+        let range = index_range(0);
+        let mut stats = RedStats::default();
+        let point = HistogramValue {
+            count: 4,
+            sum: 0.0,
+            min: None,
+            max: None,
+            buckets: Buckets::Exponential {
+                scale: 0,
+                zero_count: 0,
+                offset: *range.start() as i32,
+                counts: vec![1, 1],
+            },
+        };
+        stats.add_histogram(&point, None, false, 1000.0);
+        let top = HistogramValue {
+            buckets: Buckets::Exponential {
+                scale: 0,
+                zero_count: 0,
+                offset: *range.end() as i32 - 1,
+                counts: vec![1, 1],
+            },
+            ..point
+        };
+        stats.add_histogram(&top, None, false, 1000.0);
+        for q in [0.0, 0.25, 0.5, 0.75, 1.0] {
+            let value = stats.quantile_ms(q).unwrap();
+            assert!(value.is_finite() && value >= 0.0, "q {q}: {value}");
+        }
     }
 }

@@ -104,7 +104,7 @@ impl LatencySketch {
             self.make_room(key, key);
             self.add_key(key, count);
         } else {
-            self.zero_count += count;
+            self.zero_count = self.zero_count.saturating_add(count);
         }
         self.min = self.min.min(v);
         self.max = self.max.max(v);
@@ -133,7 +133,8 @@ impl LatencySketch {
                 for key in self.min_key..=self.max_key {
                     let count = self.bins[(key - self.offset) as usize];
                     if count != 0 {
-                        bins[(key.max(new_min) - start) as usize] += count;
+                        let bin = &mut bins[(key.max(new_min) - start) as usize];
+                        *bin = bin.saturating_add(count);
                     }
                 }
             }
@@ -141,11 +142,13 @@ impl LatencySketch {
             self.offset = start;
         } else if self.store_count > 0 && new_min > self.min_key {
             // The range grew upwards past the limit: fold the lowest keys into the new lowest.
-            let mut folded = 0;
+            let mut folded: u64 = 0;
             for key in self.min_key..new_min {
-                folded += std::mem::take(&mut self.bins[(key - self.offset) as usize]);
+                folded = folded
+                    .saturating_add(std::mem::take(&mut self.bins[(key - self.offset) as usize]));
             }
-            self.bins[(new_min - self.offset) as usize] += folded;
+            let bin = &mut self.bins[(new_min - self.offset) as usize];
+            *bin = bin.saturating_add(folded);
         }
         self.min_key = new_min;
         self.max_key = new_max;
@@ -154,8 +157,10 @@ impl LatencySketch {
     /// Adds to a key after [`Self::make_room`] covered it (keys below the kept range collapse).
     fn add_key(&mut self, key: i32, count: u64) {
         let key = key.max(self.min_key);
-        self.bins[(key - self.offset) as usize] += count;
-        self.store_count += count;
+        // Saturating: counts come from clients and stored rows, and are not trusted to fit.
+        let bin = &mut self.bins[(key - self.offset) as usize];
+        *bin = bin.saturating_add(count);
+        self.store_count = self.store_count.saturating_add(count);
     }
 
     pub fn merge(&mut self, other: &LatencySketch) {
@@ -168,7 +173,7 @@ impl LatencySketch {
                 }
             }
         }
-        self.zero_count += other.zero_count;
+        self.zero_count = self.zero_count.saturating_add(other.zero_count);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         self.sum += other.sum;
@@ -195,7 +200,7 @@ impl LatencySketch {
                     self.add_key(key, count);
                 }
             }
-            self.zero_count += decoded.zero_count;
+            self.zero_count = self.zero_count.saturating_add(decoded.zero_count);
             self.min = self.min.min(decoded.min);
             self.max = self.max.max(decoded.max);
             self.sum += decoded.sum;
@@ -208,7 +213,7 @@ impl LatencySketch {
     }
 
     pub fn count(&self) -> u64 {
-        self.store_count + self.zero_count
+        self.store_count.saturating_add(self.zero_count)
     }
 
     /// Bytes its bins take on the heap.
@@ -236,9 +241,9 @@ impl LatencySketch {
     }
 
     fn key_at_rank(&self, rank: u64) -> i32 {
-        let mut seen = 0;
+        let mut seen: u64 = 0;
         for (i, count) in self.bins.iter().enumerate() {
-            seen += count;
+            seen = seen.saturating_add(*count);
             if seen > rank {
                 return i as i32 + self.offset;
             }

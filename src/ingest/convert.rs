@@ -1,6 +1,15 @@
 //! OTLP → redline's plain records. Pure functions: what counts as a request, an error and an
 //! endpoint (HTTP semantic conventions), how many requests a sampled span stands for (its
-//! adjusted count, [`super::tracestate`]), and which data points are malformed.
+//! adjusted count, [`super::tracestate`]), and which data points are malformed (metrics, in
+//! [`metrics`] and [`points`]). Every client string kept is length-limited
+//! ([`super::limits`]); on the span path that is one length compare unless a string is cut.
+
+#[cfg(test)]
+mod metric_properties;
+mod metrics;
+pub mod points;
+
+pub use metrics::convert_metrics;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -10,19 +19,15 @@ use bytes::Bytes;
 use foldhash::HashMap;
 use prost::Message;
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, exponential_histogram_data_point, metric, number_data_point,
-};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 
+use crate::ingest::limits::{self, Field, limit_str, limit_string};
 use crate::ingest::tracestate;
 use crate::ingest::wire::{self, DecodeError, Item, SpanAttributes, SpanView, Value};
 use crate::model::{
-    Buckets, EndpointKey, EndpointRequest, HistogramValue, IncomingSpan, IngestBatch, MetricKind,
-    MetricPoint, MetricSeriesKey, MetricValue, RequestRecord, SpanEvent, SpanRecord, Temporality,
+    EndpointKey, EndpointRequest, IncomingSpan, IngestBatch, RequestRecord, SpanEvent, SpanRecord,
 };
 
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -170,11 +175,12 @@ fn range_within(body: &[u8], part: &[u8]) -> std::ops::Range<usize> {
     start..start + part.len()
 }
 
-/// The resource's `service.name`, or `unknown_service` when it is missing or empty.
+/// The resource's `service.name` (length-limited), or `unknown_service` when it is missing or
+/// empty.
 pub fn service_name(resource: Option<&Resource>) -> String {
     resource
         .and_then(|r| find_attribute(&r.attributes, "service.name"))
-        .map(any_value_to_string)
+        .map(|value| attribute_text(Some(value), Field::ServiceName))
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| UNKNOWN_SERVICE.to_string())
 }
@@ -182,7 +188,7 @@ pub fn service_name(resource: Option<&Resource>) -> String {
 /// [`service_name`] for a resource read off the wire.
 fn service_name_of(value: Option<Value<'_>>) -> String {
     let name = match value {
-        Some(Value::Str(s)) => s.to_string(),
+        Some(Value::Str(s)) => limit_str(s, Field::ServiceName).into_owned(),
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Int(i)) => i.to_string(),
         Some(Value::Double(d)) => d.to_string(),
@@ -194,7 +200,7 @@ fn service_name_of(value: Option<Value<'_>>) -> String {
     if name.is_empty() {
         UNKNOWN_SERVICE.to_string()
     } else {
-        name
+        limit_string(name, Field::ServiceName)
     }
 }
 
@@ -254,26 +260,39 @@ fn request_method(attributes: &SpanAttributes<'_>) -> Cow<'static, str> {
         return Cow::Borrowed(known_method(method));
     }
     // Non-HTTP servers: name the protocol (`grpc`, …) so the endpoint list still reads well.
-    Cow::Owned(
-        first_string(&[attributes.rpc_system])
-            .unwrap_or("")
-            .to_ascii_uppercase(),
-    )
+    let system = first_string(&[attributes.rpc_system]).unwrap_or("");
+    Cow::Owned(limit_str(system, Field::Method).to_ascii_uppercase())
 }
 
 /// `http.route`; for HTTP spans without one, the templated URL path; for everything else, the
-/// span name. Never a raw path: that would make one endpoint per id.
+/// span name. Never a raw path: that would make one endpoint per id. Length-limited: borrowed
+/// from the body unless it is cut.
 fn route<'a>(span: &SpanView<'a>) -> Cow<'a, str> {
     let attributes = &span.attributes;
     if let Some(route) = first_string(&[attributes.http_route]) {
-        return Cow::Borrowed(route);
+        return limit_str(route, Field::Route);
     }
     if http_method(attributes).is_some()
         && let Some(path) = url_path(attributes)
     {
-        return Cow::Owned(template_path(path));
+        return Cow::Owned(templated_route(path));
     }
-    Cow::Borrowed(span.name)
+    limit_str(span.name, Field::Route)
+}
+
+/// [`template_path`] within the route limit. Of a longer path only the part that can show is
+/// templated, so a megabyte path costs no more than a short one.
+fn templated_route(path: &str) -> String {
+    if path.len() <= limits::MAX_ROUTE_BYTES {
+        return limit_string(template_path(path), Field::Route);
+    }
+    let head = &path[..path.floor_char_boundary(limits::MAX_ROUTE_BYTES)];
+    let mut templated = template_path(head);
+    templated
+        .truncate(templated.floor_char_boundary(limits::MAX_ROUTE_BYTES - limits::MARKER.len()));
+    templated.push_str(limits::MARKER);
+    Field::Route.count_truncation();
+    templated
 }
 
 fn url_path<'a>(attributes: &SpanAttributes<'a>) -> Option<&'a str> {
@@ -352,16 +371,30 @@ pub fn any_value_to_string(value: &AnyValue) -> String {
     }
 }
 
-fn attributes_map(attributes: &[KeyValue]) -> BTreeMap<String, String> {
+/// An attribute value as text, cut to `field`'s limit. A string value is copied only up to the
+/// limit; other kinds are rendered, then cut.
+fn attribute_text(value: Option<&AnyValue>, field: Field) -> String {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => limit_str(s, field).into_owned(),
+        Some(_) => limit_string(value.map(any_value_to_string).unwrap_or_default(), field),
+        None => String::new(),
+    }
+}
+
+/// A kept span's (or event's) attributes: the first [`limits::MAX_SPAN_ATTRIBUTES`] in arrival
+/// order (as the SDKs limit them), keys and values cut to their limits.
+fn span_attributes(attributes: &[KeyValue]) -> BTreeMap<String, String> {
+    if attributes.len() > limits::MAX_SPAN_ATTRIBUTES {
+        Field::SpanAttributes.count_truncation();
+    }
     attributes
         .iter()
+        .take(limits::MAX_SPAN_ATTRIBUTES)
         .map(|kv| {
-            let value = kv
-                .value
-                .as_ref()
-                .map(any_value_to_string)
-                .unwrap_or_default();
-            (kv.key.clone(), value)
+            (
+                limit_str(&kv.key, Field::SpanAttributeKey).into_owned(),
+                attribute_text(kv.value.as_ref(), Field::SpanAttributeValue),
+            )
         })
         .collect()
 }
@@ -389,22 +422,30 @@ pub fn span_record(incoming: &IncomingSpan, encoded: &[u8]) -> Option<SpanRecord
         status_message: span
             .status
             .as_ref()
-            .map(|s| s.message.clone())
+            .map(|s| limit_str(&s.message, Field::SpanStatusMessage).into_owned())
             .unwrap_or_default(),
-        attributes: attributes_map(&span.attributes),
-        events: span
-            .events
-            .iter()
-            .map(|e| SpanEvent {
-                name: e.name.clone(),
-                time_unix_ns: e.time_unix_nano,
-                attributes: attributes_map(&e.attributes),
-            })
-            .collect(),
+        attributes: span_attributes(&span.attributes),
+        events: span_events(&span.events),
         endpoint: incoming.endpoint.as_deref().cloned(),
         is_error: incoming.is_error,
-        name: span.name,
+        name: limit_string(span.name, Field::SpanName),
     })
+}
+
+/// The first [`limits::MAX_SPAN_EVENTS`] events, names and attributes limited.
+fn span_events(events: &[opentelemetry_proto::tonic::trace::v1::span::Event]) -> Vec<SpanEvent> {
+    if events.len() > limits::MAX_SPAN_EVENTS {
+        Field::SpanEvents.count_truncation();
+    }
+    events
+        .iter()
+        .take(limits::MAX_SPAN_EVENTS)
+        .map(|e| SpanEvent {
+            name: limit_str(&e.name, Field::SpanName).into_owned(),
+            time_unix_ns: e.time_unix_nano,
+            attributes: span_attributes(&e.attributes),
+        })
+        .collect()
 }
 
 fn span_kind_name(kind: i32) -> &'static str {
@@ -415,233 +456,6 @@ fn span_kind_name(kind: i32) -> &'static str {
         Ok(SpanKind::Producer) => "producer",
         Ok(SpanKind::Consumer) => "consumer",
         _ => "unspecified",
-    }
-}
-
-/// Converts a metrics export. Summary metrics and malformed points are rejected.
-pub fn convert_metrics(request: ExportMetricsServiceRequest) -> Converted {
-    let mut out = Converted::default();
-    for resource_metrics in request.resource_metrics {
-        let service = service_name(resource_metrics.resource.as_ref());
-        for scope_metrics in resource_metrics.scope_metrics {
-            for metric in scope_metrics.metrics {
-                convert_metric(&service, metric, &mut out);
-            }
-        }
-    }
-    out
-}
-
-fn temporality(value: i32) -> Option<Temporality> {
-    match AggregationTemporality::try_from(value).ok()? {
-        AggregationTemporality::Delta => Some(Temporality::Delta),
-        AggregationTemporality::Cumulative => Some(Temporality::Cumulative),
-        AggregationTemporality::Unspecified => None,
-    }
-}
-
-/// Fields every data point of one metric shares.
-struct PointContext<'a> {
-    service: &'a str,
-    name: &'a str,
-    unit: &'a str,
-    description: &'a str,
-    kind: MetricKind,
-    temporality: Temporality,
-}
-
-impl PointContext<'_> {
-    fn point(
-        &self,
-        attributes: &[KeyValue],
-        start_unix_ns: u64,
-        time_unix_ns: u64,
-        value: MetricValue,
-    ) -> MetricPoint {
-        MetricPoint {
-            series: MetricSeriesKey {
-                service: self.service.to_string(),
-                name: self.name.to_string(),
-                attributes: attributes_map(attributes),
-            },
-            kind: self.kind,
-            unit: self.unit.to_string(),
-            description: self.description.to_string(),
-            start_unix_ns,
-            time_unix_ms: (time_unix_ns / 1_000_000) as i64,
-            temporality: self.temporality,
-            value,
-        }
-    }
-}
-
-fn convert_metric(
-    service: &str,
-    metric: opentelemetry_proto::tonic::metrics::v1::Metric,
-    out: &mut Converted,
-) {
-    let name = metric.name.as_str();
-    let context = |kind, temporality| PointContext {
-        service,
-        name,
-        unit: &metric.unit,
-        description: &metric.description,
-        kind,
-        temporality,
-    };
-    if name.is_empty() {
-        out.reject(count_points(&metric.data), || {
-            "metric without a name".into()
-        });
-        return;
-    }
-    match &metric.data {
-        None => out.reject(0, || format!("metric {name:?} has no data")),
-        Some(metric::Data::Gauge(gauge)) => {
-            let ctx = context(MetricKind::Gauge, Temporality::Delta);
-            for p in &gauge.data_points {
-                match number_value(p.value.as_ref()) {
-                    Some(v) => out.batch.metric_points.push(ctx.point(
-                        &p.attributes,
-                        p.start_time_unix_nano,
-                        p.time_unix_nano,
-                        MetricValue::Number(v),
-                    )),
-                    None => out.reject(1, || format!("gauge {name:?}: data point without value")),
-                }
-            }
-        }
-        Some(metric::Data::Sum(sum)) => {
-            let Some(temporality) = temporality(sum.aggregation_temporality) else {
-                out.reject(sum.data_points.len() as u64, || {
-                    format!("sum {name:?}: unspecified aggregation temporality")
-                });
-                return;
-            };
-            let kind = if sum.is_monotonic {
-                MetricKind::Counter
-            } else {
-                MetricKind::UpDownCounter
-            };
-            let ctx = context(kind, temporality);
-            for p in &sum.data_points {
-                match number_value(p.value.as_ref()) {
-                    Some(v) => out.batch.metric_points.push(ctx.point(
-                        &p.attributes,
-                        p.start_time_unix_nano,
-                        p.time_unix_nano,
-                        MetricValue::Number(v),
-                    )),
-                    None => out.reject(1, || format!("sum {name:?}: data point without value")),
-                }
-            }
-        }
-        Some(metric::Data::Histogram(histogram)) => {
-            let Some(temporality) = temporality(histogram.aggregation_temporality) else {
-                out.reject(histogram.data_points.len() as u64, || {
-                    format!("histogram {name:?}: unspecified aggregation temporality")
-                });
-                return;
-            };
-            let ctx = context(MetricKind::Histogram, temporality);
-            for p in &histogram.data_points {
-                let valid_layout = p.bucket_counts.is_empty()
-                    || p.bucket_counts.len() == p.explicit_bounds.len() + 1;
-                let sorted = p.explicit_bounds.windows(2).all(|w| w[0] < w[1]);
-                if !valid_layout || !sorted {
-                    out.reject(1, || {
-                        format!("histogram {name:?}: bucket counts do not match sorted bounds")
-                    });
-                    continue;
-                }
-                let value = HistogramValue {
-                    count: p.count,
-                    sum: p.sum.unwrap_or(0.0),
-                    min: p.min,
-                    max: p.max,
-                    buckets: Buckets::Explicit {
-                        bounds: p.explicit_bounds.clone(),
-                        counts: p.bucket_counts.clone(),
-                    },
-                };
-                out.batch.metric_points.push(ctx.point(
-                    &p.attributes,
-                    p.start_time_unix_nano,
-                    p.time_unix_nano,
-                    MetricValue::Histogram(value),
-                ));
-            }
-        }
-        Some(metric::Data::ExponentialHistogram(histogram)) => {
-            let Some(temporality) = temporality(histogram.aggregation_temporality) else {
-                out.reject(histogram.data_points.len() as u64, || {
-                    format!("exponential histogram {name:?}: unspecified aggregation temporality")
-                });
-                return;
-            };
-            let ctx = context(MetricKind::ExponentialHistogram, temporality);
-            for p in &histogram.data_points {
-                if !(-10..=20).contains(&p.scale) {
-                    out.reject(1, || {
-                        format!(
-                            "exponential histogram {name:?}: scale {} out of range",
-                            p.scale
-                        )
-                    });
-                    continue;
-                }
-                let positive =
-                    p.positive
-                        .clone()
-                        .unwrap_or(exponential_histogram_data_point::Buckets {
-                            offset: 0,
-                            bucket_counts: Vec::new(),
-                        });
-                let value = HistogramValue {
-                    count: p.count,
-                    sum: p.sum.unwrap_or(0.0),
-                    min: p.min,
-                    max: p.max,
-                    // Durations and sizes are never negative; negative buckets are ignored.
-                    buckets: Buckets::Exponential {
-                        scale: p.scale,
-                        zero_count: p.zero_count,
-                        offset: positive.offset,
-                        counts: positive.bucket_counts,
-                    },
-                };
-                out.batch.metric_points.push(ctx.point(
-                    &p.attributes,
-                    p.start_time_unix_nano,
-                    p.time_unix_nano,
-                    MetricValue::Histogram(value),
-                ));
-            }
-        }
-        Some(metric::Data::Summary(summary)) => {
-            out.reject(summary.data_points.len() as u64, || {
-                format!("summary {name:?}: summary metrics are not supported, export a histogram")
-            });
-        }
-    }
-}
-
-fn count_points(data: &Option<metric::Data>) -> u64 {
-    (match data {
-        None => 0,
-        Some(metric::Data::Gauge(g)) => g.data_points.len(),
-        Some(metric::Data::Sum(s)) => s.data_points.len(),
-        Some(metric::Data::Histogram(h)) => h.data_points.len(),
-        Some(metric::Data::ExponentialHistogram(h)) => h.data_points.len(),
-        Some(metric::Data::Summary(s)) => s.data_points.len(),
-    }) as u64
-}
-
-fn number_value(value: Option<&number_data_point::Value>) -> Option<f64> {
-    match value? {
-        number_data_point::Value::AsDouble(v) if v.is_finite() => Some(*v),
-        number_data_point::Value::AsInt(v) => Some(*v as f64),
-        _ => None,
     }
 }
 
@@ -892,5 +706,146 @@ mod tests {
         assert_eq!(record.kind, "server");
         assert_eq!(record.attributes["note"], "<b>");
         assert_eq!(record.endpoint.unwrap().route, "/a");
+    }
+
+    fn view_with<'a>(name: &'a str, attributes: SpanAttributes<'a>) -> SpanView<'a> {
+        SpanView {
+            encoded: &[],
+            trace_id: &[],
+            span_id: &[],
+            trace_state: "",
+            name,
+            kind: SpanKind::Server as i32,
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            status_code: 0,
+            attributes,
+        }
+    }
+
+    #[test]
+    fn routes_borrow_from_the_body_unless_cut() {
+        let short = view_with(
+            "GET",
+            SpanAttributes {
+                http_route: Some(Value::Str("/users/{id}")),
+                ..Default::default()
+            },
+        );
+        assert!(matches!(route(&short), Cow::Borrowed("/users/{id}")));
+        assert!(matches!(
+            route(&view_with("op", Default::default())),
+            Cow::Borrowed("op")
+        ));
+        let long_route = format!("/{}", "r".repeat(1 << 20));
+        let long = view_with(
+            "GET",
+            SpanAttributes {
+                http_route: Some(Value::Str(&long_route)),
+                ..Default::default()
+            },
+        );
+        let cut = route(&long);
+        assert!(matches!(cut, Cow::Owned(_)));
+        assert_eq!(cut.len(), limits::MAX_ROUTE_BYTES);
+        assert!(cut.ends_with(limits::MARKER));
+    }
+
+    #[test]
+    fn endpoint_keys_of_huge_strings_are_cut() {
+        let huge = "x".repeat(1 << 20);
+        let mut span = server_span(vec![kv("rpc.system", s(&huge))]);
+        span.name = huge.clone();
+        let request = request_with(service_resource(s(&huge)), vec![span]);
+        let converted = convert_trace_request(&request);
+        let endpoint = &converted.batch.requests[0].endpoint;
+        assert_eq!(endpoint.service.len(), limits::MAX_SERVICE_NAME_BYTES);
+        assert_eq!(endpoint.route.len(), limits::MAX_ROUTE_BYTES);
+        assert_eq!(endpoint.method.len(), limits::MAX_METHOD_BYTES);
+        assert!(endpoint.method.starts_with("XXX") && endpoint.method.ends_with(limits::MARKER));
+        assert_eq!(&*converted.batch.spans[0].service, endpoint.service);
+        // Two long names with one prefix are one endpoint.
+        let other = format!("{huge}y");
+        let routes = |names: [&str; 2]| {
+            let spans = names
+                .iter()
+                .map(|name| {
+                    let mut span = server_span(vec![]);
+                    span.name = name.to_string();
+                    span
+                })
+                .collect();
+            let converted = convert_trace_request(&request_with(None, spans));
+            converted.batch.requests[0].endpoint.clone()
+                == converted.batch.requests[1].endpoint.clone()
+        };
+        assert!(routes([&huge, &other]));
+    }
+
+    #[test]
+    fn templated_paths_are_cut_after_templating_only_what_shows() {
+        let long_path = format!("/users/123/{}", "seg/".repeat(100_000));
+        let span = classify(server_span(vec![
+            kv("http.request.method", s("GET")),
+            kv("url.path", s(&long_path)),
+        ]));
+        let route = &span.endpoint.unwrap().route;
+        assert!(route.starts_with("/users/{id}/seg/seg/"), "{route}");
+        assert!(route.len() <= limits::MAX_ROUTE_BYTES);
+        assert!(route.ends_with(limits::MARKER));
+        // A short path whose templated form is longer than the limit is cut too.
+        let ids = "/1".repeat(limits::MAX_ROUTE_BYTES / 2);
+        assert!(templated_route(&ids).len() <= limits::MAX_ROUTE_BYTES);
+        assert_eq!(templated_route("/a/7"), "/a/{id}");
+    }
+
+    #[test]
+    fn kept_spans_store_limited_text() {
+        use opentelemetry_proto::tonic::trace::v1::span::Event;
+        let huge = "v".repeat(1 << 20);
+        let mut attributes: Vec<KeyValue> =
+            (0..200).map(|i| kv(&format!("a{i}"), s("x"))).collect();
+        attributes.insert(0, kv("big", s(&huge)));
+        attributes.insert(1, kv(&huge, s("key")));
+        let mut span = server_span(attributes.clone());
+        span.name = huge.clone();
+        span.status = Some(Status {
+            code: StatusCode::Error as i32,
+            message: huge.clone(),
+        });
+        let long_name = "e".repeat(2 * limits::MAX_SPAN_NAME_BYTES);
+        let many: Vec<KeyValue> = (0..200).map(|i| kv(&format!("a{i}"), s("x"))).collect();
+        span.events = (0..300)
+            .map(|i| Event {
+                name: long_name.clone(),
+                time_unix_nano: i,
+                attributes: many.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let request = request_with(service_resource(s("svc")), vec![span]);
+        let batch = convert_trace_request(&request).batch;
+        let record =
+            span_record(&batch.spans[0], &batch.body[batch.spans[0].encoded.clone()]).unwrap();
+        assert_eq!(record.name.len(), limits::MAX_SPAN_NAME_BYTES);
+        assert_eq!(record.status_message.len(), limits::MAX_SPAN_TEXT_BYTES);
+        assert_eq!(record.attributes.len(), limits::MAX_SPAN_ATTRIBUTES);
+        assert_eq!(record.attributes["big"].len(), limits::MAX_SPAN_TEXT_BYTES);
+        assert!(
+            record
+                .attributes
+                .keys()
+                .all(|k| k.len() <= limits::MAX_ATTRIBUTE_KEY_BYTES)
+        );
+        assert_eq!(record.events.len(), limits::MAX_SPAN_EVENTS);
+        assert!(
+            record
+                .events
+                .iter()
+                .all(|e| e.name.len() == limits::MAX_SPAN_NAME_BYTES
+                    && e.attributes.len() == limits::MAX_SPAN_ATTRIBUTES)
+        );
+        let stored = serde_json::to_string(&record).unwrap();
+        assert!(stored.len() < 4 << 20, "{} bytes", stored.len());
     }
 }

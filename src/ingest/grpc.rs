@@ -19,12 +19,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::SERVICE_NAME as TRACE_SERVICE;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceResponse,
-};
 use prost::Message;
 use tonic::codec::{
     BufferSettings, Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings,
@@ -117,12 +115,7 @@ impl UnaryService<Bytes> for TraceExportServer {
             .and_then(|memory| self.ingestor.traces(body, memory));
         Box::pin(async move {
             let accepted = result.map_err(to_status)?;
-            Ok(Response::new(ExportTraceServiceResponse {
-                partial_success: (accepted.rejected > 0).then(|| ExportTracePartialSuccess {
-                    rejected_spans: accepted.rejected as i64,
-                    error_message: accepted.message.unwrap_or_default(),
-                }),
-            }))
+            Ok(Response::new(accepted.trace_response()))
         })
     }
 }
@@ -193,12 +186,7 @@ impl MetricsService for GrpcReceiver {
             .reserve(decoded_bytes)
             .and_then(|memory| self.0.metrics(request, memory))
             .map_err(to_status)?;
-        Ok(Response::new(ExportMetricsServiceResponse {
-            partial_success: (accepted.rejected > 0).then(|| ExportMetricsPartialSuccess {
-                rejected_data_points: accepted.rejected as i64,
-                error_message: accepted.message.unwrap_or_default(),
-            }),
-        }))
+        Ok(Response::new(accepted.metrics_response()))
     }
 }
 

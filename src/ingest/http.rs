@@ -10,12 +10,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -105,7 +100,9 @@ async fn traces(State(receiver): State<Receiver>, headers: HeaderMap, body: Body
                     Bytes::from(request.encode_to_vec())
                 }
             };
-            r.ingestor.traces(&bytes, memory).map(trace_response)
+            r.ingestor
+                .traces(&bytes, memory)
+                .map(Accepted::trace_response)
         })
         .await
 }
@@ -114,7 +111,9 @@ async fn metrics(State(receiver): State<Receiver>, headers: HeaderMap, body: Bod
     receiver
         .handle(&headers, body, |r, bytes, encoding, mut memory| {
             let request = decode(bytes, encoding, &mut memory)?;
-            r.ingestor.metrics(request, memory).map(metrics_response)
+            r.ingestor
+                .metrics(request, memory)
+                .map(Accepted::metrics_response)
         })
         .await
 }
@@ -140,24 +139,6 @@ fn decode<M: Message + Default + DeserializeOwned>(
         self_metrics::requests_rejected("undecodable");
         IngestError::Undecodable(message)
     })
-}
-
-fn trace_response(accepted: Accepted) -> ExportTraceServiceResponse {
-    ExportTraceServiceResponse {
-        partial_success: (accepted.rejected > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: accepted.rejected as i64,
-            error_message: accepted.message.unwrap_or_default(),
-        }),
-    }
-}
-
-fn metrics_response(accepted: Accepted) -> ExportMetricsServiceResponse {
-    ExportMetricsServiceResponse {
-        partial_success: (accepted.rejected > 0).then(|| ExportMetricsPartialSuccess {
-            rejected_data_points: accepted.rejected as i64,
-            error_message: accepted.message.unwrap_or_default(),
-        }),
-    }
 }
 
 impl Receiver {

@@ -8,13 +8,19 @@ pub mod admission;
 pub mod convert;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod tracestate;
 pub mod wire;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
 
 use crate::budget::{MemoryBudget, OverBudget, Part, Reservation};
 use crate::pipeline::{Behind, IngestQueue, SubmitError};
@@ -25,6 +31,37 @@ use crate::self_metrics::{self, Signal};
 pub struct Accepted {
     pub rejected: u64,
     pub message: Option<String>,
+}
+
+impl Accepted {
+    /// `partial_success` is sent when something was rejected, and also for a warning alone
+    /// (nothing rejected, but a message), as the OTLP specification allows.
+    fn partial(self) -> Option<(i64, String)> {
+        (self.rejected > 0 || self.message.is_some())
+            .then(|| (self.rejected as i64, self.message.unwrap_or_default()))
+    }
+
+    pub fn trace_response(self) -> ExportTraceServiceResponse {
+        ExportTraceServiceResponse {
+            partial_success: self.partial().map(|(rejected_spans, error_message)| {
+                ExportTracePartialSuccess {
+                    rejected_spans,
+                    error_message,
+                }
+            }),
+        }
+    }
+
+    pub fn metrics_response(self) -> ExportMetricsServiceResponse {
+        ExportMetricsServiceResponse {
+            partial_success: self.partial().map(|(rejected_data_points, error_message)| {
+                ExportMetricsPartialSuccess {
+                    rejected_data_points,
+                    error_message,
+                }
+            }),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -22,20 +22,28 @@ pub struct RedColumns {
 /// The columns of `stats`, or [`StoreError::Unstorable`] when a value would not read back as
 /// it is: SQLite stores a NaN as NULL (which `sum_ms` refuses), JSON has no NaN or infinity,
 /// and counts above `i64::MAX` do not fit an integer column.
+/// Tests make a RED row unstorable with this duration sum (statistics are kept finite, so no
+/// input can produce such a row any more; the writer's row-by-row path still needs a test).
+#[cfg(test)]
+pub const REFUSED_SUM_MS: f64 = 123_456.789;
+
 pub fn to_columns(stats: &RedStats) -> Result<RedColumns, StoreError> {
-    let count = |what: &str, value: u64| {
-        i64::try_from(value).map_err(|_| StoreError::Unstorable(format!("{what} {value}")))
-    };
+    // Counts beyond i64 only arise from saturated sums of hostile counts: stored saturated.
+    let count = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
     if stats.duration_sum_ms.is_nan() {
         return Err(StoreError::Unstorable("duration sum NaN".into()));
     }
+    #[cfg(test)]
+    if stats.duration_sum_ms == REFUSED_SUM_MS {
+        return Err(StoreError::Unstorable("test: this row is refused".into()));
+    }
     let explicit = match &stats.explicit {
-        Some(buckets) => Some(json_that_reads_back(buckets)?),
+        Some(buckets) => Some(json(buckets)?),
         None => None,
     };
     Ok(RedColumns {
-        requests: count("requests", stats.requests)?,
-        errors: count("errors", stats.errors)?,
+        requests: count(stats.requests),
+        errors: count(stats.errors),
         status: stats.status.iter().flat_map(|c| c.to_le_bytes()).collect(),
         sum_ms: stats.duration_sum_ms,
         min_ms: stats.min_ms(),
@@ -46,19 +54,8 @@ pub fn to_columns(stats: &RedStats) -> Result<RedColumns, StoreError> {
     })
 }
 
-/// `value` as JSON, checked by parsing it back: serde_json writes a NaN or an infinity as
-/// `null`, which the type may not accept when read. For values holding floats; see [`json`].
-pub fn json_that_reads_back<T>(value: &T) -> Result<String, StoreError>
-where
-    T: serde::Serialize + serde::de::DeserializeOwned,
-{
-    let text = serde_json::to_string(value).map_err(|e| StoreError::Unstorable(e.to_string()))?;
-    serde_json::from_str::<T>(&text)
-        .map_err(|e| StoreError::Unstorable(format!("{e} in {text}")))?;
-    Ok(text)
-}
-
-/// `value` as JSON, for values of strings and integers only, which always read back.
+/// `value` as JSON. Every float of the stored types reads back as written (non-finite ones as
+/// strings, [`crate::model::json_float`]).
 pub fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Unstorable(e.to_string()))
 }

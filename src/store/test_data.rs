@@ -46,10 +46,10 @@ pub fn red(route: &str, window_start_ms: i64, requests: u32) -> RedDelta {
     }
 }
 
-/// A RED delta SQLite refuses: a NaN duration sum is stored as NULL, which `sum_ms` forbids.
+/// A RED delta the store refuses to write ([`crate::store::codec::REFUSED_SUM_MS`]).
 pub fn poisoned_red(route: &str, window_start_ms: i64) -> RedDelta {
     let mut delta = red(route, window_start_ms, 1);
-    delta.stats.duration_sum_ms = f64::NAN;
+    delta.stats.duration_sum_ms = crate::store::codec::REFUSED_SUM_MS;
     delta
 }
 
