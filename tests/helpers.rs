@@ -251,6 +251,11 @@ pub fn export_request(service: &str, route: &str, count: usize) -> ExportTraceSe
             ..Default::default()
         })
         .collect();
+    spans_export(service, spans)
+}
+
+/// One trace export of `spans` from `service`.
+pub fn spans_export(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {

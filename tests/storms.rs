@@ -5,13 +5,10 @@
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode,
-};
+use opentelemetry_proto::tonic::trace::v1::{Span, Status, span::SpanKind, status::StatusCode};
 use prost::Message;
 
-use crate::helpers::{TestRedline, endpoint, export_request, now_ns, poll, string};
+use crate::helpers::{TestRedline, endpoint, export_request, now_ns, poll, spans_export, string};
 
 /// Server spans of `route` for `service`, one per `(trace id, end ns, error)`.
 fn spans_request(
@@ -39,19 +36,7 @@ fn spans_request(
             ..Default::default()
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![string("service.name", service)],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    spans_export(service, spans)
 }
 
 /// Random-looking 128-bit trace ids, as SDKs make them.

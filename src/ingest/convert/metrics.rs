@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Metric, metric, number_data_point,
+    AggregationTemporality, Metric, NumberDataPoint, metric, number_data_point,
 };
 
 use super::points::{self, InvalidPoint};
@@ -110,16 +110,7 @@ fn convert_metric(service: &str, metric: Metric, out: &mut Converted) {
         None => out.reject(0, || format!("metric {name:?} has no data")),
         Some(metric::Data::Gauge(gauge)) => {
             let ctx = context("gauge", MetricKind::Gauge, Temporality::Delta);
-            for p in &gauge.data_points {
-                let value = number_value(p.value.as_ref()).map(MetricValue::Number);
-                ctx.add(
-                    out,
-                    &p.attributes,
-                    p.start_time_unix_nano,
-                    p.time_unix_nano,
-                    value,
-                );
-            }
+            add_numbers(&ctx, out, &gauge.data_points);
         }
         Some(metric::Data::Sum(sum)) => {
             let Some(temporality) = temporality(sum.aggregation_temporality) else {
@@ -131,16 +122,7 @@ fn convert_metric(service: &str, metric: Metric, out: &mut Converted) {
                 MetricKind::UpDownCounter
             };
             let ctx = context("sum", kind, temporality);
-            for p in &sum.data_points {
-                let value = number_value(p.value.as_ref()).map(MetricValue::Number);
-                ctx.add(
-                    out,
-                    &p.attributes,
-                    p.start_time_unix_nano,
-                    p.time_unix_nano,
-                    value,
-                );
-            }
+            add_numbers(&ctx, out, &sum.data_points);
         }
         Some(metric::Data::Histogram(histogram)) => {
             let Some(temporality) = temporality(histogram.aggregation_temporality) else {
@@ -195,6 +177,20 @@ fn count_points(data: &Option<metric::Data>) -> u64 {
         Some(metric::Data::ExponentialHistogram(h)) => h.data_points.len(),
         Some(metric::Data::Summary(s)) => s.data_points.len(),
     }) as u64
+}
+
+/// The points of a gauge or a sum.
+fn add_numbers(ctx: &PointContext<'_>, out: &mut Converted, data_points: &[NumberDataPoint]) {
+    for p in data_points {
+        let value = number_value(p.value.as_ref()).map(MetricValue::Number);
+        ctx.add(
+            out,
+            &p.attributes,
+            p.start_time_unix_nano,
+            p.time_unix_nano,
+            value,
+        );
+    }
 }
 
 fn number_value(value: Option<&number_data_point::Value>) -> Result<f64, InvalidPoint> {
