@@ -1,0 +1,375 @@
+//! The `ingest` mode: redline against rotel-agent (blackhole exporter) and optionally an
+//! older redline build, on the same payloads, on a ×1.2 ladder of open-loop arrival rates,
+//! interleaved at every rung (A B A B), as medians over rounds. Per contender and round it
+//! also measures peak RSS (VmRSS sampled every 100 ms, and VmHWM), RSS a while after its load
+//! stopped, and for redline builds the exactness of RED: spans counted in
+//! `/api/v1/services` against spans acknowledged, plus the loss counters of `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use prost::Message;
+use tonic::transport::Channel;
+
+use crate::grpc_load::{Counts, Fate, LoadConfig, Tally, connect, run_load_counted};
+use crate::payload::{Payload, SPANS_PER_BATCH, trace_payloads_for};
+use crate::probe::{
+    RssSampler, cpu_seconds, exactness, median, metric, print_loss_counters, prometheus, rss,
+    wait_for_empty_queue,
+};
+use crate::procs::{
+    Sut, baseline_binary, rotel_binary, start_redline, start_redline_binary, start_rotel,
+};
+
+type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+
+pub struct LadderOptions {
+    pub rounds: usize,
+    pub step_secs: f64,
+    pub start_rate: f64,
+    pub max_in_flight: usize,
+    pub connections: usize,
+    /// Share of spans that are 5xx errors with status ERROR.
+    pub error_percent: u32,
+    /// RSS is read this long after a contender's last step (0: not measured).
+    pub after_secs: f64,
+}
+
+/// Spans per second prost decodes (and drops) on this core, for `duration`.
+fn decode_bound(payloads: &[Payload], duration: Duration) -> f64 {
+    let started = Instant::now();
+    let mut spans = 0usize;
+    let mut i = 0;
+    while started.elapsed() < duration {
+        for _ in 0..8 {
+            let payload = &payloads[i % payloads.len()];
+            let request = ExportTraceServiceRequest::decode(&payload.bytes[..]).expect("decodes");
+            spans += request.resource_spans[0].scope_spans[0].spans.len();
+            drop(std::hint::black_box(request));
+            i += 1;
+        }
+    }
+    spans as f64 / started.elapsed().as_secs_f64()
+}
+
+struct Contender {
+    sut: Sut,
+    channels: Vec<Channel>,
+    /// Highest passing rate this round, and whether it has failed a step yet.
+    best: f64,
+    done: bool,
+    tally: Arc<Tally>,
+    last_load: Instant,
+}
+
+impl Contender {
+    async fn connect(sut: Sut, connections: usize) -> Result<Self> {
+        let channels = connect(sut.grpc, connections).await?;
+        Ok(Contender {
+            sut,
+            channels,
+            best: 0.0,
+            done: false,
+            tally: Arc::default(),
+            last_load: Instant::now(),
+        })
+    }
+}
+
+/// One contender's figures in one round.
+#[derive(Default)]
+struct Figures {
+    best: Vec<f64>,
+    peak_mib: Vec<f64>,
+    after_mib: Vec<f64>,
+    counted: u64,
+    sent: Counts,
+    /// Rounds in which redline's count differed from what it acknowledged.
+    inexact_rounds: usize,
+}
+
+async fn step(
+    contender: &mut Contender,
+    payloads: &Arc<Vec<Payload>>,
+    sequence: &Arc<AtomicU64>,
+    rate: f64,
+    options: &LadderOptions,
+) -> Result<bool> {
+    let config = LoadConfig {
+        spans_per_s: rate,
+        duration: Duration::from_secs_f64(options.step_secs),
+        max_in_flight: options.max_in_flight,
+    };
+    let cpu_before = cpu_seconds(contender.sut.pid()).unwrap_or(0.0);
+    let result = run_load_counted(
+        &contender.channels,
+        payloads,
+        sequence,
+        &config,
+        &contender.tally,
+    )
+    .await;
+    contender.last_load = Instant::now();
+    let cpu = (cpu_seconds(contender.sut.pid()).unwrap_or(0.0) - cpu_before) / result.elapsed_s;
+    // redline queues what it accepted: the step only counts as sustained if the queue did
+    // not pile up (it must be back under a quarter of its capacity right after the step).
+    let mut backlog = String::new();
+    let mut sustained = true;
+    if let Some(web) = contender.sut.web {
+        match prometheus(web).await {
+            Ok(m) => {
+                let depth = metric(&m, "redline_ingest_queue_items");
+                let capacity = metric(&m, "redline_ingest_queue_capacity").max(1.0);
+                sustained = depth <= capacity / 4.0;
+                backlog = format!(" queue {:.0}/{:.0}", depth, capacity);
+                wait_for_empty_queue(web, Duration::from_secs(15)).await;
+            }
+            Err(e) => {
+                sustained = false;
+                backlog = format!(" /metrics unreadable ({e})");
+            }
+        }
+    } else {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let pass = result.loss_fraction() < 0.01 && sustained;
+    let rss_now = rss(contender.sut.pid()).map_or(0.0, |r| r.rss);
+    println!(
+        "  {:8} {:>9.0} spans/s offered: {:>9.0} accepted/s, lost {:5.2} % (unavailable {}, failed {}, overrun {}), partial-rejected {}, latency p50 {:.1} ms p99 {:.1} ms, SUT cpu {:.0} %, RSS {:.0} MiB, generator cpu {:.0} %{} → {}",
+        contender.sut.name,
+        rate,
+        result.accepted_spans_per_s(),
+        result.loss_fraction() * 100.0,
+        result.unavailable,
+        result.failed,
+        result.overrun,
+        result.partial_rejected,
+        result.latency_p50_ms,
+        result.latency_p99_ms,
+        cpu * 100.0,
+        rss_now,
+        result.generator_cpu_pct,
+        backlog,
+        if pass { "pass" } else { "FAIL" }
+    );
+    Ok(pass)
+}
+
+pub async fn ingest(options: &LadderOptions) -> Result<()> {
+    println!(
+        "\n== ingest: 512-span batches of HTTP server spans over OTLP/gRPC, {} % errors ==",
+        options.error_percent
+    );
+    let payloads = Arc::new(trace_payloads_for(64, 42, "shop", options.error_percent));
+    let mean_bytes =
+        payloads.iter().map(|p| p.bytes.len()).sum::<usize>() as f64 / payloads.len() as f64;
+    println!(
+        "payloads: {} batches × {SPANS_PER_BATCH} spans, {:.0} bytes per batch ({:.0} B/span), {} % errors (5xx, status ERROR), fresh random trace ids per sent batch",
+        payloads.len(),
+        mean_bytes,
+        mean_bytes / SPANS_PER_BATCH as f64,
+        options.error_percent
+    );
+    println!(
+        "generator: open loop, {} connections, at most {} requests in flight, {} s per step; a step passes with < 1 % of batches lost",
+        options.connections, options.max_in_flight, options.step_secs
+    );
+    let rotel = rotel_binary();
+    if rotel.is_none() {
+        println!("rotel-agent not found (pip install rotel, or set ROTEL_AGENT): peer skipped");
+    }
+    let sequence = Arc::new(AtomicU64::new(0));
+    let mut decode = Vec::new();
+    let mut figures: HashMap<&'static str, Figures> = HashMap::new();
+    let mut start_rate = options.start_rate;
+    for round in 1..=options.rounds {
+        println!("-- round {round}/{}", options.rounds);
+        let bound = decode_bound(&payloads, Duration::from_secs(2));
+        println!("  decode-only bound: {bound:.0} spans/s (prost decode + drop, one core)");
+        decode.push(bound);
+        let mut contenders = Vec::new();
+        contenders.push(Contender::connect(start_redline(&[])?, options.connections).await?);
+        if let Some(binary) = baseline_binary() {
+            let sut = start_redline_binary(&binary, "baseline", &[])?;
+            contenders.push(Contender::connect(sut, options.connections).await?);
+        }
+        if let Some(binary) = &rotel {
+            contenders.push(Contender::connect(start_rotel(binary)?, options.connections).await?);
+        }
+        let pids: Vec<u32> = contenders.iter().map(|c| c.sut.pid()).collect();
+        let sampler = RssSampler::start(&pids, Duration::from_millis(100));
+        // Check each with the generated client first (one typed export), then warm up.
+        for c in &mut contenders {
+            let mut client = TraceServiceClient::new(c.channels[0].clone());
+            let request = ExportTraceServiceRequest::decode(&payloads[0].bytes[..])?;
+            let response = client.export(request).await?.into_inner();
+            let rejected = response
+                .partial_success
+                .map_or(0, |p| p.rejected_spans.max(0) as u64);
+            c.tally
+                .record(payloads[0].spans(), Fate::Acknowledged { rejected });
+            if rejected > 0 {
+                return Err(format!("{} rejected spans of a valid batch", c.sut.name).into());
+            }
+            let warm = LoadConfig {
+                spans_per_s: 10_000.0,
+                duration: Duration::from_secs(1),
+                max_in_flight: options.max_in_flight,
+            };
+            run_load_counted(&c.channels, &payloads, &sequence, &warm, &c.tally).await;
+        }
+        // A geometric ladder of arrival rates; at each rate the contenders take turns
+        // (A B A B …) until each has failed a step.
+        let mut rate = start_rate;
+        while contenders.iter().any(|c| !c.done) && rate < 5_000_000.0 {
+            for c in contenders.iter_mut().filter(|c| !c.done) {
+                if step(c, &payloads, &sequence, rate, options).await? {
+                    c.best = rate;
+                } else {
+                    c.done = true;
+                }
+            }
+            rate *= 1.2;
+        }
+        // Memory after the load: each contender is read `after_secs` after its own last step.
+        contenders.sort_by_key(|c| c.last_load);
+        for c in &mut contenders {
+            let entry = figures.entry(c.sut.name).or_default();
+            entry.best.push(c.best);
+            let after = if options.after_secs > 0.0 {
+                let at = c.last_load + Duration::from_secs_f64(options.after_secs);
+                tokio::time::sleep_until(at.into()).await;
+                rss(c.sut.pid()).map_or(f64::NAN, |r| r.rss)
+            } else {
+                f64::NAN
+            };
+            let now = rss(c.sut.pid()).unwrap_or_default();
+            let peak = now.hwm.max(sampler.peak(c.sut.pid()));
+            entry.peak_mib.push(peak);
+            entry.after_mib.push(after);
+            println!(
+                "  {}: highest rate with < 1 % lost: {:.0} spans/s; peak RSS {peak:.1} MiB (sampled max {:.1}); RSS {:.0} s after its load stopped: {after:.1} MiB (anon {:.1}, file {:.1})",
+                c.sut.name,
+                c.best,
+                sampler.peak(c.sut.pid()),
+                options.after_secs,
+                now.anon,
+                now.file,
+            );
+        }
+        drop(sampler);
+        for c in &mut contenders {
+            if let Some(web) = c.sut.web {
+                let entry = figures.entry(c.sut.name).or_default();
+                let sent = c.tally.snapshot();
+                entry.sent = entry.sent + sent;
+                match exactness(web, "1h", sent).await {
+                    Ok(check) => {
+                        print!("  {} ", c.sut.name);
+                        check.print("");
+                        entry.counted += check.counted;
+                        entry.inexact_rounds += usize::from(!check.exact());
+                    }
+                    Err(e) => {
+                        println!("  {}: exactness NOT CHECKED: {e}", c.sut.name);
+                        entry.inexact_rounds += 1;
+                    }
+                }
+                print_loss_counters(web, "    ").await;
+                if !c.sut.alive() {
+                    let status = c.sut.exit_status().unwrap_or_default();
+                    println!("  {} DIED during the round ({status})", c.sut.name);
+                }
+            }
+            c.sut.stop();
+        }
+        // Later rounds start a little below the slower contender's result, to save time.
+        let slowest = contenders
+            .iter()
+            .map(|c| c.best)
+            .fold(f64::INFINITY, f64::min);
+        if slowest.is_finite() && slowest > 0.0 {
+            start_rate = (slowest * 0.6).max(5_000.0);
+        }
+    }
+    summary(options, &mut decode, &mut figures);
+    Ok(())
+}
+
+fn summary(
+    options: &LadderOptions,
+    decode: &mut [f64],
+    figures: &mut HashMap<&'static str, Figures>,
+) {
+    let storm = options.error_percent >= 50;
+    let decode_median = median(decode);
+    println!(
+        "\n== ingest summary ({} % errors, medians of {} rounds) ==",
+        options.error_percent, options.rounds
+    );
+    println!("decode-only bound:   {decode_median:>10.0} spans/s");
+    let redline = figures
+        .get_mut("redline")
+        .map_or(f64::NAN, |f| median(&mut f.best));
+    for (name, label) in [
+        ("redline", "redline:          "),
+        ("baseline", "baseline build:   "),
+        ("rotel", "rotel (blackhole):"),
+    ] {
+        let Some(f) = figures.get_mut(name) else {
+            continue;
+        };
+        let best = median(&mut f.best);
+        let ratio = match name {
+            "rotel" => format!(
+                "; redline/rotel = {:.2} (target ≥ {})",
+                redline / best,
+                if storm { "1.0" } else { "1.5" }
+            ),
+            "baseline" => format!(
+                "; redline/baseline = {:.2} (target: ≥ 1, no regression)",
+                redline / best
+            ),
+            _ => " (target ≥ 40 % of the bound)".to_string(),
+        };
+        println!(
+            "{label}  {best:>10.0} spans/s = {:.1} % of the decode-only bound; peak RSS {:.1} MiB{}; RSS {:.0} s after load {:.1} MiB{ratio}",
+            best / decode_median * 100.0,
+            median(&mut f.peak_mib),
+            if name == "redline" && storm {
+                " (target ≤ 256 MiB)"
+            } else {
+                ""
+            },
+            options.after_secs,
+            median(&mut f.after_mib),
+        );
+        if name != "rotel" {
+            let pct = f.counted as f64 / f.sent.acknowledged.max(1) as f64 * 100.0;
+            println!(
+                "{:20}counted {} of {} acknowledged ({pct:.3} %) over all rounds{} — {}",
+                "",
+                f.counted,
+                f.sent.acknowledged,
+                if name == "redline" {
+                    " (target 100 %)"
+                } else {
+                    ""
+                },
+                if f.inexact_rounds == 0 {
+                    "exact in every round".to_string()
+                } else {
+                    format!(
+                        "NOT EXACT in {} of {} rounds",
+                        f.inexact_rounds, options.rounds
+                    )
+                }
+            );
+        }
+    }
+    println!("(rates are on a ×1.2 ladder: a result means the next rung up failed)");
+}
