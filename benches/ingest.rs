@@ -5,9 +5,11 @@
 //!   decode-only bound (prost decode of the same payloads, one core), (b) redline and (c)
 //!   rotel-agent (blackhole exporter) receiving OTLP/gRPC from an open-loop load generator: the
 //!   highest arrival rate with < 1 % of batches lost (rejected, failed, or not sendable because
-//!   every in-flight slot was busy). Per contender and round also: peak RSS (VmRSS sampled
-//!   every 100 ms, and VmHWM), RSS `--after-secs` after its load stopped; for redline builds
-//!   the exactness of RED ("counted X of Y acknowledged": the `requests` of
+//!   every in-flight slot was busy). Then each contender in turn gets `--full-speed-secs` of
+//!   closed-loop load (as fast as answers come, `--in-flight` requests, no retries): spans
+//!   acknowledged and refused per second. Per contender and round also: peak RSS (VmRSS
+//!   sampled every 100 ms, and VmHWM) and RSS `--after-secs` after its load stopped; for
+//!   redline builds the exactness of RED ("counted X of Y acknowledged": the `requests` of
 //!   `/api/v1/services?since=1h` against the spans in batches answered OK, once the ingest
 //!   queue is drained and the writer idle) and the loss counters of `/metrics`
 //!   (`redline_*dropped*`, `*rejected*`, … found by name). `--errors 50` is issue 13's
@@ -23,14 +25,14 @@
 //!
 //! Options: `--rounds N` (3), `--step-secs S` (4), `--start-rate SPANS_PER_S` (20000),
 //! `--in-flight N` (8), `--connections N` (2) for the generator; `--errors PERCENT` (2: share
-//! of spans that are 5xx with status ERROR, trace ids random per span) and `--after-secs S`
-//! (30; 0 skips that reading) for `ingest`; `--cpu-window-secs S` (20) for `cpu`;
-//! `--flood-routes N` (1000000) for `memory`; `--query-spans-per-window N` (4) and `--queries
-//! N` (25) for `query`; `--rate` and `--secs` for `load`.
+//! of spans that are 5xx with status ERROR, trace ids random per span), `--full-speed-secs S`
+//! (20) and `--after-secs S` (30) for `ingest` (0 skips either); `--cpu-window-secs S` (20)
+//! for `cpu`; `--flood-routes N` (1000000) for `memory`; `--query-spans-per-window N` (4) and
+//! `--queries N` (25) for `query`; `--rate` and `--secs` for `load`.
 //!
 //! `REDLINE_BIN` runs another build as "redline"; in `ingest`, `REDLINE_BASELINE_BIN` adds an
 //! older build as a third contender, interleaved with the others (before/after in one run).
-//! Error storms, hostile input and the 30-minute soak are in `benches/storm.rs`.
+//! Hostile input and the 30-minute soak are in `benches/storm.rs`.
 //!
 //! Everything listens on 127.0.0.1 only. The benchmark pins itself (the load generator) to
 //! core 0 and the system under test to core 1 with `taskset`. Child processes are killed when
@@ -101,6 +103,7 @@ struct Options {
     queries: usize,
     error_percent: u32,
     after_secs: f64,
+    full_speed_secs: f64,
 }
 
 fn options() -> Result<Options> {
@@ -119,6 +122,7 @@ fn options() -> Result<Options> {
         queries: 25,
         error_percent: payload::NORMAL_ERROR_PERCENT,
         after_secs: 30.0,
+        full_speed_secs: 20.0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -138,6 +142,7 @@ fn options() -> Result<Options> {
             "--queries" => o.queries = value()?.parse()?,
             "--errors" => o.error_percent = value()?.parse::<u32>()?.min(100),
             "--after-secs" => o.after_secs = value()?.parse()?,
+            "--full-speed-secs" => o.full_speed_secs = value()?.parse()?,
             "ingest" | "cpu" | "memory" | "query" | "profile" | "load" | "all" => {
                 o.mode = arg.clone()
             }
@@ -192,6 +197,7 @@ impl Options {
             connections: self.connections,
             error_percent: self.error_percent,
             after_secs: self.after_secs,
+            full_speed_secs: self.full_speed_secs,
         }
     }
 }
