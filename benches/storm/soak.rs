@@ -83,6 +83,18 @@ impl Tallies {
     }
 }
 
+/// What the run observed besides the tallies, for the final checks.
+#[derive(Default)]
+struct Observed {
+    answers: AnswerLog,
+    probe_failures: Vec<String>,
+    /// Database + WAL in MiB at each report.
+    sizes: Vec<(Duration, f64)>,
+    rss_samples: Vec<(f64, crate::probe::Rss)>,
+    /// Normal-traffic batches (scheduled, lost) in reports without a storm or flood.
+    quiet_batches: (u64, u64),
+}
+
 fn mmss(d: Duration) -> String {
     format!("{:02}:{:02}", d.as_secs() / 60, d.as_secs() % 60)
 }
@@ -124,9 +136,8 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
     let burst_channels = connect(redline.grpc, o.connections).await?;
     let client = reqwest::Client::new();
     let tallies = Tallies::default();
-    let mut log = AnswerLog::default();
-    let mut probe_failures: Vec<String> = Vec::new();
-    let mut sizes: Vec<(Duration, f64)> = Vec::new();
+    let mut seen = Observed::default();
+    let log = &mut seen.answers;
     let sequence = Arc::new(AtomicU64::new(0));
     let mut storm_payloads: Option<Arc<Vec<Payload>>> = None;
     let mut flood_done = false;
@@ -164,7 +175,7 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
         let bursts = async {
             let mut notes = Vec::new();
             let (storm_from, storm_to) = (started + plan.storm.0, started + plan.storm.1);
-            if storm_from < tick_end && storm_to > Instant::now() {
+            if storm_to > storm_from && storm_from < tick_end && storm_to > Instant::now() {
                 tokio::time::sleep_until(storm_from.into()).await;
                 let payloads = storm_payloads
                     .get_or_insert_with(|| {
@@ -201,7 +212,7 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
                 ));
             }
             let flood_from = started + plan.flood_at;
-            if !flood_done && flood_from < tick_end {
+            if !flood_done && o.flood_routes > 0 && flood_from < tick_end {
                 flood_done = true;
                 tokio::time::sleep_until(flood_from.into()).await;
                 let flood_started = Instant::now();
@@ -221,7 +232,8 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
                     },
                     &ClosedLoop {
                         parallel: 4,
-                        until: None,
+                        // Retries wait for a redline that refuses; the run's end bounds them.
+                        until: Some(started + plan.total),
                         retry_unavailable: true,
                     },
                     &tallies.flood,
@@ -230,7 +242,8 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
                 let m = prometheus(web).await.unwrap_or_default();
                 let key = "redline_overflow_total{kind=\"endpoints\"}";
                 notes.push(format!(
-                    "flood: {} routes in {:.1} s ({} UNAVAILABLE retried, {} batches not acknowledged); endpoints tracked {}, overflow +{}",
+                    "flood: {} of {} routes sent in {:.1} s ({} UNAVAILABLE retried, {} batches not acknowledged); endpoints tracked {}, overflow +{}",
+                    sent.requests * SPANS_PER_BATCH as u64,
                     batches * SPANS_PER_BATCH as u64,
                     flood_started.elapsed().as_secs_f64(),
                     sent.retried,
@@ -244,7 +257,7 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
         let hostile_requests = async {
             let every = Duration::from_secs_f64(o.hostile_every_secs);
             let mut next = Instant::now();
-            while next < tick_end {
+            while o.hostile_every_secs > 0.0 && next < tick_end {
                 tokio::time::sleep_until(next.into()).await;
                 let encoding = if hostile_cursor.is_multiple_of(2) {
                     Encoding::Protobuf
@@ -268,9 +281,13 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
         };
         let (load, notes, ()) = tokio::join!(normal, bursts, hostile_requests);
         // The report.
+        if notes.is_empty() {
+            seen.quiet_batches.0 += load.scheduled;
+            seen.quiet_batches.1 += load.lost();
+        }
         let now = rss(pid).unwrap_or_default();
         let (db, wal) = database_mib(redline.data_dir());
-        sizes.push((started.elapsed(), db + wal));
+        seen.sizes.push((started.elapsed(), db + wal));
         let total = tallies.total();
         let ready = timed_get(
             &client,
@@ -280,7 +297,8 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
         .await;
         let bad = slow_or_failing_reads(web, PROBES, Duration::from_secs(1)).await;
         for b in &bad {
-            probe_failures.push(format!("{}: {b}", mmss(started.elapsed())));
+            seen.probe_failures
+                .push(format!("{}: {b}", mmss(started.elapsed())));
         }
         println!(
             "[{}] RSS {:.1} MiB (anon {:.1}, file {:.1}; peak {:.1}) | db {db:.1} MiB + wal {wal:.1} MiB | spans acknowledged {} (+{}), refused {} (+{}), rejected {}, unknown {} | normal traffic lost {:.2} % | readyz {} | probes {}",
@@ -319,37 +337,22 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
             break;
         }
     }
-    let rss_samples = sampler.samples(pid);
+    seen.rss_samples = sampler.samples(pid);
     drop(sampler);
     println!(
         "\n== soak end: load stopped at {} ==",
         mmss(started.elapsed())
     );
-    final_checks(
-        o,
-        &plan,
-        &mut redline,
-        web,
-        &tallies,
-        &log,
-        &probe_failures,
-        &sizes,
-        &rss_samples,
-    )
-    .await
+    final_checks(o, &plan, &mut redline, web, &tallies, &seen).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn final_checks(
     o: &Options,
     plan: &Schedule,
     redline: &mut Sut,
     web: SocketAddr,
     tallies: &Tallies,
-    log: &AnswerLog,
-    probe_failures: &[String],
-    sizes: &[(Duration, f64)],
-    rss_samples: &[(f64, crate::probe::Rss)],
+    seen: &Observed,
 ) -> Result<Vec<String>> {
     let mut checks = Checks::default();
     for (name, tally) in [
@@ -360,6 +363,17 @@ async fn final_checks(
     ] {
         println!("  {name:14} {}", tally.snapshot());
     }
+    // At 20k spans/s RED keeps up easily: refusing normal traffic when no storm or flood
+    // is running means ingest broke (the issue: refuse RED data only when RED cannot keep up).
+    let (scheduled, lost) = seen.quiet_batches;
+    checks.check(
+        "normal traffic ingested outside bursts",
+        scheduled > 0 && (lost as f64) < 0.01 * scheduled as f64,
+        format!(
+            "{lost} of {scheduled} batches lost ({:.2} %) in reports without a storm or flood",
+            lost as f64 / scheduled.max(1) as f64 * 100.0
+        ),
+    );
     // Spans dated 2500 or 1971 are placed at "now" by redline's RED (more than its ±6 h clock
     // skew away), so the ones acknowledged are inside the hour asked for and are expected in
     // the count like every other acknowledged span.
@@ -393,12 +407,14 @@ async fn final_checks(
         after.rss, after.anon, after.file, after.hwm
     );
     let quarter = plan.total.as_secs_f64() / 4.0;
-    let mut first: Vec<f64> = rss_samples
+    let mut first: Vec<f64> = seen
+        .rss_samples
         .iter()
         .filter(|(t, _)| *t < quarter)
         .map(|(_, r)| r.rss)
         .collect();
-    let mut last: Vec<f64> = rss_samples
+    let mut last: Vec<f64> = seen
+        .rss_samples
         .iter()
         .filter(|(t, _)| *t >= 3.0 * quarter)
         .map(|(_, r)| r.rss)
@@ -413,10 +429,11 @@ async fn final_checks(
         ),
     );
     let (db, wal) = database_mib(redline.data_dir());
-    let at_last_quarter = sizes
+    let at_last_quarter = seen
+        .sizes
         .iter()
         .find(|(t, _)| t.as_secs_f64() >= 3.0 * quarter)
-        .or(sizes.first())
+        .or(seen.sizes.first())
         .map_or(0.0, |(_, s)| *s);
     checks.check(
         "database size flat under retention",
@@ -438,15 +455,18 @@ async fn final_checks(
     }
     checks.check(
         "responsive",
-        probe_failures.is_empty(),
-        format!("{PROBES:?} within 1 s at every report; failures: {probe_failures:?}"),
+        seen.probe_failures.is_empty(),
+        format!(
+            "{PROBES:?} within 1 s at every report; failures: {:?}",
+            seen.probe_failures
+        ),
     );
     println!("  hostile requests (case, encoding, answers):");
-    log.print("    ");
+    seen.answers.print("    ");
     checks.check(
         "hostile requests answered 200, 400 or 503",
-        log.unacceptable() == 0,
-        format!("{} answered otherwise", log.unacceptable()),
+        seen.answers.unacceptable() == 0,
+        format!("{} answered otherwise", seen.answers.unacceptable()),
     );
     print_loss_counters(web, "  ").await;
     let (alive, panicked) = panics(redline);
