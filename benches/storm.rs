@@ -33,7 +33,9 @@
 //!   panic (alive, no "panicked" on stderr); every probe answered; every hostile request
 //!   answered 200, 400 or 503; RED exact for acknowledged spans. Exits non-zero when a check
 //!   fails; stops early (and fails) if redline dies. `--storm-secs 0`, `--flood-routes 0` and
-//!   `--hostile-every-secs 0` leave a part out (to see one part's effect on its own).
+//!   `--hostile-every-secs 0` leave a part out (to see one part's effect on its own). The disk
+//!   is shared: when database + WAL pass `--max-db-mib` (2048) redline is killed and the run
+//!   stops (a failed check).
 //!
 //! Soak retention: `--retention-10s` (default a sixth of the run, at least 1 min: 5m for 30
 //! minutes) and `--trace-retention` (a third, at least 1 min: 10m). The spans dated 2500 and
@@ -93,6 +95,7 @@ pub struct Options {
     pub trace_retention: Option<String>,
     pub max_in_flight: usize,
     pub connections: usize,
+    pub max_db_mib: f64,
 }
 
 fn options() -> Result<Options> {
@@ -111,6 +114,7 @@ fn options() -> Result<Options> {
         trace_retention: None,
         max_in_flight: 8,
         connections: 2,
+        max_db_mib: 2048.0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -130,6 +134,7 @@ fn options() -> Result<Options> {
             "--trace-retention" => o.trace_retention = Some(value()?),
             "--in-flight" => o.max_in_flight = value()?.parse()?,
             "--connections" => o.connections = value()?.parse()?,
+            "--max-db-mib" => o.max_db_mib = value()?.parse()?,
             "soak" | "hostile" => o.mode = arg.clone(),
             other if other.starts_with("--") => {
                 return Err(format!("unknown option {other}").into());

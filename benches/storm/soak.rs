@@ -93,6 +93,8 @@ struct Observed {
     rss_samples: Vec<(f64, crate::probe::Rss)>,
     /// Normal-traffic batches (scheduled, lost) in reports without a storm or flood.
     quiet_batches: (u64, u64),
+    /// Database + WAL size (MiB) at which redline was killed, past `--max-db-mib`.
+    outgrew_disk: Option<f64>,
 }
 
 fn mmss(d: Duration) -> String {
@@ -130,6 +132,7 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
     );
     let mut redline = start_redline(&["--retention-10s", &r10, "--trace-retention", &rt])?;
     let pid = redline.pid();
+    let data_dir = redline.data_dir().to_path_buf();
     let web = redline.web.ok_or("no web address")?;
     let http = redline.http.ok_or("no OTLP/HTTP address")?;
     let normal_channels = connect(redline.grpc, o.connections).await?;
@@ -279,7 +282,24 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
                 next += every;
             }
         };
-        let (load, notes, ()) = tokio::join!(normal, bursts, hostile_requests);
+        // The disk is shared: a redline whose database outgrows the bound is killed, which
+        // ends the run (its data directory is deleted when the benchmark stops it).
+        let disk_guard = async {
+            while Instant::now() < tick_end {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let (db, wal) = database_mib(&data_dir);
+                if db + wal > o.max_db_mib {
+                    // SAFETY: signalling our own child by pid.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                    }
+                    return Some(db + wal);
+                }
+            }
+            None
+        };
+        let (load, notes, (), outgrown) =
+            tokio::join!(normal, bursts, hostile_requests, disk_guard);
         // The report.
         if notes.is_empty() {
             seen.quiet_batches.0 += load.scheduled;
@@ -328,6 +348,13 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
             println!("        {note}");
         }
         previous = total;
+        if let Some(size) = outgrown {
+            println!(
+                "database + WAL reached {size:.0} MiB > --max-db-mib {:.0}: redline KILLED to protect the disk; the soak stops here",
+                o.max_db_mib
+            );
+            seen.outgrew_disk = Some(size);
+        }
         if !redline.alive() {
             println!(
                 "redline DIED at {} ({}): the soak stops here",
@@ -429,6 +456,13 @@ async fn final_checks(
         ),
     );
     let (db, wal) = database_mib(redline.data_dir());
+    if let Some(size) = seen.outgrew_disk {
+        checks.check(
+            "database below --max-db-mib",
+            false,
+            format!("reached {size:.0} MiB; redline was killed"),
+        );
+    }
     let at_last_quarter = seen
         .sizes
         .iter()
