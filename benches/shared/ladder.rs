@@ -20,8 +20,8 @@ use crate::grpc_load::{
 };
 use crate::payload::{Payload, SPANS_PER_BATCH, fresh_ids, trace_payloads_for};
 use crate::probe::{
-    RssSampler, cpu_seconds, exactness, median, metric, print_loss_counters, prometheus, rss,
-    wait_for_empty_queue,
+    RssSampler, cpu_seconds, database_mib, exactness, median, metric, print_loss_counters,
+    prometheus, rss, wait_for_empty_queue,
 };
 use crate::procs::{
     Sut, baseline_binary, rotel_binary, start_redline, start_redline_binary, start_rotel,
@@ -319,6 +319,8 @@ pub async fn ingest(options: &LadderOptions) -> Result<()> {
         drop(sampler);
         for c in &mut contenders {
             if let Some(web) = c.sut.web {
+                let (db, wal) = database_mib(c.sut.data_dir());
+                println!("  {} database {db:.1} MiB + WAL {wal:.1} MiB", c.sut.name);
                 let entry = figures.entry(c.sut.name).or_default();
                 let sent = c.tally.snapshot();
                 entry.sent = entry.sent + sent;

@@ -147,6 +147,18 @@ impl Drop for RssSampler {
     }
 }
 
+fn file_mib(path: &std::path::Path) -> f64 {
+    std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64)
+}
+
+/// redline's database file and its WAL in a data directory, in MiB.
+pub fn database_mib(dir: &std::path::Path) -> (f64, f64) {
+    (
+        file_mib(&dir.join("redline.db")),
+        file_mib(&dir.join("redline.db-wal")),
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // redline's /metrics
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ use crate::payload::{
     Payload, Rng, SPANS_PER_BATCH, endpoint_batch, fresh_ids, now_ns, trace_payloads_for,
 };
 use crate::probe::{
-    RssSampler, exactness, median, metric, print_loss_counters, prometheus, rss, timed_get,
+    RssSampler, database_mib, exactness, median, metric, print_loss_counters, prometheus, rss,
+    timed_get,
 };
 use crate::procs::{Sut, start_redline};
 use crate::{Checks, Options, Result, panics, slow_or_failing_reads};
@@ -99,18 +100,6 @@ struct Observed {
 
 fn mmss(d: Duration) -> String {
     format!("{:02}:{:02}", d.as_secs() / 60, d.as_secs() % 60)
-}
-
-fn file_mib(path: &Path) -> f64 {
-    std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64)
-}
-
-/// Database file and WAL, in MiB.
-fn database_mib(dir: &Path) -> (f64, f64) {
-    (
-        file_mib(&dir.join("redline.db")),
-        file_mib(&dir.join("redline.db-wal")),
-    )
 }
 
 pub async fn soak(o: &Options) -> Result<Vec<String>> {
