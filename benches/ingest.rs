@@ -5,9 +5,10 @@
 //!   decode-only bound (prost decode of the same payloads, one core), (b) redline and (c)
 //!   rotel-agent (blackhole exporter) receiving OTLP/gRPC from an open-loop load generator: the
 //!   highest arrival rate with < 1 % of batches lost (rejected, failed, or not sendable because
-//!   every in-flight slot was busy). Then each contender in turn gets `--full-speed-secs` of
-//!   closed-loop load (as fast as answers come, `--in-flight` requests, no retries): spans
-//!   acknowledged and refused per second. Per contender and round also: peak RSS (VmRSS
+//!   every in-flight slot was busy); a round in which a contender fails its first rung (the
+//!   shared machine was busy) is left out of the rate medians. Then each contender in turn
+//!   gets `--full-speed-secs` of closed-loop load (as fast as answers come, `--in-flight`
+//!   requests, no retries): spans acknowledged and refused per second. Per contender and round also: peak RSS (VmRSS
 //!   sampled every 100 ms, and VmHWM) and RSS `--after-secs` after its load stopped; for
 //!   redline builds the exactness of RED ("counted X of Y acknowledged": the `requests` of
 //!   `/api/v1/services?since=1h` against the spans in batches answered OK, once the ingest

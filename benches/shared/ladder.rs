@@ -235,6 +235,7 @@ pub async fn ingest(options: &LadderOptions) -> Result<()> {
     let mut decode = Vec::new();
     let mut figures: HashMap<&'static str, Figures> = HashMap::new();
     let mut start_rate = options.start_rate;
+    let mut skipped_rounds = 0;
     for round in 1..=options.rounds {
         println!("-- round {round}/{}", options.rounds);
         let bound = decode_bound(&payloads, Duration::from_secs(2));
@@ -290,11 +291,23 @@ pub async fn ingest(options: &LadderOptions) -> Result<()> {
                 figures.entry(c.sut.name).or_default().full_speed.push(rate);
             }
         }
+        // A contender that failed the round's first rung has no rate: the start was too high
+        // for the machine at that moment (it is shared). Such a round's rates are left out of
+        // every contender's median, so the medians stay side by side.
+        let rates_valid = contenders.iter().all(|c| c.best > 0.0);
+        if !rates_valid {
+            println!(
+                "  a contender failed the first rung ({start_rate:.0} spans/s): this round's rates are left out of the medians"
+            );
+            skipped_rounds += 1;
+        }
         // Memory after the load: each contender is read `after_secs` after its own last step.
         contenders.sort_by_key(|c| c.last_load);
         for c in &mut contenders {
             let entry = figures.entry(c.sut.name).or_default();
-            entry.best.push(c.best);
+            if rates_valid {
+                entry.best.push(c.best);
+            }
             let after = if options.after_secs > 0.0 {
                 let at = c.last_load + Duration::from_secs_f64(options.after_secs);
                 tokio::time::sleep_until(at.into()).await;
@@ -351,9 +364,11 @@ pub async fn ingest(options: &LadderOptions) -> Result<()> {
             .fold(f64::INFINITY, f64::min);
         if slowest.is_finite() && slowest > 0.0 {
             start_rate = (slowest * 0.6).max(5_000.0);
+        } else {
+            start_rate = (start_rate * 0.5).max(5_000.0);
         }
     }
-    summary(options, &mut decode, &mut figures);
+    summary(options, &mut decode, &mut figures, skipped_rounds);
     Ok(())
 }
 
@@ -361,12 +376,22 @@ fn summary(
     options: &LadderOptions,
     decode: &mut [f64],
     figures: &mut HashMap<&'static str, Figures>,
+    skipped_rounds: usize,
 ) {
     let storm = options.error_percent >= 50;
     let decode_median = median(decode);
     println!(
-        "\n== ingest summary ({} % errors, medians of {} rounds) ==",
-        options.error_percent, options.rounds
+        "\n== ingest summary ({} % errors, medians of {} rounds{}) ==",
+        options.error_percent,
+        options.rounds,
+        if skipped_rounds > 0 {
+            format!(
+                "; rates of {} round(s) left out: a contender failed the first rung",
+                skipped_rounds
+            )
+        } else {
+            String::new()
+        }
     );
     println!("decode-only bound:  {decode_median:>8.0} spans/s");
     let full_speed = |f: &mut Figures| {
