@@ -8,9 +8,9 @@
 //!   every in-flight slot was busy); a round in which a contender fails its first rung (the
 //!   shared machine was busy) is left out of the rate medians. Then each contender in turn
 //!   gets `--full-speed-secs` of closed-loop load (as fast as answers come, `--in-flight`
-//!   requests, no retries): spans acknowledged and refused per second. Per contender and round also: peak RSS (VmRSS
-//!   sampled every 100 ms, and VmHWM) and RSS `--after-secs` after its load stopped; for
-//!   redline builds the exactness of RED ("counted X of Y acknowledged": the `requests` of
+//!   requests, no retries): spans acknowledged and refused per second. Per contender and
+//!   round also: peak RSS (VmRSS sampled every 100 ms, and VmHWM) and RSS `--after-secs` after
+//!   its load stopped; for redline builds the exactness of RED ("counted X of Y acknowledged": the `requests` of
 //!   `/api/v1/services?since=1h` against the spans in batches answered OK, once the ingest
 //!   queue is drained and the writer idle) and the loss counters of `/metrics`
 //!   (`redline_*dropped*`, `*rejected*`, … found by name). `--errors 50` is issue 13's
