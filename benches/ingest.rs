@@ -10,11 +10,12 @@
 //!   gets `--full-speed-secs` of closed-loop load (as fast as answers come, `--in-flight`
 //!   requests, no retries): spans acknowledged and refused per second. Per contender and
 //!   round also: peak RSS (VmRSS sampled every 100 ms, and VmHWM) and RSS `--after-secs` after
-//!   its load stopped; for redline builds the exactness of RED ("counted X of Y acknowledged": the `requests` of
-//!   `/api/v1/services?since=1h` against the spans in batches answered OK, once the ingest
-//!   queue is drained and the writer idle) and the loss counters of `/metrics`
-//!   (`redline_*dropped*`, `*rejected*`, … found by name). `--errors 50` is issue 13's
-//!   error storm; `--errors 2` (the default) with `REDLINE_BASELINE_BIN` its "no regression".
+//!   its load stopped; for redline builds the database size, the exactness of RED ("counted X
+//!   of Y acknowledged": the `requests` of `/api/v1/services?since=1h` against the spans in
+//!   batches answered OK, once the ingest queue is drained and the writer idle) and the loss
+//!   counters of `/metrics` (`redline_*dropped*`, `*rejected*`, … found by name). `--errors
+//!   50` is issue 13's error storm; `--errors 2` (the default) with `REDLINE_BASELINE_BIN` its
+//!   "no regression".
 //! - `cpu`     — CPU (% of one core, from /proc/PID/stat over a 20 s window) and RSS of redline
 //!   and rotel-agent at a steady 10k spans/s, interleaved.
 //! - `memory`  — redline RSS idle, peak RSS with 1,000 active endpoints and 10,000 metric
