@@ -138,11 +138,11 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
     let started = Instant::now();
     let report = Duration::from_secs_f64(o.report_secs);
     let mut previous = Counts::default();
-    let mut tick = 0u32;
     while started.elapsed() < plan.total {
-        let tick_start = started + report * tick;
-        let tick_end = (tick_start + report).min(started + plan.total);
-        tick += 1;
+        // The report period that holds now (one that overran, under overload, moves the
+        // next reports on rather than squeezing them in).
+        let tick = (started.elapsed().as_secs_f64() / report.as_secs_f64()) as u32;
+        let tick_end = (started + report * (tick + 1)).min(started + plan.total);
         let payloads = Arc::new(trace_payloads_for(
             64,
             u64::from(tick),
