@@ -410,6 +410,7 @@ impl std::fmt::Display for Answer {
             Answer::Ok { rejected, sent } => write!(f, "200 ({rejected}/{sent} rejected)"),
             Answer::BadRequest => write!(f, "400"),
             Answer::Refused => write!(f, "503"),
+            Answer::Status(200) => write!(f, "200 with an unreadable body (NOT ACCEPTABLE)"),
             Answer::Status(code) => write!(f, "{code} (NOT ACCEPTABLE)"),
             Answer::Unanswered => write!(f, "no answer (NOT ACCEPTABLE)"),
         }
