@@ -177,6 +177,55 @@ impl Drop for TestRedline {
     }
 }
 
+/// Sends `message` as one gRPC frame (gzip-compressed if `gzip`) to `path` on `grpc` and
+/// returns the answer's `grpc-status` code.
+#[allow(dead_code)]
+pub async fn grpc_status(
+    grpc: SocketAddr,
+    path: &str,
+    message: &[u8],
+    gzip: bool,
+) -> Result<u32, String> {
+    use http_body_util::{BodyExt, Full};
+    use std::io::Write;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let payload = if gzip {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(message).map_err(|e| e.to_string())?;
+        encoder.finish().map_err(|e| e.to_string())?
+    } else {
+        message.to_vec()
+    };
+    let mut frame = vec![u8::from(gzip)];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let mut request = axum::http::Request::post(format!("http://{grpc}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if gzip {
+        request = request.header("grpc-encoding", "gzip");
+    }
+    let request = request
+        .body(Full::new(bytes::Bytes::from(frame)))
+        .map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    let status = match response.headers().get("grpc-status") {
+        Some(status) => status.clone(),
+        None => {
+            let body = response.into_body().collect().await.map_err(|e| e.to_string())?;
+            let trailers = body.trailers().ok_or("no grpc-status header or trailer")?;
+            trailers.get("grpc-status").ok_or("no grpc-status trailer")?.clone()
+        }
+    };
+    status
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("grpc-status {status:?} is not a number"))
+}
+
 /// Calls `attempt` until it returns `Some`, or `None` after `deadline`.
 pub async fn poll<T, F, Fut>(deadline: Duration, mut attempt: F) -> Option<T>
 where

@@ -201,29 +201,12 @@ async fn grpc_accepts_gzip_refuses_oversized_messages_and_logs() {
 
 /// Sends `message` as one gRPC frame to `path` and returns the answer's `grpc-status`.
 async fn grpc_status_for(redline: &TestRedline, path: &str, message: &[u8]) -> String {
-    use http_body_util::{BodyExt, Full};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(message);
-    let request = axum::http::Request::post(format!("http://{}{path}", redline.grpc))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(bytes::Bytes::from(frame)))
-        .unwrap();
-    let response = client.request(request).await.expect("gRPC answer");
-    if let Some(status) = response.headers().get("grpc-status") {
-        return status.to_str().unwrap().to_string();
-    }
-    let body = response.into_body().collect().await.expect("gRPC body");
-    let trailers = body.trailers().expect("gRPC trailers");
-    trailers["grpc-status"].to_str().unwrap().to_string()
+    let code = crate::helpers::grpc_status(redline.grpc, path, message, false).await;
+    code.expect("gRPC answer").to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_refuses_malformed_trace_exports_with_invalid_argument() {
+async fn grpc_refuses_malformed_exports_with_invalid_argument() {
     let redline = TestRedline::start().await;
     let export = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     let valid = export_request("grpc-raw", "/ok", 4).encode_to_vec();
@@ -234,6 +217,9 @@ async fn grpc_refuses_malformed_trace_exports_with_invalid_argument() {
         grpc_status_for(&redline, export, &valid[..valid.len() - 2]).await,
         "3"
     );
+    // The metrics service answers a message that does not decode the same way.
+    let metrics = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    assert_eq!(grpc_status_for(&redline, metrics, &[0x0a, 0x05, 0x01]).await, "3");
     // An unknown method of the trace service.
     let unknown = "/opentelemetry.proto.collector.trace.v1.TraceService/Nope";
     assert_eq!(grpc_status_for(&redline, unknown, &valid).await, "12");

@@ -1,13 +1,15 @@
 //! OTLP/gRPC: TraceService and MetricsService Export (gzip accepted), LogsService answering
-//! UNIMPLEMENTED. Overload is UNAVAILABLE with RetryInfo, which OTLP clients retry. Requests
-//! pass [`super::admission::GrpcAdmissionLayer`] first, which counts their bytes against the
-//! memory budget.
+//! UNIMPLEMENTED. Overload is UNAVAILABLE with RetryInfo, which OTLP clients retry; a message
+//! that does not decode is INVALID_ARGUMENT, as OTLP specifies for bad data. Requests pass
+//! [`super::admission::GrpcAdmissionLayer`] first, which counts their bytes against the memory
+//! budget.
 //!
-//! MetricsService and LogsService are opentelemetry-proto's generated tonic services.
-//! TraceService is served the same way (same path, codec framing, compression and limits), but
-//! hands the request to the ingestor as bytes: the generated service would decode every span
-//! into owned structs first, which costs more than everything else redline does with a span
-//! (see `wire`).
+//! The two export services use tonic's framing, compression and limits but take the request
+//! as bytes: the trace export hands them to the ingestor undecoded (the generated service would
+//! decode every span into owned structs first, which costs more than everything else redline
+//! does with a span; see `wire`), and both answer a decode error with INVALID_ARGUMENT where
+//! tonic's generated services answer INTERNAL. LogsService is opentelemetry-proto's generated
+//! service.
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
@@ -15,9 +17,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::SERVICE_NAME as METRICS_SERVICE;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -34,25 +34,25 @@ use tonic::{Request, Response, Status};
 
 use crate::ingest::admission::unavailable;
 use crate::ingest::{DECODED_BYTES_PER_ENCODED_BYTE, IngestError, Ingestor};
+use crate::self_metrics;
 
 /// The gRPC router with all three OTLP services.
 pub fn router(ingestor: Ingestor, max_message_bytes: usize) -> tonic::service::Routes {
-    let traces = TraceExportServer {
+    let traces = ExportServer::<Traces> {
         ingestor: ingestor.clone(),
         max_message_bytes,
+        signal: Traces,
     };
-    let metrics = MetricsServiceServer::new(GrpcReceiver(ingestor))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message_bytes);
+    let metrics = ExportServer::<Metrics> {
+        ingestor,
+        max_message_bytes,
+        signal: Metrics,
+    };
     let logs = LogsServiceServer::new(NoLogs);
     tonic::service::Routes::new(traces)
         .add_service(metrics)
         .add_service(logs)
 }
-
-/// The metrics receiver, behind the generated `MetricsService`.
-struct GrpcReceiver(Ingestor);
 
 fn to_status(error: IngestError) -> Status {
     if let IngestError::Undecodable(message) = error {
@@ -61,19 +61,63 @@ fn to_status(error: IngestError) -> Status {
     unavailable(error.to_string())
 }
 
-/// `TraceService/Export`, taking the request message as bytes.
+/// One OTLP export service: its gRPC names and what it does with a request's bytes.
+trait ExportSignal: Clone + Send + Sync + 'static {
+    const SERVICE: &'static str;
+    const PATH: &'static str;
+    type Response: Message + Send + 'static;
+
+    fn export(&self, ingestor: &Ingestor, body: &Bytes) -> Result<Self::Response, IngestError>;
+}
+
 #[derive(Clone)]
-struct TraceExportServer {
+struct Traces;
+
+impl ExportSignal for Traces {
+    const SERVICE: &'static str = TRACE_SERVICE;
+    const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    type Response = ExportTraceServiceResponse;
+
+    fn export(&self, ingestor: &Ingestor, body: &Bytes) -> Result<Self::Response, IngestError> {
+        let memory = ingestor.reserve(body.len())?;
+        Ok(ingestor.traces(body, memory)?.trace_response())
+    }
+}
+
+#[derive(Clone)]
+struct Metrics;
+
+impl ExportSignal for Metrics {
+    const SERVICE: &'static str = METRICS_SERVICE;
+    const PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    type Response = ExportMetricsServiceResponse;
+
+    fn export(&self, ingestor: &Ingestor, body: &Bytes) -> Result<Self::Response, IngestError> {
+        let request = ExportMetricsServiceRequest::decode(body.as_ref()).map_err(|e| {
+            self_metrics::requests_rejected("undecodable");
+            IngestError::Undecodable(format!("invalid OTLP protobuf: {e}"))
+        })?;
+        let decoded_bytes = body.len().saturating_mul(DECODED_BYTES_PER_ENCODED_BYTE);
+        let memory = ingestor.reserve(decoded_bytes)?;
+        Ok(ingestor.metrics(request, memory)?.metrics_response())
+    }
+}
+
+/// An export service served from the request's bytes.
+#[derive(Clone)]
+struct ExportServer<S> {
     ingestor: Ingestor,
     max_message_bytes: usize,
+    signal: S,
 }
 
-impl NamedService for TraceExportServer {
-    const NAME: &'static str = TRACE_SERVICE;
+impl<S: ExportSignal> NamedService for ExportServer<S> {
+    const NAME: &'static str = S::SERVICE;
 }
 
-impl<B> Service<http::Request<B>> for TraceExportServer
+impl<S, B> Service<http::Request<B>> for ExportServer<S>
 where
+    S: ExportSignal,
     B: Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
@@ -88,12 +132,12 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let server = self.clone();
         Box::pin(async move {
-            if request.uri().path() != EXPORT_PATH {
+            if request.uri().path() != S::PATH {
                 return Ok(Status::unimplemented("unknown method").into_http());
             }
             let mut gzip = EnabledCompressionEncodings::default();
             gzip.enable(CompressionEncoding::Gzip);
-            let mut grpc = Grpc::new(RawTraceCodec)
+            let mut grpc = Grpc::new(RawExportCodec::<S::Response>::default())
                 .apply_compression_config(gzip, gzip)
                 .apply_max_message_size_config(Some(server.max_message_bytes), None);
             Ok(grpc.unary(server, request).await)
@@ -101,36 +145,33 @@ where
     }
 }
 
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-
-impl UnaryService<Bytes> for TraceExportServer {
-    type Response = ExportTraceServiceResponse;
-    type Future = BoxFuture<Response<ExportTraceServiceResponse>, Status>;
+impl<S: ExportSignal> UnaryService<Bytes> for ExportServer<S> {
+    type Response = S::Response;
+    type Future = BoxFuture<Response<S::Response>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let body = request.get_ref();
-        let result = self
-            .ingestor
-            .reserve(body.len())
-            .and_then(|memory| self.ingestor.traces(body, memory));
-        Box::pin(async move {
-            let accepted = result.map_err(to_status)?;
-            Ok(Response::new(accepted.trace_response()))
-        })
+        let result = self.signal.export(&self.ingestor, request.get_ref());
+        Box::pin(async move { Ok(Response::new(result.map_err(to_status)?)) })
     }
 }
 
-/// gRPC framing for the trace export: the request stays bytes, the response is protobuf.
-struct RawTraceCodec;
+/// gRPC framing for an export: the request stays bytes, the response `R` is protobuf.
+struct RawExportCodec<R>(std::marker::PhantomData<R>);
 
-impl Codec for RawTraceCodec {
-    type Encode = ExportTraceServiceResponse;
+impl<R> Default for RawExportCodec<R> {
+    fn default() -> Self {
+        RawExportCodec(std::marker::PhantomData)
+    }
+}
+
+impl<R: Message + Send + 'static> Codec for RawExportCodec<R> {
+    type Encode = R;
     type Decode = Bytes;
-    type Encoder = ResponseEncoder;
+    type Encoder = ResponseEncoder<R>;
     type Decoder = RequestBytes;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ResponseEncoder
+        ResponseEncoder(std::marker::PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -138,10 +179,10 @@ impl Codec for RawTraceCodec {
     }
 }
 
-struct ResponseEncoder;
+struct ResponseEncoder<R>(std::marker::PhantomData<R>);
 
-impl Encoder for ResponseEncoder {
-    type Item = ExportTraceServiceResponse;
+impl<R: Message> Encoder for ResponseEncoder<R> {
+    type Item = R;
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
@@ -168,25 +209,6 @@ impl Decoder for RequestBytes {
 
     fn buffer_settings(&self) -> BufferSettings {
         BufferSettings::new(RECEIVE_BUFFER_BYTES, 32 * 1024)
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for GrpcReceiver {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let request = request.into_inner();
-        let decoded_bytes = request
-            .encoded_len()
-            .saturating_mul(DECODED_BYTES_PER_ENCODED_BYTE);
-        let accepted = self
-            .0
-            .reserve(decoded_bytes)
-            .and_then(|memory| self.0.metrics(request, memory))
-            .map_err(to_status)?;
-        Ok(Response::new(accepted.metrics_response()))
     }
 }
 
