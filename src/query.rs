@@ -22,7 +22,60 @@ pub struct TimeRange {
     pub to_ms: i64,
 }
 
+/// The latest time a client may ask about: the end of the year 9999, the last a date input
+/// can show. With the earliest, 1970, it keeps every range's arithmetic far from overflow.
+pub const LATEST_MS: i64 = 253_402_300_799_999;
+
+/// Why a range a client asked for cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error("the start must lie between 1970 and the end of 9999")]
+    StartOutOfBounds,
+    #[error("the end must lie between 1970 and the end of 9999")]
+    EndOutOfBounds,
+    #[error("the end must be after the start")]
+    Empty,
+}
+
+impl RangeError {
+    /// The query parameter that names the offending end.
+    pub fn parameter(self) -> &'static str {
+        match self {
+            RangeError::StartOutOfBounds => "from",
+            RangeError::EndOutOfBounds | RangeError::Empty => "to",
+        }
+    }
+}
+
+/// Milliseconds of a duration a client gave, saturating instead of wrapping.
+pub fn duration_ms(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl TimeRange {
+    /// A range a client asked for: both ends from 1970 to the end of 9999, the end after
+    /// the start.
+    pub fn checked(from_ms: i64, to_ms: i64) -> Result<Self, RangeError> {
+        if !(0..=LATEST_MS).contains(&from_ms) {
+            return Err(RangeError::StartOutOfBounds);
+        }
+        if !(0..=LATEST_MS).contains(&to_ms) {
+            return Err(RangeError::EndOutOfBounds);
+        }
+        if to_ms <= from_ms {
+            return Err(RangeError::Empty);
+        }
+        Ok(TimeRange { from_ms, to_ms })
+    }
+
+    /// The `duration_ms` before `to_ms`, starting no earlier than 1970.
+    pub fn before(to_ms: i64, duration_ms: i64) -> Self {
+        TimeRange {
+            from_ms: to_ms.saturating_sub(duration_ms).max(0),
+            to_ms,
+        }
+    }
+
     pub fn last(duration_ms: i64) -> Self {
         let now = now_ms();
         TimeRange {

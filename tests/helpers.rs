@@ -214,9 +214,16 @@ pub async fn grpc_status(
     let status = match response.headers().get("grpc-status") {
         Some(status) => status.clone(),
         None => {
-            let body = response.into_body().collect().await.map_err(|e| e.to_string())?;
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
             let trailers = body.trailers().ok_or("no grpc-status header or trailer")?;
-            trailers.get("grpc-status").ok_or("no grpc-status trailer")?.clone()
+            trailers
+                .get("grpc-status")
+                .ok_or("no grpc-status trailer")?
+                .clone()
         }
     };
     status

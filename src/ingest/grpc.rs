@@ -1,6 +1,7 @@
 //! OTLP/gRPC: TraceService and MetricsService Export (gzip accepted), LogsService answering
 //! UNIMPLEMENTED. Overload is UNAVAILABLE with RetryInfo, which OTLP clients retry; a message
-//! that does not decode is INVALID_ARGUMENT, as OTLP specifies for bad data. Requests pass
+//! that does not decode is INVALID_ARGUMENT, as OTLP specifies for bad data, and one over the
+//! size limit RESOURCE_EXHAUSTED without RetryInfo, which clients do not retry. Requests pass
 //! [`super::admission::GrpcAdmissionLayer`] first, which counts their bytes against the memory
 //! budget.
 //!
@@ -140,8 +141,22 @@ where
             let mut grpc = Grpc::new(RawExportCodec::<S::Response>::default())
                 .apply_compression_config(gzip, gzip)
                 .apply_max_message_size_config(Some(server.max_message_bytes), None);
-            Ok(grpc.unary(server, request).await)
+            Ok(refuse_oversized_for_good(grpc.unary(server, request).await))
         })
+    }
+}
+
+/// tonic refuses a message over the size limit with OUT_OF_RANGE, a code OTLP clients retry;
+/// a message that can never be accepted is refused for good instead: RESOURCE_EXHAUSTED
+/// without RetryInfo, as grpc-go and the Collector answer (and as a gzip bomb already is).
+fn refuse_oversized_for_good(
+    response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    match Status::from_header_map(response.headers()) {
+        Some(status) if status.code() == tonic::Code::OutOfRange => {
+            Status::resource_exhausted(status.message().to_string()).into_http()
+        }
+        _ => response,
     }
 }
 

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::alerts::routing::{Matcher, Silence};
 use crate::alerts::runtime::AlertsHandle;
 use crate::pipeline::now_ms;
+use crate::query::{TimeRange, duration_ms};
 
 pub fn router(alerts: AlertsHandle) -> Router {
     Router::new()
@@ -59,7 +60,7 @@ async fn history(
     };
     let since_ms = match params.since.as_deref().map(humantime::parse_duration) {
         None => now_ms() - 24 * 3_600_000,
-        Some(Ok(d)) => now_ms() - d.as_millis() as i64,
+        Some(Ok(d)) => TimeRange::before(now_ms(), duration_ms(d)).from_ms,
         Some(Err(_)) => return bad("since", "since must be a duration like 1h or 7d"),
     };
     let limit = params.limit.unwrap_or(200).clamp(1, 1000);

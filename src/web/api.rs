@@ -12,7 +12,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::pipeline::now_ms;
-use crate::query::{MetricAggregation, MetricQuery, Query, RedStat, TimeRange};
+use crate::query::{MetricAggregation, MetricQuery, Query, RedStat, TimeRange, duration_ms};
 use crate::store::read::RedFilter;
 use crate::store::{StoreError, TraceFilter};
 
@@ -123,25 +123,15 @@ impl Params {
                 "give either since or from/to, not both",
             ));
         }
-        let range = match (since, from) {
+        let to_ms = to.unwrap_or_else(now_ms);
+        let from_ms = match (since, from) {
             (Some(since), None) => {
-                let duration = parse_duration("since", since)?;
-                let to = to.unwrap_or_else(now_ms);
-                TimeRange {
-                    from_ms: to - duration,
-                    to_ms: to,
-                }
+                TimeRange::before(to_ms, parse_duration("since", since)?).from_ms
             }
-            (None, Some(from)) => TimeRange {
-                from_ms: from,
-                to_ms: to.unwrap_or_else(now_ms),
-            },
-            _ => TimeRange::last(60 * 60 * 1000),
+            (None, Some(from)) => from,
+            _ => TimeRange::before(to_ms, 60 * 60 * 1000).from_ms,
         };
-        if range.to_ms <= range.from_ms {
-            return Err(ApiError::bad("to", "to must be after from"));
-        }
-        Ok(range)
+        TimeRange::checked(from_ms, to_ms).map_err(|e| ApiError::bad(e.parameter(), e.to_string()))
     }
 
     /// `step`, or one that gives about 120 points, rounded to whole 10 s windows.
@@ -195,7 +185,7 @@ fn parse_ms(name: &str, value: &str) -> Result<i64, ApiError> {
 fn parse_duration(name: &str, value: &str) -> Result<i64, ApiError> {
     humantime::parse_duration(value)
         .ok()
-        .map(|d| d.as_millis() as i64)
+        .map(duration_ms)
         .filter(|ms| *ms > 0)
         .ok_or_else(|| {
             ApiError::bad(

@@ -258,10 +258,11 @@ pub fn time_ticks(from_ms: i64, to_ms: i64, max_ticks: usize) -> (Vec<i64>, i64)
     ]
     .into_iter()
     .find(|i| span / i <= max_ticks.max(1) as i64)
-    .unwrap_or(90 * D);
+    // Longer spans: whole days, still at most `max_ticks` of them.
+    .unwrap_or_else(|| (span / max_ticks.max(1) as i64 / D + 1) * D);
     let first = from_ms.div_euclid(interval) * interval + interval;
-    let ticks = (0..)
-        .map(|i| first + i * interval)
+    let ticks = (0..=max_ticks as i64)
+        .map_while(|i| first.checked_add(i.checked_mul(interval)?))
         .take_while(|t| *t <= to_ms)
         .collect();
     (ticks, interval)

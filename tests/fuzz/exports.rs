@@ -30,9 +30,15 @@ pub enum Mutation {
     /// Keep this share (in 1/256) of the bytes.
     Truncate(u8),
     /// Repeat a slice, as a retransmission gone wrong.
-    Repeat { at: usize, length: usize },
+    Repeat {
+        at: usize,
+        length: usize,
+    },
     /// JSON only: replace a token at this position with a hostile literal.
-    JsonLiteral { at: usize, literal: &'static str },
+    JsonLiteral {
+        at: usize,
+        literal: &'static str,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -93,8 +99,7 @@ impl Mutation {
             }
             Mutation::JsonLiteral { at, literal } => {
                 // Replaces the value after a `:` at or after `at`, up to the next `,` or `}`.
-                let Some(colon) = bytes[at % bytes.len()..].iter().position(|b| *b == b':')
-                else {
+                let Some(colon) = bytes[at % bytes.len()..].iter().position(|b| *b == b':') else {
                     return;
                 };
                 let start = at % bytes.len() + colon + 1;

@@ -32,8 +32,13 @@ fn now_ns() -> u64 {
         .as_nanos() as u64
 }
 
-/// Text that is hard to key, store, escape or print.
+/// Text that is hard to key, store, escape or print, up to 70,000 bytes.
 pub fn hostile_text() -> BoxedStrategy<String> {
+    hostile_text_up_to(70_000)
+}
+
+/// Hostile text of at most `longest` characters (a URL holds less than a span).
+pub fn hostile_text_up_to(longest: usize) -> BoxedStrategy<String> {
     prop_oneof![
         3 => prop::sample::select(vec![
             "", " ", "GET", "POST", "/", "/api/{id}", "/api/:id/items", "*", "%", "%zz%", "%C3%28",
@@ -42,7 +47,7 @@ pub fn hostile_text() -> BoxedStrategy<String> {
             "\u{202e}gnp.exe", "\u{feff}", "é", "🦀", "\u{10ffff}", "__overflow__",
         ]).prop_map(str::to_string),
         2 => ".{0,40}",
-        1 => (prop::char::any(), 250..70_000usize).prop_map(|(c, n)| c.to_string().repeat(n)),
+        1 => (prop::char::any(), 250..longest).prop_map(|(c, n)| c.to_string().repeat(n)),
     ]
     .boxed()
 }
@@ -128,7 +133,10 @@ fn hostile_value() -> BoxedStrategy<AnyValue> {
         prop_oneof![
             vec(inner.clone(), 0..4).prop_map(|values| {
                 any_value::Value::ArrayValue(ArrayValue {
-                    values: values.into_iter().map(|v| AnyValue { value: Some(v) }).collect(),
+                    values: values
+                        .into_iter()
+                        .map(|v| AnyValue { value: Some(v) })
+                        .collect(),
                 })
             }),
             vec((hostile_text(), inner), 0..4).prop_map(|pairs| {
@@ -170,7 +178,10 @@ const ATTRIBUTE_KEYS: &[&str] = &[
 
 pub fn attributes() -> BoxedStrategy<Vec<KeyValue>> {
     vec(
-        (pooled(ATTRIBUTE_KEYS), proptest::option::weighted(0.95, hostile_value())),
+        (
+            pooled(ATTRIBUTE_KEYS),
+            proptest::option::weighted(0.95, hostile_value()),
+        ),
         0..6,
     )
     .prop_map(|pairs| {
@@ -215,33 +226,31 @@ fn resource() -> BoxedStrategy<Option<Resource>> {
 }
 
 fn scope() -> BoxedStrategy<Option<InstrumentationScope>> {
-    proptest::option::of((hostile_text(), attributes()).prop_map(|(name, attributes)| {
-        InstrumentationScope {
+    proptest::option::of(
+        (hostile_text(), attributes()).prop_map(|(name, attributes)| InstrumentationScope {
             name,
             attributes,
             ..Default::default()
-        }
-    }))
+        }),
+    )
     .boxed()
 }
 
 fn span_strategy() -> BoxedStrategy<Span> {
-    let event = (hostile_time(), hostile_text(), attributes()).prop_map(|(t, name, attrs)| {
-        span::Event {
+    let event =
+        (hostile_time(), hostile_text(), attributes()).prop_map(|(t, name, attrs)| span::Event {
             time_unix_nano: t,
             name,
             attributes: attrs,
             dropped_attributes_count: 0,
-        }
-    });
-    let link = (hostile_id(16), hostile_id(8), attributes()).prop_map(|(t, s, attributes)| {
-        span::Link {
+        });
+    let link =
+        (hostile_id(16), hostile_id(8), attributes()).prop_map(|(t, s, attributes)| span::Link {
             trace_id: t,
             span_id: s,
             attributes,
             ..Default::default()
-        }
-    });
+        });
     let status = (
         prop_oneof![4 => 0..3i32, 1 => hostile_i32()],
         hostile_text(),
@@ -297,12 +306,10 @@ fn span_strategy() -> BoxedStrategy<Span> {
 }
 
 pub fn trace_export() -> BoxedStrategy<ExportTraceServiceRequest> {
-    let scope_spans = (scope(), vec(span_strategy(), 0..8)).prop_map(|(scope, spans)| {
-        ScopeSpans {
-            scope,
-            spans,
-            ..Default::default()
-        }
+    let scope_spans = (scope(), vec(span_strategy(), 0..8)).prop_map(|(scope, spans)| ScopeSpans {
+        scope,
+        spans,
+        ..Default::default()
     });
     vec((resource(), vec(scope_spans, 0..3)), 0..3)
         .prop_map(|resources| ExportTraceServiceRequest {
@@ -329,7 +336,9 @@ fn exemplars() -> BoxedStrategy<Vec<opentelemetry_proto::tonic::metrics::v1::Exe
             .map(|(time_unix_nano, value, trace_id, span_id)| {
                 opentelemetry_proto::tonic::metrics::v1::Exemplar {
                     time_unix_nano,
-                    value: Some(opentelemetry_proto::tonic::metrics::v1::exemplar::Value::AsDouble(value)),
+                    value: Some(
+                        opentelemetry_proto::tonic::metrics::v1::exemplar::Value::AsDouble(value),
+                    ),
                     trace_id,
                     span_id,
                     ..Default::default()
@@ -351,20 +360,26 @@ fn number_points() -> BoxedStrategy<Vec<NumberDataPoint>> {
         prop_oneof![any::<i64>(), -5..100i64].prop_map(number_data_point::Value::AsInt),
     ];
     vec(
-        (point_frame(), proptest::option::weighted(0.95, value), exemplars()),
+        (
+            point_frame(),
+            proptest::option::weighted(0.95, value),
+            exemplars(),
+        ),
         0..4,
     )
     .prop_map(|points| {
         points
             .into_iter()
-            .map(|((start, time, attributes), value, exemplars)| NumberDataPoint {
-                start_time_unix_nano: start,
-                time_unix_nano: time,
-                attributes,
-                value,
-                exemplars,
-                ..Default::default()
-            })
+            .map(
+                |((start, time, attributes), value, exemplars)| NumberDataPoint {
+                    start_time_unix_nano: start,
+                    time_unix_nano: time,
+                    attributes,
+                    value,
+                    exemplars,
+                    ..Default::default()
+                },
+            )
             .collect()
     })
     .boxed()
@@ -391,35 +406,52 @@ fn histogram_points() -> BoxedStrategy<Vec<HistogramDataPoint>> {
         prop_oneof![3 => Just(None), 1 => vec(hostile_u64(), 0..14).prop_map(Some)],
         vec(0..20u64, 12),
         (hostile_u64(), proptest::option::of(hostile_f64())),
-        (proptest::option::of(hostile_f64()), proptest::option::of(hostile_f64())),
+        (
+            proptest::option::of(hostile_f64()),
+            proptest::option::of(hostile_f64()),
+        ),
     );
     vec(point, 0..3)
         .prop_map(|points| {
             points
                 .into_iter()
-                .map(|((start, time, attributes), bounds, counts, fill, (count, sum), (min, max))| {
-                    // Without explicit counts, a layout that fits the bounds and a matching count.
-                    let (bucket_counts, count) = match counts {
-                        Some(counts) => (counts, count),
-                        None => {
-                            let counts: Vec<u64> = fill.iter().cycle().take(bounds.len() + 1).copied().collect();
-                            let total = counts.iter().sum();
-                            (counts, total)
+                .map(
+                    |(
+                        (start, time, attributes),
+                        bounds,
+                        counts,
+                        fill,
+                        (count, sum),
+                        (min, max),
+                    )| {
+                        // Without explicit counts, a layout that fits the bounds and a matching count.
+                        let (bucket_counts, count) = match counts {
+                            Some(counts) => (counts, count),
+                            None => {
+                                let counts: Vec<u64> = fill
+                                    .iter()
+                                    .cycle()
+                                    .take(bounds.len() + 1)
+                                    .copied()
+                                    .collect();
+                                let total = counts.iter().sum();
+                                (counts, total)
+                            }
+                        };
+                        HistogramDataPoint {
+                            start_time_unix_nano: start,
+                            time_unix_nano: time,
+                            attributes,
+                            count,
+                            sum,
+                            bucket_counts,
+                            explicit_bounds: bounds,
+                            min,
+                            max,
+                            ..Default::default()
                         }
-                    };
-                    HistogramDataPoint {
-                        start_time_unix_nano: start,
-                        time_unix_nano: time,
-                        attributes,
-                        count,
-                        sum,
-                        bucket_counts,
-                        explicit_bounds: bounds,
-                        min,
-                        max,
-                        ..Default::default()
-                    }
-                })
+                    },
+                )
                 .collect()
         })
         .boxed()
@@ -435,55 +467,79 @@ fn exponential_points() -> BoxedStrategy<Vec<ExponentialHistogramDataPoint>> {
     let point = (
         point_frame(),
         prop_oneof![4 => -10..21i32, 1 => hostile_i32()],
-        (hostile_u64(), hostile_u64(), proptest::option::of(hostile_f64())),
-        (proptest::option::of(buckets.clone()), proptest::option::of(buckets)),
-        (proptest::option::of(hostile_f64()), proptest::option::of(hostile_f64())),
+        (
+            hostile_u64(),
+            hostile_u64(),
+            proptest::option::of(hostile_f64()),
+        ),
+        (
+            proptest::option::of(buckets.clone()),
+            proptest::option::of(buckets),
+        ),
+        (
+            proptest::option::of(hostile_f64()),
+            proptest::option::of(hostile_f64()),
+        ),
     );
     vec(point, 0..3)
         .prop_map(|points| {
             points
                 .into_iter()
-                .map(|((start, time, attributes), scale, (count, zero_count, sum), (positive, negative), (min, max))| {
-                    ExponentialHistogramDataPoint {
-                        start_time_unix_nano: start,
-                        time_unix_nano: time,
-                        attributes,
-                        count,
-                        sum,
+                .map(
+                    |(
+                        (start, time, attributes),
                         scale,
-                        zero_count,
-                        positive,
-                        negative,
-                        min,
-                        max,
-                        ..Default::default()
-                    }
-                })
+                        (count, zero_count, sum),
+                        (positive, negative),
+                        (min, max),
+                    )| {
+                        ExponentialHistogramDataPoint {
+                            start_time_unix_nano: start,
+                            time_unix_nano: time,
+                            attributes,
+                            count,
+                            sum,
+                            scale,
+                            zero_count,
+                            positive,
+                            negative,
+                            min,
+                            max,
+                            ..Default::default()
+                        }
+                    },
+                )
                 .collect()
         })
         .boxed()
 }
 
 fn summary_points() -> BoxedStrategy<Vec<SummaryDataPoint>> {
-    let quantile = (hostile_f64(), hostile_f64()).prop_map(|(quantile, value)| {
-        summary_data_point::ValueAtQuantile { quantile, value }
-    });
+    let quantile = (hostile_f64(), hostile_f64())
+        .prop_map(|(quantile, value)| summary_data_point::ValueAtQuantile { quantile, value });
     vec(
-        (point_frame(), hostile_u64(), hostile_f64(), vec(quantile, 0..4)),
+        (
+            point_frame(),
+            hostile_u64(),
+            hostile_f64(),
+            vec(quantile, 0..4),
+        ),
         0..3,
     )
     .prop_map(|points| {
         points
             .into_iter()
-            .map(|((start, time, attributes), count, sum, quantile_values)| SummaryDataPoint {
-                start_time_unix_nano: start,
-                time_unix_nano: time,
-                attributes,
-                count,
-                sum,
-                quantile_values,
-                ..Default::default()
-            })
+            .map(
+                |((start, time, attributes), count, sum, quantile_values)| SummaryDataPoint {
+                    start_time_unix_nano: start,
+                    time_unix_nano: time,
+                    attributes,
+                    count,
+                    sum,
+                    quantile_values,
+                    ..Default::default()
+                },
+            )
             .collect()
     })
     .boxed()
@@ -506,14 +562,12 @@ fn metric_data() -> BoxedStrategy<Option<metric::Data>> {
                 aggregation_temporality,
             })
         ),
-        (exponential_points(), temporality).prop_map(
-            |(data_points, aggregation_temporality)| {
-                metric::Data::ExponentialHistogram(ExponentialHistogram {
-                    data_points,
-                    aggregation_temporality,
-                })
-            }
-        ),
+        (exponential_points(), temporality).prop_map(|(data_points, aggregation_temporality)| {
+            metric::Data::ExponentialHistogram(ExponentialHistogram {
+                data_points,
+                aggregation_temporality,
+            })
+        }),
         summary_points().prop_map(|data_points| metric::Data::Summary(Summary { data_points })),
     ];
     proptest::option::weighted(0.95, data).boxed()

@@ -8,24 +8,28 @@ use proptest::prelude::*;
 use reqwest::Url;
 use serde_json::Value;
 
-use super::otlp::{SERVICES, hostile_text};
+use super::otlp::{SERVICES, hostile_text_up_to};
+
+/// Longest hostile parameter: URLs over 64 KiB cannot be sent at all.
+const LONGEST_PARAMETER: usize = 800;
 
 /// How long one read may take before it counts as hung.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Reads `url` and returns its status and body, failing on a 5xx, a hang or a broken answer.
 pub async fn read(client: &reqwest::Client, url: Url) -> Result<(u16, String), String> {
+    let shown = url.as_str().chars().take(300).collect::<String>();
     let response = tokio::time::timeout(READ_TIMEOUT, client.get(url.clone()).send())
         .await
-        .map_err(|_| format!("GET {url} took over {READ_TIMEOUT:?}"))?
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|_| format!("GET {shown} took over {READ_TIMEOUT:?}"))?
+        .map_err(|e| format!("GET {shown}: {e:?}"))?;
     let status = response.status().as_u16();
     let body = response
         .text()
         .await
-        .map_err(|e| format!("GET {url}: body: {e}"))?;
+        .map_err(|e| format!("GET {shown}: body: {e}"))?;
     if status >= 500 {
-        return Err(format!("GET {url}: {status}: {body:.400}"));
+        return Err(format!("GET {shown}: {status}: {body:.400}"));
     }
     Ok((status, body))
 }
@@ -97,7 +101,11 @@ pub async fn visit_everything(client: &reqwest::Client, base: &Url) -> Result<us
     page(&["api", "v1", "alerts"], &[]).await?;
     page(&["api", "v1", "alerts", "history"], &[]).await?;
 
-    let listed = json(client, url(base, &["api", "v1", "services"], &[("since", "7h")])).await?;
+    let listed = json(
+        client,
+        url(base, &["api", "v1", "services"], &[("since", "7h")]),
+    )
+    .await?;
     let mut services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
     strings_under(&listed, "service", 12, &mut services);
     strings_under(&listed, "name", 12, &mut services);
@@ -109,7 +117,11 @@ pub async fn visit_everything(client: &reqwest::Client, base: &Url) -> Result<us
         page(&["metrics-explorer"], &[("service", s)]).await?;
         let endpoints = json(
             client,
-            url(base, &["api", "v1", "endpoints"], &[("service", s), ("since", "7h")]),
+            url(
+                base,
+                &["api", "v1", "endpoints"],
+                &[("service", s), ("since", "7h")],
+            ),
         )
         .await?;
         let Some(list) = endpoints["endpoints"].as_array() else {
@@ -121,17 +133,31 @@ pub async fn visit_everything(client: &reqwest::Client, base: &Url) -> Result<us
             let filter = [("method", method), ("route", route)];
             page(&["services", s, "endpoints"], &filter).await?;
             for stat in ["p99", "error_rate", "rate"] {
-                let query = [("service", s), ("method", method), ("route", route), ("stat", stat)];
+                let query = [
+                    ("service", s),
+                    ("method", method),
+                    ("route", route),
+                    ("stat", stat),
+                ];
                 page(&["api", "v1", "series"], &query).await?;
             }
         }
-        let metrics = json(client, url(base, &["api", "v1", "metrics"], &[("service", s)])).await?;
+        let metrics = json(
+            client,
+            url(base, &["api", "v1", "metrics"], &[("service", s)]),
+        )
+        .await?;
         let mut names = Vec::new();
         strings_under(&metrics, "name", 6, &mut names);
         for name in &names {
             page(&["metrics-explorer"], &[("service", s), ("name", name)]).await?;
             for agg in ["p99", "rate", "last"] {
-                let query = [("service", s), ("name", name), ("agg", agg), ("since", "7h")];
+                let query = [
+                    ("service", s),
+                    ("name", name),
+                    ("agg", agg),
+                    ("since", "7h"),
+                ];
                 page(&["api", "v1", "metrics", "query"], &query).await?;
             }
             let grouped = [("service", s), ("name", name), ("group_by", "http.route")];
@@ -139,7 +165,11 @@ pub async fn visit_everything(client: &reqwest::Client, base: &Url) -> Result<us
         }
         let traces = json(
             client,
-            url(base, &["api", "v1", "traces"], &[("service", s), ("since", "7h")]),
+            url(
+                base,
+                &["api", "v1", "traces"],
+                &[("service", s), ("since", "7h")],
+            ),
         )
         .await?;
         let mut ids = Vec::new();
@@ -155,20 +185,71 @@ pub async fn visit_everything(client: &reqwest::Client, base: &Url) -> Result<us
 /// The pages and API reads, with the parameters each understands.
 const READS: &[(&str, &[&str])] = &[
     ("/", &["range", "from", "to", "refresh", "sort", "dir"]),
-    ("/services/checkout", &["range", "from", "to", "sort", "dir", "refresh"]),
-    ("/services/checkout/endpoints", &["method", "route", "range", "from", "to", "slowest"]),
-    ("/traces", &["service", "method", "route", "error", "min_ms", "range", "from", "to", "sort", "limit"]),
+    (
+        "/services/checkout",
+        &["range", "from", "to", "sort", "dir", "refresh"],
+    ),
+    (
+        "/services/checkout/endpoints",
+        &["method", "route", "range", "from", "to", "slowest"],
+    ),
+    (
+        "/traces",
+        &[
+            "service", "method", "route", "error", "min_ms", "range", "from", "to", "sort", "limit",
+        ],
+    ),
     ("/traces/0123456789abcdef0123456789abcdef", &["range"]),
-    ("/metrics-explorer", &["service", "name", "agg", "group_by", "range", "from", "to", "step"]),
+    (
+        "/metrics-explorer",
+        &[
+            "service", "name", "agg", "group_by", "range", "from", "to", "step",
+        ],
+    ),
     ("/dashboards/fuzz", &["range", "from", "to", "refresh"]),
     ("/alerts", &["silence", "alertname", "severity", "filter"]),
     ("/api/v1/services", &["since", "from", "to"]),
     ("/api/v1/endpoints", &["service", "since", "from", "to"]),
-    ("/api/v1/series", &["service", "method", "route", "stat", "step", "since", "from", "to"]),
+    (
+        "/api/v1/series",
+        &[
+            "service", "method", "route", "stat", "step", "since", "from", "to",
+        ],
+    ),
     ("/api/v1/metrics", &["service"]),
-    ("/api/v1/metrics/query", &["service", "name", "agg", "group_by", "step", "since", "from", "to", "attr.http.route"]),
-    ("/api/v1/traces", &["service", "method", "route", "error", "min_duration_ms", "limit", "sort", "since", "from", "to"]),
-    ("/api/v1/alerts/history", &["since", "from", "to", "limit", "alertname"]),
+    (
+        "/api/v1/metrics/query",
+        &[
+            "service",
+            "name",
+            "agg",
+            "group_by",
+            "step",
+            "since",
+            "from",
+            "to",
+            "attr.http.route",
+        ],
+    ),
+    (
+        "/api/v1/traces",
+        &[
+            "service",
+            "method",
+            "route",
+            "error",
+            "min_duration_ms",
+            "limit",
+            "sort",
+            "since",
+            "from",
+            "to",
+        ],
+    ),
+    (
+        "/api/v1/alerts/history",
+        &["since", "from", "to", "limit", "alertname"],
+    ),
 ];
 
 /// Values a query parameter could be given: numbers at and past every limit, durations from
@@ -184,7 +265,7 @@ fn parameter_value() -> BoxedStrategy<String> {
             "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "10000-01-01T00:00:00Z",
         ]).prop_map(str::to_string),
         1 => any::<i64>().prop_map(|n| n.to_string()),
-        1 => hostile_text(),
+        1 => hostile_text_up_to(LONGEST_PARAMETER),
     ]
     .boxed()
 }
@@ -196,7 +277,7 @@ pub fn hostile_read() -> BoxedStrategy<(String, Vec<(String, String)>)> {
         .prop_flat_map(|(path, names)| {
             let name = prop_oneof![
                 6 => prop::sample::select(names).prop_map(str::to_string),
-                1 => hostile_text(),
+                1 => hostile_text_up_to(LONGEST_PARAMETER),
             ];
             (
                 Just(path.to_string()),

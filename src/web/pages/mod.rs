@@ -458,11 +458,10 @@ impl Params {
                 Some(to) => parse_time("to", to)?,
                 None => now,
             };
-            if to_ms <= from_ms {
-                return Err(PageError::bad("to", "the end must be after the start"));
-            }
+            let range = TimeRange::checked(from_ms, to_ms)
+                .map_err(|e| PageError::bad(e.parameter(), e.to_string()))?;
             return Ok(RangeChoice {
-                range: TimeRange { from_ms, to_ms },
+                range,
                 preset: None,
             });
         }
@@ -564,7 +563,8 @@ fn parse_datetime_local(text: &str) -> Option<i64> {
     let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
     let (h, mi) = (t.next()??, t.next()??);
     let s = t.next().flatten().unwrap_or(0);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 59 {
+    let calendar = (1970..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&day);
+    if !calendar || !(0..=23).contains(&h) || !(0..=59).contains(&mi) || !(0..=59).contains(&s) {
         return None;
     }
     // Howard Hinnant's days_from_civil.
