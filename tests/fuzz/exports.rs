@@ -119,6 +119,8 @@ pub enum Answer {
     Http(u16),
     /// The `grpc-status` code.
     Grpc(u32),
+    /// The connection closed while an HTTP body over the size limit was being sent.
+    ClosedOnOversizedBody,
 }
 
 impl Answer {
@@ -129,6 +131,7 @@ impl Answer {
             Answer::Http(status) => matches!(status, 200 | 400 | 413 | 415 | 429 | 503),
             // OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE.
             Answer::Grpc(code) => matches!(code, 0 | 3 | 8 | 14),
+            Answer::ClosedOnOversizedBody => true,
         }
     }
 
@@ -146,6 +149,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 pub struct Endpoints {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    pub max_body_bytes: usize,
 }
 
 /// Encodes `message` for `delivery`, applies its mutation and sends it.
@@ -183,10 +187,12 @@ pub async fn send<M: prost::Message + serde::Serialize>(
         bytes = gzip(&bytes);
         request = request.header("content-encoding", "gzip");
     }
-    let response = request
-        .body(bytes)
-        .send()
-        .await
-        .map_err(|e| format!("HTTP export: {e}"))?;
-    Ok(Answer::Http(response.status().as_u16()))
+    let length = bytes.len();
+    match request.body(bytes).send().await {
+        Ok(response) => Ok(Answer::Http(response.status().as_u16())),
+        // redline answers 413 as soon as a body passes the limit and closes the connection
+        // rather than read the rest, so the client may fail while still sending.
+        Err(_) if length > endpoints.max_body_bytes => Ok(Answer::ClosedOnOversizedBody),
+        Err(e) => Err(format!("HTTP export of {length} bytes: {e:?}")),
+    }
 }

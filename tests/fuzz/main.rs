@@ -8,7 +8,7 @@
 //! normal export afterwards is still counted exactly.
 //!
 //! The CI run is bounded: `cargo test --test fuzz` runs `PROPTEST_CASES` cases per property
-//! (default 48; a few seconds each). The long run is the same test, optimised and by time:
+//! (default 128; about ten seconds in all). The long run is the same test, optimised and by time:
 //!
 //! ```text
 //! REDLINE_FUZZ_SECONDS=900 cargo test --release --test fuzz -- --nocapture
@@ -88,7 +88,7 @@ fn fuzz_config() -> Config {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(48);
+        .unwrap_or(128);
     Config {
         cases,
         max_shrink_iters: 200,
@@ -241,6 +241,7 @@ fn hostile_exports_through_every_stage() {
     let endpoints = Endpoints {
         http: redline.http,
         grpc: redline.grpc,
+        max_body_bytes: MAX_BODY_BYTES,
     };
     let base = web_base(&redline);
     let sent = AtomicUsize::new(0);
