@@ -69,49 +69,107 @@ fn strings_under(value: &Value, key: &str, limit: usize, found: &mut Vec<String>
     }
 }
 
-async fn json(client: &reqwest::Client, url: Url) -> Result<Value, String> {
-    let (status, body) = read(client, url.clone()).await?;
-    if status != 200 {
-        return Err(format!("GET {url}: {status}: {body:.400}"));
+/// Reads `url` and requires a 200: it names something the store listed.
+async fn read_ok(client: &reqwest::Client, url: Url) -> Result<String, String> {
+    let shown = url.as_str().chars().take(300).collect::<String>();
+    match read(client, url).await? {
+        (200, body) => Ok(body),
+        (status, body) => Err(format!("GET {shown}: {status}: {body:.400}")),
     }
-    serde_json::from_str(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))
 }
 
-/// Reads every page and API answer for what is stored: the overview, each service (the pool's
-/// and the first others the store lists), its endpoints, metrics and kept traces, dashboards and
-/// alerts. Returns the number of reads.
+async fn json(client: &reqwest::Client, url: Url) -> Result<Value, String> {
+    let shown = url.as_str().chars().take(300).collect::<String>();
+    let body = read_ok(client, url).await?;
+    serde_json::from_str(&body).map_err(|e| format!("GET {shown}: not JSON: {e}"))
+}
+
+/// The endpoint pages a service page links to, as written in its HTML.
+fn endpoint_links(html: &str) -> impl Iterator<Item = String> + '_ {
+    html.split("href=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|href| href.starts_with("/services/") && href.contains("/endpoints?"))
+        .map(unescape_html)
+}
+
+/// An attribute value as the browser reads it: the entities askama writes, in one pass.
+fn unescape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let entity = rest.find(';').map(|end| &rest[1..end]);
+        let character = match entity {
+            Some("amp" | "#38") => Some('&'),
+            Some("quot" | "#34") => Some('"'),
+            Some("#39" | "#x27") => Some('\''),
+            Some("lt" | "#60") => Some('<'),
+            Some("gt" | "#62") => Some('>'),
+            _ => None,
+        };
+        match (character, entity) {
+            (Some(character), Some(entity)) => {
+                out.push(character);
+                rest = &rest[entity.len() + 2..];
+            }
+            _ => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Reads every page and API answer for what is stored: the overview, each service the store
+/// lists (the pool's first), its endpoints, metrics and kept traces, dashboards and alerts.
+/// Everything listed must open (200). Returns the number of reads.
 pub async fn visit_everything(client: &reqwest::Client, base: &Url) -> Result<usize, String> {
-    let mut reads = 0;
-    let mut page = async |segments: &[&str], query: &[(&str, &str)]| {
-        reads += 1;
-        read(client, url(base, segments, query)).await.map(|_| ())
+    let reads = std::cell::Cell::new(0);
+    let open = async |url: Url| {
+        reads.set(reads.get() + 1);
+        read_ok(client, url).await
     };
-    for path in [
-        &["", ""][..1],
+    let page = async |segments: &[&str], query: &[(&str, &str)]| {
+        open(url(base, segments, query)).await.map(|_| ())
+    };
+    let fixed: [&[&str]; 9] = [
+        &[""],
         &["traces"],
         &["metrics-explorer"],
         &["dashboards"],
         &["dashboards", "fuzz"],
         &["alerts"],
-        &["readyz"],
         &["metrics"],
-    ] {
+        &["api", "v1", "alerts"],
+        &["api", "v1", "alerts", "history"],
+    ];
+    for path in fixed {
         page(path, &[]).await?;
     }
-    page(&["api", "v1", "alerts"], &[]).await?;
-    page(&["api", "v1", "alerts", "history"], &[]).await?;
+    // Ready or not (a spent budget is a 503), it answers.
+    read(client, url(base, &["readyz"], &[])).await?;
 
     let listed = json(
         client,
         url(base, &["api", "v1", "services"], &[("since", "7h")]),
     )
     .await?;
-    let mut services: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
-    strings_under(&listed, "service", 12, &mut services);
-    strings_under(&listed, "name", 12, &mut services);
+    let mut found = Vec::new();
+    strings_under(&listed, "service", 64, &mut found);
+    let (mut services, others): (Vec<String>, Vec<String>) = found
+        .into_iter()
+        .partition(|s| SERVICES.contains(&s.as_str()));
+    services.extend(others.into_iter().take(8));
     for service in &services {
         let s = service.as_str();
-        page(&["services", s], &[]).await?;
+        let service_page = open(url(base, &["services", s], &[])).await?;
+        for link in endpoint_links(&service_page).take(6) {
+            open(base.join(&link).map_err(|e| format!("{link}: {e}"))?).await?;
+        }
         page(&["services", s], &[("range", "6h")]).await?;
         page(&["traces"], &[("service", s)]).await?;
         page(&["metrics-explorer"], &[("service", s)]).await?;
@@ -179,7 +237,7 @@ pub async fn visit_everything(client: &reqwest::Client, base: &Url) -> Result<us
             page(&["api", "v1", "traces", id], &[]).await?;
         }
     }
-    Ok(reads)
+    Ok(reads.get())
 }
 
 /// The pages and API reads, with the parameters each understands.

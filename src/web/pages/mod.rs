@@ -444,6 +444,12 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
+    /// The value even when empty: an endpoint's method is empty for servers that are neither
+    /// HTTP nor RPC, and its route when the span has no name.
+    pub fn given(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
     pub fn flag(&self, name: &str) -> bool {
         matches!(self.get(name), Some("1" | "true" | "on" | "yes"))
     }
@@ -497,15 +503,18 @@ impl Params {
     }
 
     /// This query string with `changes` applied (`None` removes), as `?a=b&…`.
+    /// Empty values of this query string are dropped; empty values in `changes` are kept (an
+    /// endpoint's method or route may be empty and still name it).
     pub fn with(&self, changes: &[(&str, Option<&str>)]) -> String {
         let mut map = self.0.clone();
+        map.retain(|_, v| !v.is_empty());
         for (name, value) in changes {
             match value {
                 Some(v) => map.insert(name.to_string(), v.to_string()),
                 None => map.remove(*name),
             };
         }
-        query_string(map.iter().filter(|(_, v)| !v.is_empty()))
+        query_string(map.iter())
     }
 }
 

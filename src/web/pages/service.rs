@@ -560,11 +560,11 @@ pub async fn build_endpoint(
     let refresh = params.refresh()?;
     let range = choice.range;
     let method = params
-        .get("method")
+        .given("method")
         .ok_or_else(|| PageError::bad("method", "the endpoint's method is required"))?
         .to_string();
     let route = params
-        .get("route")
+        .given("route")
         .ok_or_else(|| PageError::bad("route", "the endpoint's route is required"))?
         .to_string();
     let red = pages
