@@ -383,11 +383,33 @@ async fn bad_query_parameters_get_400_naming_the_parameter() {
         ("/api/v1/services?from=10&to=5", "to"),
         ("/api/v1/metrics/query?service=a&name=m&agg=median", "agg"),
         ("/api/v1/traces/not-a-trace-id", "trace_id"),
+        // Times from 1970 to the end of 9999 only: beyond, range arithmetic would overflow.
+        ("/api/v1/services?from=0&to=253402300800000", "to"),
+        ("/api/v1/series?service=a&stat=p99&to=-1", "to"),
     ] {
         let (status, body) = redline.get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
         assert_eq!(body["parameter"], parameter, "{path}: {body}");
         assert!(body["error"].is_string());
+    }
+    // A `since` longer than time since 1970 starts in 1970.
+    let body = redline
+        .get_ok("/api/v1/endpoints?service=a&since=1000000000y")
+        .await;
+    assert_eq!(body["from"], 0, "{body}");
+    // Pages: a custom range outside 1970..9999 is a 400 page, not a chart of 10^15 ticks.
+    for path in [
+        "/?from=-6144843281301380840",
+        "/?from=0&to=9223372036854775807",
+        "/services/a?from=99999-01-01T00:00",
+    ] {
+        let response = redline
+            .client()
+            .get(redline.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
     }
     let found = poll(Duration::from_secs(2), || async {
         let (status, _) = redline.get("/healthz").await;

@@ -470,6 +470,37 @@ async fn sorting_and_the_range_are_in_the_url() {
     assert!(custom.contains("2026-01-01 00:00:00 UTC – 2026-01-01 01:00:00 UTC"));
 }
 
+/// A server that is neither HTTP nor RPC (a queue consumer) has endpoints with an empty
+/// method; their links must still open.
+#[tokio::test]
+async fn endpoints_without_a_method_open_from_their_links() {
+    let redline = start().await;
+    let now = now_ns();
+    let span = Span {
+        trace_id: vec![7; 16],
+        span_id: vec![7; 8],
+        name: "consume orders".into(),
+        kind: SpanKind::Server as i32,
+        start_time_unix_nano: now - 5_000_000,
+        end_time_unix_nano: now,
+        ..Default::default()
+    };
+    let export = crate::helpers::spans_export("worker", vec![span]);
+    assert_eq!(redline.export(&export).await, 200);
+    redline
+        .wait_for(
+            "/api/v1/endpoints?service=worker&since=5m",
+            Duration::from_secs(10),
+            |b| crate::helpers::endpoint(b, "", "consume orders").is_some(),
+        )
+        .await;
+    let service = page_ok(&redline, "/services/worker").await;
+    let link = "/services/worker/endpoints?method=&#38;route=consume%20orders";
+    assert!(service.contains(link), "{service}");
+    let endpoint = page_ok(&redline, &link.replace("&#38;", "&")).await;
+    assert!(endpoint.contains("consume orders"));
+}
+
 #[tokio::test]
 async fn bad_parameters_are_400_pages_naming_them() {
     let redline = start().await;

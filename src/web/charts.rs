@@ -1241,6 +1241,18 @@ mod tests {
     }
 
     #[test]
+    fn time_ticks_are_at_most_the_maximum_for_any_span() {
+        for (from, to) in [
+            (0, 253_402_300_799_999),
+            (-6_144_843_281_301_380_840, 1_796_537_064_765),
+            (i64::MIN / 2, i64::MAX / 2),
+        ] {
+            let (ticks, _) = time_ticks(from, to, 7);
+            assert!(ticks.len() <= 8, "{from}..{to}: {} ticks", ticks.len());
+        }
+    }
+
+    #[test]
     fn time_ticks_are_round_utc_times_inside_the_range() {
         let hour = 3_600_000;
         let from = 1_764_331_234_000; // not aligned
