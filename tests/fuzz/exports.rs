@@ -45,6 +45,9 @@ pub enum Mutation {
 pub struct Delivery {
     pub transport: Transport,
     pub gzip: bool,
+    /// OTLP/HTTP with gzip only: the mutation hits the compressed bytes (gRPC framing errors
+    /// are tonic's, answered INTERNAL as gRPC specifies).
+    pub mutate_compressed: bool,
     pub mutation: Mutation,
 }
 
@@ -68,11 +71,13 @@ pub fn delivery() -> BoxedStrategy<Delivery> {
         ],
         any::<bool>(),
         mutation,
+        prop::bool::weighted(0.2),
     )
-        .prop_map(|(transport, gzip, mutation)| Delivery {
+        .prop_map(|(transport, gzip, mutation, mutate_compressed)| Delivery {
             transport,
             gzip,
             mutation,
+            mutate_compressed,
         })
         .boxed()
 }
@@ -164,7 +169,11 @@ pub async fn send<M: prost::Message + serde::Serialize>(
         Transport::HttpJson => serde_json::to_vec(message).expect("OTLP messages serialize"),
         Transport::HttpProtobuf | Transport::Grpc => message.encode_to_vec(),
     };
-    delivery.mutation.apply(&mut bytes);
+    let compressed_mutation =
+        delivery.gzip && delivery.mutate_compressed && delivery.transport != Transport::Grpc;
+    if !compressed_mutation {
+        delivery.mutation.apply(&mut bytes);
+    }
     let (path, service) = match signal {
         Signal::Traces => ("/v1/traces", "trace.v1.TraceService"),
         Signal::Metrics => ("/v1/metrics", "metrics.v1.MetricsService"),
@@ -185,6 +194,9 @@ pub async fn send<M: prost::Message + serde::Serialize>(
         .header("content-type", content_type);
     if delivery.gzip {
         bytes = gzip(&bytes);
+        if compressed_mutation {
+            delivery.mutation.apply(&mut bytes);
+        }
         request = request.header("content-encoding", "gzip");
     }
     let length = bytes.len();
