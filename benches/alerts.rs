@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use redline::alerts::config::parse;
 use redline::alerts::engine::Engine;
 use redline::alerts::runtime::evaluate_all;
-use redline::pipeline::now_ms;
+use redline::vocab::now_ms;
 
 const SERVICES: usize = 10;
 const ROUTES: usize = 100;

@@ -22,8 +22,8 @@ use redline::config::{Settings, SettingsLayer};
 use redline::model::{
     EndpointKey, MetricKind, MetricSeriesKey, RedSource, RequestRecord, SpanRecord,
 };
-use redline::pipeline::now_ms;
 use redline::store::{self, Retention};
+use redline::vocab::now_ms;
 
 const MINUTES: i64 = 24 * 60;
 const BIG_SERVICE: &str = "example-api";
@@ -261,8 +261,7 @@ async fn measure(client: &reqwest::Client, base: &str, path: &str) -> (Vec<f64>,
 
 /// Times the RED reads behind the slowest pages on their own (`PAGES_PROFILE=1`).
 async fn profile_reads(app: &App) {
-    use redline::query::TimeRange;
-    use redline::store::read::RedFilter;
+    use redline::vocab::{RedFilter, TimeRange};
     let query = app.query();
     let range = TimeRange::last(3_600_000);
     let time = |label: String, started: Instant| {

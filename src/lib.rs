@@ -39,4 +39,5 @@ pub mod query;
 pub mod self_metrics;
 pub mod store;
 pub mod supervise;
+pub mod vocab;
 pub mod web;

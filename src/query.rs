@@ -11,83 +11,10 @@ use crate::aggregate::red::{Estimate, RedStats};
 use crate::aggregate::sampler::KeepReason;
 use crate::aggregate::{FlushBatch, MetricDelta, RedDelta, SeriesInfo};
 use crate::model::{EndpointKey, MetricKind, RedSource, STATUS_CLASSES, SpanRecord};
-use crate::pipeline::{Live, now_ms};
-use crate::store::read::{self, RedFilter};
-use crate::store::{Readers, Resolution, Retention, StoreError, TraceFilter, TraceSummary};
-
-/// A half-open time range `[from_ms, to_ms)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimeRange {
-    pub from_ms: i64,
-    pub to_ms: i64,
-}
-
-/// The latest time a client may ask about: the end of the year 9999, the last a date input
-/// can show. With the earliest, 1970, it keeps every range's arithmetic far from overflow.
-pub const LATEST_MS: i64 = 253_402_300_799_999;
-
-/// Why a range a client asked for cannot be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RangeError {
-    #[error("the start must lie between 1970 and the end of 9999")]
-    StartOutOfBounds,
-    #[error("the end must lie between 1970 and the end of 9999")]
-    EndOutOfBounds,
-    #[error("the end must be after the start")]
-    Empty,
-}
-
-impl RangeError {
-    /// The query parameter that names the offending end.
-    pub fn parameter(self) -> &'static str {
-        match self {
-            RangeError::StartOutOfBounds => "from",
-            RangeError::EndOutOfBounds | RangeError::Empty => "to",
-        }
-    }
-}
-
-/// Milliseconds of a duration a client gave, saturating instead of wrapping.
-pub fn duration_ms(duration: std::time::Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-impl TimeRange {
-    /// A range a client asked for: both ends from 1970 to the end of 9999, the end after
-    /// the start.
-    pub fn checked(from_ms: i64, to_ms: i64) -> Result<Self, RangeError> {
-        if !(0..=LATEST_MS).contains(&from_ms) {
-            return Err(RangeError::StartOutOfBounds);
-        }
-        if !(0..=LATEST_MS).contains(&to_ms) {
-            return Err(RangeError::EndOutOfBounds);
-        }
-        if to_ms <= from_ms {
-            return Err(RangeError::Empty);
-        }
-        Ok(TimeRange { from_ms, to_ms })
-    }
-
-    /// The `duration_ms` before `to_ms`, starting no earlier than 1970.
-    pub fn before(to_ms: i64, duration_ms: i64) -> Self {
-        TimeRange {
-            from_ms: to_ms.saturating_sub(duration_ms).max(0),
-            to_ms,
-        }
-    }
-
-    pub fn last(duration_ms: i64) -> Self {
-        let now = now_ms();
-        TimeRange {
-            from_ms: now - duration_ms,
-            to_ms: now,
-        }
-    }
-
-    fn seconds(&self) -> f64 {
-        ((self.to_ms.min(now_ms()) - self.from_ms).max(1)) as f64 / 1000.0
-    }
-}
+use crate::pipeline::Live;
+use crate::store::read;
+use crate::store::{Readers, Resolution, Retention, StoreError};
+use crate::vocab::{RedFilter, TimeRange, TraceFilter, TraceSummary, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Latency {

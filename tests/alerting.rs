@@ -294,7 +294,7 @@ async fn silences_are_created_listed_and_deleted() {
     assert_eq!(listed["silences"][0]["matchers"][1], "service=~shop.*");
     let ends = listed["silences"][0]["ends_at_ms"].as_i64().unwrap();
     assert!(
-        ends - redline::pipeline::now_ms() > 7_000_000,
+        ends - redline::vocab::now_ms() > 7_000_000,
         "about two hours from now"
     );
 

@@ -5,7 +5,7 @@ use crate::alerts::config::{AlertsConfig, RuleKind};
 use crate::alerts::engine::alert_labels;
 use crate::alerts::template::{self, TemplateData, sample_labels};
 use crate::notify::{AlertStatus, AlertSummary, ChartSpec, EmailReceiver, Notification, TraceLink};
-use crate::pipeline::now_ms;
+use crate::vocab::now_ms;
 
 pub fn sample_notification(config: &AlertsConfig, rule_name: &str) -> Option<Notification> {
     let rule = config.rules.iter().find(|r| r.name == rule_name)?;

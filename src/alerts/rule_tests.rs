@@ -34,7 +34,7 @@ use crate::alerts::routing::Labels;
 use crate::alerts::runtime::evaluate_all;
 use crate::alerts::source::{DataSource, Endpoints};
 use crate::model::{EndpointKey, RequestRecord};
-use crate::query::TimeRange;
+use crate::vocab::TimeRange;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -17,11 +17,9 @@ use crate::alerts::routing::{AlertView, Dispatcher, Flush, Silence};
 use crate::alerts::source::{self, DataSource};
 use crate::alerts::template;
 use crate::notify::{AlertStatus, AlertSummary, ChartSpec, Notification, TraceLink};
-use crate::pipeline::now_ms;
-use crate::query::{Query, RedStat, TimeRange};
-use crate::store::TraceFilter;
+use crate::query::{Query, RedStat};
 use crate::store::alerts::{self as persist, AlertStore, HistoryEntry};
-use crate::store::read::RedFilter;
+use crate::vocab::{RedFilter, TimeRange, TraceFilter, now_ms};
 
 /// Where notifications go once the dispatcher decides to send them.
 pub trait NotificationSink: Send + Sync + 'static {

@@ -13,8 +13,8 @@ use crate::alerts::config::{ChangeMode, Rule, RuleKind, Selector};
 use crate::alerts::engine::Observation;
 use crate::alerts::routing::Labels;
 use crate::model::EndpointKey;
-use crate::query::{MetricAggregation, Query, RedStat, TimeRange};
-use crate::store::read::RedFilter;
+use crate::query::{MetricAggregation, Query, RedStat};
+use crate::vocab::{RedFilter, TimeRange};
 
 /// Per-endpoint RED statistics of one service over a range: what rules read.
 pub type Endpoints = Arc<Vec<(EndpointKey, RedStats)>>;

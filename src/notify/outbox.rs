@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lettre::AsyncTransport;
 use lettre::address::Envelope;
@@ -27,6 +27,7 @@ use tokio::sync::{Notify, watch};
 use super::transport::{self, SmtpTransport};
 use super::{Delivery, Notification, NotifyError, email};
 use crate::self_metrics;
+use crate::vocab::now_ms;
 
 /// When to retry and when to give up.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,13 +168,6 @@ impl std::fmt::Debug for Outbox {
             .field("path", &self.inner.path)
             .finish()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Outbox {

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, ffi::ErrorCode};
 
-pub use read::{MetricSeriesRow, TraceFilter, TraceSummary};
+pub use read::MetricSeriesRow;
 pub use writer::{
     FaultKind, PanicReport, TryFlushError, TryRetentionError, WriterHandle, WriterHealth,
     WriterState, WriterStatus, spawn_writer,

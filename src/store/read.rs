@@ -6,7 +6,6 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Row, params_from_iter, types::Value};
 
@@ -17,6 +16,7 @@ use crate::model::{EndpointKey, MetricKind, MetricSeriesKey, RedSource, SpanEven
 use crate::self_metrics;
 use crate::store::codec::{self, RED_COLUMN_COUNT, RED_COLUMNS};
 use crate::store::{Resolution, StoreError};
+use crate::vocab::{RedFilter, TraceFilter, TraceSummary, now_ms};
 
 /// Counts a stored row that cannot be decoded; the read goes on without it. Such a row stays
 /// until retention or the writer replaces it, and every read meets it again: it is logged once a
@@ -24,10 +24,7 @@ use crate::store::{Resolution, StoreError};
 fn unreadable(table: &'static str, error: &StoreError) {
     static LAST_LOGGED_MS: AtomicI64 = AtomicI64::new(i64::MIN);
     self_metrics::store_row_unreadable(table);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = now_ms();
     let last = LAST_LOGGED_MS.load(Ordering::Relaxed);
     if now.saturating_sub(last) >= 60_000
         && LAST_LOGGED_MS
@@ -58,14 +55,6 @@ fn merge_into<K: Hash + Eq>(
             Ok(())
         }
     }
-}
-
-/// Which endpoints a RED read covers.
-#[derive(Debug, Clone, Default)]
-pub struct RedFilter {
-    pub service: Option<String>,
-    pub method: Option<String>,
-    pub route: Option<String>,
 }
 
 /// The sequence number of the last flush the database holds.
@@ -441,36 +430,6 @@ pub fn metric_windows(
             flushed_seq: flushed_seq(conn)?,
         })
     })
-}
-
-/// Which sampled traces to list.
-#[derive(Debug, Clone, Default)]
-pub struct TraceFilter {
-    pub service: Option<String>,
-    pub method: Option<String>,
-    pub route: Option<String>,
-    pub errors_only: bool,
-    pub min_duration_ms: Option<f64>,
-    pub from_ms: i64,
-    pub to_ms: i64,
-    pub limit: usize,
-    /// Slowest first instead of newest first.
-    pub slowest_first: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct TraceSummary {
-    pub trace_id: String,
-    pub service: Option<String>,
-    pub method: Option<String>,
-    pub route: Option<String>,
-    pub root_name: Option<String>,
-    pub start_unix_ms: f64,
-    pub duration_ms: f64,
-    pub error: bool,
-    pub span_count: u64,
-    /// Why it was kept: "error", "slow" or "sampled".
-    pub reason: String,
 }
 
 pub fn traces(

@@ -14,7 +14,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
@@ -23,6 +23,7 @@ use crate::aggregate::FlushBatch;
 use crate::self_metrics;
 use crate::store::apply::{Database, SkippedRows, panic_message};
 use crate::store::{Retention, StoreError, data_dir_lock};
+use crate::vocab::now_ms;
 
 /// Flushes handed to the writer and not yet stored (the one being written included). Each
 /// holds acknowledged data that a crash would lose; beyond this, the caller keeps its data.
@@ -169,13 +170,6 @@ struct Shared {
     /// Set by `close` (or dropping the handle): the instant after which nothing more is tried.
     stop_at: Mutex<Option<Instant>>,
     stop_changed: Condvar,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Shared {

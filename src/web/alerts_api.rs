@@ -11,8 +11,7 @@ use serde_json::{Value, json};
 
 use crate::alerts::routing::{Matcher, Silence};
 use crate::alerts::runtime::AlertsHandle;
-use crate::pipeline::now_ms;
-use crate::query::{TimeRange, duration_ms};
+use crate::vocab::{TimeRange, duration_ms, now_ms};
 
 pub fn router(alerts: AlertsHandle) -> Router {
     Router::new()

@@ -11,10 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::pipeline::now_ms;
-use crate::query::{MetricAggregation, MetricQuery, Query, RedStat, TimeRange, duration_ms};
-use crate::store::read::RedFilter;
-use crate::store::{StoreError, TraceFilter};
+use crate::query::{MetricAggregation, MetricQuery, Query, RedStat};
+use crate::store::StoreError;
+use crate::vocab::{RedFilter, TimeRange, TraceFilter, duration_ms, now_ms};
 
 pub fn router(query: Query) -> Router {
     Router::new()

@@ -89,7 +89,7 @@ async fn not_ready(readiness: &Readiness) -> Option<String> {
     if let WriterState::Failing { message, .. } = readiness.writer.status().state {
         return Some(format!("the store cannot write: {message}"));
     }
-    if let Err(behind) = readiness.durability.check(1, crate::pipeline::now_ms()) {
+    if let Err(behind) = readiness.durability.check(1, crate::vocab::now_ms()) {
         return Some(behind.to_string());
     }
     if readiness.queue.depth() >= readiness.queue.capacity() {

@@ -18,8 +18,7 @@ use crate::alerts::config::{Rule, Selector};
 use crate::alerts::engine::AlertState;
 use crate::alerts::runtime::AlertsHandle;
 use crate::notify::Outbox;
-use crate::pipeline::now_ms;
-use crate::query::TimeRange;
+use crate::vocab::{TimeRange, now_ms};
 use crate::web::alerts_api::{NewSilence, build_silence};
 use crate::web::charts::{Interval, Threshold, format_utc};
 

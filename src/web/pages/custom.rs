@@ -11,8 +11,8 @@ use super::{
     Layout, PageError, Pages, Pairs, Params, merged, range_seconds, red_step, render, stat_points,
 };
 use crate::dashboards::{self, ChartKind, Dashboard, Panel, PanelQuery};
-use crate::query::{MetricAggregation, MetricQuery, RedStat, RedSteps, TimeRange};
-use crate::store::read::RedFilter;
+use crate::query::{MetricAggregation, MetricQuery, RedStat, RedSteps};
+use crate::vocab::{RedFilter, TimeRange};
 use crate::web::charts::{TimeChart, Unit, single_stat_svg};
 
 pub struct DashboardLink {

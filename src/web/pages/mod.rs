@@ -42,10 +42,11 @@ use tower_http::compression::CompressionLayer;
 
 use super::charts::{Interval, Threshold};
 use crate::aggregate::red::RedStats;
-use crate::pipeline::{IngestQueue, Live, now_ms};
-use crate::query::{Query, RedStat, RedSteps, TimeRange};
+use crate::pipeline::{IngestQueue, Live};
+use crate::query::{Query, RedStat, RedSteps};
 use crate::self_metrics;
 use crate::store::StoreError;
+use crate::vocab::{TimeRange, now_ms};
 
 /// One alert that is firing now, for the banner.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,8 +9,8 @@ use super::{
     fmt_opt, merged, range_seconds, red_step, render, sort_headers, sort_of, stat_points,
 };
 use crate::query::RedStat;
-use crate::store::read::RedFilter;
 use crate::store::writer::WriterState;
+use crate::vocab::RedFilter;
 use crate::web::charts::{Unit, number, sparkline_svg};
 
 pub struct ServiceRow {

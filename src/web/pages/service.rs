@@ -14,9 +14,8 @@ use super::{
 };
 use crate::aggregate::red::RedStats;
 use crate::model::STATUS_CLASSES;
-use crate::query::{MetricAggregation, MetricQuery, RedStat, RedSteps, TimeRange};
-use crate::store::TraceFilter;
-use crate::store::read::RedFilter;
+use crate::query::{MetricAggregation, MetricQuery, RedStat, RedSteps};
+use crate::vocab::{RedFilter, TimeRange, TraceFilter};
 use crate::web::charts::{TimeChart, Unit, bar_chart_svg, format_utc, sparkline_svg};
 
 /// A chart with its text equivalent.
@@ -156,7 +155,7 @@ pub async fn build_service(
                     .entry(start.div_euclid(spark_step) * spark_step)
                     .or_default() += stats.requests;
             }
-            let now = crate::pipeline::now_ms();
+            let now = crate::vocab::now_ms();
             let points: Vec<(i64, f64)> = buckets
                 .into_iter()
                 .map(|(start, n)| {
@@ -602,7 +601,7 @@ pub async fn build_endpoint(
     };
     let slowest = pages.query.traces(trace_filter(false, true)).await?;
     let erroring = pages.query.traces(trace_filter(true, false)).await?;
-    let to_rows = |traces: Vec<crate::store::TraceSummary>| -> Vec<TraceRow> {
+    let to_rows = |traces: Vec<crate::vocab::TraceSummary>| -> Vec<TraceRow> {
         traces.into_iter().map(trace_row).collect()
     };
     let title = format!("{method} {route}");
@@ -633,7 +632,7 @@ pub async fn build_endpoint(
     })
 }
 
-pub fn trace_row(t: crate::store::TraceSummary) -> TraceRow {
+pub fn trace_row(t: crate::vocab::TraceSummary) -> TraceRow {
     TraceRow {
         href: format!("/traces/{}", encode(&t.trace_id)),
         service: t.service.clone().unwrap_or_default(),

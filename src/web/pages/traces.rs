@@ -9,7 +9,7 @@ use axum::response::Html;
 use super::service::{TraceRow, trace_row};
 use super::{EmptyHelp, Layout, PageError, Pages, Pairs, Params, render};
 use crate::model::SpanRecord;
-use crate::store::TraceFilter;
+use crate::vocab::TraceFilter;
 use crate::web::charts::{Unit, format_utc};
 
 #[derive(Template)]
