@@ -32,7 +32,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::query::{MetricAggregation, RedStat};
-use crate::web::charts::{Threshold, Unit};
+use crate::render::{Threshold, Unit};
 
 /// How a panel is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -36,6 +36,7 @@ pub mod model;
 pub mod notify;
 pub mod pipeline;
 pub mod query;
+pub mod render;
 pub mod self_metrics;
 pub mod store;
 pub mod supervise;

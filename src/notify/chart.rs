@@ -1,5 +1,5 @@
 //! The alert e-mail's evidence: a [`ChartSpec`] drawn by the dashboard's own chart code
-//! ([`crate::web::charts::TimeChart`]: value axis with the unit, the threshold line, the firing
+//! ([`crate::render::TimeChart`]: value axis with the unit, the threshold line, the firing
 //! period shaded) and rasterised to PNG with resvg, so mail clients that block remote images
 //! still show it inline, and it looks like the dashboard page the e-mail links to.
 //!
@@ -12,7 +12,7 @@ use resvg::tiny_skia;
 use resvg::usvg::{self, fontdb};
 
 use super::{ChartSpec, NotifyError};
-use crate::web::charts::{TimeChart, Unit};
+use crate::render::{TimeChart, Unit};
 
 /// Logical size of the chart in CSS pixels; the PNG is drawn at [`SCALE`]× for sharp text on
 /// high-density screens.
@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        use crate::web::charts::civil;
+        use crate::render::civil;
         assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
         assert_eq!(civil(951_782_400_000), (2000, 2, 29, 0, 0, 0));
         assert_eq!(civil(1_764_340_812_000), (2025, 11, 28, 14, 40, 12));

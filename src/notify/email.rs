@@ -291,7 +291,7 @@ fn common_label<'a>(alerts: &'a [AlertSummary], name: &str) -> Option<&'a String
 }
 
 /// "2026-11-28 15:40:00 UTC", as the dashboard writes times.
-pub use crate::web::charts::format_utc;
+pub use crate::render::format_utc;
 
 /// "45s", "5m", "1h 5m", "2d 3h".
 pub fn format_duration(ms: i64) -> String {
@@ -607,8 +607,8 @@ pub fn fallback_html(subject: &str, text: &str) -> String {
     format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{}</title></head>\
          <body><pre style=\"font-family:monospace;white-space:pre-wrap\">{}</pre></body></html>",
-        crate::web::charts::escape(subject),
-        crate::web::charts::escape(text)
+        crate::render::escape(subject),
+        crate::render::escape(text)
     )
 }
 

@@ -1,10 +1,9 @@
-//! The web address: the dashboard ([`pages`], charts from [`charts`]), the JSON query API,
+//! The web address: the dashboard ([`pages`], charts from [`crate::render`]), the JSON query API,
 //! `/healthz`, `/readyz` and redline's own `/metrics`, behind [`auth`] when configured.
 
 pub mod alerts_api;
 pub mod api;
 pub mod auth;
-pub mod charts;
 pub mod pages;
 
 use axum::Router;

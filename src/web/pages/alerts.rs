@@ -18,9 +18,9 @@ use crate::alerts::config::{Rule, Selector};
 use crate::alerts::engine::AlertState;
 use crate::alerts::runtime::AlertsHandle;
 use crate::notify::Outbox;
+use crate::render::{Interval, Threshold, format_utc};
 use crate::vocab::{TimeRange, now_ms};
 use crate::web::alerts_api::{NewSilence, build_silence};
-use crate::web::charts::{Interval, Threshold, format_utc};
 
 impl AlertView for AlertsHandle {
     fn firing(&self) -> Vec<FiringAlert> {

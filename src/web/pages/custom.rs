@@ -12,8 +12,8 @@ use super::{
 };
 use crate::dashboards::{self, ChartKind, Dashboard, Panel, PanelQuery};
 use crate::query::{MetricAggregation, MetricQuery, RedStat, RedSteps};
+use crate::render::{TimeChart, Unit, single_stat_svg};
 use crate::vocab::{RedFilter, TimeRange};
-use crate::web::charts::{TimeChart, Unit, single_stat_svg};
 
 pub struct DashboardLink {
     pub href: String,

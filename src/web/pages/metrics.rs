@@ -9,7 +9,7 @@ use axum::response::Html;
 use super::service::{ChartPanel, series_name};
 use super::{EmptyHelp, Layout, PageError, Pages, Pairs, Params, render, step_for};
 use crate::query::{MetricAggregation, MetricDescription, MetricQuery};
-use crate::web::charts::{TimeChart, Unit};
+use crate::render::{TimeChart, Unit};
 
 /// Most lines drawn in one chart; the rest are listed as left out.
 const MAX_LINES: usize = 12;

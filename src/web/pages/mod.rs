@@ -40,10 +40,10 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tower_http::compression::CompressionLayer;
 
-use super::charts::{Interval, Threshold};
 use crate::aggregate::red::RedStats;
 use crate::pipeline::{IngestQueue, Live};
 use crate::query::{Query, RedStat, RedSteps};
+use crate::render::{Interval, Threshold};
 use crate::self_metrics;
 use crate::store::StoreError;
 use crate::vocab::{TimeRange, now_ms};
@@ -590,7 +590,7 @@ fn parse_datetime_local(text: &str) -> Option<i64> {
 
 /// `YYYY-MM-DDTHH:MM` for a datetime-local input.
 fn datetime_local(ms: i64) -> String {
-    let (y, mo, d, h, mi, _) = super::charts::civil(ms);
+    let (y, mo, d, h, mi, _) = crate::render::civil(ms);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}")
 }
 
@@ -701,8 +701,8 @@ impl Layout {
             custom: choice.preset.is_none(),
             range_text: format!(
                 "{} – {}",
-                super::charts::format_utc(range.from_ms),
-                super::charts::format_utc(range.to_ms)
+                crate::render::format_utc(range.from_ms),
+                crate::render::format_utc(range.to_ms)
             ),
             refresh,
             firing,
@@ -812,13 +812,13 @@ pub fn cmp_opt(a: Option<f64>, b: Option<f64>) -> std::cmp::Ordering {
 }
 
 /// Formats an optional value, "–" without data.
-pub fn fmt_opt(value: Option<f64>, unit: &super::charts::Unit) -> String {
+pub fn fmt_opt(value: Option<f64>, unit: &crate::render::Unit) -> String {
     value.map(|v| unit.format(v)).unwrap_or_else(|| "–".into())
 }
 
 /// Bytes as a human size.
 pub fn fmt_bytes(bytes: u64) -> String {
-    super::charts::Unit::Bytes.format(bytes as f64)
+    crate::render::Unit::Bytes.format(bytes as f64)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ use super::{
     fmt_opt, merged, range_seconds, red_step, render, sort_headers, sort_of, stat_points,
 };
 use crate::query::RedStat;
+use crate::render::{Unit, number, sparkline_svg};
 use crate::store::writer::WriterState;
 use crate::vocab::RedFilter;
-use crate::web::charts::{Unit, number, sparkline_svg};
 
 pub struct ServiceRow {
     pub name: String,

@@ -15,8 +15,8 @@ use super::{
 use crate::aggregate::red::RedStats;
 use crate::model::STATUS_CLASSES;
 use crate::query::{MetricAggregation, MetricQuery, RedStat, RedSteps};
+use crate::render::{TimeChart, Unit, bar_chart_svg, format_utc, sparkline_svg};
 use crate::vocab::{RedFilter, TimeRange, TraceFilter};
-use crate::web::charts::{TimeChart, Unit, bar_chart_svg, format_utc, sparkline_svg};
 
 /// A chart with its text equivalent.
 pub struct ChartPanel {

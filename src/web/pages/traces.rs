@@ -9,8 +9,8 @@ use axum::response::Html;
 use super::service::{TraceRow, trace_row};
 use super::{EmptyHelp, Layout, PageError, Pages, Pairs, Params, render};
 use crate::model::SpanRecord;
+use crate::render::{Unit, format_utc};
 use crate::vocab::TraceFilter;
-use crate::web::charts::{Unit, format_utc};
 
 #[derive(Template)]
 #[template(path = "traces.html")]
