@@ -427,7 +427,7 @@ struct Flusher {
 
 impl Flusher {
     fn flush(&mut self, live: &Live, writer: &WriterHandle) {
-        self_metrics::aggregator(&live.stats());
+        live.stats().report();
         if self.waiting.is_none() {
             self.waiting = live.take_flush();
         }

@@ -8,8 +8,6 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::aggregate::{AggregatorStats, FlushBatch};
-
 /// Installs the process-wide Prometheus recorder once and returns its handle. Later calls (a
 /// second app in one test process) share it.
 pub fn install() -> PrometheusHandle {
@@ -88,33 +86,51 @@ pub fn queue_depth(items: usize, capacity: usize) {
     gauge!("redline_ingest_queue_capacity").set(capacity as f64);
 }
 
-pub fn aggregator(stats: &AggregatorStats) {
-    gauge!("redline_series", "kind" => "services").set(stats.services as f64);
-    gauge!("redline_series", "kind" => "endpoints").set(stats.endpoints as f64);
-    gauge!("redline_series", "kind" => "metric_series").set(stats.metric_series as f64);
-    counter!("redline_overflow_total", "kind" => "services").absolute(stats.overflow.services);
-    counter!("redline_overflow_total", "kind" => "endpoints").absolute(stats.overflow.endpoints);
-    counter!("redline_overflow_total", "kind" => "metric_series")
-        .absolute(stats.overflow.metric_series);
-    counter!("redline_clock_skew_corrected_total").absolute(stats.clock_skew_corrected);
-    let traces = &stats.traces;
-    counter!("redline_trace_spans_kept_total").absolute(traces.kept_spans);
-    counter!("redline_traces_dropped_for_budget_total").absolute(traces.traces_dropped_for_budget);
+/// Keys the aggregator tracks, by kind.
+pub fn series(services: usize, endpoints: usize, metric_series: usize) {
+    gauge!("redline_series", "kind" => "services").set(services as f64);
+    gauge!("redline_series", "kind" => "endpoints").set(endpoints as f64);
+    gauge!("redline_series", "kind" => "metric_series").set(metric_series as f64);
+}
+
+/// Data sent to `__overflow__` since start, by kind (totals).
+pub fn overflow(services: u64, endpoints: u64, metric_series: u64) {
+    counter!("redline_overflow_total", "kind" => "services").absolute(services);
+    counter!("redline_overflow_total", "kind" => "endpoints").absolute(endpoints);
+    counter!("redline_overflow_total", "kind" => "metric_series").absolute(metric_series);
+}
+
+/// RED data placed at now because its time was more than 6 h off (total).
+pub fn clock_skew_corrected(total: u64) {
+    counter!("redline_clock_skew_corrected_total").absolute(total);
+}
+
+/// What trace keeping kept and dropped since start (totals).
+pub struct TraceKeeping {
+    pub kept_spans: u64,
+    pub traces_dropped_for_budget: u64,
+    pub spans_dropped_for_budget: u64,
+    pub spans_dropped_for_memory: u64,
+    pub spans_dropped_for_clock: u64,
+}
+
+pub fn trace_keeping(totals: TraceKeeping) {
+    counter!("redline_trace_spans_kept_total").absolute(totals.kept_spans);
+    counter!("redline_traces_dropped_for_budget_total").absolute(totals.traces_dropped_for_budget);
     for (reason, count) in [
-        ("budget", traces.spans_dropped_for_budget),
-        ("memory", traces.spans_dropped_for_memory),
-        ("clock", traces.spans_dropped_for_clock),
+        ("budget", totals.spans_dropped_for_budget),
+        ("memory", totals.spans_dropped_for_memory),
+        ("clock", totals.spans_dropped_for_clock),
     ] {
         counter!("redline_trace_spans_dropped_total", "reason" => reason).absolute(count);
     }
 }
 
-/// What each part of the memory budget holds, and the limit.
-pub fn memory_budget(budget: &crate::budget::MemoryBudget) {
-    gauge!("redline_memory_limit_bytes").set(budget.limit() as f64);
-    for part in crate::budget::Part::ALL {
-        gauge!("redline_memory_used_bytes", "part" => part.as_str())
-            .set(budget.used_by(part) as f64);
+/// The memory limit, and what each part of the budget holds.
+pub fn memory(limit: usize, used_by_part: impl IntoIterator<Item = (&'static str, usize)>) {
+    gauge!("redline_memory_limit_bytes").set(limit as f64);
+    for (part, used) in used_by_part {
+        gauge!("redline_memory_used_bytes", "part" => part).set(used as f64);
     }
 }
 
@@ -128,28 +144,35 @@ pub fn stage_panicked(stage: &'static str) {
     counter!("redline_stage_panics_total", "stage" => stage).increment(1);
 }
 
-pub fn store_write(elapsed: Duration, batch: &FlushBatch) {
+/// Rows of one flush, by kind.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushRows {
+    pub red: usize,
+    pub metric: usize,
+    pub span: usize,
+}
+
+impl FlushRows {
+    fn total(self) -> u64 {
+        (self.red + self.metric + self.span) as u64
+    }
+}
+
+pub fn store_write(elapsed: Duration, rows: FlushRows) {
     histogram!("redline_store_write_seconds").record(elapsed.as_secs_f64());
-    counter!("redline_store_rows_written_total", "kind" => "red").increment(batch.red.len() as u64);
-    counter!("redline_store_rows_written_total", "kind" => "metric")
-        .increment(batch.metrics.len() as u64);
-    counter!("redline_store_rows_written_total", "kind" => "span")
-        .increment(batch.spans.len() as u64);
+    counter!("redline_store_rows_written_total", "kind" => "red").increment(rows.red as u64);
+    counter!("redline_store_rows_written_total", "kind" => "metric").increment(rows.metric as u64);
+    counter!("redline_store_rows_written_total", "kind" => "span").increment(rows.span as u64);
 }
 
 pub fn database_size(bytes: u64) {
     gauge!("redline_database_size_bytes").set(bytes as f64);
 }
 
-pub fn alerts(engine: &crate::alerts::engine::Engine) {
-    use crate::alerts::engine::AlertState;
-    for state in [
-        AlertState::Pending,
-        AlertState::Firing,
-        AlertState::Resolved,
-    ] {
-        let count = engine.alerts().filter(|a| a.state == state).count();
-        gauge!("redline_alerts", "state" => state.as_str()).set(count as f64);
+/// Alerts the engine holds, by state (`pending`, `firing`, `resolved`).
+pub fn alerts(by_state: impl IntoIterator<Item = (&'static str, usize)>) {
+    for (state, count) in by_state {
+        gauge!("redline_alerts", "state" => state).set(count as f64);
     }
 }
 
@@ -198,10 +221,9 @@ pub fn store_write_fault(fault: &'static str) {
 
 /// A flush the writer gave up. `reason`: panic (it panicked in one go and row by row),
 /// shutdown (not stored by the shutdown deadline), unstorable (refused outside any row).
-pub fn store_flush_dropped(reason: &'static str, batch: &FlushBatch) {
+pub fn store_flush_dropped(reason: &'static str, rows: FlushRows) {
     counter!("redline_store_flushes_dropped_total", "reason" => reason).increment(1);
-    counter!("redline_store_rows_lost_total")
-        .increment((batch.red.len() + batch.metrics.len() + batch.spans.len()) as u64);
+    counter!("redline_store_rows_lost_total").increment(rows.total());
 }
 
 /// A panic caught in the store writer thread, which goes on serving.

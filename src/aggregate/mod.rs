@@ -18,6 +18,7 @@ use crate::model::{
     EndpointKey, EndpointRequest, IngestBatch, MetricKind, MetricPoint, MetricSeriesKey, RedSource,
     SpanRecord,
 };
+use crate::self_metrics;
 use cardinality::{CardinalityGuard, Limits, OverflowCounts};
 use metric::{Contribution, DeltaConverter, MetricAgg};
 use red::RedStats;
@@ -86,6 +87,14 @@ impl FlushBatch {
     pub fn is_empty(&self) -> bool {
         self.red.is_empty() && self.metrics.is_empty() && self.spans.is_empty()
     }
+
+    pub fn rows(&self) -> self_metrics::FlushRows {
+        self_metrics::FlushRows {
+            red: self.red.len(),
+            metric: self.metrics.len(),
+            span: self.spans.len(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -96,6 +105,28 @@ pub struct AggregatorStats {
     pub metric_series: usize,
     pub clock_skew_corrected: u64,
     pub traces: SamplerStats,
+}
+
+impl AggregatorStats {
+    /// Reports these figures on `/metrics`.
+    pub fn report(&self) {
+        self_metrics::series(self.services, self.endpoints, self.metric_series);
+        let overflow = &self.overflow;
+        self_metrics::overflow(
+            overflow.services,
+            overflow.endpoints,
+            overflow.metric_series,
+        );
+        self_metrics::clock_skew_corrected(self.clock_skew_corrected);
+        let traces = &self.traces;
+        self_metrics::trace_keeping(self_metrics::TraceKeeping {
+            kept_spans: traces.kept_spans,
+            traces_dropped_for_budget: traces.traces_dropped_for_budget,
+            spans_dropped_for_budget: traces.spans_dropped_for_budget,
+            spans_dropped_for_memory: traces.spans_dropped_for_memory,
+            spans_dropped_for_clock: traces.spans_dropped_for_clock,
+        });
+    }
 }
 
 /// What the aggregator holds, in bytes, for the memory budget.

@@ -413,7 +413,17 @@ async fn cycle<N: NotificationSink>(
         view.last_eval_ms = Some(now);
         view.eval_errors = errors;
     });
-    crate::self_metrics::alerts(engine);
+    crate::self_metrics::alerts(
+        [
+            AlertState::Pending,
+            AlertState::Firing,
+            AlertState::Resolved,
+        ]
+        .map(|state| {
+            let count = engine.alerts().filter(|a| a.state == state).count();
+            (state.as_str(), count)
+        }),
+    );
 }
 
 /// Evaluates every rule once.

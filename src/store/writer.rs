@@ -260,7 +260,7 @@ impl Shared {
     }
 
     fn dropped(&self, reason: &'static str, batch: &FlushBatch) {
-        self_metrics::store_flush_dropped(reason, batch);
+        self_metrics::store_flush_dropped(reason, batch.rows());
         self.progress().status.flushes_dropped_total += 1;
     }
 }
@@ -615,7 +615,7 @@ impl Writer {
             }));
             match attempt {
                 Ok(Ok(skipped)) => {
-                    self_metrics::store_write(started.elapsed(), batch);
+                    self_metrics::store_write(started.elapsed(), batch.rows());
                     for (kind, rows) in skipped.by_kind() {
                         if rows > 0 {
                             self_metrics::store_rows_skipped(kind, rows);

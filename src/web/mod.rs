@@ -108,7 +108,9 @@ async fn not_ready(readiness: &Readiness) -> Option<String> {
 async fn prometheus_metrics(State(health): State<Health>) -> impl IntoResponse {
     let readiness = &health.readiness;
     self_metrics::queue_depth(readiness.queue.depth(), readiness.queue.capacity());
-    self_metrics::memory_budget(&readiness.budget);
+    let budget = &readiness.budget;
+    let parts = crate::budget::Part::ALL.map(|part| (part.as_str(), budget.used_by(part)));
+    self_metrics::memory(budget.limit(), parts);
     self_metrics::unwritten(readiness.durability.unwritten());
     health.prometheus.run_upkeep();
     (
