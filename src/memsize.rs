@@ -1,14 +1,12 @@
 //! Approximate heap sizes of what the memory budget counts ([`crate::budget`]): records on
-//! their way through the pipeline and the windows the aggregator keeps. Estimates, not
-//! allocator truths: string and vector contents, plus a fixed overhead per map entry, so that
-//! the figures grow with what a client sends and stay cheap to compute.
+//! their way through the pipeline (the aggregator's own types count themselves in
+//! `aggregate::heap_size`). Estimates, not allocator truths: string and vector contents, plus a
+//! fixed overhead per map entry, so that the figures grow with what a client sends and stay
+//! cheap to compute.
 
 use std::collections::BTreeMap;
 use std::mem::size_of;
 
-use crate::aggregate::metric::MetricAgg;
-use crate::aggregate::red::RedStats;
-use crate::aggregate::{FlushBatch, MetricDelta, RedDelta, SeriesInfo};
 use crate::model::{
     Buckets, EndpointKey, HistogramValue, IngestBatch, MetricPoint, MetricSeriesKey, MetricValue,
     SpanEvent, SpanRecord,
@@ -100,27 +98,6 @@ impl HeapSize for IngestBatch {
     }
 }
 
-impl HeapSize for RedStats {
-    fn heap_bytes(&self) -> usize {
-        self.sketch.heap_bytes() + self.explicit.as_ref().map_or(0, |e| e.heap_bytes())
-    }
-}
-
-impl HeapSize for MetricAgg {
-    fn heap_bytes(&self) -> usize {
-        self.histogram
-            .as_ref()
-            .map_or(0, |h| size_of::<HistogramValue>() + h.heap_bytes())
-    }
-}
-
-impl HeapSize for SeriesInfo {
-    fn heap_bytes(&self) -> usize {
-        // The key is shared with the cardinality guard, which counts it.
-        self.unit.heap_bytes() + self.description.heap_bytes()
-    }
-}
-
 impl HeapSize for SpanEvent {
     fn heap_bytes(&self) -> usize {
         self.name.heap_bytes() + self.attributes.heap_bytes()
@@ -144,31 +121,6 @@ impl HeapSize for SpanRecord {
                 .endpoint
                 .as_ref()
                 .map_or(0, |e| size_of::<EndpointKey>() + e.heap_bytes())
-    }
-}
-
-impl HeapSize for FlushBatch {
-    fn heap_bytes(&self) -> usize {
-        let red: usize = self
-            .red
-            .iter()
-            .map(|d: &RedDelta| {
-                size_of::<RedDelta>() + d.endpoint.heap_bytes() + d.stats.heap_bytes()
-            })
-            .sum();
-        let metrics: usize = self
-            .metrics
-            .iter()
-            .map(|d: &MetricDelta| {
-                size_of::<MetricDelta>() + d.series.heap_bytes() + d.agg.heap_bytes()
-            })
-            .sum();
-        let spans: usize = self
-            .spans
-            .iter()
-            .map(|(span, _)| size_of::<SpanRecord>() + span.heap_bytes())
-            .sum();
-        red + metrics + spans
     }
 }
 
