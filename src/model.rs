@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub mod json_float;
+pub mod limits;
+pub mod semconv;
+pub mod span_record;
 
 /// Identifies one endpoint of one service: the unit every RED figure is kept for.
 #[derive(

@@ -232,7 +232,7 @@ pub fn store_writer_panic() {
 }
 
 /// A client string cut to its length limit, or a list shortened to its count limit
-/// (`field`: see [`crate::ingest::limits::Field`]).
+/// (`field`: see [`crate::model::limits::Field`]).
 pub fn truncated(field: &'static str) {
     counter!("redline_truncated_total", "field" => field).increment(1);
 }

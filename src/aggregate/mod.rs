@@ -301,7 +301,7 @@ impl Aggregator {
         let method = attributes
             .get("http.request.method")
             .or_else(|| attributes.get("http.method"))
-            .map(|m| crate::ingest::convert::normalize_method(m))
+            .map(|m| crate::model::semconv::normalize_method(m))
             .unwrap_or_default();
         let route = attributes
             .get("http.route")

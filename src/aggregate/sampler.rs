@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 
 use foldhash::{HashMap, HashSet};
 
-use crate::ingest::convert::span_record;
 use crate::memsize::HeapSize;
+use crate::model::span_record::span_record;
 use crate::model::{EndpointKey, IncomingSpan, SpanRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -2,7 +2,7 @@
 //! endpoint (HTTP semantic conventions), how many requests a sampled span stands for (its
 //! adjusted count, [`super::tracestate`]), and which data points are malformed (metrics, in
 //! [`metrics`] and [`points`]). Every client string kept is length-limited
-//! ([`super::limits`]); on the span path that is one length compare unless a string is cut.
+//! ([`crate::model::limits`]); on the span path that is one length compare unless a string is cut.
 
 #[cfg(test)]
 mod metric_properties;
@@ -12,23 +12,22 @@ pub mod points;
 pub use metrics::convert_metrics;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use foldhash::HashMap;
 use prost::Message;
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
-use crate::ingest::limits::{self, Field, limit_str, limit_string};
 use crate::ingest::tracestate;
 use crate::ingest::wire::{self, DecodeError, Item, SpanAttributes, SpanView, Value};
-use crate::model::{
-    EndpointKey, EndpointRequest, IncomingSpan, IngestBatch, RequestRecord, SpanEvent, SpanRecord,
-};
+use crate::model::limits::{self, Field, limit_str, limit_string};
+use crate::model::semconv::known_method;
+use crate::model::span_record::{any_value_to_string, attribute_text};
+use crate::model::{EndpointKey, EndpointRequest, IncomingSpan, IngestBatch, RequestRecord};
 
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
@@ -234,23 +233,6 @@ fn http_status_code(attributes: &SpanAttributes<'_>) -> Option<u16> {
     })
 }
 
-const KNOWN_METHODS: [&str; 10] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
-];
-
-/// Normalises an HTTP method as the semantic conventions ask: unknown methods become `_OTHER`,
-/// so a client cannot mint endpoints by sending made-up methods.
-pub fn normalize_method(method: &str) -> String {
-    known_method(method).to_string()
-}
-
-fn known_method(method: &str) -> &'static str {
-    KNOWN_METHODS
-        .iter()
-        .find(|known| known.eq_ignore_ascii_case(method))
-        .unwrap_or(&"_OTHER")
-}
-
 fn http_method<'a>(attributes: &SpanAttributes<'a>) -> Option<&'a str> {
     first_string(&[attributes.http_request_method, attributes.http_method])
 }
@@ -339,129 +321,13 @@ fn is_id_segment(segment: &str) -> bool {
     all_digits || is_uuid || long_hex
 }
 
-/// Renders an attribute value as text (arrays and maps as JSON-like text).
-pub fn any_value_to_string(value: &AnyValue) -> String {
-    match &value.value {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-        Some(any_value::Value::BytesValue(b)) => hex::encode(b),
-        Some(any_value::Value::ArrayValue(a)) => {
-            let items: Vec<String> = a.values.iter().map(any_value_to_string).collect();
-            format!("[{}]", items.join(","))
-        }
-        Some(any_value::Value::KvlistValue(kv)) => {
-            let items: Vec<String> = kv
-                .values
-                .iter()
-                .map(|kv| {
-                    let v = kv
-                        .value
-                        .as_ref()
-                        .map(any_value_to_string)
-                        .unwrap_or_default();
-                    format!("{}={}", kv.key, v)
-                })
-                .collect();
-            format!("{{{}}}", items.join(","))
-        }
-        Some(any_value::Value::StringValueStrindex(i)) => format!("#{i}"),
-        None => String::new(),
-    }
-}
-
-/// An attribute value as text, cut to `field`'s limit. A string value is copied only up to the
-/// limit; other kinds are rendered, then cut.
-fn attribute_text(value: Option<&AnyValue>, field: Field) -> String {
-    match value.and_then(|v| v.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => limit_str(s, field).into_owned(),
-        Some(_) => limit_string(value.map(any_value_to_string).unwrap_or_default(), field),
-        None => String::new(),
-    }
-}
-
-/// A kept span's (or event's) attributes: the first [`limits::MAX_SPAN_ATTRIBUTES`] in arrival
-/// order (as the SDKs limit them), keys and values cut to their limits.
-fn span_attributes(attributes: &[KeyValue]) -> BTreeMap<String, String> {
-    if attributes.len() > limits::MAX_SPAN_ATTRIBUTES {
-        Field::SpanAttributes.count_truncation();
-    }
-    attributes
-        .iter()
-        .take(limits::MAX_SPAN_ATTRIBUTES)
-        .map(|kv| {
-            (
-                limit_str(&kv.key, Field::SpanAttributeKey).into_owned(),
-                attribute_text(kv.value.as_ref(), Field::SpanAttributeValue),
-            )
-        })
-        .collect()
-}
-
-/// Flattens a kept span, given its encoding, into the form stored for trace views. `None`
-/// only if the bytes do not decode, which cannot happen for bytes that passed
-/// [`convert_traces`].
-pub fn span_record(incoming: &IncomingSpan, encoded: &[u8]) -> Option<SpanRecord> {
-    let span = Span::decode(encoded).ok()?;
-    let status = match span.status.as_ref().map(|s| s.code) {
-        Some(c) if c == StatusCode::Error as i32 => "error",
-        Some(c) if c == StatusCode::Ok as i32 => "ok",
-        _ => "unset",
-    };
-    Some(SpanRecord {
-        trace_id: hex::encode(&span.trace_id),
-        span_id: hex::encode(&span.span_id),
-        parent_span_id: (!span.parent_span_id.is_empty())
-            .then(|| hex::encode(&span.parent_span_id)),
-        service: incoming.service.to_string(),
-        kind: span_kind_name(span.kind).to_string(),
-        start_unix_ns: span.start_time_unix_nano,
-        end_unix_ns: span.end_time_unix_nano,
-        status: status.to_string(),
-        status_message: span
-            .status
-            .as_ref()
-            .map(|s| limit_str(&s.message, Field::SpanStatusMessage).into_owned())
-            .unwrap_or_default(),
-        attributes: span_attributes(&span.attributes),
-        events: span_events(&span.events),
-        endpoint: incoming.endpoint.as_deref().cloned(),
-        is_error: incoming.is_error,
-        name: limit_string(span.name, Field::SpanName),
-    })
-}
-
-/// The first [`limits::MAX_SPAN_EVENTS`] events, names and attributes limited.
-fn span_events(events: &[opentelemetry_proto::tonic::trace::v1::span::Event]) -> Vec<SpanEvent> {
-    if events.len() > limits::MAX_SPAN_EVENTS {
-        Field::SpanEvents.count_truncation();
-    }
-    events
-        .iter()
-        .take(limits::MAX_SPAN_EVENTS)
-        .map(|e| SpanEvent {
-            name: limit_str(&e.name, Field::SpanName).into_owned(),
-            time_unix_ns: e.time_unix_nano,
-            attributes: span_attributes(&e.attributes),
-        })
-        .collect()
-}
-
-fn span_kind_name(kind: i32) -> &'static str {
-    match SpanKind::try_from(kind) {
-        Ok(SpanKind::Internal) => "internal",
-        Ok(SpanKind::Server) => "server",
-        Ok(SpanKind::Client) => "client",
-        Ok(SpanKind::Producer) => "producer",
-        Ok(SpanKind::Consumer) => "consumer",
-        _ => "unspecified",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::semconv::normalize_method;
+    use crate::model::span_record::span_record;
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use opentelemetry_proto::tonic::trace::v1::Span;
     use opentelemetry_proto::tonic::trace::v1::Status;
 
     fn kv(key: &str, value: any_value::Value) -> KeyValue {

@@ -8,7 +8,6 @@ pub mod admission;
 pub mod convert;
 pub mod grpc;
 pub mod http;
-pub mod limits;
 pub mod tracestate;
 pub mod wire;
 

@@ -1,6 +1,6 @@
 //! OTLP metric exports → [`MetricPoint`]s. Every data point is checked against the data model
 //! ([`super::points`]): a point that breaks it is rejected and counted, never kept. Every string
-//! that becomes part of a series key is length-limited ([`crate::ingest::limits`]), and a point
+//! that becomes part of a series key is length-limited ([`crate::model::limits`]), and a point
 //! keeps a bounded number and size of attributes, so one series key is small whatever arrives.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 
 use super::points::{self, InvalidPoint};
 use super::{Converted, attribute_text, service_name};
-use crate::ingest::limits::{
+use crate::model::limits::{
     Field, MAX_METRIC_ATTRIBUTE_BYTES, MAX_METRIC_POINT_ATTRIBUTES, limit_str,
 };
 use crate::model::{MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality};
@@ -229,11 +229,11 @@ fn series_attributes(attributes: &[KeyValue]) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::limits::{
+    use crate::model::Buckets;
+    use crate::model::limits::{
         MARKER, MAX_ATTRIBUTE_KEY_BYTES, MAX_DESCRIPTION_BYTES, MAX_METRIC_ATTRIBUTE_VALUE_BYTES,
         MAX_METRIC_NAME_BYTES, MAX_SERVICE_NAME_BYTES, MAX_UNIT_BYTES,
     };
-    use crate::model::Buckets;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
     use opentelemetry_proto::tonic::metrics::v1::{
         ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint,
