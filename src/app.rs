@@ -15,6 +15,7 @@ use crate::aggregate::Aggregator;
 use crate::alerts::runtime::{
     self as alerts_runtime, AlertsHandle, AlertsSettings, NotificationSink,
 };
+use crate::alerts::store::AlertStore;
 use crate::budget::MemoryBudget;
 use crate::config::Settings;
 use crate::ingest::admission::GrpcAdmissionLayer;
@@ -22,7 +23,6 @@ use crate::ingest::{self, Ingestor};
 use crate::notify::{Notification, Outbox};
 use crate::pipeline::{self, Durability, Live, PipelineConfig};
 use crate::query::Query;
-use crate::store::alerts::AlertStore;
 use crate::store::{self, Readers, StoreError};
 use crate::supervise::{Stage, Stages, spawn_critical, spawn_restarting};
 use crate::{self_metrics, web};

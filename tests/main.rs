@@ -9,6 +9,7 @@ mod browser;
 mod durability;
 mod hostile_input;
 mod ingest_errors;
+mod layers;
 mod notify;
 mod otlp_export;
 mod pages;

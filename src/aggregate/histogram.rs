@@ -6,7 +6,7 @@
 
 use std::ops::RangeInclusive;
 
-use crate::aggregate::red::ExplicitBuckets;
+use crate::aggregate::explicit::ExplicitBuckets;
 use crate::model::{Buckets, HistogramValue};
 
 /// The most buckets an exponential histogram holds: the SDKs' default maximum size. A merge

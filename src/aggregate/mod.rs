@@ -3,6 +3,7 @@
 //! the store. Pure and synchronous: one task owns it, tests drive it directly.
 
 pub mod cardinality;
+pub mod explicit;
 mod heap_size;
 pub mod histogram;
 pub mod metric;

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::alerts::routing::{Inhibit, Matcher, Route};
-use crate::alerts::template;
+use crate::alerts::template::{self, RuleFacts};
 use crate::notify::{Delivery, EmailReceiver, Secret, SmtpSettings, TlsMode};
 use crate::query::{MetricAggregation, RedStat};
 
@@ -294,6 +294,35 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// What annotation templates can say about this rule.
+    pub fn template_facts(&self) -> RuleFacts<'_> {
+        RuleFacts {
+            name: &self.name,
+            service: &self.service,
+            threshold: self.threshold,
+            unit: self.unit(),
+        }
+    }
+
+    /// The labels an alert of this rule will carry, with sample values for the series
+    /// dimensions.
+    pub fn sample_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.insert("alertname".into(), self.name.clone());
+        labels.insert("service".into(), self.service.clone());
+        for (key, fixed) in [("method", &self.method), ("route", &self.route)] {
+            if let Some(value) = fixed {
+                labels.insert(key.into(), value.clone());
+            }
+        }
+        for key in &self.by {
+            labels
+                .entry(key.clone())
+                .or_insert_with(|| format!("<{key}>"));
+        }
+        labels
+    }
+
     /// The unit the rule's values are in, for messages and charts.
     pub fn unit(&self) -> &'static str {
         match (&self.kind, &self.selector) {
@@ -879,8 +908,9 @@ fn compile_rule(checker: &mut Checker<'_>, spans: &FieldSpans, spec: RuleSpec) -
         labels: spec.labels,
         annotations: spec.annotations,
     };
+    let sample_labels = rule.sample_labels();
     for (key, text) in &rule.annotations {
-        if let Err(e) = template::check(text, &rule) {
+        if let Err(e) = template::check(text, rule.template_facts(), &sample_labels) {
             bad(
                 checker,
                 &format!("annotations.{key}"),

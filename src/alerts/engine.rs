@@ -318,7 +318,7 @@ impl Engine {
                 let data = TemplateData {
                     labels: &alert.labels,
                     value: alert.value,
-                    rule,
+                    rule: rule.template_facts(),
                 };
                 (name.clone(), template::render_or_fallback(text, &data))
             })
@@ -333,6 +333,15 @@ fn no_data_verdict(mode: NoData) -> Verdict {
         NoData::Alerting => Verdict::Breach,
         NoData::KeepLast => Verdict::Skip,
     }
+}
+
+/// A period during which an alert was firing (`to_ms` `None`: still firing), for shading charts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FiringPeriod {
+    pub rule: String,
+    pub labels: BTreeMap<String, String>,
+    pub from_ms: i64,
+    pub to_ms: Option<i64>,
 }
 
 #[cfg(test)]

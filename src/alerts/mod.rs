@@ -16,4 +16,5 @@ pub mod routing;
 pub mod rule_tests;
 pub mod runtime;
 pub mod source;
+pub mod store;
 pub mod template;

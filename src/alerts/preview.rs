@@ -3,14 +3,14 @@
 
 use crate::alerts::config::{AlertsConfig, RuleKind};
 use crate::alerts::engine::alert_labels;
-use crate::alerts::template::{self, TemplateData, sample_labels};
+use crate::alerts::template::{self, TemplateData};
 use crate::notify::{AlertStatus, AlertSummary, ChartSpec, EmailReceiver, Notification, TraceLink};
 use crate::vocab::now_ms;
 
 pub fn sample_notification(config: &AlertsConfig, rule_name: &str) -> Option<Notification> {
     let rule = config.rules.iter().find(|r| r.name == rule_name)?;
     let now = now_ms();
-    let labels = alert_labels(rule, &sample_labels(rule));
+    let labels = alert_labels(rule, &rule.sample_labels());
     let value = match rule.kind {
         RuleKind::Absent => 0.0,
         _ => rule.threshold * 1.5,
@@ -22,7 +22,7 @@ pub fn sample_notification(config: &AlertsConfig, rule_name: &str) -> Option<Not
             let data = TemplateData {
                 labels: &labels,
                 value: Some(value),
-                rule,
+                rule: rule.template_facts(),
             };
             (k.clone(), template::render_or_fallback(text, &data))
         })

@@ -12,13 +12,13 @@ use std::time::SystemTime;
 use tokio::sync::{Notify, watch};
 
 use crate::alerts::config::{self, AlertsConfig, Rule, RuleKind, Selector};
-use crate::alerts::engine::{Alert, AlertState, Engine, Transition};
+use crate::alerts::engine::{Alert, AlertState, Engine, FiringPeriod, Transition};
 use crate::alerts::routing::{AlertView, Dispatcher, Flush, Silence};
 use crate::alerts::source::{self, DataSource};
+use crate::alerts::store::{self as persist, AlertStore, HistoryEntry};
 use crate::alerts::template;
 use crate::notify::{AlertStatus, AlertSummary, ChartSpec, Notification, TraceLink};
 use crate::query::{Query, RedStat};
-use crate::store::alerts::{self as persist, AlertStore, HistoryEntry};
 use crate::vocab::{RedFilter, TimeRange, TraceFilter, now_ms};
 
 /// Where notifications go once the dispatcher decides to send them.
@@ -57,15 +57,6 @@ pub struct SloStatus {
     pub error_ratio: Option<f64>,
     /// 1.0 = untouched, 0.0 = spent, negative = overspent.
     pub budget_remaining: Option<f64>,
-}
-
-/// A period during which an alert was firing (`to_ms` `None`: still firing), for shading charts.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct FiringPeriod {
-    pub rule: String,
-    pub labels: BTreeMap<String, String>,
-    pub from_ms: i64,
-    pub to_ms: Option<i64>,
 }
 
 /// Past firing periods kept in memory for chart shading.

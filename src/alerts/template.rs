@@ -6,13 +6,21 @@ use std::collections::BTreeMap;
 
 use minijinja::{Environment, UndefinedBehavior, context};
 
-use crate::alerts::config::Rule;
+/// What a template can say about its rule.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleFacts<'a> {
+    pub name: &'a str,
+    pub service: &'a str,
+    pub threshold: f64,
+    /// The unit of the rule's values and threshold.
+    pub unit: &'a str,
+}
 
 /// What a template can refer to.
 pub struct TemplateData<'a> {
     pub labels: &'a BTreeMap<String, String>,
     pub value: Option<f64>,
-    pub rule: &'a Rule,
+    pub rule: RuleFacts<'a>,
 }
 
 fn environment() -> Environment<'static> {
@@ -49,7 +57,7 @@ fn trim(v: f64) -> String {
 
 pub fn render(template: &str, data: &TemplateData<'_>) -> Result<String, String> {
     let env = environment();
-    let unit = data.rule.unit();
+    let unit = data.rule.unit;
     env.render_str(
         template,
         context! {
@@ -57,8 +65,8 @@ pub fn render(template: &str, data: &TemplateData<'_>) -> Result<String, String>
             value => format_value(data.value, unit),
             value_raw => data.value,
             threshold => format_value(Some(data.rule.threshold), unit),
-            rule => data.rule.name.clone(),
-            service => data.rule.service.clone(),
+            rule => data.rule.name,
+            service => data.rule.service,
         },
     )
     .map_err(|e| e.to_string())
@@ -69,46 +77,26 @@ pub fn render_or_fallback(template: &str, data: &TemplateData<'_>) -> String {
     render(template, data).unwrap_or_else(|error| format!("{template} [template error: {error}]"))
 }
 
-/// The labels an alert of `rule` will carry, with sample values for the series dimensions.
-pub fn sample_labels(rule: &Rule) -> BTreeMap<String, String> {
-    let mut labels = rule.labels.clone();
-    labels.insert("alertname".into(), rule.name.clone());
-    labels.insert("service".into(), rule.service.clone());
-    for key in ["method", "route"] {
-        let fixed = if key == "method" {
-            &rule.method
-        } else {
-            &rule.route
-        };
-        if let Some(value) = fixed {
-            labels.insert(key.into(), value.clone());
-        }
-    }
-    for key in &rule.by {
-        labels
-            .entry(key.clone())
-            .or_insert_with(|| format!("<{key}>"));
-    }
-    labels
-}
-
-/// Load-time check: the template parses and renders with sample data.
-pub fn check(template: &str, rule: &Rule) -> Result<(), String> {
-    let labels = sample_labels(rule);
-    render(
-        template,
-        &TemplateData {
-            labels: &labels,
-            value: Some(rule.threshold * 1.5),
-            rule,
-        },
-    )
-    .map(|_| ())
+/// Load-time check: the template parses and renders with sample labels and a value past the
+/// threshold.
+pub fn check(
+    template: &str,
+    rule: RuleFacts<'_>,
+    sample_labels: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let data = TemplateData {
+        labels: sample_labels,
+        value: Some(rule.threshold * 1.5),
+        rule,
+    };
+    render(template, &data).map(|_| ())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::alerts::config::Rule;
 
     fn rule() -> Rule {
         let text = "[[receiver]]\nname = \"r\"\nemail = { to = [\"a@example.com\"] }\n[[rule]]\nname = \"R\"\nservice = \"api\"\nstat = \"p99\"\nthreshold = 250\n";
@@ -118,11 +106,11 @@ mod tests {
     #[test]
     fn values_render_with_units() {
         let rule = rule();
-        let labels = sample_labels(&rule);
+        let labels = rule.sample_labels();
         let data = TemplateData {
             labels: &labels,
             value: Some(312.456),
-            rule: &rule,
+            rule: rule.template_facts(),
         };
         assert_eq!(
             render("{{ labels.service }}: {{ value }} > {{ threshold }}", &data).unwrap(),
@@ -135,11 +123,11 @@ mod tests {
     #[test]
     fn a_broken_template_falls_back_instead_of_dropping_the_text() {
         let rule = rule();
-        let labels = sample_labels(&rule);
+        let labels = rule.sample_labels();
         let data = TemplateData {
             labels: &labels,
             value: Some(1.0),
-            rule: &rule,
+            rule: rule.template_facts(),
         };
         let text = render_or_fallback("route {{ labels.route }}", &data);
         assert!(

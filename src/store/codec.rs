@@ -2,7 +2,8 @@
 
 use rusqlite::Row;
 
-use crate::aggregate::red::{ExplicitBuckets, RedStats};
+use crate::aggregate::explicit::ExplicitBuckets;
+use crate::aggregate::red::RedStats;
 use crate::aggregate::sketch::LatencySketch;
 use crate::store::StoreError;
 

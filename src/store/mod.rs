@@ -7,7 +7,6 @@
 //! can tell a fault to wait out from a row to skip. The writer of a data directory holds
 //! `redline.db.lock` (see `data_dir_lock`), so a second redline on it stops at start-up.
 
-pub mod alerts;
 mod apply;
 mod codec;
 mod data_dir_lock;

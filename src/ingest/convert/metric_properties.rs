@@ -15,9 +15,9 @@ use proptest::prelude::*;
 
 use super::convert_metrics;
 use super::points::MAX_EXPLICIT_BOUNDS;
+use crate::aggregate::explicit::ExplicitBuckets;
 use crate::aggregate::histogram::{self, MAX_EXPONENTIAL_BUCKETS};
 use crate::aggregate::metric::MetricAgg;
-use crate::aggregate::red::ExplicitBuckets;
 use crate::aggregate::{Aggregator, FlushBatch};
 use crate::model::{Buckets, HistogramValue, MetricValue};
 

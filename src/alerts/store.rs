@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use crate::alerts::engine::{Alert, AlertState, Transition};
+use crate::alerts::engine::{Alert, AlertState, FiringPeriod, Transition};
 use crate::alerts::routing::{LogEntry, Matcher, Silence};
-use crate::alerts::runtime::FiringPeriod;
 use crate::store::StoreError;
 
 #[derive(Clone)]
