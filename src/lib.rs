@@ -2,27 +2,13 @@
 //!
 //! An OpenTelemetry sidecar: it receives OTLP traces and metrics, computes RED figures (rate,
 //! errors, duration percentiles) per service and endpoint in mergeable windows, keeps history in
-//! one SQLite file and serves a JSON query API (and, later, alerts and a dashboard).
+//! one SQLite file, evaluates alert rules and sends their e-mail, and serves a dashboard and a
+//! JSON query API.
 //!
-//! ## Layout — data flows one way
-//! ```text
-//! ingest (gRPC :4317, HTTP :4318) ──convert──▶ bounded queue ──▶ aggregate (windows, sketches,
-//!   cardinality limits, trace sampling) ──flush──▶ store (SQLite writer thread, rollups,
-//!   retention) ──▶ query (stored rows + unflushed deltas) ──▶ web (JSON API, /metrics)
-//! ```
-//! - [`model`]: the plain records passed between stages.
-//! - [`ingest`]: OTLP receivers and the pure OTLP → record conversion.
-//! - [`aggregate`]: per-window RED statistics, metric windows, trace sampling.
-//! - [`pipeline`]: the task that owns the aggregator, flushes it and shares unflushed data.
-//! - [`store`]: SQLite schema, migrations, the writer thread, reads and retention.
-//! - [`query`]: the read model every consumer uses.
-//! - [`web`]: the dashboard (askama pages, SVG charts), the HTTP API, health and Prometheus
-//!   endpoints.
-//! - [`dashboards`]: custom dashboards as code (`dashboards/*.toml`) and their validation.
-//! - [`budget`] and [`memsize`]: the one memory budget between the sockets and SQLite, and the
-//!   size estimates it counts with.
-//! - [`supervise`]: every stage under a supervisor that `/readyz` reports.
-//! - [`config`] and [`app`]: settings, wiring and ordered shutdown.
+//! Data flows one way — [`ingest`] → [`pipeline`] ([`aggregate`]) → [`store`] → [`query`] →
+//! [`alerts`], [`notify`], [`web`] — over a shared vocabulary at the bottom ([`vocab`],
+//! [`model`], [`self_metrics`], [`budget`]) and a rendering leaf ([`render`]).
+//! `docs/ARCHITECTURE.md` has the map and the rules; `tests/layers.rs` checks the layers.
 
 pub mod aggregate;
 pub mod alerts;

@@ -1,7 +1,7 @@
 //! OTLP → redline's plain records. Pure functions: what counts as a request, an error and an
 //! endpoint (HTTP semantic conventions), how many requests a sampled span stands for (its
 //! adjusted count, [`super::tracestate`]), and which data points are malformed (metrics, in
-//! [`metrics`] and [`points`]). Every client string kept is length-limited
+//! `metrics` and [`points`]). Every client string kept is length-limited
 //! ([`crate::model::limits`]); on the span path that is one length compare unless a string is cut.
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ fn span_attributes(attributes: &[KeyValue]) -> BTreeMap<String, String> {
 
 /// Flattens a kept span, given its encoding, into the form stored for trace views. `None`
 /// only if the bytes do not decode, which cannot happen for bytes that passed
-/// [`convert_traces`].
+/// `ingest::convert::convert_traces`.
 pub fn span_record(incoming: &IncomingSpan, encoded: &[u8]) -> Option<SpanRecord> {
     let span = Span::decode(encoded).ok()?;
     let status = match span.status.as_ref().map(|s| s.code) {

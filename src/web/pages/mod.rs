@@ -1,10 +1,10 @@
 //! The dashboard: server-rendered HTML pages (askama templates in `templates/`) on the web
 //! address, drawn from the same [`Query`] as the JSON API, with charts from
-//! [`super::charts`].
+//! [`crate::render`].
 //!
 //! Every view's state lives in the URL (range, refresh, filters, sort), so a page can be
 //! bookmarked and shared. Telemetry text is untrusted: askama escapes everything by default,
-//! and the only `|safe` values are SVG/HTML produced by `charts`, which escapes its own text.
+//! and the only `|safe` values are SVG/HTML produced by `render`, which escapes its own text.
 //!
 //! # Layout
 //! - `mod.rs`: state, router, the shared layout (nav, range picker, alert banner), parameters.
@@ -13,10 +13,10 @@
 //!   `custom.rs` `/dashboards` and `/dashboards/{name}`.
 //! - Static assets (`/assets/…`) are embedded in the binary with an ETag.
 //!
-//! # The alert slot
-//! Alerts are not drawn here: [`AlertView`] is the seam. When the alert engine implements it
-//! and [`Pages::alerts`] holds it, the layout shows the firing-alerts banner, the nav links
-//! `/alerts`, and RED charts get threshold lines and shaded firing periods.
+//! # Alerts on every page
+//! [`AlertView`] is what the pages read of alerting (the alert runtime's handle implements it,
+//! in `alerts.rs`): with it in [`Pages::alerts`], the layout shows the firing-alerts banner,
+//! the nav links `/alerts`, and RED charts get threshold lines and shaded firing periods.
 
 pub mod alerts;
 mod custom;
@@ -75,8 +75,8 @@ pub struct Annotations {
     pub firing: Vec<Interval>,
 }
 
-/// The seam for the alert engine (not built here). Implement it and put it in
-/// [`Pages::alerts`]: the banner, the `/alerts` nav link and chart annotations follow.
+/// What the pages read of alerting; in [`Pages::alerts`] it brings the banner, the `/alerts`
+/// nav link and chart annotations.
 pub trait AlertView: Send + Sync {
     /// Alerts firing now, most severe first.
     fn firing(&self) -> Vec<FiringAlert>;
