@@ -142,7 +142,7 @@ pub struct HistogramValue {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Buckets {
-    /// `counts.len() == bounds.len() + 1`; bucket i is (bounds[i-1], bounds[i]]. Conversion
+    /// `counts.len() == bounds.len() + 1`; bucket i is `(bounds[i-1], bounds[i]]`. Conversion
     /// guarantees it (and finite, strictly increasing bounds); arithmetic never relies on it.
     Explicit {
         #[serde(with = "json_float::vec")]
