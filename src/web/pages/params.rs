@@ -1,0 +1,202 @@
+//! A page's query string: parameters, the time range (presets or custom, within 1970–9999),
+//! steps, and links that change one parameter.
+
+use super::*;
+
+/// Query-string parameters of a page (pages are lenient about unknown names: links from
+/// elsewhere may carry extra ones).
+#[derive(Debug, Clone, Default)]
+pub struct Params(pub BTreeMap<String, String>);
+
+pub type Pairs = QueryString<Vec<(String, String)>>;
+
+impl Params {
+    pub fn from_pairs(QueryString(pairs): Pairs) -> Self {
+        Params(pairs.into_iter().collect())
+    }
+
+    /// A non-empty parameter.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The value even when empty: an endpoint's method is empty for servers that are neither
+    /// HTTP nor RPC, and its route when the span has no name.
+    pub fn given(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        matches!(self.get(name), Some("1" | "true" | "on" | "yes"))
+    }
+
+    /// The time range: `range=15m|1h|6h|24h|7d` (default 1h), or `from`/`to` as unix ms or
+    /// `YYYY-MM-DDTHH:MM` (UTC, what a datetime-local input sends).
+    pub fn range(&self) -> Result<RangeChoice, PageError> {
+        let now = now_ms();
+        if let Some(from) = self.get("from") {
+            let from_ms = parse_time("from", from)?;
+            let to_ms = match self.get("to") {
+                Some(to) => parse_time("to", to)?,
+                None => now,
+            };
+            let range = TimeRange::checked(from_ms, to_ms)
+                .map_err(|e| PageError::bad(e.parameter(), e.to_string()))?;
+            return Ok(RangeChoice {
+                range,
+                preset: None,
+            });
+        }
+        let preset = self.get("range").unwrap_or("1h");
+        let Some((_, ms)) = PRESETS.iter().find(|(name, _)| *name == preset) else {
+            return Err(PageError::bad(
+                "range",
+                format!("{preset:?} is not one of 15m, 1h, 6h, 24h, 7d"),
+            ));
+        };
+        Ok(RangeChoice {
+            range: TimeRange {
+                from_ms: now - ms,
+                to_ms: now,
+            },
+            preset: Some(preset.to_string()),
+        })
+    }
+
+    /// Auto-refresh in seconds: `refresh=off|10s|30s|1m|5m`.
+    pub fn refresh(&self) -> Result<u32, PageError> {
+        match self.get("refresh").unwrap_or("off") {
+            "off" => Ok(0),
+            "10s" => Ok(10),
+            "30s" => Ok(30),
+            "1m" => Ok(60),
+            "5m" => Ok(300),
+            other => Err(PageError::bad(
+                "refresh",
+                format!("{other:?} is not one of off, 10s, 30s, 1m, 5m"),
+            )),
+        }
+    }
+
+    /// This query string with `changes` applied (`None` removes), as `?a=b&…`.
+    /// Empty values of this query string are dropped; empty values in `changes` are kept (an
+    /// endpoint's method or route may be empty and still name it).
+    pub fn with(&self, changes: &[(&str, Option<&str>)]) -> String {
+        let mut map = self.0.clone();
+        map.retain(|_, v| !v.is_empty());
+        for (name, value) in changes {
+            match value {
+                Some(v) => map.insert(name.to_string(), v.to_string()),
+                None => map.remove(*name),
+            };
+        }
+        query_string(map.iter())
+    }
+}
+
+/// `?k=v&…`, percent-encoded (empty when there is nothing).
+pub fn query_string<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> String {
+    let encoded: Vec<String> = pairs
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    if encoded.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", encoded.join("&"))
+    }
+}
+
+/// Percent-encodes a URL component (RFC 3986 unreserved characters stay).
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+pub(super) const PRESETS: [(&str, i64); 5] = [
+    ("15m", 15 * 60_000),
+    ("1h", 3_600_000),
+    ("6h", 6 * 3_600_000),
+    ("24h", 24 * 3_600_000),
+    ("7d", 7 * 24 * 3_600_000),
+];
+
+pub(super) fn parse_time(name: &str, text: &str) -> Result<i64, PageError> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    parse_datetime_local(text).ok_or_else(|| {
+        PageError::bad(
+            name,
+            format!("{text:?} is not unix ms or a UTC time like 2026-11-28T15:40"),
+        )
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM[:SS]` as UTC unix ms.
+pub(super) fn parse_datetime_local(text: &str) -> Option<i64> {
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, mi) = (t.next()??, t.next()??);
+    let s = t.next().flatten().unwrap_or(0);
+    let calendar = (1970..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&day);
+    if !calendar || !(0..=23).contains(&h) || !(0..=59).contains(&mi) || !(0..=59).contains(&s) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000)
+}
+
+/// `YYYY-MM-DDTHH:MM` for a datetime-local input.
+pub(super) fn datetime_local(ms: i64) -> String {
+    let (y, mo, d, h, mi, _) = crate::render::civil(ms);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}")
+}
+
+pub struct RangeChoice {
+    pub range: TimeRange,
+    /// The preset name, or `None` for a custom range.
+    pub preset: Option<String>,
+}
+
+/// A step that gives about `points` steps over the range, rounded up to a round interval.
+pub fn step_for(range: TimeRange, points: i64) -> i64 {
+    const STEPS: [i64; 14] = [
+        10_000, 30_000, 60_000, 120_000, 300_000, 600_000, 900_000, 1_800_000, 3_600_000,
+        7_200_000, 10_800_000, 21_600_000, 43_200_000, 86_400_000,
+    ];
+    let raw = (range.to_ms - range.from_ms) / points.max(1);
+    STEPS.into_iter().find(|s| *s >= raw).unwrap_or(86_400_000)
+}
+
+/// A step of about `points` steps, but at least an hour for ranges over 6 hours: a RED read
+/// returns every window of every endpoint in the range, and the store picks the coarsest
+/// resolution not above the step — a day at 1-minute resolution is 1,440 rows per endpoint,
+/// at 1-hour resolution 24.
+pub fn red_step(range: TimeRange, points: i64) -> i64 {
+    let step = step_for(range, points);
+    if range.to_ms - range.from_ms > 6 * 3_600_000 {
+        step.max(3_600_000)
+    } else {
+        step
+    }
+}
