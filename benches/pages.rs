@@ -158,7 +158,7 @@ fn trace(i: usize, at_ms: i64) -> Vec<(SpanRecord, KeepReason)> {
 
 async fn fill(data_dir: &std::path::Path) {
     let path = store::database_path(data_dir);
-    let conn = store::open_writer(&path).expect("database opens");
+    let (_db, conn) = store::Db::open(&path).expect("database opens");
     let retention = Retention {
         ten_seconds: Duration::from_secs(6 * 3600),
         one_minute: Duration::from_secs(7 * 86_400),

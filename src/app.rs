@@ -23,7 +23,7 @@ use crate::ingest::{self, Ingestor};
 use crate::notify::{Notification, Outbox};
 use crate::pipeline::{self, Durability, Live, PipelineConfig};
 use crate::query::Query;
-use crate::store::{self, Readers, StoreError};
+use crate::store::{self, Db, StoreError};
 use crate::supervise::{Stage, Stages, spawn_critical, spawn_restarting};
 use crate::{self_metrics, web};
 
@@ -105,6 +105,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// What start-up reads from disk: the database (created or migrated) and the sequence number
 /// of its last flush, the alert and outbox stores, and how alert e-mail is delivered.
 struct OpenedStorage {
+    db: Db,
     conn: rusqlite::Connection,
     last_seq: u64,
     alert_store: AlertStore,
@@ -122,15 +123,16 @@ fn open_storage(
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let conn = store::open_writer(db_path)?;
+    let (db, conn) = Db::open(db_path)?;
     let last_seq = store::read::flushed_seq(&conn)?;
-    let alert_store = AlertStore::open(db_path)?;
-    let outbox = Outbox::open(db_path).map_err(|e| AppError::Server("outbox", e.to_string()))?;
+    let alert_store = AlertStore::open(&db)?;
+    let outbox = Outbox::open(&db).map_err(|e| AppError::Server("outbox", e.to_string()))?;
     let delivery = match crate::alerts::config::load(alerts_file) {
         Ok(config) => config.delivery(&data_dir.join("outbox")),
         Err(_) => crate::notify::Delivery::Outbox(data_dir.join("outbox")),
     };
     Ok(OpenedStorage {
+        db,
         conn,
         last_seq,
         alert_store,
@@ -157,6 +159,7 @@ impl App {
         .await
         .map_err(|e| AppError::Server("store", e.to_string()))??;
         let OpenedStorage {
+            db,
             conn,
             last_seq,
             alert_store,
@@ -187,7 +190,7 @@ impl App {
             move |seq| live.committed(seq)
         });
         let writer_health = writer.health();
-        let readers = Readers::new(&db_path);
+        let readers = db.readers();
         let query = Query::new(live.clone(), readers.clone(), settings.retention);
         let pages_live = live.clone();
         let (queue, queue_rx) = pipeline::queue(

@@ -14,6 +14,7 @@ use redline::notify::{
     Outbox, OutboxEntry, RetryPolicy, Secret, SenderOptions, SmtpSettings, TlsMode, TraceLink,
     run_sender_with,
 };
+use redline::store::Db;
 use resvg::tiny_skia::Pixmap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -275,7 +276,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn start(db: &Path, delivery: Delivery, options: SenderOptions) -> Harness {
+    fn start(db: &Db, delivery: Delivery, options: SenderOptions) -> Harness {
         let outbox = Outbox::open(db).expect("outbox opens");
         let (stop, stopped) = watch::channel(false);
         let sender = tokio::spawn(run_sender_with(outbox.clone(), delivery, options, stopped));
@@ -321,8 +322,10 @@ async fn wait_received(dir: &Path, count: usize) -> Vec<Received> {
     .unwrap_or_else(|| panic!("the SMTP server did not receive {count} message(s)"))
 }
 
-fn db_path(temp: &tempfile::TempDir) -> PathBuf {
-    redline::store::database_path(temp.path())
+/// The database of a fresh data directory, opened as redline opens it.
+fn database(temp: &tempfile::TempDir) -> Db {
+    let (db, _writer) = Db::open(&redline::store::database_path(temp.path())).expect("opens");
+    db
 }
 
 #[tokio::test]
@@ -331,7 +334,7 @@ async fn delivered_email_parses_back_with_text_html_and_inline_chart() {
     let mail = temp.path().join("mail");
     let server = SmtpServer::start(&mail, &[]);
     let harness = Harness::start(
-        &db_path(&temp),
+        &database(&temp),
         Delivery::Smtp(server.settings(TlsMode::None)),
         fast_options(),
     );
@@ -426,7 +429,7 @@ async fn hostile_telemetry_is_escaped_in_the_delivered_html() {
     let mail = temp.path().join("mail");
     let server = SmtpServer::start(&mail, &[]);
     let harness = Harness::start(
-        &db_path(&temp),
+        &database(&temp),
         Delivery::Smtp(server.settings(TlsMode::None)),
         fast_options(),
     );
@@ -475,7 +478,7 @@ async fn transient_451_is_retried_with_backoff_and_delivered_once() {
     server.steer(451, 2);
     let metrics = redline::self_metrics::install();
     let harness = Harness::start(
-        &db_path(&temp),
+        &database(&temp),
         Delivery::Smtp(server.settings(TlsMode::None)),
         fast_options(),
     );
@@ -517,7 +520,7 @@ async fn permanent_550_fails_and_is_never_retried() {
     server.steer(550, -1);
     let metrics = redline::self_metrics::install();
     let harness = Harness::start(
-        &db_path(&temp),
+        &database(&temp),
         Delivery::Smtp(server.settings(TlsMode::None)),
         fast_options(),
     );
@@ -569,7 +572,7 @@ async fn mail_queued_while_the_server_is_down_arrives_once_it_is_up() {
         timeout: Duration::from_secs(5),
         hello_name: None,
     };
-    let harness = Harness::start(&db_path(&temp), Delivery::Smtp(settings), fast_options());
+    let harness = Harness::start(&database(&temp), Delivery::Smtp(settings), fast_options());
     let id = harness.outbox.enqueue(&light("ServiceDown")).await.unwrap();
     let entry = harness
         .wait_entry(id, "retried twice", |e| e.attempts >= 2)
@@ -601,7 +604,7 @@ async fn restart_delivers_pending_mail_and_does_not_resend_sent_mail() {
     let temp = tempfile::tempdir().unwrap();
     let mail = temp.path().join("mail");
     let server = SmtpServer::start(&mail, &[]);
-    let db = db_path(&temp);
+    let db = database(&temp);
     let delivery = Delivery::Smtp(server.settings(TlsMode::None));
 
     let first = Harness::start(&db, delivery.clone(), fast_options());
@@ -657,7 +660,7 @@ async fn without_smtp_messages_become_parseable_eml_files() {
     let temp = tempfile::tempdir().unwrap();
     let outbox_dir = temp.path().join("outbox");
     let harness = Harness::start(
-        &db_path(&temp),
+        &database(&temp),
         Delivery::Outbox(outbox_dir.clone()),
         fast_options(),
     );
@@ -729,7 +732,7 @@ async fn auth_round(extra_args: &[&str], mechanism: &str) {
     assert!(!format!("{:?}", Delivery::Smtp(settings.clone())).contains(PASSWORD));
 
     let harness = Harness::start(
-        &db_path(&temp),
+        &database(&temp),
         Delivery::Smtp(settings.clone()),
         fast_options(),
     );
@@ -746,7 +749,7 @@ async fn auth_round(extra_args: &[&str], mechanism: &str) {
     // A wrong password: the server answers 535, a permanent failure.
     let temp = tempfile::tempdir().unwrap();
     settings.password = Some(Secret(format!("{PASSWORD}-but-wrong")));
-    let harness = Harness::start(&db_path(&temp), Delivery::Smtp(settings), fast_options());
+    let harness = Harness::start(&database(&temp), Delivery::Smtp(settings), fast_options());
     let id = harness.outbox.enqueue(&light("Authed")).await.unwrap();
     let entry = harness
         .wait_entry(id, "failed", |e| e.status == EntryStatus::Failed)
@@ -832,7 +835,7 @@ async fn starttls_and_implicit_tls_deliver_over_tls() {
             extra_roots: vec![server.cert()],
             ..fast_options()
         };
-        let harness = Harness::start(&db_path(&temp), Delivery::Smtp(settings), options);
+        let harness = Harness::start(&database(&temp), Delivery::Smtp(settings), options);
         let id = harness.outbox.enqueue(&light("Tls")).await.unwrap();
         harness
             .wait_entry(id, "sent", |e| e.status == EntryStatus::Sent)
@@ -852,7 +855,7 @@ async fn starttls_required_never_falls_back_to_plain_text() {
     // A server without TLS: STARTTLS is required, so nothing may be sent in the clear.
     let server = SmtpServer::start(&mail, &[]);
     let harness = Harness::start(
-        &db_path(&temp),
+        &database(&temp),
         Delivery::Smtp(server.settings(TlsMode::StartTls)),
         fast_options(),
     );
@@ -877,7 +880,7 @@ async fn server_restart_between_messages_is_survived() {
     let mail = temp.path().join("mail");
     let mut server = SmtpServer::start(&mail, &[]);
     let harness = Harness::start(
-        &db_path(&temp),
+        &database(&temp),
         Delivery::Smtp(server.settings(TlsMode::None)),
         fast_options(),
     );

@@ -2,14 +2,13 @@
 //! silences. On its own connection, used from blocking threads only.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::alerts::engine::{Alert, AlertState, FiringPeriod, Transition};
 use crate::alerts::routing::{LogEntry, Matcher, Silence};
-use crate::store::StoreError;
+use crate::store::{Commits, Db, StoreError};
 
 #[derive(Clone)]
 pub struct AlertStore {
@@ -25,9 +24,9 @@ fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError
 }
 
 impl AlertStore {
-    /// Opens the database (created and migrated if needed) on a new connection of its own.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = crate::store::open_database(path, crate::store::WRITE_LOCK_WAIT)?;
+    /// Alert state on a connection of its own to `db`.
+    pub fn open(db: &Db) -> Result<Self, StoreError> {
+        let conn = db.connection(Commits::SurviveCrashes)?;
         Ok(AlertStore {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -317,7 +316,7 @@ mod tests {
     #[test]
     fn firing_periods_are_rebuilt_from_the_history() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = crate::store::open_writer(&dir.path().join("redline.db")).unwrap();
+        let (_db, mut conn) = crate::store::Db::open(&dir.path().join("redline.db")).unwrap();
         let history = [
             transition("a", "inactive", "pending", 1_000),
             transition("a", "pending", "firing", 2_000),

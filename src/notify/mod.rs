@@ -37,6 +37,9 @@ pub enum NotifyError {
     Chart(String),
     #[error("outbox database: {0}")]
     Store(#[from] rusqlite::Error),
+    /// The database could not be opened for the outbox (the message names the file).
+    #[error("{0}")]
+    Open(#[from] crate::store::StoreError),
     #[error("smtp settings: {0}")]
     Settings(String),
     #[error("{0}")]

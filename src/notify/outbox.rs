@@ -27,6 +27,7 @@ use tokio::sync::{Notify, watch};
 use super::transport::{self, SmtpTransport};
 use super::{Delivery, Notification, NotifyError, email};
 use crate::self_metrics;
+use crate::store::{Commits, Db};
 use crate::vocab::now_ms;
 
 /// When to retry and when to give up.
@@ -171,25 +172,12 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    /// Opens the outbox in the database file at `db_path` (`store::database_path(data_dir)`),
-    /// creating and migrating it if needed. Blocking: call it at startup or on a blocking
-    /// thread.
-    pub fn open(db_path: &Path) -> Result<Outbox, NotifyError> {
-        if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
-        }
-        let mut conn = Connection::open(db_path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+    /// The outbox in `db`, on a connection of its own. Blocking: call it at startup or on a
+    /// blocking thread.
+    pub fn open(db: &Db) -> Result<Outbox, NotifyError> {
         // A queued notification must survive a power cut, not only a crash.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        if let Err(e) = crate::store::schema::migrate(&mut conn) {
-            // The store may have migrated the same file at the same moment.
-            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if version < crate::store::schema::latest_version() {
-                return Err(e.into());
-            }
-        }
+        let conn = db.connection(Commits::SurvivePowerLoss)?;
+        let db_path = db.path();
         let outbox = Outbox {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),

@@ -1,5 +1,5 @@
 //! One writer per database: an exclusive `flock` on `<database>.lock`, held from
-//! [`crate::store::open_writer`] until the writer thread ends. SQLite's own locks are taken per
+//! [`crate::store::Db::open`] until the writer thread ends. SQLite's own locks are taken per
 //! transaction, so two redlines on one data directory would both run and interleave their
 //! flushes (and their flush sequence numbers); the lock file makes the second one stop at
 //! start-up with a clear message. The kernel drops the lock when the process dies, `kill -9`

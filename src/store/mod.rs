@@ -1,4 +1,5 @@
-//! SQLite history: one file (`redline.db`) in WAL mode. One writer thread applies flushes in
+//! SQLite history: one file (`redline.db`) in WAL mode, opened through [`Db`], which owns every
+//! connection's pragmas and the one migration. One writer thread applies flushes in
 //! transactions and enforces retention; readers use their own read-only connections. Nothing
 //! here runs on the async runtime: callers go through the writer's channel or `spawn_blocking`.
 //!
@@ -10,6 +11,7 @@
 mod apply;
 mod codec;
 mod data_dir_lock;
+mod db;
 pub mod read;
 pub mod schema;
 pub mod writer;
@@ -26,6 +28,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, ffi::ErrorCode};
 
+#[cfg(test)]
+pub(crate) use db::WRITE_LOCK_WAIT;
+pub use db::{Commits, Db};
+pub(crate) use db::{configure_reader, open_database};
 pub use read::MetricSeriesRow;
 pub use writer::{
     FaultKind, PanicReport, TryFlushError, TryRetentionError, WriterHandle, WriterHealth,
@@ -242,63 +248,6 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
     data_dir.join("redline.db")
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(())
-}
-
-/// How long a writing connection waits for another one's write lock before calling it a fault.
-pub(crate) const WRITE_LOCK_WAIT: Duration = Duration::from_secs(5);
-
-/// Opens (creating if needed) and migrates the database for the one writer of this data
-/// directory; the connection becomes the writer's ([`spawn_writer`]). Fails with a message that
-/// names the file and says what to do when it is not a database, cannot be written, is locked,
-/// or another redline writes to it.
-pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
-    // The database is checked first: what is wrong with it is the more useful message.
-    let conn = open_database(path, WRITE_LOCK_WAIT)?;
-    data_dir_lock::claim(path)?;
-    Ok(conn)
-}
-
-/// Opens (creating if needed) and migrates the database on a new writable connection, checking
-/// that it can be written: for a second writing connection of this process (alert state) and
-/// for the writer's reconnections.
-pub fn open_database(path: &Path, lock_wait: Duration) -> Result<Connection, StoreError> {
-    let open_error = |source| StoreError::open(path, source);
-    let mut conn = Connection::open(path).map_err(open_error)?;
-    // SQLite opens a file it may not write read-only without a word; writes would fail later.
-    if conn.is_readonly(rusqlite::MAIN_DB).map_err(open_error)? {
-        return Err(open_error(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
-            Some("SQLite could open it read-only only".into()),
-        )));
-    }
-    configure(&conn).map_err(open_error)?;
-    conn.busy_timeout(lock_wait).map_err(open_error)?;
-    // Incremental auto-vacuum must be chosen before the first table exists.
-    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
-        .map_err(open_error)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(open_error)?;
-    // WAL + NORMAL never corrupts on a crash; a power cut may lose the last commits.
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(open_error)?;
-    // Takes the write lock once: a file locked by another process is found here, at start-up,
-    // rather than at the first flush.
-    conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
-        .map_err(open_error)?;
-    schema::migrate(&mut conn).map_err(open_error)?;
-    // Reads the schema and the flush sequence number: a damaged first page or schema is found
-    // here, where the message can say what to do, rather than by the first query.
-    read::flushed_seq(&conn).map_err(|e| match e {
-        StoreError::Sql(source) => open_error(source),
-        other => other,
-    })?;
-    Ok(conn)
-}
-
 /// A small pool of read-only connections, used from blocking threads.
 #[derive(Clone)]
 pub struct Readers {
@@ -309,7 +258,7 @@ pub struct Readers {
 const MAX_IDLE_READERS: usize = 4;
 
 impl Readers {
-    pub fn new(path: &Path) -> Self {
+    pub(super) fn new(path: &Path) -> Self {
         Readers {
             path: path.to_path_buf(),
             idle: Arc::new(Mutex::new(Vec::new())),
@@ -330,7 +279,7 @@ impl Readers {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(|source| StoreError::open(&self.path, source))?;
-                configure(&conn)?;
+                configure_reader(&conn)?;
                 conn
             }
         };

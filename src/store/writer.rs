@@ -677,7 +677,7 @@ mod tests {
     use crate::store::apply::{PANICKING_SEQ, PANICKING_SPAN};
     use crate::store::test_data::{HOUR, batch, count, plain, poisoned_red, red, span};
     use crate::store::tmpfs::Tmpfs;
-    use crate::store::{WRITE_LOCK_WAIT, open_database, open_writer, read};
+    use crate::store::{Db, WRITE_LOCK_WAIT, open_database, read};
 
     /// The flush numbers `on_commit` was called with, in order.
     #[derive(Clone, Default)]
@@ -695,7 +695,7 @@ mod tests {
     }
 
     fn start(path: &Path) -> (WriterHandle, Commits) {
-        let conn = open_writer(path).unwrap();
+        let (_db, conn) = Db::open(path).unwrap();
         let commits = Commits::default();
         let writer = spawn_writer(conn, Retention::default(), commits.callback());
         (writer, commits)
