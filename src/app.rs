@@ -24,7 +24,7 @@ use crate::notify::{Notification, Outbox};
 use crate::pipeline::{self, Durability, Live, PipelineConfig};
 use crate::query::Query;
 use crate::store::{self, Db, StoreError};
-use crate::supervise::{Stage, Stages, spawn_critical, spawn_restarting};
+use crate::supervise::{Stage, Stages, join_within, spawn_critical, spawn_restarting};
 use crate::{self_metrics, web};
 
 /// HTTP/2 flow-control window of each OTLP/gRPC stream (connections get four times it).
@@ -67,7 +67,7 @@ pub struct App {
     web_task: JoinHandle<Option<Result<(), AppError>>>,
     pipeline_task: JoinHandle<Option<()>>,
     alerts_stop: watch::Sender<bool>,
-    alerts_tasks: Vec<JoinHandle<()>>,
+    alerts_tasks: Vec<(Stage, JoinHandle<()>)>,
     query: Query,
     alerts: AlertsHandle,
     stages: Arc<Stages>,
@@ -273,32 +273,38 @@ impl App {
             .clone()
             .unwrap_or_else(|| format!("http://{web_addr}"));
         let alerts_tasks = vec![
-            spawn_restarting(stages.clone(), Stage::Alerts, {
-                let (query, alerts, outbox) = (query.clone(), alerts.clone(), outbox.clone());
-                let stop = alerts_stop_rx.clone();
-                move || {
-                    alerts_runtime::run(
-                        AlertsSettings {
-                            rules_file: rules_file.clone(),
-                            dashboard_url: dashboard_url.clone(),
-                        },
-                        query.clone(),
-                        alerts.clone(),
-                        outbox.clone(),
-                        stop.clone(),
-                    )
-                }
-            }),
-            spawn_restarting(stages.clone(), Stage::Notify, {
-                let outbox = outbox.clone();
-                move || {
-                    crate::notify::run_sender(
-                        outbox.clone(),
-                        delivery.clone(),
-                        alerts_stop_rx.clone(),
-                    )
-                }
-            }),
+            (
+                Stage::Alerts,
+                spawn_restarting(stages.clone(), Stage::Alerts, {
+                    let (query, alerts, outbox) = (query.clone(), alerts.clone(), outbox.clone());
+                    let stop = alerts_stop_rx.clone();
+                    move || {
+                        alerts_runtime::run(
+                            AlertsSettings {
+                                rules_file: rules_file.clone(),
+                                dashboard_url: dashboard_url.clone(),
+                            },
+                            query.clone(),
+                            alerts.clone(),
+                            outbox.clone(),
+                            stop.clone(),
+                        )
+                    }
+                }),
+            ),
+            (
+                Stage::Notify,
+                spawn_restarting(stages.clone(), Stage::Notify, {
+                    let outbox = outbox.clone();
+                    move || {
+                        crate::notify::run_sender(
+                            outbox.clone(),
+                            delivery.clone(),
+                            alerts_stop_rx.clone(),
+                        )
+                    }
+                }),
+            ),
         ];
 
         let (web_stop, web_stop_rx) = watch::channel(false);
@@ -417,16 +423,31 @@ impl App {
             stage = stages.first_failure() => Some(stage),
         };
         stopping.send_replace(true);
+        // In the order that loses nothing: receivers stop acknowledging first, the pipeline
+        // then drains the queue and writes everything, alerting and the web address go last.
         let _ = receivers_stop.send(true);
-        let mut results = vec![joined(grpc_task.await), joined(http_task.await)];
+        let (grpc, http) = tokio::join!(
+            join_within(&stages, Stage::OtlpGrpc, grpc_task, CLIENTS_FINISH_WITHIN),
+            join_within(&stages, Stage::OtlpHttp, http_task, CLIENTS_FINISH_WITHIN),
+        );
+        let mut results = vec![server_result(grpc), server_result(http)];
         let _ = pipeline_stop.send(());
-        let _ = pipeline_task.await;
+        let stored = join_within(
+            &stages,
+            Stage::Pipeline,
+            pipeline_task,
+            PIPELINE_STOPS_WITHIN,
+        );
+        if stored.await.is_none() {
+            results.push(Err(AppError::StageFailed(Stage::Pipeline.as_str())));
+        }
         let _ = alerts_stop.send(true);
-        for task in alerts_tasks {
-            let _ = task.await;
+        for (stage, task) in alerts_tasks {
+            join_within(&stages, stage, task, CLIENTS_FINISH_WITHIN).await;
         }
         let _ = web_stop.send(true);
-        results.push(joined(web_task.await));
+        let web = join_within(&stages, Stage::Web, web_task, CLIENTS_FINISH_WITHIN).await;
+        results.push(server_result(web));
         if let Some(stage) = failed {
             return Err(AppError::StageFailed(stage.as_str()));
         }
@@ -439,6 +460,12 @@ impl App {
 
 /// How long a stop keeps trying to store what is left when the store cannot write.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the pipeline may take to drain, flush and close the writer after a stop: the
+/// writer's own deadline and a margin.
+const PIPELINE_STOPS_WITHIN: Duration = Duration::from_secs(15);
+/// How long a server waits for its clients' requests to finish after a stop, and a restarted
+/// stage for its current round; past it, the task is aborted.
+const CLIENTS_FINISH_WITHIN: Duration = Duration::from_secs(5);
 
 /// How long acknowledged data may wait for a commit before receivers stop acknowledging more:
 /// five flush intervals, and never under five seconds.
@@ -446,13 +473,9 @@ fn max_write_lag(flush_interval: Duration) -> Duration {
     (flush_interval * 5).max(Duration::from_secs(5))
 }
 
-/// A receiver's or the web server's result; one that panicked is reported by its stage.
-fn joined(
-    result: Result<Option<Result<(), AppError>>, tokio::task::JoinError>,
-) -> Result<(), AppError> {
-    match result {
-        Ok(Some(result)) => result,
-        Ok(None) => Ok(()),
-        Err(e) => Err(AppError::Server("task", e.to_string())),
-    }
+/// A receiver's or the web server's result once joined. One that panicked, failed or did not
+/// stop in time has been reported by its stage; a server that was cut off after its deadline
+/// lost no data (receivers stop before the pipeline drains).
+fn server_result(joined: Option<Option<Result<(), AppError>>>) -> Result<(), AppError> {
+    joined.flatten().unwrap_or(Ok(()))
 }

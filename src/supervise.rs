@@ -4,7 +4,9 @@
 //! with backoff; a stage that cannot be restarted without losing what it holds (the receivers,
 //! the pipeline) is marked failed, and the app then stops and exits non-zero so that a process
 //! manager restarts it. Panics inside a stage's unit of work (a batch, a flush) are caught where
-//! they happen and counted; these supervisors are the net beneath.
+//! they happen and counted; these supervisors are the net beneath. On shutdown every stage is
+//! joined with a deadline ([`join_within`]): one that does not stop in time is aborted and
+//! reported, so no client and no stuck task can hold a stop up.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -202,10 +204,68 @@ where
     })
 }
 
+/// Waits for `stage`'s task after it was asked to stop. Past `deadline` the task is aborted
+/// and that is reported (logged, and the stage's state says so); the result is `None` then, as
+/// it is for a task that panicked or was cancelled.
+pub async fn join_within<T>(
+    stages: &Stages,
+    stage: Stage,
+    mut task: JoinHandle<T>,
+    deadline: Duration,
+) -> Option<T> {
+    match tokio::time::timeout(deadline, &mut task).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            tracing::error!(stage = stage.as_str(), error = %e, "stage task ended abnormally");
+            None
+        }
+        Err(_) => {
+            task.abort();
+            tracing::warn!(
+                stage = stage.as_str(),
+                ?deadline,
+                "stage did not stop within its deadline; aborted"
+            );
+            stages.set(
+                stage,
+                StageState::Failed {
+                    reason: format!("it did not stop within {deadline:?} and was aborted"),
+                },
+            );
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stage_that_does_not_stop_in_time_is_aborted_and_reported() {
+        let stages = Stages::new();
+        let quick = tokio::spawn(async { 7 });
+        assert_eq!(
+            join_within(&stages, Stage::Web, quick, Duration::from_secs(5)).await,
+            Some(7)
+        );
+        let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        let stuck = tokio::spawn(async move {
+            let _abort_notice = dropped_tx;
+            std::future::pending::<()>().await
+        });
+        let started = tokio::time::Instant::now();
+        let joined = join_within(&stages, Stage::OtlpHttp, stuck, Duration::from_secs(5)).await;
+        assert_eq!(joined, None);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        // Aborted: the task's state is dropped.
+        assert!(dropped_rx.await.is_err());
+        assert!(matches!(
+            stages.states().get(&Stage::OtlpHttp),
+            Some(StageState::Failed { reason }) if reason.contains("did not stop within 5s")
+        ));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_panicking_stage_is_restarted_and_reported_meanwhile() {

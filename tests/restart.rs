@@ -146,3 +146,59 @@ async fn kill_9_loses_at_most_the_last_flush_and_never_corrupts() {
     assert_eq!(requests_of(&body), 1000);
     restarted.stop().await;
 }
+
+/// Clients that never finish their requests (a body that stops half-way, headers that never
+/// end) cannot hold a stop up: each stage is given a deadline, and what was acknowledged is
+/// still written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_is_not_held_up_by_clients_that_never_finish() {
+    use tokio::io::AsyncWriteExt;
+    let redline = TestRedline::start().await;
+    let data_dir = redline.data_dir.clone();
+    let request = export_request("before-stop", "/kept", 25);
+    assert_eq!(redline.export(&request).await, 200);
+
+    let mut stalled_body = tokio::net::TcpStream::connect(redline.http).await.unwrap();
+    stalled_body
+        .write_all(
+            b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\n\
+              content-length: 100000\r\n\r\n\x0a\x05",
+        )
+        .await
+        .unwrap();
+    let mut stalled_page = tokio::net::TcpStream::connect(redline.web).await.unwrap();
+    stalled_page
+        .write_all(b"GET /api/v1/services HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    // The receiver has the stalled request in hand before the stop begins.
+    let reading = poll(Duration::from_secs(5), || async {
+        let metrics = redline.metrics_text().await;
+        metrics
+            .lines()
+            .any(|l| {
+                l.starts_with("redline_memory_used_bytes{part=\"request_bodies\"}")
+                    && !l.ends_with(" 0")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(reading.is_some(), "the stalled body is being read");
+
+    let started = std::time::Instant::now();
+    let temp = redline.stop().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "the stop took {took:?}");
+    drop((stalled_body, stalled_page));
+
+    let restarted = TestRedline::start_in(port_zero_layer(&data_dir)).await;
+    restarted
+        .wait_for(
+            "/api/v1/endpoints?service=before-stop&since=5m",
+            Duration::from_secs(5),
+            |b| endpoint(b, "GET", "/kept").is_some_and(|e| e["requests"] == 25),
+        )
+        .await;
+    restarted.stop().await;
+    drop(temp);
+}
