@@ -19,6 +19,7 @@ use crate::alerts::store::{self as persist, AlertStore, HistoryEntry};
 use crate::alerts::template;
 use crate::notify::{AlertStatus, AlertSummary, ChartSpec, Notification, TraceLink};
 use crate::query::{Query, RedStat};
+use crate::render::url_component;
 use crate::vocab::{RedFilter, TimeRange, TraceFilter, now_ms};
 
 /// Where notifications go once the dispatcher decides to send them.
@@ -556,19 +557,6 @@ async fn notification(
     }
 }
 
-fn encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
-
 async fn summary(
     base: &str,
     query: &Query,
@@ -587,11 +575,11 @@ async fn summary(
     let dashboard_url = match (&method, &route) {
         (Some(m), Some(r)) => format!(
             "{base}/services/{}/endpoints?method={}&route={}",
-            encode(&service),
-            encode(m),
-            encode(r)
+            url_component(&service),
+            url_component(m),
+            url_component(r)
         ),
-        _ => format!("{base}/services/{}", encode(&service)),
+        _ => format!("{base}/services/{}", url_component(&service)),
     };
     let unit = rule.unit();
     let threshold_text = match rule.kind {

@@ -1,5 +1,17 @@
-//! Text on charts and pages: escaping telemetry text, units and their scaling, numbers with
+//! Text on charts and pages: escaping telemetry text, URL components in links, units and their scaling, numbers with
 //! three significant digits, UTC times, and the ticks of value and time axes.
+
+/// What a URL component keeps as it is: RFC 3986's unreserved characters.
+const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes a URL component (a path segment or a query value) for a link.
+pub fn url_component(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, URL_COMPONENT).to_string()
+}
 
 /// Escapes text for an XML/HTML text node or a quoted attribute value.
 pub fn escape(text: &str) -> String {

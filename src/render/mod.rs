@@ -22,7 +22,7 @@ pub mod format;
 pub mod small;
 pub mod time_chart;
 
-pub use format::{Unit, civil, escape, format_utc, nice_ticks, number, time_ticks};
+pub use format::{Unit, civil, escape, format_utc, nice_ticks, number, time_ticks, url_component};
 pub use small::{bar_chart_svg, single_stat_svg, sparkline_svg};
 pub use time_chart::{Interval, Series, Threshold, TimeChart};
 
@@ -55,6 +55,12 @@ mod tests {
                 d.matches('M').count()
             })
             .collect()
+    }
+
+    #[test]
+    fn url_components_keep_only_unreserved_characters() {
+        assert_eq!(url_component("a/b c%é~-_.?#&="), "a%2Fb%20c%25%C3%A9~-_.%3F%23%26%3D");
+        assert_eq!(url_component(""), "");
     }
 
     #[test]

@@ -5,10 +5,11 @@ use axum::extract::State;
 use axum::response::Html;
 
 use super::{
-    EmptyHelp, Layout, PageError, Pages, Pairs, Params, SortHeader, cmp_opt, encode, fmt_bytes,
-    fmt_opt, merged, range_seconds, red_step, render, sort_headers, sort_of, stat_points,
+    EmptyHelp, Layout, PageError, Pages, Pairs, Params, SortHeader, cmp_opt, fmt_bytes, fmt_opt,
+    merged, range_seconds, red_step, render, sort_headers, sort_of, stat_points,
 };
 use crate::query::RedStat;
+use crate::render::url_component;
 use crate::render::{Unit, number, sparkline_svg};
 use crate::store::writer::WriterState;
 use crate::vocab::RedFilter;
@@ -125,7 +126,7 @@ pub async fn build(pages: &Pages, params: Params) -> Result<Overview, PageError>
                 name: key.service.clone(),
                 href: format!(
                     "/services/{}{}",
-                    encode(&key.service),
+                    url_component(&key.service),
                     params.with(&[("sort", None), ("dir", None)])
                 ),
                 rate: rate_unit.format(rate),

@@ -100,7 +100,7 @@ impl Params {
 /// `?k=v&…`, percent-encoded (empty when there is nothing).
 pub fn query_string<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> String {
     let encoded: Vec<String> = pairs
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .map(|(k, v)| format!("{}={}", url_component(k), url_component(v)))
         .collect();
     if encoded.is_empty() {
         String::new()
@@ -109,19 +109,7 @@ pub fn query_string<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -
     }
 }
 
-/// Percent-encodes a URL component (RFC 3986 unreserved characters stay).
-pub fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
+use crate::render::url_component;
 
 pub(super) const PRESETS: [(&str, i64); 5] = [
     ("15m", 15 * 60_000),

@@ -9,12 +9,13 @@ use axum::extract::{Path, State};
 use axum::response::Html;
 
 use super::{
-    ChartTarget, EmptyHelp, Layout, PageError, Pages, Pairs, Params, SortHeader, cmp_opt, encode,
-    fmt_opt, merged, range_seconds, red_step, render, sort_headers, sort_of, stat_points, step_for,
+    ChartTarget, EmptyHelp, Layout, PageError, Pages, Pairs, Params, SortHeader, cmp_opt, fmt_opt,
+    merged, range_seconds, red_step, render, sort_headers, sort_of, stat_points, step_for,
 };
 use crate::aggregate::red::RedStats;
 use crate::model::STATUS_CLASSES;
 use crate::query::{MetricAggregation, MetricQuery, RedStat, RedSteps};
+use crate::render::url_component;
 use crate::render::{TimeChart, Unit, bar_chart_svg, format_utc, sparkline_svg};
 use crate::vocab::{RedFilter, TimeRange, TraceFilter};
 
@@ -169,7 +170,7 @@ pub async fn build_service(
                 route: key.route.clone(),
                 href: format!(
                     "/services/{}/endpoints{}",
-                    encode(&service),
+                    url_component(&service),
                     params.with(&[
                         ("method", Some(&key.method)),
                         ("route", Some(&key.route)),
@@ -229,7 +230,7 @@ pub async fn build_service(
         headers: sort_headers(&params, &COLUMNS, "rate"),
         rows: rows.into_iter().map(|(_, row)| row).collect(),
         resources,
-        traces_href: format!("/traces?service={}", encode(&service)),
+        traces_href: format!("/traces?service={}", url_component(&service)),
         help: EmptyHelp::of(pages),
         empty_title,
         service,
@@ -609,14 +610,14 @@ pub async fn build_endpoint(
         layout: Layout::new(pages, title, "overview", &params, &choice, refresh),
         service_href: format!(
             "/services/{}{}",
-            encode(&service),
+            url_component(&service),
             params.with(&[("method", None), ("route", None)])
         ),
         traces_href: format!(
             "/traces?service={}&method={}&route={}",
-            encode(&service),
-            encode(&method),
-            encode(&route)
+            url_component(&service),
+            url_component(&method),
+            url_component(&route)
         ),
         figures: figures(&total, range_seconds(range)),
         distribution: distribution_svg(&total),
@@ -634,7 +635,7 @@ pub async fn build_endpoint(
 
 pub fn trace_row(t: crate::vocab::TraceSummary) -> TraceRow {
     TraceRow {
-        href: format!("/traces/{}", encode(&t.trace_id)),
+        href: format!("/traces/{}", url_component(&t.trace_id)),
         service: t.service.clone().unwrap_or_default(),
         when: format_utc(t.start_unix_ms as i64),
         duration: Unit::Millis.format(t.duration_ms),
