@@ -255,28 +255,22 @@ pub fn time_ticks(from_ms: i64, to_ms: i64, max_ticks: usize) -> (Vec<i64>, i64)
     (ticks, interval)
 }
 
-/// (year, month 1-12, day, hour, minute, second) of a unix time in ms, UTC.
+/// (year, month 1-12, day, hour, minute, second) of a unix time in ms, UTC. Times beyond what
+/// the calendar covers (±9999 years) are held at its ends.
 pub fn civil(ms: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days → civil date.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let nanos = i128::from(ms) * 1_000_000;
+    let time = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(if ms < 0 {
+        time::PrimitiveDateTime::MIN.assume_utc()
+    } else {
+        time::PrimitiveDateTime::MAX.assume_utc()
+    });
     (
-        year,
-        month,
-        day,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
+        i64::from(time.year()),
+        u32::from(u8::from(time.month())),
+        u32::from(time.day()),
+        u32::from(time.hour()),
+        u32::from(time.minute()),
+        u32::from(time.second()),
     )
 }
 

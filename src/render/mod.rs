@@ -59,7 +59,10 @@ mod tests {
 
     #[test]
     fn url_components_keep_only_unreserved_characters() {
-        assert_eq!(url_component("a/b c%é~-_.?#&="), "a%2Fb%20c%25%C3%A9~-_.%3F%23%26%3D");
+        assert_eq!(
+            url_component("a/b c%é~-_.?#&="),
+            "a%2Fb%20c%25%C3%A9~-_.%3F%23%26%3D"
+        );
         assert_eq!(url_component(""), "");
     }
 

@@ -133,25 +133,17 @@ pub(super) fn parse_time(name: &str, text: &str) -> Result<i64, PageError> {
 
 /// `YYYY-MM-DDTHH:MM[:SS]` as UTC unix ms.
 pub(super) fn parse_datetime_local(text: &str) -> Option<i64> {
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
-    let (h, mi) = (t.next()??, t.next()??);
-    let s = t.next().flatten().unwrap_or(0);
-    let calendar = (1970..=9999).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&day);
-    if !calendar || !(0..=23).contains(&h) || !(0..=59).contains(&mi) || !(0..=59).contains(&s) {
+    use time::macros::format_description;
+    let with_seconds = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    let without = format_description!("[year]-[month]-[day]T[hour]:[minute]");
+    let time = time::PrimitiveDateTime::parse(text, with_seconds)
+        .or_else(|_| time::PrimitiveDateTime::parse(text, without))
+        .ok()?;
+    if !(1970..=9999).contains(&time.year()) {
         return None;
     }
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000)
+    let ms = time.assume_utc().unix_timestamp_nanos() / 1_000_000;
+    i64::try_from(ms).ok()
 }
 
 /// `YYYY-MM-DDTHH:MM` for a datetime-local input.
