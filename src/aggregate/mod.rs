@@ -16,6 +16,7 @@ use std::sync::Arc;
 use foldhash::HashMap;
 
 use crate::memsize::HeapSize;
+use crate::model::semconv::{self, deprecated};
 use crate::model::{
     EndpointKey, EndpointRequest, IngestBatch, MetricKind, MetricPoint, MetricSeriesKey, RedSource,
     SpanRecord,
@@ -27,7 +28,7 @@ use red::RedStats;
 use sampler::{KeepReason, SamplerConfig, SamplerStats, TraceSampler};
 
 /// The stable HTTP server metric; its histograms give RED figures like server spans do.
-pub const HTTP_SERVER_DURATION: &str = "http.server.request.duration";
+pub const HTTP_SERVER_DURATION: &str = semconv::HTTP_SERVER_REQUEST_DURATION;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AggregatorConfig {
@@ -300,20 +301,20 @@ impl Aggregator {
     ) {
         let attributes = &point.series.attributes;
         let method = attributes
-            .get("http.request.method")
-            .or_else(|| attributes.get("http.method"))
+            .get(semconv::HTTP_REQUEST_METHOD)
+            .or_else(|| attributes.get(deprecated::HTTP_METHOD))
             .map(|m| crate::model::semconv::normalize_method(m))
             .unwrap_or_default();
         let route = attributes
-            .get("http.route")
+            .get(semconv::HTTP_ROUTE)
             .cloned()
             .unwrap_or_else(|| "(no route)".to_string());
         let status_code = attributes
-            .get("http.response.status_code")
-            .or_else(|| attributes.get("http.status_code"))
+            .get(semconv::HTTP_RESPONSE_STATUS_CODE)
+            .or_else(|| attributes.get(deprecated::HTTP_STATUS_CODE))
             .and_then(|s| s.parse::<u16>().ok());
         let is_error =
-            status_code.is_some_and(|c| c >= 500) || attributes.contains_key("error.type");
+            status_code.is_some_and(|c| c >= 500) || attributes.contains_key(semconv::ERROR_TYPE);
         let to_ms = match point.unit.as_str() {
             "ms" => 1.0,
             "us" | "µs" => 0.001,

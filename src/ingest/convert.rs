@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use crate::ingest::tracestate;
 use crate::ingest::wire::{self, DecodeError, Item, SpanAttributes, SpanView, Value};
 use crate::model::limits::{self, Field, limit_str, limit_string};
-use crate::model::semconv::known_method;
+use crate::model::semconv::{self, known_method};
 use crate::model::span_record::{any_value_to_string, attribute_text};
 use crate::model::{EndpointKey, EndpointRequest, IncomingSpan, IngestBatch, RequestRecord};
 
@@ -178,7 +178,7 @@ fn range_within(body: &[u8], part: &[u8]) -> std::ops::Range<usize> {
 /// empty.
 pub fn service_name(resource: Option<&Resource>) -> String {
     resource
-        .and_then(|r| find_attribute(&r.attributes, "service.name"))
+        .and_then(|r| find_attribute(&r.attributes, semconv::SERVICE_NAME))
         .map(|value| attribute_text(Some(value), Field::ServiceName))
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| UNKNOWN_SERVICE.to_string())

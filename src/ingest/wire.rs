@@ -9,6 +9,8 @@
 //!
 //! Field numbers are those of `opentelemetry/proto/{collector/trace,trace,common,resource}/v1`.
 
+use crate::model::semconv::{self, deprecated};
+
 /// Why the bytes are not an `ExportTraceServiceRequest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid protobuf: {0}")]
@@ -50,16 +52,16 @@ pub struct SpanAttributes<'a> {
 impl<'a> SpanAttributes<'a> {
     fn record(&mut self, key: &str, value: Value<'a>) {
         let slot = match key {
-            "http.request.method" => &mut self.http_request_method,
-            "http.method" => &mut self.http_method,
-            "http.route" => &mut self.http_route,
-            "http.response.status_code" => &mut self.http_response_status_code,
-            "http.status_code" => &mut self.http_status_code,
-            "url.path" => &mut self.url_path,
-            "http.target" => &mut self.http_target,
-            "url.full" => &mut self.url_full,
-            "http.url" => &mut self.http_url,
-            "rpc.system" => &mut self.rpc_system,
+            semconv::HTTP_REQUEST_METHOD => &mut self.http_request_method,
+            deprecated::HTTP_METHOD => &mut self.http_method,
+            semconv::HTTP_ROUTE => &mut self.http_route,
+            semconv::HTTP_RESPONSE_STATUS_CODE => &mut self.http_response_status_code,
+            deprecated::HTTP_STATUS_CODE => &mut self.http_status_code,
+            semconv::URL_PATH => &mut self.url_path,
+            deprecated::HTTP_TARGET => &mut self.http_target,
+            semconv::URL_FULL => &mut self.url_full,
+            deprecated::HTTP_URL => &mut self.http_url,
+            deprecated::RPC_SYSTEM => &mut self.rpc_system,
             _ => return,
         };
         slot.get_or_insert(value);
@@ -175,7 +177,7 @@ fn read_resource(buf: &[u8], depth: u32) -> Result<Option<Value<'_>>, DecodeErro
         match field {
             1 => {
                 let (key, value) = read_key_value(reader.message(wire)?, depth + 1)?;
-                if key == "service.name" && service_name.is_none() {
+                if key == semconv::SERVICE_NAME && service_name.is_none() {
                     service_name = Some(value);
                 }
             }

@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params_from_iter, types::Valu
 use crate::aggregate::metric::MetricAgg;
 use crate::aggregate::red::RedStats;
 use crate::aggregate::{MetricDelta, RedDelta, SeriesInfo};
+use crate::model::semconv::{self, deprecated};
 use crate::model::{EndpointKey, MetricKind, MetricSeriesKey, RedSource, SpanEvent, SpanRecord};
 use crate::self_metrics;
 use crate::store::codec::{self, RED_COLUMN_COUNT, RED_COLUMNS};
@@ -523,9 +524,12 @@ fn span_record(row: &Row<'_>) -> Result<SpanRecord, StoreError> {
     let attributes: BTreeMap<String, String> =
         serde_json::from_str(&attributes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let is_error = status == "error"
-        || ["http.response.status_code", "http.status_code"]
-            .iter()
-            .any(|k| attributes.get(*k).and_then(|v| v.parse::<u16>().ok()) >= Some(500));
+        || [
+            semconv::HTTP_RESPONSE_STATUS_CODE,
+            deprecated::HTTP_STATUS_CODE,
+        ]
+        .iter()
+        .any(|k| attributes.get(*k).and_then(|v| v.parse::<u16>().ok()) >= Some(500));
     Ok(SpanRecord {
         trace_id: row.get(0)?,
         span_id: row.get(1)?,
