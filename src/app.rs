@@ -20,7 +20,7 @@ use crate::budget::MemoryBudget;
 use crate::config::Settings;
 use crate::ingest::admission::GrpcAdmissionLayer;
 use crate::ingest::{self, Ingestor};
-use crate::notify::{Notification, Outbox};
+use crate::notify::{Notification, NotifyError, Outbox};
 use crate::pipeline::{self, Durability, Live, PipelineConfig};
 use crate::query::Query;
 use crate::store::{self, Db, StoreError};
@@ -47,8 +47,15 @@ pub enum AppError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0} server failed: {1}")]
-    Server(&'static str, String),
+    #[error("cannot open the alert e-mail outbox: {0}")]
+    Outbox(#[from] NotifyError),
+    #[error("opening the data directory was interrupted: {0}")]
+    Startup(#[source] tokio::task::JoinError),
+    #[error("the {server} server failed: {source}")]
+    Serve {
+        server: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the {0} stage failed; redline stopped so that it can be restarted")]
     StageFailed(&'static str),
 }
@@ -74,11 +81,8 @@ pub struct App {
 }
 
 impl NotificationSink for Outbox {
-    async fn enqueue(&self, notification: Notification) -> Result<(), String> {
-        Outbox::enqueue(self, &notification)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    async fn enqueue(&self, notification: Notification) -> Result<(), NotifyError> {
+        Outbox::enqueue(self, &notification).await.map(|_| ())
     }
 }
 
@@ -126,7 +130,7 @@ fn open_storage(
     let (db, conn) = Db::open(db_path)?;
     let last_seq = store::read::flushed_seq(&conn)?;
     let alert_store = AlertStore::open(&db)?;
-    let outbox = Outbox::open(&db).map_err(|e| AppError::Server("outbox", e.to_string()))?;
+    let outbox = Outbox::open(&db)?;
     let delivery = match crate::alerts::config::load(alerts_file) {
         Ok(config) => config.delivery(&data_dir.join("outbox")),
         Err(_) => crate::notify::Delivery::Outbox(data_dir.join("outbox")),
@@ -157,7 +161,7 @@ impl App {
             move || open_storage(&data_dir, &db_path, &alerts_file)
         })
         .await
-        .map_err(|e| AppError::Server("store", e.to_string()))??;
+        .map_err(AppError::Startup)??;
         let OpenedStorage {
             db,
             conn,
@@ -240,7 +244,10 @@ impl App {
                         stopped(grpc_stop),
                     )
                     .await
-                    .map_err(|e| AppError::Server("OTLP/gRPC", e.to_string()))
+                    .map_err(|e| AppError::Serve {
+                        server: "OTLP/gRPC",
+                        source: e.into(),
+                    })
             },
             stopping_rx.clone(),
         );
@@ -258,7 +265,10 @@ impl App {
                 axum::serve(http_listener, http_router)
                     .with_graceful_shutdown(stopped(http_stop))
                     .await
-                    .map_err(|e| AppError::Server("OTLP/HTTP", e.to_string()))
+                    .map_err(|e| AppError::Serve {
+                        server: "OTLP/HTTP",
+                        source: e.into(),
+                    })
             },
             stopping_rx.clone(),
         );
@@ -344,7 +354,10 @@ impl App {
                 axum::serve(web_listener, web_router)
                     .with_graceful_shutdown(stopped(web_stop_rx))
                     .await
-                    .map_err(|e| AppError::Server("web", e.to_string()))
+                    .map_err(|e| AppError::Serve {
+                        server: "web",
+                        source: e.into(),
+                    })
             },
             stopping_rx,
         );

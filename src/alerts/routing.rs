@@ -45,23 +45,34 @@ impl std::fmt::Display for Matcher {
     }
 }
 
+/// Why a matcher does not parse.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MatcherError {
+    #[error("expected name=value, name!=value, name=~regex or name!~regex")]
+    NoOperator,
+    #[error("{0:?} is not a label name")]
+    LabelName(String),
+    #[error(transparent)]
+    Regex(#[from] regex::Error),
+}
+
 impl Matcher {
-    pub fn parse(text: &str) -> Result<Matcher, String> {
+    pub fn parse(text: &str) -> Result<Matcher, MatcherError> {
         let text = text.trim();
         let (name, op, value) = ["=~", "!~", "!=", "="]
             .iter()
             .find_map(|op| text.split_once(op).map(|(n, v)| (n, *op, v)))
-            .ok_or("expected name=value, name!=value, name=~regex or name!~regex")?;
+            .ok_or(MatcherError::NoOperator)?;
         let name = name.trim();
         if name.is_empty()
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
         {
-            return Err(format!("{name:?} is not a label name"));
+            return Err(MatcherError::LabelName(name.to_string()));
         }
         let value = value.trim().trim_matches('"').to_string();
-        let anchored = |v: &str| Regex::new(&format!("^(?:{v})$")).map_err(|e| e.to_string());
+        let anchored = |v: &str| Regex::new(&format!("^(?:{v})$"));
         let op = match op {
             "=" => MatchOp::Equal,
             "!=" => MatchOp::NotEqual,

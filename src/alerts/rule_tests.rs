@@ -32,7 +32,7 @@ use crate::alerts::config::{self, AlertsConfig, Rule};
 use crate::alerts::engine::{AlertState, Engine};
 use crate::alerts::routing::Labels;
 use crate::alerts::runtime::evaluate_all;
-use crate::alerts::source::{DataSource, Endpoints};
+use crate::alerts::source::{DataSource, Endpoints, SourceError};
 use crate::model::{EndpointKey, RequestRecord};
 use crate::vocab::TimeRange;
 
@@ -169,7 +169,7 @@ impl Synthetic {
 }
 
 impl DataSource for Synthetic {
-    async fn endpoints(&self, service: &str, range: TimeRange) -> Result<Endpoints, String> {
+    async fn endpoints(&self, service: &str, range: TimeRange) -> Result<Endpoints, SourceError> {
         Ok(std::sync::Arc::new(self.matching(service, range)))
     }
 
@@ -177,8 +177,8 @@ impl DataSource for Synthetic {
         &self,
         _rule: &Rule,
         _range: TimeRange,
-    ) -> Result<Vec<(Labels, MetricAgg)>, String> {
-        Err("metric series are not supported in rule tests yet".into())
+    ) -> Result<Vec<(Labels, MetricAgg)>, SourceError> {
+        Err(SourceError::MetricsUnsupported("rule tests"))
     }
 }
 

@@ -11,15 +11,16 @@ use std::time::SystemTime;
 
 use tokio::sync::{Notify, watch};
 
-use crate::alerts::config::{self, AlertsConfig, Rule, RuleKind, Selector};
+use crate::alerts::config::{self, AlertsConfig, AlertsConfigError, Rule, RuleKind, Selector};
 use crate::alerts::engine::{Alert, AlertState, Engine, FiringPeriod, Transition};
 use crate::alerts::routing::{AlertView, Dispatcher, Flush, Silence};
 use crate::alerts::source::{self, DataSource};
 use crate::alerts::store::{self as persist, AlertStore, HistoryEntry};
 use crate::alerts::template;
-use crate::notify::{AlertStatus, AlertSummary, ChartSpec, Notification, TraceLink};
+use crate::notify::{AlertStatus, AlertSummary, ChartSpec, Notification, NotifyError, TraceLink};
 use crate::query::{Query, RedStat};
 use crate::render::url_component;
+use crate::store::StoreError;
 use crate::vocab::{RedFilter, TimeRange, TraceFilter, now_ms};
 
 /// Where notifications go once the dispatcher decides to send them.
@@ -28,7 +29,7 @@ pub trait NotificationSink: Send + Sync + 'static {
     fn enqueue(
         &self,
         notification: Notification,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), NotifyError>> + Send;
 }
 
 /// A rule's current standing, for the dashboard and the API.
@@ -113,12 +114,11 @@ impl AlertsHandle {
         self.reload.notify_one();
     }
 
-    pub async fn add_silence(&self, silence: Silence) -> Result<(), String> {
+    pub async fn add_silence(&self, silence: Silence) -> Result<(), StoreError> {
         let stored = silence.clone();
         self.store
             .run(move |conn| persist::save_silence(conn, &stored))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         // Shown at once; the loop applies it to notifications on its next (immediate) cycle.
         self.publish(|view| {
             view.silences.push(silence);
@@ -128,23 +128,25 @@ impl AlertsHandle {
         Ok(())
     }
 
-    pub async fn delete_silence(&self, id: String) -> Result<bool, String> {
+    pub async fn delete_silence(&self, id: String) -> Result<bool, StoreError> {
         let key = id.clone();
         let deleted = self
             .store
             .run(move |conn| persist::delete_silence(conn, &key))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         self.publish(|view| view.silences.retain(|s| s.id != id));
         self.wake.notify_one();
         Ok(deleted)
     }
 
-    pub async fn history(&self, since_ms: i64, limit: usize) -> Result<Vec<HistoryEntry>, String> {
+    pub async fn history(
+        &self,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
         self.store
             .run(move |conn| persist::history(conn, since_ms, limit))
             .await
-            .map_err(|e| e.to_string())
     }
 
     fn publish(&self, update: impl FnOnce(&mut AlertsView)) {
@@ -174,18 +176,24 @@ async fn modified(path: &std::path::Path) -> Option<SystemTime> {
 
 /// The rules file's modification time and its rules, read and parsed on a blocking thread. No
 /// file means no rules, a valid state for a new user.
-async fn read_rules(path: &std::path::Path) -> (Option<SystemTime>, Result<AlertsConfig, String>) {
+async fn read_rules(
+    path: &std::path::Path,
+) -> (Option<SystemTime>, Result<AlertsConfig, AlertsConfigError>) {
     let path = path.to_path_buf();
+    let read = path.clone();
     tokio::task::spawn_blocking(move || {
-        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let modified = std::fs::metadata(&read).and_then(|m| m.modified()).ok();
         let config = match modified {
             None => Ok(AlertsConfig::default()),
-            Some(_) => config::load(&path).map_err(|e| e.to_string()),
+            Some(_) => config::load(&read),
         };
         (modified, config)
     })
     .await
-    .unwrap_or_else(|e| (None, Err(format!("reading the rules file: {e}"))))
+    .unwrap_or_else(|e| {
+        let source = std::io::Error::other(e);
+        (None, Err(AlertsConfigError::Read { path, source }))
+    })
 }
 
 /// Runs until `stop` turns true.
@@ -200,7 +208,7 @@ pub async fn run<N: NotificationSink>(
         (modified, Ok(config)) => Loaded { config, modified },
         (modified, Err(error)) => {
             tracing::error!(%error, "alert rules not loaded; no rules in force until the file is fixed");
-            handle.publish(|v| v.config_error = Some(error));
+            handle.publish(|v| v.config_error = Some(error.to_string()));
             Loaded {
                 config: AlertsConfig::default(),
                 modified,
@@ -264,7 +272,7 @@ pub async fn run<N: NotificationSink>(
 /// Loads the file again; on success unchanged rules keep their alerts, changed or removed
 /// rules lose theirs. On failure everything stays as it was.
 fn reload(
-    (modified, config): (Option<SystemTime>, Result<AlertsConfig, String>),
+    (modified, config): (Option<SystemTime>, Result<AlertsConfig, AlertsConfigError>),
     handle: &AlertsHandle,
     loaded: &mut Loaded,
     engine: &mut Engine,
@@ -292,7 +300,7 @@ fn reload(
         }
         Err(error) => {
             tracing::error!(%error, "alert rules file rejected; the previous rules stay in force");
-            handle.publish(|v| v.config_error = Some(error));
+            handle.publish(|v| v.config_error = Some(error.to_string()));
             loaded.modified = modified;
         }
     }

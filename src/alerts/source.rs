@@ -14,7 +14,18 @@ use crate::alerts::engine::Observation;
 use crate::alerts::routing::Labels;
 use crate::model::EndpointKey;
 use crate::query::{MetricAggregation, Query, RedStat};
+use crate::store::StoreError;
 use crate::vocab::{RedFilter, TimeRange};
+
+/// Why a rule's data could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The source has no metric series (rule tests' synthetic data).
+    #[error("metric series are not supported in {0}")]
+    MetricsUnsupported(&'static str),
+}
 
 /// Per-endpoint RED statistics of one service over a range: what rules read.
 pub type Endpoints = Arc<Vec<(EndpointKey, RedStats)>>;
@@ -26,14 +37,14 @@ pub trait DataSource {
         &self,
         service: &str,
         range: TimeRange,
-    ) -> impl Future<Output = Result<Endpoints, String>> + Send;
+    ) -> impl Future<Output = Result<Endpoints, SourceError>> + Send;
 
     /// The rule's metric merged over `range`, one entry per `by` attribute group.
     fn metric(
         &self,
         rule: &Rule,
         range: TimeRange,
-    ) -> impl Future<Output = Result<Vec<(Labels, MetricAgg)>, String>> + Send;
+    ) -> impl Future<Output = Result<Vec<(Labels, MetricAgg)>, SourceError>> + Send;
 }
 
 /// The rule's endpoints (its method/route, if fixed) grouped by its `by` dimensions.
@@ -41,7 +52,7 @@ pub async fn red<S: DataSource>(
     source: &S,
     rule: &Rule,
     range: TimeRange,
-) -> Result<Vec<(Labels, RedStats)>, String> {
+) -> Result<Vec<(Labels, RedStats)>, SourceError> {
     let endpoints = source.endpoints(&rule.service, range).await?;
     let mut groups: BTreeMap<Labels, RedStats> = BTreeMap::new();
     for (endpoint, stats) in endpoints.iter() {
@@ -68,23 +79,19 @@ pub async fn red<S: DataSource>(
 }
 
 impl DataSource for Query {
-    async fn endpoints(&self, service: &str, range: TimeRange) -> Result<Endpoints, String> {
+    async fn endpoints(&self, service: &str, range: TimeRange) -> Result<Endpoints, SourceError> {
         let filter = RedFilter {
             service: Some(service.to_string()),
             ..Default::default()
         };
-        Ok(Arc::new(
-            self.red_stats(filter, range)
-                .await
-                .map_err(|e| e.to_string())?,
-        ))
+        Ok(Arc::new(self.red_stats(filter, range).await?))
     }
 
     async fn metric(
         &self,
         rule: &Rule,
         range: TimeRange,
-    ) -> Result<Vec<(Labels, MetricAgg)>, String> {
+    ) -> Result<Vec<(Labels, MetricAgg)>, SourceError> {
         let Selector::Metric {
             name, attributes, ..
         } = &rule.selector
@@ -93,8 +100,7 @@ impl DataSource for Query {
         };
         let windows = self
             .metric_window(&rule.service, name, attributes, &rule.by, range)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(windows
             .into_iter()
             .map(|(_, labels, agg)| (labels, agg))
@@ -119,7 +125,7 @@ impl<'a, S> CycleCache<'a, S> {
 }
 
 impl<S: DataSource + Sync> DataSource for CycleCache<'_, S> {
-    async fn endpoints(&self, service: &str, range: TimeRange) -> Result<Endpoints, String> {
+    async fn endpoints(&self, service: &str, range: TimeRange) -> Result<Endpoints, SourceError> {
         let key = (service.to_string(), range.from_ms, range.to_ms);
         if let Some(hit) = self
             .endpoints
@@ -141,7 +147,7 @@ impl<S: DataSource + Sync> DataSource for CycleCache<'_, S> {
         &self,
         rule: &Rule,
         range: TimeRange,
-    ) -> Result<Vec<(Labels, MetricAgg)>, String> {
+    ) -> Result<Vec<(Labels, MetricAgg)>, SourceError> {
         self.source.metric(rule, range).await
     }
 }
@@ -159,7 +165,7 @@ async fn values<S: DataSource>(
     source: &S,
     rule: &Rule,
     range: TimeRange,
-) -> Result<Vec<(Labels, Option<f64>)>, String> {
+) -> Result<Vec<(Labels, Option<f64>)>, SourceError> {
     let seconds = ((range.to_ms - range.from_ms).max(1)) as f64 / 1000.0;
     match &rule.selector {
         Selector::Red { stat, .. } => Ok(red(source, rule, range)
@@ -218,7 +224,7 @@ pub async fn evaluate<S: DataSource>(
     source: &S,
     rule: &Rule,
     now_ms: i64,
-) -> Result<Vec<Observation>, String> {
+) -> Result<Vec<Observation>, SourceError> {
     let current = window_before(now_ms, rule.window);
     match &rule.kind {
         RuleKind::Threshold => {

@@ -283,7 +283,7 @@ pub fn load_silences(conn: &mut Connection, now_ms: i64) -> Result<Vec<Silence>,
         let texts: Vec<String> = from_json(&row.get::<_, String>(1)?)?;
         let matchers = texts
             .iter()
-            .map(|t| Matcher::parse(t).map_err(StoreError::Corrupt))
+            .map(|t| Matcher::parse(t).map_err(|e| StoreError::Corrupt(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         out.push(Silence {
             id: row.get(0)?,

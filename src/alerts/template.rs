@@ -55,7 +55,7 @@ fn trim(v: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-pub fn render(template: &str, data: &TemplateData<'_>) -> Result<String, String> {
+pub fn render(template: &str, data: &TemplateData<'_>) -> Result<String, minijinja::Error> {
     let env = environment();
     let unit = data.rule.unit;
     env.render_str(
@@ -69,7 +69,6 @@ pub fn render(template: &str, data: &TemplateData<'_>) -> Result<String, String>
             service => data.rule.service,
         },
     )
-    .map_err(|e| e.to_string())
 }
 
 /// Renders, or on error the raw template with the reason: the notification still goes out.
@@ -83,7 +82,7 @@ pub fn check(
     template: &str,
     rule: RuleFacts<'_>,
     sample_labels: &BTreeMap<String, String>,
-) -> Result<(), String> {
+) -> Result<(), minijinja::Error> {
     let data = TemplateData {
         labels: sample_labels,
         value: Some(rule.threshold * 1.5),

@@ -63,7 +63,7 @@ pub fn convert_traces(body: &Bytes) -> Result<Converted, DecodeError> {
         }
         Item::Span(span) => {
             if let Err(why) = validate_span(&span) {
-                out.reject(1, || why);
+                out.reject(1, || format!("span {:?}: {why}", span.name));
                 return;
             }
             let (incoming, status_code) = classify(&service, &span, &mut endpoints, body);
@@ -120,24 +120,26 @@ impl<'a> EndpointTable<'a> {
     }
 }
 
-fn validate_span(span: &SpanView<'_>) -> Result<(), String> {
+/// Why a span is rejected, per the OTLP data model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum InvalidSpan {
+    #[error("trace_id must be 16 bytes and not all zero")]
+    TraceId,
+    #[error("span_id must be 8 bytes and not all zero")]
+    SpanId,
+    #[error("start time must be set and not after the end time")]
+    Times,
+}
+
+fn validate_span(span: &SpanView<'_>) -> Result<(), InvalidSpan> {
     if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
-        return Err(format!(
-            "span {:?}: trace_id must be 16 bytes and not all zero",
-            span.name
-        ));
+        return Err(InvalidSpan::TraceId);
     }
     if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
-        return Err(format!(
-            "span {:?}: span_id must be 8 bytes and not all zero",
-            span.name
-        ));
+        return Err(InvalidSpan::SpanId);
     }
     if span.end_time_unix_nano < span.start_time_unix_nano || span.start_time_unix_nano == 0 {
-        return Err(format!(
-            "span {:?}: start time must be set and not after the end time",
-            span.name
-        ));
+        return Err(InvalidSpan::Times);
     }
     Ok(())
 }

@@ -65,7 +65,11 @@ async fn history(
     let limit = params.limit.unwrap_or(200).clamp(1, 1000);
     match alerts.history(since_ms, limit).await {
         Ok(entries) => Json(json!({ "history": entries })).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e}))).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
     }
 }
 
@@ -136,7 +140,11 @@ async fn create_silence(
     let id = silence.id.clone();
     match alerts.add_silence(silence).await {
         Ok(()) => (StatusCode::CREATED, Json(json!({ "id": id }))).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e}))).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
     }
 }
 
@@ -148,6 +156,10 @@ async fn delete_silence(State(alerts): State<AlertsHandle>, Path(id): Path<Strin
             Json(json!({"error": "no such silence"})),
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": e}))).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
     }
 }

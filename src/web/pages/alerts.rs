@@ -380,7 +380,7 @@ async fn create_silence(
     match build_silence(new, now_ms()) {
         Ok(silence) => match state.alerts.add_silence(silence).await {
             Ok(()) => Redirect::to("/alerts").into_response(),
-            Err(e) => PageError::invalid(e).into_response(),
+            Err(e) => PageError::from(e).into_response(),
         },
         Err((parameter, message)) => PageError::bad(parameter, message).into_response(),
     }
@@ -390,6 +390,6 @@ async fn delete_silence(State(state): State<AlertPages>, Path(id): Path<String>)
     match state.alerts.delete_silence(id).await {
         Ok(true) => Redirect::to("/alerts").into_response(),
         Ok(false) => PageError::not_found("no such silence").into_response(),
-        Err(e) => PageError::invalid(e).into_response(),
+        Err(e) => PageError::from(e).into_response(),
     }
 }
