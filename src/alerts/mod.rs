@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod engine;
+mod evidence;
 pub mod preview;
 pub mod routing;
 pub mod rule_tests;
