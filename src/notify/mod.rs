@@ -12,6 +12,7 @@
 pub mod chart;
 pub mod email;
 pub mod outbox;
+pub mod sender;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -19,10 +20,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use email::{InlineImage, Rendered, compose, preview};
-pub use outbox::{
-    EntryStatus, Outbox, OutboxEntry, OutboxStats, RetryPolicy, SenderOptions, run_sender,
-    run_sender_with,
-};
+pub use outbox::{EntryStatus, Outbox, OutboxEntry, OutboxStats};
+pub use sender::{RetryPolicy, SenderOptions, run_sender, run_sender_with};
 
 /// Why a notification could not be queued or delivered.
 #[derive(Debug, thiserror::Error)]
