@@ -5,7 +5,8 @@
 //! bottom and rendering is a leaf.
 //!
 //! Imports are read from the code itself (`crate::…` paths and `super::…` paths), outside
-//! comments and `#[cfg(test)]` modules, which may reach anywhere.
+//! comments and `#[cfg(test)]` modules, which may reach anywhere. And no file grows past 700
+//! lines outside its tests: one job per file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -211,4 +212,24 @@ fn the_graph_is_read_from_the_code() {
         .expect("query.rs");
     assert!(query.contains(&vec!["store".to_string(), "read".to_string()]));
     assert!(query.contains(&vec!["vocab".to_string()]));
+}
+
+#[test]
+fn no_file_is_over_700_lines_outside_its_tests() {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut long = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("readable source");
+        let code = match text.find("#[cfg(test)]\nmod tests") {
+            Some(at) => &text[..at],
+            None => &text,
+        };
+        let lines = code.lines().count();
+        if lines > 700 {
+            long.push(format!("{}: {lines} lines", file.display()));
+        }
+    }
+    assert!(long.is_empty(), "files to split:\n{}", long.join("\n"));
 }
