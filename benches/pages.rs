@@ -20,7 +20,8 @@ use redline::aggregate::{FlushBatch, MetricDelta, RedDelta, SeriesInfo};
 use redline::app::App;
 use redline::config::{Settings, SettingsLayer};
 use redline::model::{
-    EndpointKey, MetricKind, MetricSeriesKey, RedSource, RequestRecord, SpanRecord,
+    EndpointKey, MetricKind, MetricSeriesKey, RedSource, RequestRecord, SpanKind, SpanRecord,
+    SpanStatus,
 };
 use redline::store::{self, Retention};
 use redline::vocab::now_ms;
@@ -127,15 +128,18 @@ fn trace(i: usize, at_ms: i64) -> Vec<(SpanRecord, KeepReason)> {
                 } else {
                     format!("SELECT t{s}")
                 },
-                kind: if s == 0 { "SERVER" } else { "CLIENT" }.into(),
+                kind: if s == 0 {
+                    SpanKind::Server
+                } else {
+                    SpanKind::Client
+                },
                 start_unix_ns: start + s as u64 * 2_000_000,
                 end_unix_ns: start + 40_000_000 - s as u64 * 1_000_000,
                 status: if i.is_multiple_of(5) {
-                    "error"
+                    SpanStatus::Error
                 } else {
-                    "unset"
-                }
-                .into(),
+                    SpanStatus::Unset
+                },
                 status_message: String::new(),
                 attributes: [("db.system.name".to_string(), "sqlite".to_string())].into(),
                 events: Vec::new(),

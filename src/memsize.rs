@@ -111,8 +111,6 @@ impl HeapSize for SpanRecord {
             + self.parent_span_id.heap_bytes()
             + self.service.heap_bytes()
             + self.name.heap_bytes()
-            + self.kind.heap_bytes()
-            + self.status.heap_bytes()
             + self.status_message.heap_bytes()
             + self.attributes.heap_bytes()
             + self.events.capacity() * size_of::<SpanEvent>()

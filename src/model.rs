@@ -167,11 +167,10 @@ pub struct SpanRecord {
     pub parent_span_id: Option<String>,
     pub service: String,
     pub name: String,
-    pub kind: String,
+    pub kind: SpanKind,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
-    /// "unset", "ok" or "error".
-    pub status: String,
+    pub status: SpanStatus,
     pub status_message: String,
     pub attributes: BTreeMap<String, String>,
     pub events: Vec<SpanEvent>,
@@ -179,6 +178,60 @@ pub struct SpanRecord {
     pub endpoint: Option<EndpointKey>,
     pub is_error: bool,
 }
+
+/// A span's kind, as OTLP names it (stored and shown in lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanKind {
+    Unspecified,
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+/// A span's status code, as OTLP names it (stored and shown in lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanStatus {
+    Unset,
+    Ok,
+    Error,
+}
+
+/// The lower-case names both enums are stored and shown under.
+macro_rules! named {
+    ($type:ty { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl $type {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $name),* }
+            }
+
+            /// The variant stored under `name`; `None` for a name no build of redline writes.
+            pub fn parse(name: &str) -> Option<Self> {
+                match name { $($name => Some(Self::$variant),)* _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named!(SpanKind {
+    Unspecified => "unspecified",
+    Internal => "internal",
+    Server => "server",
+    Client => "client",
+    Producer => "producer",
+    Consumer => "consumer",
+});
+
+named!(SpanStatus { Unset => "unset", Ok => "ok", Error => "error" });
 
 impl SpanRecord {
     pub fn duration_ms(&self) -> f64 {

@@ -571,7 +571,7 @@ mod tests {
         assert_eq!(record.trace_id, "01".repeat(16));
         assert_eq!(record.parent_span_id, Some("03".repeat(8)));
         assert_eq!(record.service, "svc");
-        assert_eq!(record.kind, "server");
+        assert_eq!(record.kind, crate::model::SpanKind::Server);
         assert_eq!(record.attributes["note"], "<b>");
         assert_eq!(record.endpoint.unwrap().route, "/a");
     }

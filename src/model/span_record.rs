@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::Status
 use prost::Message;
 
 use super::limits::{self, Field, limit_str, limit_string};
-use super::{IncomingSpan, SpanEvent, SpanRecord};
+use super::{IncomingSpan, SpanEvent, SpanRecord, SpanStatus};
 
 /// Renders an attribute value as text (arrays and maps as JSON-like text).
 pub fn any_value_to_string(value: &AnyValue) -> String {
@@ -77,9 +77,9 @@ fn span_attributes(attributes: &[KeyValue]) -> BTreeMap<String, String> {
 pub fn span_record(incoming: &IncomingSpan, encoded: &[u8]) -> Option<SpanRecord> {
     let span = Span::decode(encoded).ok()?;
     let status = match span.status.as_ref().map(|s| s.code) {
-        Some(c) if c == StatusCode::Error as i32 => "error",
-        Some(c) if c == StatusCode::Ok as i32 => "ok",
-        _ => "unset",
+        Some(c) if c == StatusCode::Error as i32 => SpanStatus::Error,
+        Some(c) if c == StatusCode::Ok as i32 => SpanStatus::Ok,
+        _ => SpanStatus::Unset,
     };
     Some(SpanRecord {
         trace_id: hex::encode(&span.trace_id),
@@ -87,10 +87,10 @@ pub fn span_record(incoming: &IncomingSpan, encoded: &[u8]) -> Option<SpanRecord
         parent_span_id: (!span.parent_span_id.is_empty())
             .then(|| hex::encode(&span.parent_span_id)),
         service: incoming.service.to_string(),
-        kind: span_kind_name(span.kind).to_string(),
+        kind: span_kind(span.kind),
         start_unix_ns: span.start_time_unix_nano,
         end_unix_ns: span.end_time_unix_nano,
-        status: status.to_string(),
+        status,
         status_message: span
             .status
             .as_ref()
@@ -120,13 +120,14 @@ fn span_events(events: &[opentelemetry_proto::tonic::trace::v1::span::Event]) ->
         .collect()
 }
 
-fn span_kind_name(kind: i32) -> &'static str {
+fn span_kind(kind: i32) -> super::SpanKind {
+    use super::SpanKind as Kind;
     match SpanKind::try_from(kind) {
-        Ok(SpanKind::Internal) => "internal",
-        Ok(SpanKind::Server) => "server",
-        Ok(SpanKind::Client) => "client",
-        Ok(SpanKind::Producer) => "producer",
-        Ok(SpanKind::Consumer) => "consumer",
-        _ => "unspecified",
+        Ok(SpanKind::Internal) => Kind::Internal,
+        Ok(SpanKind::Server) => Kind::Server,
+        Ok(SpanKind::Client) => Kind::Client,
+        Ok(SpanKind::Producer) => Kind::Producer,
+        Ok(SpanKind::Consumer) => Kind::Consumer,
+        _ => Kind::Unspecified,
     }
 }

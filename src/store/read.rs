@@ -13,7 +13,10 @@ use crate::aggregate::metric::MetricAgg;
 use crate::aggregate::red::RedStats;
 use crate::aggregate::{MetricDelta, RedDelta, SeriesInfo};
 use crate::model::semconv::{self, deprecated};
-use crate::model::{EndpointKey, MetricKind, MetricSeriesKey, RedSource, SpanEvent, SpanRecord};
+use crate::model::{
+    EndpointKey, MetricKind, MetricSeriesKey, RedSource, SpanEvent, SpanKind, SpanRecord,
+    SpanStatus,
+};
 use crate::self_metrics;
 use crate::store::codec::{self, RED_COLUMN_COUNT, RED_COLUMNS};
 use crate::store::{Resolution, StoreError};
@@ -520,10 +523,15 @@ pub fn trace_spans(conn: &mut Connection, trace_id: &str) -> Result<Vec<SpanReco
 fn span_record(row: &Row<'_>) -> Result<SpanRecord, StoreError> {
     let attributes: String = row.get(10)?;
     let events: String = row.get(11)?;
-    let status: String = row.get(8)?;
+    let stored_status: String = row.get(8)?;
+    let status = SpanStatus::parse(&stored_status)
+        .ok_or_else(|| StoreError::Corrupt(format!("span status {stored_status:?}")))?;
+    let stored_kind: String = row.get(5)?;
+    let kind = SpanKind::parse(&stored_kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("span kind {stored_kind:?}")))?;
     let attributes: BTreeMap<String, String> =
         serde_json::from_str(&attributes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let is_error = status == "error"
+    let is_error = status == SpanStatus::Error
         || [
             semconv::HTTP_RESPONSE_STATUS_CODE,
             deprecated::HTTP_STATUS_CODE,
@@ -536,7 +544,7 @@ fn span_record(row: &Row<'_>) -> Result<SpanRecord, StoreError> {
         parent_span_id: row.get(2)?,
         service: row.get(3)?,
         name: row.get(4)?,
-        kind: row.get(5)?,
+        kind,
         start_unix_ns: row.get::<_, i64>(6)? as u64,
         end_unix_ns: row.get::<_, i64>(7)? as u64,
         status,

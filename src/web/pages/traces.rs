@@ -8,7 +8,7 @@ use axum::response::Html;
 
 use super::service::{TraceRow, trace_row};
 use super::{EmptyHelp, Layout, PageError, Pages, Pairs, Params, render};
-use crate::model::SpanRecord;
+use crate::model::{SpanRecord, SpanStatus};
 use crate::render::{Unit, format_utc};
 use crate::vocab::TraceFilter;
 
@@ -188,11 +188,11 @@ pub async fn build_trace(
             SpanRow {
                 name: span.name.clone(),
                 service: span.service.clone(),
-                kind: span.kind.to_lowercase(),
+                kind: span.kind.to_string(),
                 duration: Unit::Millis.format(span.duration_ms()),
-                status: span.status.clone(),
+                status: span.status.to_string(),
                 status_message: span.status_message.clone(),
-                error: span.is_error || span.status == "error",
+                error: span.is_error || span.status == SpanStatus::Error,
                 indent: (depth.min(24) * 14) as u32,
                 left: format!("{:.3}", offset / total_ns * 100.0),
                 width: format!("{:.3}", (length / total_ns * 100.0).max(0.2)),
@@ -305,10 +305,10 @@ mod tests {
             parent_span_id: parent.map(str::to_string),
             service: "s".into(),
             name: id.into(),
-            kind: "SERVER".into(),
+            kind: crate::model::SpanKind::Server,
             start_unix_ns: start,
             end_unix_ns: start + 10,
-            status: "unset".into(),
+            status: crate::model::SpanStatus::Unset,
             status_message: String::new(),
             attributes: BTreeMap::new(),
             events: Vec::new(),
