@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use redline::aggregate::metric::MetricAgg;
 use redline::aggregate::red::RedStats;
-use redline::aggregate::sampler::KeepReason;
 use redline::aggregate::{FlushBatch, MetricDelta, RedDelta, SeriesInfo};
 use redline::app::App;
 use redline::config::{Settings, SettingsLayer};
@@ -24,6 +23,7 @@ use redline::model::{
     SpanStatus,
 };
 use redline::store::{self, Retention};
+use redline::vocab::KeepReason;
 use redline::vocab::now_ms;
 
 const MINUTES: i64 = 24 * 60;

@@ -121,6 +121,38 @@ pub struct TraceSummary {
     pub duration_ms: f64,
     pub error: bool,
     pub span_count: u64,
-    /// Why it was kept: "error", "slow" or "sampled".
-    pub reason: String,
+    /// Why it was kept.
+    pub reason: KeepReason,
+}
+
+/// Why a trace was kept (stored with it; the dashboard shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepReason {
+    Error,
+    Slow,
+    Sampled,
+}
+
+impl KeepReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeepReason::Error => "error",
+            KeepReason::Slow => "slow",
+            KeepReason::Sampled => "sampled",
+        }
+    }
+
+    /// The reason stored under `name`; `None` for a name no build of redline writes.
+    pub fn parse(name: &str) -> Option<Self> {
+        [KeepReason::Error, KeepReason::Slow, KeepReason::Sampled]
+            .into_iter()
+            .find(|reason| reason.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for KeepReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

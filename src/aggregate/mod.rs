@@ -22,10 +22,11 @@ use crate::model::{
     SpanRecord,
 };
 use crate::self_metrics;
+use crate::vocab::KeepReason;
 use cardinality::{CardinalityGuard, Limits, OverflowCounts};
 use metric::{Contribution, DeltaConverter, MetricAgg};
 use red::RedStats;
-use sampler::{KeepReason, SamplerConfig, SamplerStats, TraceSampler};
+use sampler::{SamplerConfig, SamplerStats, TraceSampler};
 
 /// The stable HTTP server metric; its histograms give RED figures like server spans do.
 pub const HTTP_SERVER_DURATION: &str = semconv::HTTP_SERVER_REQUEST_DURATION;

@@ -17,6 +17,7 @@ use foldhash::{HashMap, HashSet};
 use crate::memsize::HeapSize;
 use crate::model::span_record::span_record;
 use crate::model::{EndpointKey, IncomingSpan, SpanRecord};
+use crate::vocab::KeepReason;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplerConfig {
@@ -54,24 +55,6 @@ impl Default for SamplerConfig {
             max_kept_bytes_per_second: 4 << 20,
             max_pending_bytes: 32 << 20,
             max_clock_skew_ms: 6 * 60 * 60 * 1000,
-        }
-    }
-}
-
-/// Why a trace was kept (stored with it; the dashboard shows it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeepReason {
-    Error,
-    Slow,
-    Sampled,
-}
-
-impl KeepReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeepReason::Error => "error",
-            KeepReason::Slow => "slow",
-            KeepReason::Sampled => "sampled",
         }
     }
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use crate::aggregate::histogram;
 use crate::aggregate::metric::MetricAgg;
 use crate::aggregate::red::{Estimate, RedStats};
-use crate::aggregate::sampler::KeepReason;
 use crate::aggregate::{FlushBatch, MetricDelta, RedDelta, SeriesInfo};
 use crate::model::{EndpointKey, MetricKind, RedSource, STATUS_CLASSES, SpanRecord};
 use crate::pipeline::Live;
 use crate::store::read;
 use crate::store::{Readers, Resolution, Retention, StoreError};
+use crate::vocab::KeepReason;
 use crate::vocab::{RedFilter, TimeRange, TraceFilter, TraceSummary, now_ms};
 
 mod metrics;

@@ -88,7 +88,7 @@ fn unflushed_summaries(spans: Vec<(SpanRecord, KeepReason)>) -> Vec<TraceSummary
                     duration_ms: 0.0,
                     error: false,
                     span_count: 0,
-                    reason: reason.as_str().to_string(),
+                    reason,
                 },
                 start,
                 end,
@@ -99,7 +99,7 @@ fn unflushed_summaries(spans: Vec<(SpanRecord, KeepReason)>) -> Vec<TraceSummary
         summary.span_count += 1;
         summary.error |= span.is_error;
         if reason == KeepReason::Error {
-            summary.reason = reason.as_str().to_string();
+            summary.reason = reason;
         }
         if let Some(endpoint) = &span.endpoint {
             if is_root || summary.route.is_none() {

@@ -658,8 +658,8 @@ fn enforce_span_cap(conn: &Connection, max_spans: u64) -> Result<(), StoreError>
 mod tests {
     use super::*;
     use crate::aggregate::RedDelta;
-    use crate::aggregate::sampler::KeepReason;
     use crate::model::RequestRecord;
+    use crate::vocab::KeepReason;
 
     fn delta(window_start_ms: i64, route: &str) -> RedDelta {
         let endpoint = EndpointKey {

@@ -20,7 +20,7 @@ use crate::model::{
 use crate::self_metrics;
 use crate::store::codec::{self, RED_COLUMN_COUNT, RED_COLUMNS};
 use crate::store::{Resolution, StoreError};
-use crate::vocab::{RedFilter, TraceFilter, TraceSummary, now_ms};
+use crate::vocab::{KeepReason, RedFilter, TraceFilter, TraceSummary, now_ms};
 
 /// Counts a stored row that cannot be decoded; the read goes on without it. Such a row stays
 /// until retention or the writer replaces it, and every read meets it again: it is logged once a
@@ -479,6 +479,9 @@ pub fn traces(
     let read = |row: &Row<'_>| -> Result<TraceSummary, StoreError> {
         let start: i64 = row.get(5)?;
         let end: i64 = row.get(6)?;
+        let stored_reason: String = row.get(9)?;
+        let reason = KeepReason::parse(&stored_reason)
+            .ok_or_else(|| StoreError::Corrupt(format!("keep reason {stored_reason:?}")))?;
         Ok(TraceSummary {
             trace_id: row.get(0)?,
             service: row.get(1)?,
@@ -489,7 +492,7 @@ pub fn traces(
             duration_ms: end.saturating_sub(start) as f64 / 1e6,
             error: row.get(7)?,
             span_count: row.get::<_, i64>(8)?.max(0) as u64,
-            reason: row.get(9)?,
+            reason,
         })
     };
     while let Some(row) = rows.next()? {

@@ -9,13 +9,13 @@ use rusqlite::Connection;
 
 use crate::aggregate::metric::MetricAgg;
 use crate::aggregate::red::RedStats;
-use crate::aggregate::sampler::KeepReason;
 use crate::aggregate::{FlushBatch, MetricDelta, RedDelta, SeriesInfo};
 use crate::model::{
     EndpointKey, MetricKind, MetricSeriesKey, RedSource, RequestRecord, SpanRecord,
 };
 use crate::store::apply::Database;
 use crate::store::{Retention, WRITE_LOCK_WAIT, open_database};
+use crate::vocab::KeepReason;
 
 /// A window start aligned to every resolution.
 pub const HOUR: i64 = 1_800_000_000_000;

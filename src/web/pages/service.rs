@@ -647,7 +647,7 @@ pub fn trace_row(t: crate::vocab::TraceSummary) -> TraceRow {
             )
         }),
         error: t.error,
-        reason: t.reason,
+        reason: t.reason.to_string(),
     }
 }
 
