@@ -77,6 +77,33 @@ where
             ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible characters".into())
         })?
         .to_string();
+    keyed(st, client, key, what, body, f).await
+}
+
+/// The keyed path of [`run`]. Instrumented with `tracing` rather than the OpenTelemetry API:
+/// the `tracing` layer ([`crate::telemetry::Telemetry::tracing_layer`]) makes it a span of the
+/// request's trace, and the statements it runs (claim, the write itself, completion) nest
+/// inside it, which is how any `tracing`-instrumented code joins the service's traces.
+#[tracing::instrument(
+    name = "idempotency",
+    skip_all,
+    fields(otel.kind = "internal", idempotency.replayed = tracing::field::Empty)
+)]
+async fn keyed<F, Fut>(
+    st: &AppState,
+    client: &Client,
+    key: String,
+    what: &str,
+    body: &Bytes,
+    f: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Stored, ApiError>>,
+{
+    let replayed = |yes: bool| {
+        tracing::Span::current().record("idempotency.replayed", yes);
+    };
     let mut h = Sha256::new();
     h.update(what.as_bytes());
     h.update(b"\n");
@@ -99,6 +126,7 @@ where
             (Some(_), Some(body)) => {
                 let stored: Stored = serde_json::from_str(&body)
                     .map_err(|e| ApiError::Internal(format!("stored response: {e}")))?;
+                replayed(true);
                 Ok(respond(&stored, true))
             }
             _ => Err(ApiError::Conflict(
@@ -107,6 +135,7 @@ where
         };
     }
     let (c, k) = (client.key.clone(), key.clone());
+    replayed(false);
     match f().await {
         Ok(stored) => {
             let json = serde_json::to_string(&stored).unwrap_or_default();
