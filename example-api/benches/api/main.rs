@@ -54,6 +54,10 @@ struct Args {
     /// Keep-alive connections of the saturation runs.
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// Requests each saturation connection sends at a time (HTTP/1.1 pipelining), so that the
+    /// generator's CPU, not the server's, is what is left over.
+    #[arg(long, default_value_t = 8)]
+    pipeline: usize,
     /// Only the telemetry-overhead benchmark.
     #[arg(long, conflicts_with = "only_overload")]
     only_telemetry: bool,
@@ -92,6 +96,7 @@ pub struct Options {
     pub base_rate: f64,
     pub max_concurrency: usize,
     pub connections: usize,
+    pub pipeline: usize,
     pub baseline_exe: Option<PathBuf>,
     pub sample_ratio: f64,
 }
@@ -115,6 +120,7 @@ fn main() -> Result<(), BenchError> {
         base_rate: a.base_rate,
         max_concurrency: a.max_concurrency,
         connections: a.connections,
+        pipeline: a.pipeline,
         baseline_exe: a.baseline_exe,
         sample_ratio: a.sample_ratio,
     };

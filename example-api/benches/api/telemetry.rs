@@ -69,7 +69,7 @@ pub async fn telemetry_overhead(
     let only = Some(("/v1/products/{id}".to_string(), 100));
     for s in [&off, &on, &metrics_only, &sampled] {
         load(&s.url, o.rate, 3, only.clone()).await?; // warm-up: fills the L1 cache
-        saturate(&s.url, o.connections, 2).await?;
+        saturate(&s.url, o.connections, o.pipeline, 2).await?;
     }
     // An older build for a before/after comparison (`--baseline-exe`); it exports under another
     // path so the sink's span count stays that of this build's "on" server.
@@ -84,13 +84,14 @@ pub async fn telemetry_overhead(
                 exe,
                 &o.dir.join(format!("baseline-{}.db", baseline.len())),
                 otlp,
-                &["--max-concurrency", "100000"],
+                // The same limits as this build's servers: only the build differs.
+                &unlimited,
                 server_cpu,
                 &[],
             )
             .await?;
             load(&s.url, o.rate, 3, only.clone()).await?;
-            saturate(&s.url, o.connections, 2).await?;
+            saturate(&s.url, o.connections, o.pipeline, 2).await?;
             baseline.push((name, s));
         }
     }
@@ -106,9 +107,9 @@ pub async fn telemetry_overhead(
     // 1a. Saturation.
     out.push_str(&format!(
         "## Telemetry on vs off: cached `GET /v1/products/{{id}}` at saturation ({} keep-alive connections, \
-         closed loop), {} s per run\n\n\
-         | round | telemetry | req/s | non-200 | server CPU µs/req |\n|---|---|---|---|---|\n",
-        o.connections, o.secs
+         closed loop, {} requests pipelined), {} s per run\n\n\
+         | round | telemetry | req/s | non-200 | server CPU µs/req | server busy |\n|---|---|---|---|---|---|\n",
+        o.connections, o.pipeline, o.secs
     ));
     let mut sat: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut sat_cpu: Vec<Vec<f64>> = vec![Vec::new(); n];
@@ -120,15 +121,19 @@ pub async fn telemetry_overhead(
             let (name, s) = servers[i];
             let c0 = s.cpu_secs();
             let t0 = std::time::Instant::now();
-            let (ok, other) = saturate(&s.url, o.connections, o.secs).await?;
+            let (ok, other) = saturate(&s.url, o.connections, o.pipeline, o.secs).await?;
             let secs = t0.elapsed().as_secs_f64();
-            let cpu = (s.cpu_secs() - c0) / (ok + other).max(1) as f64 * 1e6;
+            let used = s.cpu_secs() - c0;
+            let cpu = used / (ok + other).max(1) as f64 * 1e6;
             let rate = (ok + other) as f64 / secs;
             if name == "on" {
                 served_on += ok + other;
             }
+            // Near 100 % of its core, req/s is the server's capacity; well below, the load
+            // generator set the pace and only the CPU per request tells the servers apart.
+            let busy = used / secs * 100.0;
             out.push_str(&format!(
-                "| {round} | {name} | {rate:.0} | {other} | {cpu:.1} |\n"
+                "| {round} | {name} | {rate:.0} | {other} | {cpu:.1} | {busy:.0} % |\n"
             ));
             sat[i].push(rate);
             sat_cpu[i].push(cpu);
@@ -137,21 +142,43 @@ pub async fn telemetry_overhead(
     // Let the last batches reach the sink before counting.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let spans = seen.spans.load(Ordering::Relaxed) - spans0;
+    // Each round's loss against the "off" run of the same round, then their median: less at
+    // the mercy of the machine drifting between rounds than the ratio of two medians.
+    let round_losses = |x: usize, rates: &[Vec<f64>]| {
+        let mut losses: Vec<f64> = rates[x]
+            .iter()
+            .zip(&rates[0])
+            .map(|(r, off)| (1.0 - r / off.max(1e-9)) * 100.0)
+            .collect();
+        median(&mut losses)
+    };
+    let (rl_on, rl_m, rl_s) = (
+        round_losses(1, &sat),
+        round_losses(2, &sat),
+        round_losses(3, &sat),
+    );
     let rates: Vec<f64> = sat.iter_mut().map(|v| median(v)).collect();
     let cpus: Vec<f64> = sat_cpu.iter_mut().map(|v| median(v)).collect();
     let (r_off, r_on, r_m, r_s) = (rates[0], rates[1], rates[2], rates[3]);
     let (c_off, c_on, c_m, c_s) = (cpus[0], cpus[1], cpus[2], cpus[3]);
     let loss = |r: f64| (1.0 - r / r_off.max(1e-9)) * 100.0;
+    // At CPU saturation a core serves 1 / (CPU per request): the capacity lost.
+    let capacity_loss = |c: f64| (1.0 - c_off / c.max(1e-9)) * 100.0;
     out.push_str(&format!(
-        "\nMedians: **every request traced: {r_on:.0} (on) vs {r_off:.0} (off) req/s → throughput loss {:.1} %**; \
-         **traces sampled {}: {r_s:.0} req/s → {:.1} %**; metrics only: {r_m:.0} req/s, {:.1} %. \
-         Server CPU per request {c_on:.1} (on), {c_s:.1} (sampled), {c_m:.1} (metrics only) vs {c_off:.1} µs (off). \
+        "\nMedians: **every request traced: {r_on:.0} (on) vs {r_off:.0} (off) req/s → throughput loss {:.1} %** \
+         (median of the rounds' losses {rl_on:.1} %); **traces sampled {}: {r_s:.0} req/s → {:.1} %** ({rl_s:.1} %); \
+         metrics only: {r_m:.0} req/s, {:.1} % ({rl_m:.1} %). \
+         Server CPU per request {c_on:.1} (on), {c_s:.1} (sampled), {c_m:.1} (metrics only) vs {c_off:.1} µs (off): \
+         capacity at CPU saturation −{:.1} % (on), −{:.1} % (sampled), −{:.1} % (metrics only). \
          Spans received from the telemetry-on server during these runs: {spans} for {served_on} requests \
          ({:.2} per request; export is asynchronous, so a few may arrive after the count).\n\n",
         loss(r_on),
         o.sample_ratio,
         loss(r_s),
         loss(r_m),
+        capacity_loss(c_on),
+        capacity_loss(c_s),
+        capacity_loss(c_m),
         spans as f64 / served_on.max(1) as f64,
     ));
     if n == 6 {
