@@ -44,6 +44,9 @@
 #[path = "shared/grpc_load.rs"]
 mod grpc_load;
 #[allow(dead_code)]
+#[path = "shared/host.rs"]
+mod host;
+#[allow(dead_code)]
 #[path = "shared/ladder.rs"]
 mod ladder;
 #[allow(dead_code)]

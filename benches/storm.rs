@@ -51,6 +51,9 @@
 #[path = "shared/grpc_load.rs"]
 mod grpc_load;
 #[allow(dead_code)]
+#[path = "shared/host.rs"]
+mod host;
+#[allow(dead_code)]
 #[path = "shared/hostile.rs"]
 mod hostile;
 #[path = "storm/hostile_mode.rs"]

@@ -3,6 +3,7 @@
 //! temporary data directory, listening on 127.0.0.1 only, pinned to core 1 with `taskset`, and
 //! stopped when dropped (SIGTERM, then SIGKILL) or when the benchmark dies (PR_SET_PDEATHSIG).
 
+use crate::host::{self, cores, pin_self};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -80,21 +81,11 @@ impl Drop for Sut {
     }
 }
 
-/// Online CPUs of the machine (not of this process: it pins itself to one).
-pub fn cores() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    n.max(1) as usize
-}
-
 /// Pins this process (the load generator) to core 0 when there are two cores; call before
 /// any thread exists so every thread inherits it.
 pub fn pin_generator() {
-    if cores() >= 2 && which("taskset") {
-        let _ = Command::new("taskset")
-            .args(["-cp", "0", &std::process::id().to_string()])
-            .stdout(Stdio::null())
-            .status();
+    if cores() >= 2 {
+        pin_self(0..1);
     }
 }
 
@@ -121,13 +112,7 @@ pub fn print_machine() {
 
 /// A command pinned to core 1 (when there is one), dying with this process.
 fn pinned_command(program: &Path) -> Command {
-    let mut command = if cores() >= 2 && which("taskset") {
-        let mut c = Command::new("taskset");
-        c.arg("-c").arg("1").arg(program);
-        c
-    } else {
-        Command::new(program)
-    };
+    let mut command = host::pinned_command(program, (cores() >= 2).then_some(1));
     // SAFETY: prctl is async-signal-safe; it only sets the parent-death signal of the child.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -137,15 +122,6 @@ fn pinned_command(program: &Path) -> Command {
         });
     }
     command
-}
-
-fn which(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 pub fn redline_binary() -> PathBuf {

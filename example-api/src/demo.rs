@@ -63,8 +63,6 @@ pub enum DemoError {
     RedlineExited(String),
     #[error("redline did not open {0} within 30 s")]
     RedlineTimeout(&'static str),
-    #[error(transparent)]
-    Telemetry(#[from] TelemetryError),
     #[error("starting the API: {0}")]
     Api(#[from] StartError),
     #[error("load generator: {0}")]
@@ -137,12 +135,26 @@ async fn stop_child(child: &mut Child) {
     let _ = child.kill().await;
 }
 
-pub async fn run(o: DemoOptions) -> Result<(), DemoError> {
-    let mut redline = start_redline(&o.redline).await?;
-
+/// The demo's telemetry: the API's (named by `OTEL_SERVICE_NAME`) and its recommendations
+/// service's, both exporting over OTLP/gRPC to the redline [`run`] starts. Built before
+/// [`run`], so that the caller can make the API's providers global and back its `tracing`
+/// subscriber with them before anything logs.
+pub fn telemetry() -> Result<(Arc<Telemetry>, Arc<Telemetry>), TelemetryError> {
     let export = ExportConfig::grpc(&format!("http://{REDLINE_GRPC}"));
     let tel = Arc::new(Telemetry::new(&api_service_name(), &export)?);
     let dtel = Arc::new(Telemetry::new("recommendations", &export)?);
+    Ok((tel, dtel))
+}
+
+/// Runs the demo with `tel` (the API's telemetry) and `dtel` (the recommendations service's),
+/// as [`telemetry`] builds them; both are flushed and shut down at the end.
+pub async fn run(
+    o: DemoOptions,
+    tel: Arc<Telemetry>,
+    dtel: Arc<Telemetry>,
+) -> Result<(), DemoError> {
+    let mut redline = start_redline(&o.redline).await?;
+
     let mut cfg = Config::new(addr(API_ADDR), PathBuf::from("./data/catalog.db"));
     cfg.admin_addr = addr("127.0.0.1:3001");
     cfg.rate_default = RatePolicy {

@@ -18,15 +18,15 @@
 //! - [`resilience`]: circuit breaker, full-jitter retry with a budget, load shedding.
 //! - [`downstream`]: the recommendations service (with fault injection) and its client.
 //! - [`routes`]: HTTP handlers, pagination, sparse fieldsets, includes, idempotency.
-//! - [`telemetry`]: OTLP traces and metrics, span helpers and instruments.
-//! - [`tracer`]: the OpenTelemetry tracer that records spans straight into OTLP protobuf;
-//!   [`span_export`] batches and sends them; [`sampling`] decides which traces are kept.
+//! - [`telemetry`]: the OpenTelemetry SDK's tracer and meter providers (OTLP export), span
+//!   helpers and instruments; [`sampling`] decides which traces are kept.
 //! - [`loadgen`]: open-model load generator with coordinated-omission-free latencies.
 //! - [`demo`]: redline + API + load + a scripted fault scenario in one command.
-//! - [`bench`]: the performance targets, measured against real server processes.
+//!
+//! The performance benchmarks are not part of the library: `benches/api/` (`cargo bench -p
+//! example-api --bench api`) drives `example-api serve` processes from outside.
 
 pub mod app;
-pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod db;
@@ -34,14 +34,11 @@ pub mod demo;
 pub mod downstream;
 pub mod faults;
 pub mod loadgen;
-mod otlp_wire;
 pub mod ratelimit;
 pub mod resilience;
 pub mod routes;
 pub mod sampling;
-pub mod span_export;
 pub mod telemetry;
-pub mod tracer;
 
 pub use app::App;
 pub use config::Config;

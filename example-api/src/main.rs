@@ -31,52 +31,6 @@ enum Cmd {
     Loadgen(LoadgenArgs),
     /// Start redline, the API and the load generator, with a scripted fault scenario.
     Demo(DemoArgs),
-    /// Measure the performance targets (telemetry overhead, overload); prints Markdown.
-    Bench(BenchArgs),
-}
-
-#[derive(Args)]
-struct BenchArgs {
-    /// Arrival rate of the telemetry-overhead runs.
-    #[arg(long, default_value_t = 1000.0)]
-    rate: f64,
-    /// Seconds per run.
-    #[arg(long, default_value_t = 10)]
-    secs: u64,
-    /// Interleaved rounds (of the telemetry runs: each server once; of the overload runs: a
-    /// base and a 10× phase per limit).
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Base rate of the overload runs (the overload is 10×). 500 uses about a quarter of a
-    /// slow core; 10× that is beyond what the core can serve, so the overload is real.
-    #[arg(long, default_value_t = 500.0)]
-    base_rate: f64,
-    /// Fixed concurrency limit that the default (adaptive) limit is compared with under overload.
-    #[arg(long, default_value_t = 256)]
-    max_concurrency: usize,
-    /// Keep-alive connections of the saturation runs.
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
-    /// Only the telemetry-overhead benchmark.
-    #[arg(long, conflicts_with = "only_overload")]
-    only_telemetry: bool,
-    /// Only the overload benchmark.
-    #[arg(long)]
-    only_overload: bool,
-    /// Also saturate servers of an older build of this binary (telemetry on and off), for a
-    /// before/after comparison in the same run.
-    #[arg(long)]
-    baseline_exe: Option<PathBuf>,
-    /// Trace sampling ratio of the "sampled" server (consistent probability sampling, which
-    /// redline weights by adjusted count).
-    #[arg(long, default_value_t = 0.0625)]
-    sample_ratio: f64,
-    /// Pin the servers to the last CPU and the load generator to the others.
-    #[arg(long)]
-    pin: bool,
-    /// Working directory for the servers' databases.
-    #[arg(long, default_value = "./data/bench")]
-    dir: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -144,15 +98,24 @@ struct DemoArgs {
     redline: Option<PathBuf>,
 }
 
-fn init_logs() {
+/// Logs to stderr, filtered by `RUST_LOG`. With `tel`, the service's telemetry also becomes the
+/// process's global OpenTelemetry providers, and `tracing` spans (the API's and libraries')
+/// become spans of its traces; `RUST_LOG` selects those spans too.
+fn init_logs(tel: Option<&Telemetry>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // The OpenTelemetry SDK logs routine set-up steps at info; its warnings still show.
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new("info,opentelemetry=warn,opentelemetry_sdk=warn")
         });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    if let Some(t) = tel {
+        t.install_global();
+    }
+    tracing_subscriber::registry()
+        .with(tel.map(|t| t.tracing_layer()))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
 }
 
@@ -190,6 +153,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let export = ExportConfig::from_env();
     let tel = Arc::new(Telemetry::new(&api_service_name(), &export).context("telemetry")?);
     let dtel = Arc::new(Telemetry::new("recommendations", &export).context("telemetry")?);
+    init_logs(Some(&tel));
     let app = App::build(config(&args), tel.clone(), dtel.clone())
         .await
         .context("starting the API")?;
@@ -212,10 +176,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_logs();
     match Cli::parse().cmd {
         Cmd::Serve(a) => serve(a).await,
         Cmd::Loadgen(a) => {
+            init_logs(None);
             let opts = loadgen::Options::new(a.target, a.rate, Duration::from_secs(a.duration));
             let report = loadgen::run(opts, demo::shutdown_signal())
                 .await
@@ -227,38 +191,23 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench(a) => {
-            let report = example_api::bench::run(example_api::bench::BenchOptions {
-                exe: std::env::current_exe()?,
-                dir: a.dir,
-                rate: a.rate,
-                secs: a.secs,
-                rounds: a.rounds,
-                base_rate: a.base_rate,
-                max_concurrency: a.max_concurrency,
-                connections: a.connections,
-                telemetry: !a.only_overload,
-                baseline_exe: a.baseline_exe,
-                overload: !a.only_telemetry,
-                pin: a.pin,
-                sample_ratio: a.sample_ratio,
-            })
-            .await
-            .context("benchmark")?;
-            print!("{report}");
-            Ok(())
-        }
         Cmd::Demo(a) => {
+            let (tel, dtel) = demo::telemetry().context("telemetry")?;
+            init_logs(Some(&tel));
             let redline = match a.redline {
                 Some(p) => p,
                 None => std::env::current_exe()?.with_file_name("redline"),
             };
-            demo::run(demo::DemoOptions {
-                redline,
-                rate: a.rate,
-                fail_after: Duration::from_secs(a.fail_after),
-                fail_for: Duration::from_secs(a.fail_for),
-            })
+            demo::run(
+                demo::DemoOptions {
+                    redline,
+                    rate: a.rate,
+                    fail_after: Duration::from_secs(a.fail_after),
+                    fail_for: Duration::from_secs(a.fail_for),
+                },
+                tel,
+                dtel,
+            )
             .await
             .context("demo")
         }

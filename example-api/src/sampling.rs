@@ -10,10 +10,15 @@
 //! trace (children and, through propagation, the downstream service's spans) carries it, and the
 //! backend weights each span by its adjusted count, 1 / probability.
 //!
-//! The decision is taken before a span is built ([`crate::tracer`]): a span that is not sampled
-//! builds no attributes and records nothing.
+//! [`Sampling`] is the SDK tracer provider's sampler (it implements the SDK's [`ShouldSample`]),
+//! so every span of the service — the API's own, and those that libraries and `tracing` start
+//! through the global provider — gets the same decision and the same `tracestate`. The request
+//! path also asks it ([`Sampling::follows_parent`]) before building a child span's attributes:
+//! under a parent that is not sampled, no child span is started at all.
 
-use opentelemetry::trace::{SpanContext, TraceId, TraceState};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, TraceContextExt, TraceId, TraceState};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult, ShouldSample};
 
 /// 2^56: trace-id randomness and thresholds are 56-bit numbers.
 const MAX_THRESHOLD: u64 = 1 << 56;
@@ -136,6 +141,11 @@ impl Sampling {
         self.parent_based
     }
 
+    /// Whether no span is ever sampled (`always_off`), whatever its parent says.
+    pub fn never_samples(&self) -> bool {
+        self.root == Root::AlwaysOff && !self.parent_based
+    }
+
     /// The `tracestate` of a span sampled by the root sampler: `ot=th:…` for a probability,
     /// `th:0` (probability 1) when an inherited `ot` entry would otherwise claim less.
     fn root_trace_state(&self, inherited: &TraceState) -> TraceState {
@@ -147,6 +157,34 @@ impl Sampling {
         inherited
             .insert("ot", format!("th:{th}"))
             .unwrap_or_else(|_| inherited.clone())
+    }
+}
+
+impl ShouldSample for Sampling {
+    /// The SDK asks before it builds a span; the answer depends on the parent and the trace id
+    /// only (name, kind, attributes and links play no part, so callers may set them later).
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        _name: &str,
+        _span_kind: &SpanKind,
+        _attributes: &[KeyValue],
+        _links: &[Link],
+    ) -> SamplingResult {
+        let decision = match parent_context {
+            Some(cx) => self.sample(cx.span().span_context(), trace_id),
+            None => self.sample(&SpanContext::NONE, trace_id),
+        };
+        SamplingResult {
+            decision: if decision.sampled {
+                SamplingDecision::RecordAndSample
+            } else {
+                SamplingDecision::Drop
+            },
+            attributes: Vec::new(),
+            trace_state: decision.trace_state,
+        }
     }
 }
 
@@ -261,6 +299,41 @@ mod tests {
             Root::AlwaysOff
         );
         assert!(!Sampling::parse("traceidratio", Some("0.5")).follows_parent());
+    }
+
+    /// What the SDK's tracer sees: the same decision and `tracestate` as [`Sampling::sample`],
+    /// for a root and under a parent carried in a `Context`.
+    #[test]
+    fn the_sdk_sampler_interface_gives_the_same_decisions() {
+        let s = Sampling::ratio(0.25);
+        let ask = |cx: Option<&Context>, r: u64| {
+            s.should_sample(
+                cx,
+                trace_id_with_randomness(r),
+                "GET",
+                &SpanKind::Server,
+                &[],
+                &[],
+            )
+        };
+        let kept = ask(None, 0xc0000000000000);
+        assert_eq!(kept.decision, SamplingDecision::RecordAndSample);
+        assert_eq!(kept.trace_state.get("ot"), Some("th:c"));
+        let dropped = ask(Some(&Context::new()), 0xbfffffffffffff);
+        assert_eq!(dropped.decision, SamplingDecision::Drop);
+        assert_eq!(dropped.trace_state.get("ot"), None);
+        let parent = SpanContext::new(
+            trace_id_with_randomness(0),
+            SpanId::from_bytes([1; 8]),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("ot", "th:c")]).unwrap(),
+        );
+        let child = ask(Some(&Context::new().with_remote_span_context(parent)), 0);
+        assert_eq!(child.decision, SamplingDecision::RecordAndSample);
+        assert_eq!(child.trace_state.get("ot"), Some("th:c"));
+        assert!(Sampling::parse("always_off", None).never_samples());
+        assert!(!Sampling::parse("parentbased_always_off", None).never_samples());
     }
 
     #[test]

@@ -8,14 +8,13 @@ pub mod etag;
 pub mod views;
 
 use crate::telemetry::{CacheLevel, Telemetry};
-use crate::tracer::EncodedAttribute;
 use futures_util::StreamExt;
-use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt};
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use redis::aio::ConnectionManager;
 use serde_json::{Map, Value};
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub type Product = Arc<Map<String, Value>>;
@@ -108,11 +107,11 @@ impl ProductCache {
         let parent = Context::current();
         let cx = self
             .telemetry
-            .child(&parent, "cache.get product", SpanKind::Internal, |s| {
-                static NAME: LazyLock<EncodedAttribute> =
-                    LazyLock::new(|| EncodedAttribute::new("cache.name", "product"));
-                s.set_encoded(&NAME);
-                s.set_attribute(KeyValue::new("cache.key", id));
+            .child(&parent, "cache.get product", SpanKind::Internal, || {
+                vec![
+                    KeyValue::new("cache.name", "product"),
+                    KeyValue::new("cache.key", id),
+                ]
             });
         let l2_hit = std::sync::atomic::AtomicBool::new(false);
         let entry = self

@@ -295,12 +295,14 @@ impl Sql<'_> {
             .fetch_add(1, Ordering::Relaxed);
         let (op, table) = summarize(stmt);
         let tel = &self.inner.telemetry;
-        let cx = tel.child(self.cx, format!("{op} {table}"), SpanKind::Client, |s| {
-            s.set_str("db.system", "sqlite");
-            s.set_str("db.system.name", "sqlite");
-            s.set_str("db.operation.name", op);
-            s.set_str("db.collection.name", table);
-            s.set_str("db.query.text", stmt);
+        let cx = tel.child(self.cx, format!("{op} {table}"), SpanKind::Client, || {
+            vec![
+                KeyValue::new("db.system", "sqlite"),
+                KeyValue::new("db.system.name", "sqlite"),
+                KeyValue::new("db.operation.name", op.to_string()),
+                KeyValue::new("db.collection.name", table.to_string()),
+                KeyValue::new("db.query.text", stmt.to_string()),
+            ]
         });
         let start = Instant::now();
         let out = run();

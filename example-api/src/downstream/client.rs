@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::resilience::breaker::CircuitBreaker;
 use crate::resilience::retry::{RetryBudget, full_jitter};
 use crate::telemetry::{Telemetry, inject_context};
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -173,7 +173,7 @@ impl RecommendationsClient {
             parent,
             "GET /recommendations/{product_id}",
             SpanKind::Client,
-            move |s| s.set_attributes(attrs),
+            move || attrs,
         );
         let mut headers = http::HeaderMap::new();
         inject_context(&cx, &mut headers);

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::future::Future;
+use tracing::Instrument as _;
 
 pub const HEADER: &str = "idempotency-key";
 /// How long a key is remembered.
@@ -77,57 +78,75 @@ where
             ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible characters".into())
         })?
         .to_string();
-    let mut h = Sha256::new();
-    h.update(what.as_bytes());
-    h.update(b"\n");
-    h.update(body);
-    let hash = hex::encode(h.finalize());
-    let (c, k, hh) = (client.key.clone(), key.clone(), hash.clone());
-    let existing = st
-        .db
-        .write(None, move |sql| {
-            queries::claim_idempotency_key(sql, &c, &k, &hh, now_ms()).map_err(ApiError::from)
-        })
-        .await?;
-    if let Some(rec) = existing {
-        if rec.request_hash != hash {
-            return Err(ApiError::Unprocessable(
-                "Idempotency-Key was already used with a different request".into(),
-            ));
-        }
-        return match (rec.status, rec.body) {
-            (Some(_), Some(body)) => {
-                let stored: Stored = serde_json::from_str(&body)
-                    .map_err(|e| ApiError::Internal(format!("stored response: {e}")))?;
-                Ok(respond(&stored, true))
-            }
-            _ => Err(ApiError::Conflict(
-                "a request with this Idempotency-Key is still in progress".into(),
-            )),
+    // A `tracing` span rather than an OpenTelemetry API span: the service's `tracing` layer
+    // (`Telemetry::tracing_layer`) makes it a span of the request's trace, and the statements
+    // run inside it (the claim, the write itself, the completion) nest under it — which is how
+    // any `tracing`-instrumented code joins the service's traces.
+    let span = tracing::info_span!(
+        "idempotency",
+        otel.kind = "internal",
+        idempotency.replayed = tracing::field::Empty
+    );
+    async move {
+        let replayed = |yes: bool| {
+            tracing::Span::current().record("idempotency.replayed", yes);
         };
-    }
-    let (c, k) = (client.key.clone(), key.clone());
-    match f().await {
-        Ok(stored) => {
-            let json = serde_json::to_string(&stored).unwrap_or_default();
-            let status = stored.status;
-            st.db
-                .write(None, move |sql| {
-                    queries::complete_idempotency_key(sql, &c, &k, status, &json)
-                        .map_err(ApiError::from)
-                })
-                .await?;
-            Ok(respond(&stored, false))
+        let mut h = Sha256::new();
+        h.update(what.as_bytes());
+        h.update(b"\n");
+        h.update(body);
+        let hash = hex::encode(h.finalize());
+        let (c, k, hh) = (client.key.clone(), key.clone(), hash.clone());
+        let existing = st
+            .db
+            .write(None, move |sql| {
+                queries::claim_idempotency_key(sql, &c, &k, &hh, now_ms()).map_err(ApiError::from)
+            })
+            .await?;
+        if let Some(rec) = existing {
+            if rec.request_hash != hash {
+                return Err(ApiError::Unprocessable(
+                    "Idempotency-Key was already used with a different request".into(),
+                ));
+            }
+            return match (rec.status, rec.body) {
+                (Some(_), Some(body)) => {
+                    let stored: Stored = serde_json::from_str(&body)
+                        .map_err(|e| ApiError::Internal(format!("stored response: {e}")))?;
+                    replayed(true);
+                    Ok(respond(&stored, true))
+                }
+                _ => Err(ApiError::Conflict(
+                    "a request with this Idempotency-Key is still in progress".into(),
+                )),
+            };
         }
-        Err(e) => {
-            // Failed requests are not remembered: the client may retry with the same key.
-            let _ = st
-                .db
-                .write(None, move |sql| {
-                    queries::release_idempotency_key(sql, &c, &k).map_err(ApiError::from)
-                })
-                .await;
-            Err(e)
+        let (c, k) = (client.key.clone(), key.clone());
+        replayed(false);
+        match f().await {
+            Ok(stored) => {
+                let json = serde_json::to_string(&stored).unwrap_or_default();
+                let status = stored.status;
+                st.db
+                    .write(None, move |sql| {
+                        queries::complete_idempotency_key(sql, &c, &k, status, &json)
+                            .map_err(ApiError::from)
+                    })
+                    .await?;
+                Ok(respond(&stored, false))
+            }
+            Err(e) => {
+                // Failed requests are not remembered: the client may retry with the same key.
+                let _ = st
+                    .db
+                    .write(None, move |sql| {
+                        queries::release_idempotency_key(sql, &c, &k).map_err(ApiError::from)
+                    })
+                    .await;
+                Err(e)
+            }
         }
     }
+    .instrument(span)
+    .await
 }

@@ -5,18 +5,18 @@
 use super::{ApiError, AppState, Client};
 use crate::faults::Faults;
 use crate::ratelimit;
-use crate::telemetry::RouteSpan;
 use crate::telemetry::{HTTP_METHODS, Telemetry, extract_context};
-use crate::tracer::{EncodedAttribute, RecordingSpan};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use opentelemetry::KeyValue;
 use opentelemetry::context::FutureExt;
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt};
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer as _,
+};
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The method as the semantic conventions name it, and its index in [`HTTP_METHODS`].
@@ -30,7 +30,7 @@ fn method_attr(m: &axum::http::Method) -> (usize, &'static str) {
 
 /// One SERVER span per request named `{method} {route}`, child of an incoming `traceparent`,
 /// and the `http.server.request.duration` / `http.server.active_requests` metrics. The span's
-/// attributes are only built when the sampler keeps the span.
+/// name and attributes are only built when the sampler keeps the span.
 pub async fn http_telemetry(
     State(tel): State<Arc<Telemetry>>,
     matched: Option<MatchedPath>,
@@ -40,19 +40,20 @@ pub async fn http_telemetry(
     let (method_idx, method) = method_attr(req.method());
     let route = matched.as_ref().map(MatchedPath::as_str);
     let parent = extract_context(req.headers());
-    // Started even when not sampled, so the trace id and flags propagate downstream; the
-    // route's name and attribute are only looked up for a span that records.
-    let mut route_span = None;
-    let mut span = tel.tracer.start_span(&parent, SpanKind::Server, || {
-        route_span = route.map(|r| tel.m.route_spans.get(r));
-        match &route_span {
-            Some(r) => r.name(method_idx),
-            None => method.into(),
-        }
-    });
+    // Started even when not sampled, so the trace id and flags propagate downstream. The
+    // sampler decides on the parent and the trace id alone (see `sampling`), so the span starts
+    // under the method's static name, and a span that records gets its full name and
+    // attributes afterwards: an unsampled request allocates neither.
+    let mut span = tel.tracer.build_with_context(
+        SpanBuilder::from_name(method).with_kind(SpanKind::Server),
+        &parent,
+    );
     let sampled = span.is_recording();
     if sampled {
-        request_attributes(&mut span, &req, method_idx, route_span.as_deref());
+        if let Some(r) = route {
+            span.update_name(format!("{method} {r}"));
+        }
+        span.set_attributes(request_attributes(&req, method, route));
     }
     let cx = parent.with_span(span);
     let active = ActiveGuard::new(&tel, method_idx);
@@ -80,38 +81,23 @@ pub async fn http_telemetry(
     resp
 }
 
-/// Attributes every request repeats, encoded once.
-struct ConstantAttributes {
-    methods: [EncodedAttribute; HTTP_METHODS.len()],
-    scheme: EncodedAttribute,
-}
-
-static CONSTANT_ATTRIBUTES: LazyLock<ConstantAttributes> = LazyLock::new(|| ConstantAttributes {
-    methods: std::array::from_fn(|m| EncodedAttribute::new("http.request.method", HTTP_METHODS[m])),
-    scheme: EncodedAttribute::new("url.scheme", "http"),
-});
-
 /// The SERVER span's request attributes (HTTP semantic conventions).
-fn request_attributes(
-    span: &mut RecordingSpan,
-    req: &Request,
-    method: usize,
-    route: Option<&RouteSpan>,
-) {
-    let constant = &*CONSTANT_ATTRIBUTES;
-    span.set_encoded(&constant.methods[method]);
-    span.set_str("url.path", req.uri().path());
-    span.set_encoded(&constant.scheme);
+fn request_attributes(req: &Request, method: &'static str, route: Option<&str>) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(5);
+    attributes.push(KeyValue::new("http.request.method", method));
+    attributes.push(KeyValue::new("url.path", req.uri().path().to_string()));
+    attributes.push(KeyValue::new("url.scheme", "http"));
     if let Some(r) = route {
-        span.set_encoded(&r.route);
+        attributes.push(KeyValue::new("http.route", r.to_string()));
     }
     if let Some(ua) = req
         .headers()
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
     {
-        span.set_str("user_agent.original", ua);
+        attributes.push(KeyValue::new("user_agent.original", ua.to_string()));
     }
+    attributes
 }
 
 /// Counts a request as active until dropped — also when the client disconnects and the

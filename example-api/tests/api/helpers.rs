@@ -6,9 +6,7 @@ use example_api::config::{Config, RatePolicy};
 use example_api::faults::FaultSettings;
 use example_api::routes::AppState;
 use example_api::sampling::Sampling;
-use example_api::span_export::BatchSettings;
-use example_api::telemetry::{ExportConfig, Telemetry};
-use example_api::tracer::SpanLimits;
+use example_api::telemetry::{BatchSettings, ExportConfig, Telemetry};
 use serde_json::{Value, json};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,11 +52,6 @@ pub fn export_config(
             max_export_batch_size: 512,
             schedule_delay: metric_interval,
             export_timeout: Duration::from_secs(10),
-        },
-        limits: SpanLimits {
-            attributes: 128,
-            events: 128,
-            links: 128,
         },
     }
 }

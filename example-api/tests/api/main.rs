@@ -2,6 +2,7 @@
 
 mod cli;
 mod helpers;
+mod instrumentation;
 mod lists;
 mod resilience;
 mod telemetry;

@@ -21,13 +21,13 @@ use std::time::Duration;
 
 /// An OTLP/HTTP collector keeping every span it receives, with its resource's `service.name`.
 #[derive(Clone)]
-struct Collector {
-    endpoint: String,
-    spans: Arc<Mutex<Vec<(String, Span)>>>,
+pub(crate) struct Collector {
+    pub(crate) endpoint: String,
+    pub(crate) spans: Arc<Mutex<Vec<(String, Span)>>>,
 }
 
 impl Collector {
-    async fn start() -> Collector {
+    pub(crate) async fn start() -> Collector {
         let spans: Arc<Mutex<Vec<(String, Span)>>> = Arc::default();
         let stored = spans.clone();
         let app = axum::Router::new().route(
@@ -67,7 +67,7 @@ impl Collector {
         Collector { endpoint, spans }
     }
 
-    fn spans(&self) -> Vec<Span> {
+    pub(crate) fn spans(&self) -> Vec<Span> {
         self.spans
             .lock()
             .unwrap()
@@ -81,14 +81,14 @@ impl Collector {
     }
 }
 
-fn attr(s: &Span, key: &str) -> Option<Any> {
+pub(crate) fn attr(s: &Span, key: &str) -> Option<Any> {
     s.attributes
         .iter()
         .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.as_ref()?.value.clone())
 }
 
-fn string(s: &str) -> Option<Any> {
+pub(crate) fn string(s: &str) -> Option<Any> {
     Some(Any::StringValue(s.to_string()))
 }
 
@@ -109,14 +109,14 @@ fn has(attrs: &[KeyValue], key: &str, v: Value) -> bool {
         .any(|kv| kv.key.as_str() == key && kv.value == v)
 }
 
-struct Harness {
-    app: TestApp,
-    collector: Collector,
+pub(crate) struct Harness {
+    pub(crate) app: TestApp,
+    pub(crate) collector: Collector,
     metrics: InMemoryMetricExporter,
-    tel: Arc<Telemetry>,
+    pub(crate) tel: Arc<Telemetry>,
 }
 
-async fn harness() -> Harness {
+pub(crate) async fn harness() -> Harness {
     harness_sampled(Sampling::default()).await
 }
 
@@ -148,7 +148,7 @@ async fn harness_sampled(sampling: Sampling) -> Harness {
     }
 }
 
-async fn find_span(h: &Harness, pred: impl Fn(&Span) -> bool) -> Span {
+pub(crate) async fn find_span(h: &Harness, pred: impl Fn(&Span) -> bool) -> Span {
     eventually("span", Duration::from_secs(5), || async {
         h.collector.spans().into_iter().find(|s| pred(s))
     })

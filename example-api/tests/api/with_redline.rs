@@ -1,6 +1,6 @@
-//! The whole loop: the API exports over OTLP (gRPC through the OTLP crate, HTTP/protobuf through
-//! the API's own encoder) to a real redline, the load generator drives it, and redline's
-//! per-endpoint counts equal what the load generator sent.
+//! The whole loop: the API exports over OTLP (gRPC, HTTP/protobuf and HTTP/JSON, through the
+//! SDK's batch span processor and `opentelemetry-otlp`) to a real redline, the load generator
+//! drives it, and redline's per-endpoint counts equal what the load generator sent.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,8 +83,7 @@ async fn redline_counts_exactly_what_the_load_generator_sent() {
     counts_match_over("grpc").await;
 }
 
-/// The same over OTLP/HTTP protobuf, the default protocol, whose spans the API's tracer
-/// encodes itself (`tracer`, `span_export`): a real receiver decodes them.
+/// The same over OTLP/HTTP protobuf, the default protocol.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redline_counts_exactly_what_was_sent_over_http_protobuf() {
     counts_match_over("http/protobuf").await;
