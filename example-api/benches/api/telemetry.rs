@@ -107,7 +107,7 @@ pub async fn telemetry_overhead(
     // 1a. Saturation.
     out.push_str(&format!(
         "## Telemetry on vs off: cached `GET /v1/products/{{id}}` at saturation ({} keep-alive connections, \
-         closed loop, {} requests pipelined), {} s per run\n\n\
+         closed loop, {} outstanding per connection), {} s per run\n\n\
          | round | telemetry | req/s | non-200 | server CPU µs/req | server busy |\n|---|---|---|---|---|---|\n",
         o.connections, o.pipeline, o.secs
     ));
