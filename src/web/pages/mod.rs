@@ -143,7 +143,7 @@ impl IngestSamples {
 
 fn accepted_total() -> u64 {
     let t = self_metrics::ingest_totals();
-    t.spans_accepted + t.points_accepted
+    t.spans_accepted + t.points_accepted + t.log_records_accepted
 }
 
 impl Pages {
