@@ -99,6 +99,14 @@ impl Severity {
         })
     }
 
+    /// A minimum severity a reader asked for: a name ([`Severity::parse`]) or a number 0–24.
+    pub fn parse_min(text: &str) -> Option<u8> {
+        match text.parse::<u8>() {
+            Ok(n) => (i32::from(n) <= MAX_SEVERITY_NUMBER).then_some(n),
+            Err(_) => Severity::parse(text).map(Severity::min_number),
+        }
+    }
+
     /// The severity number a record is treated as: its own when set, else the first of the
     /// range its severity text names (SDKs that only set the text still have their errors
     /// counted), else 0.

@@ -774,6 +774,7 @@ mod tests {
             one_hour: Duration::from_secs(7 * 86_400),
             traces: Duration::from_secs(3600),
             max_spans: 2,
+            ..Retention::default()
         };
         let (_dir, mut writer) = writer(retention);
         let now = 1_800_000_000_000i64;
@@ -912,6 +913,7 @@ mod fault_tests {
                 red: 1,
                 metric: 0,
                 span: 0,
+                log: 0,
                 panicked: 0
             }
         );

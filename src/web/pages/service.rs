@@ -86,6 +86,7 @@ pub struct ServicePage {
     pub headers: Vec<SortHeader>,
     pub rows: Vec<EndpointRow>,
     pub resources: Vec<ChartPanel>,
+    pub logs: super::logs::LogPanel,
     pub traces_href: String,
     pub help: EmptyHelp,
     pub empty_title: String,
@@ -211,6 +212,7 @@ pub async fn build_service(
     });
 
     let resources = resource_panels(pages, &service, range).await?;
+    let logs = super::logs::service_panel(pages, &service, range).await?;
     let empty_title = format!("No requests from {service} in this time range");
     Ok(ServicePage {
         layout: Layout::new(
@@ -230,6 +232,7 @@ pub async fn build_service(
         headers: sort_headers(&params, &COLUMNS, "rate"),
         rows: rows.into_iter().map(|(_, row)| row).collect(),
         resources,
+        logs,
         traces_href: format!("/traces?service={}", url_component(&service)),
         help: EmptyHelp::of(pages),
         empty_title,
@@ -536,6 +539,8 @@ pub struct EndpointPage {
     pub distribution: String,
     pub slowest: Vec<TraceRow>,
     pub erroring: Vec<TraceRow>,
+    /// Recent records at ERROR and above of the endpoint's kept traces.
+    pub error_logs: Vec<super::logs::LogRow>,
     pub traces_href: String,
     pub help: EmptyHelp,
     pub empty_title: String,
@@ -602,6 +607,9 @@ pub async fn build_endpoint(
     };
     let slowest = pages.query.traces(trace_filter(false, true)).await?;
     let erroring = pages.query.traces(trace_filter(true, false)).await?;
+    let recent = pages.query.traces(TraceFilter { limit: 200, ..trace_filter(false, false) });
+    let ids = recent.await?.into_iter().map(|t| t.trace_id).collect();
+    let error_logs = super::logs::error_logs(pages, None, Some(ids), range).await?;
     let to_rows = |traces: Vec<crate::vocab::TraceSummary>| -> Vec<TraceRow> {
         traces.into_iter().map(trace_row).collect()
     };
@@ -625,6 +633,7 @@ pub async fn build_endpoint(
         charts,
         slowest: to_rows(slowest),
         erroring: to_rows(erroring),
+        error_logs,
         help: EmptyHelp::of(pages),
         empty_title: format!("No requests to {method} {route} of {service} in this time range"),
         service,

@@ -6,6 +6,7 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::Html;
 
+use super::logs::{LogRow, trace_logs};
 use super::service::{TraceRow, trace_row};
 use super::{EmptyHelp, Layout, PageError, Pages, Pairs, Params, render};
 use crate::model::{SpanRecord, SpanStatus};
@@ -118,6 +119,8 @@ pub struct SpanRow {
     pub start: String,
     pub attributes: Vec<(String, String)>,
     pub events: Vec<EventRow>,
+    /// The span's log records, oldest first.
+    pub logs: Vec<LogRow>,
 }
 
 pub struct EventRow {
@@ -135,6 +138,8 @@ pub struct TracePage {
     pub duration: String,
     pub services: String,
     pub rows: Vec<SpanRow>,
+    /// Log records of the trace whose span is not among the kept ones.
+    pub other_logs: Vec<LogRow>,
     pub ticks: Vec<(String, String)>,
 }
 
@@ -180,7 +185,8 @@ pub async fn build_trace(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let rows = waterfall(&spans)
+    let mut logs = trace_logs(pages, &trace_id, start).await?;
+    let rows: Vec<SpanRow> = waterfall(&spans)
         .into_iter()
         .map(|(depth, span)| {
             let offset = (span.start_unix_ns - start) as f64;
@@ -218,9 +224,12 @@ pub async fn build_trace(
                             .collect(),
                     })
                     .collect(),
+                logs: logs.remove(&span.span_id).unwrap_or_default(),
             }
         })
         .collect();
+    let mut other_logs: Vec<LogRow> = logs.into_values().flatten().collect();
+    other_logs.sort_by_key(|l| l.time_unix_ns);
     let ticks = (0..4)
         .map(|i| {
             (
@@ -243,6 +252,7 @@ pub async fn build_trace(
         services: services.join(", "),
         trace_id,
         rows,
+        other_logs,
         ticks,
     })
 }
