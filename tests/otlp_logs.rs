@@ -28,7 +28,11 @@ enum Transport {
     HttpJson,
 }
 
-fn logger_provider(redline: &TestRedline, transport: Transport, service: &str) -> SdkLoggerProvider {
+fn logger_provider(
+    redline: &TestRedline,
+    transport: Transport,
+    service: &str,
+) -> SdkLoggerProvider {
     let exporter = match transport {
         Transport::Grpc => opentelemetry_otlp::LogExporter::builder()
             .with_tonic()
@@ -112,7 +116,13 @@ async fn counts(redline: &TestRedline, service: &str) -> Vec<(String, f64)> {
                 .flatten()
                 .filter_map(|p| p[1].as_f64())
                 .sum();
-            (s["attributes"]["severity"].as_str().unwrap_or("").to_string(), total)
+            (
+                s["attributes"]["severity"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                total,
+            )
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -146,11 +156,15 @@ async fn sdk_round_trip(transport: Transport, service: &'static str) {
     assert!(error["trace_id"].is_null());
     assert!(error["time_ms"].as_i64().unwrap() > 1_700_000_000_000);
     let errors_only = redline
-        .get_ok(&format!("/api/v1/logs?service={service}&severity_min=error&since=5m"))
+        .get_ok(&format!(
+            "/api/v1/logs?service={service}&severity_min=error&since=5m"
+        ))
         .await;
     assert_eq!(bodies(&errors_only), ["payment declined"]);
     let found = redline
-        .get_ok(&format!("/api/v1/logs?service={service}&q=DOWNSTREAM&since=5m"))
+        .get_ok(&format!(
+            "/api/v1/logs?service={service}&q=DOWNSTREAM&since=5m"
+        ))
         .await;
     assert_eq!(bodies(&found), ["slow downstream"]);
     assert_eq!(
@@ -251,7 +265,10 @@ async fn post(redline: &TestRedline, content_type: &str, body: Vec<u8>) -> reqwe
         .expect("POST /v1/logs")
 }
 
-async fn post_logs(redline: &TestRedline, request: &ExportLogsServiceRequest) -> ExportLogsServiceResponse {
+async fn post_logs(
+    redline: &TestRedline,
+    request: &ExportLogsServiceRequest,
+) -> ExportLogsServiceResponse {
     let response = post(redline, "application/x-protobuf", request.encode_to_vec()).await;
     assert_eq!(response.status(), 200);
     ExportLogsServiceResponse::decode(response.bytes().await.unwrap()).expect("a response")
@@ -308,12 +325,19 @@ async fn a_kept_traces_logs_show_under_their_spans() {
     let trace_hex = hex::encode(trace_id);
     let body = redline
         .wait_for(
-            &format!("/api/v1/logs?trace_id={}&since=5m", trace_hex.to_uppercase()),
+            &format!(
+                "/api/v1/logs?trace_id={}&since=5m",
+                trace_hex.to_uppercase()
+            ),
             Duration::from_secs(10),
             |b| logs(b).len() == 4,
         )
         .await;
-    assert!(logs(&body).iter().all(|l| l["trace_id"] == trace_hex.as_str()));
+    assert!(
+        logs(&body)
+            .iter()
+            .all(|l| l["trace_id"] == trace_hex.as_str())
+    );
     let page = redline
         .client()
         .get(redline.url(&format!("/traces/{trace_hex}")))
@@ -324,13 +348,23 @@ async fn a_kept_traces_logs_show_under_their_spans() {
         .await
         .unwrap();
     // Telemetry text is escaped.
-    assert!(page.contains("reserving stock &#60;b&#62;now&#60;/b&#62;") || page.contains("reserving stock &lt;b&gt;now&lt;/b&gt;"), "{page}");
+    assert!(
+        page.contains("reserving stock &#60;b&#62;now&#60;/b&#62;")
+            || page.contains("reserving stock &lt;b&gt;now&lt;/b&gt;"),
+        "{page}"
+    );
     assert!(!page.contains("<b>now</b>"));
     // Each record sits under its span: the child's two after the child's row.
-    let child_row = page.find("reserve</div>").or_else(|| page.find(">reserve")).expect("child row");
+    let child_row = page
+        .find("reserve</div>")
+        .or_else(|| page.find(">reserve"))
+        .expect("child row");
     let reserved = page.find("stock reserved").expect("child's record");
     let failed = page.find("order failed").expect("root's record");
-    assert!(failed < child_row && child_row < reserved, "records under their spans");
+    assert!(
+        failed < child_row && child_row < reserved,
+        "records under their spans"
+    );
     assert!(page.contains("Logs of spans not kept") && page.contains("from a span not kept"));
     // The endpoint page lists the trace's error record.
     let endpoint = redline
@@ -362,11 +396,16 @@ async fn hostile_log_exports_are_rejected_cut_or_unassociated_and_counted() {
     let answer = post_logs(&redline, &request).await;
     let partial = answer.partial_success.expect("a partial success");
     assert_eq!(partial.rejected_log_records, 2);
-    assert!(partial.error_message.contains("severity_number"), "{partial:?}");
+    assert!(
+        partial.error_message.contains("severity_number"),
+        "{partial:?}"
+    );
     let body = redline
-        .wait_for("/api/v1/logs?service=hostile&since=5m", Duration::from_secs(10), |b| {
-            logs(b).len() == 2
-        })
+        .wait_for(
+            "/api/v1/logs?service=hostile&since=5m",
+            Duration::from_secs(10),
+            |b| logs(b).len() == 2,
+        )
         .await;
     let cut = logs(&body)
         .into_iter()
@@ -412,13 +451,18 @@ async fn hostile_log_exports_are_rejected_cut_or_unassociated_and_counted() {
     .expect("an answer");
     assert_eq!(code, 3);
     redline
-        .wait_for("/api/v1/logs?service=zipped&since=5m", Duration::from_secs(10), |b| {
-            bodies(b) == ["fatal, zipped"]
-        })
+        .wait_for(
+            "/api/v1/logs?service=zipped&since=5m",
+            Duration::from_secs(10),
+            |b| bodies(b) == ["fatal, zipped"],
+        )
         .await;
     let metrics = redline.metrics_text().await;
     for (counter, at_least) in [
-        ("redline_log_records_rejected_total{reason=\"invalid\"}", 2.0),
+        (
+            "redline_log_records_rejected_total{reason=\"invalid\"}",
+            2.0,
+        ),
         ("redline_log_ids_ignored_total", 2.0),
         ("redline_truncated_total{field=\"log_body\"}", 1.0),
     ] {

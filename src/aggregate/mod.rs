@@ -95,7 +95,10 @@ pub struct FlushBatch {
 
 impl FlushBatch {
     pub fn is_empty(&self) -> bool {
-        self.red.is_empty() && self.metrics.is_empty() && self.spans.is_empty() && self.logs.is_empty()
+        self.red.is_empty()
+            && self.metrics.is_empty()
+            && self.spans.is_empty()
+            && self.logs.is_empty()
     }
 
     pub fn rows(&self) -> self_metrics::FlushRows {

@@ -123,7 +123,9 @@ async fn logs(State(receiver): State<Receiver>, headers: HeaderMap, body: Body) 
     receiver
         .handle(&headers, body, |r, bytes, encoding, mut memory| {
             let request = decode(bytes, encoding, &mut memory)?;
-            r.ingestor.logs(request, memory).map(Accepted::logs_response)
+            r.ingestor
+                .logs(request, memory)
+                .map(Accepted::logs_response)
         })
         .await
 }

@@ -70,10 +70,7 @@ fn log_matches(record: &LogRecord, filter: &LogFilter) -> bool {
     time_ns >= ns(filter.from_ms)
         && time_ns < ns(filter.to_ms)
         && record.severity_number >= filter.min_severity
-        && filter
-            .service
-            .as_ref()
-            .is_none_or(|s| *s == record.service)
+        && filter.service.as_ref().is_none_or(|s| *s == record.service)
         && filter
             .trace_id
             .as_ref()

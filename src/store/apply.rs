@@ -328,8 +328,7 @@ impl Database {
             (now_ms - retention.traces.as_millis() as i64).max(0) as i128 * 1_000_000;
         delete_traces_before(&tx, trace_cutoff_ns.min(i64::MAX as i128) as i64)?;
         enforce_span_cap(&tx, retention.max_spans)?;
-        let log_cutoff_ns =
-            (now_ms - retention.logs.as_millis() as i64).max(0) as i128 * 1_000_000;
+        let log_cutoff_ns = (now_ms - retention.logs.as_millis() as i64).max(0) as i128 * 1_000_000;
         apply_log_retention(
             &tx,
             log_cutoff_ns.min(i64::MAX as i128) as i64,

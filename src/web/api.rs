@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use crate::model::log_record::Severity;
 use crate::query::{MetricAggregation, MetricQuery, Query, RedStat};
 use crate::store::StoreError;
-use crate::model::log_record::Severity;
 use crate::vocab::{LogFilter, RedFilter, TimeRange, TraceFilter, duration_ms, now_ms};
 
 pub fn router(query: Query) -> Router {

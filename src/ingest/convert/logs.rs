@@ -81,13 +81,9 @@ pub fn convert_logs(request: ExportLogsServiceRequest, now_ms: i64) -> Converted
             }
         }
     }
-    out.batch.metric_points.extend(
-        counts
-            .into_iter()
-            .map(|((service, severity, second_ms), count)| {
-                count_point(&service, severity, second_ms, count)
-            }),
-    );
+    out.batch.metric_points.extend(counts.into_iter().map(
+        |((service, severity, second_ms), count)| count_point(&service, severity, second_ms, count),
+    ));
     out
 }
 
@@ -135,9 +131,8 @@ fn log_attributes(attributes: &[KeyValue], event_name: &str) -> BTreeMap<String,
         })
         .collect();
     if !event_name.is_empty() {
-        out.entry("event.name".into()).or_insert_with(|| {
-            limit_string(event_name.to_string(), Field::LogAttributeValue)
-        });
+        out.entry("event.name".into())
+            .or_insert_with(|| limit_string(event_name.to_string(), Field::LogAttributeValue));
     }
     out
 }
@@ -145,7 +140,10 @@ fn log_attributes(attributes: &[KeyValue], event_name: &str) -> BTreeMap<String,
 /// One point of [`LOG_RECORDS_METRIC`]: `count` records of `severity` from `service`.
 fn count_point(service: &str, severity: Severity, second_ms: i64, count: u64) -> MetricPoint {
     let attributes = BTreeMap::from([
-        (SEVERITY_ATTRIBUTE.to_string(), severity.as_str().to_string()),
+        (
+            SEVERITY_ATTRIBUTE.to_string(),
+            severity.as_str().to_string(),
+        ),
         (
             ERROR_ATTRIBUTE.to_string(),
             (severity >= Severity::Error).to_string(),

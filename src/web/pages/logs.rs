@@ -8,7 +8,6 @@ use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
 
-use super::service::ChartPanel;
 use super::{Layout, PageError, Pages, Pairs, Params, render, step_for};
 use crate::model::log_record::{
     ERROR_NUMBER, LOG_RECORDS_METRIC, LogRecord, SEVERITY_ATTRIBUTE, Severity,
@@ -167,7 +166,8 @@ pub async fn build_list(pages: &Pages, params: Params) -> Result<LogsPage, PageE
 /// The service page's log panel: records per severity over the range (a chart and the totals)
 /// and the recent records at ERROR and above.
 pub struct LogPanel {
-    pub chart: Option<ChartPanel>,
+    /// The stacked chart's SVG and its data table.
+    pub chart: Option<(String, String)>,
     pub counts: Vec<(&'static str, String, &'static str)>,
     pub recent: Vec<LogRow>,
     pub href: String,
@@ -225,7 +225,12 @@ pub async fn service_panel(
         for (_, name, points) in lines {
             chart = chart.series(name, points);
         }
-        Some(ChartPanel::stacked(chart))
+        let table = if chart.has_data() {
+            chart.table_html()
+        } else {
+            String::new()
+        };
+        Some((chart.stacked_svg(), table))
     };
     let recent = error_logs(pages, Some(service), None, range).await?;
     Ok(LogPanel {
@@ -242,10 +247,7 @@ pub async fn service_panel(
             })
             .collect(),
         recent,
-        href: format!(
-            "/logs?service={}&severity_min=WARN",
-            url_component(service)
-        ),
+        href: format!("/logs?service={}&severity_min=WARN", url_component(service)),
     })
 }
 

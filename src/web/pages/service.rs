@@ -8,6 +8,7 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::Html;
 
+use super::traces::{TraceRow, trace_row};
 use super::{
     ChartTarget, EmptyHelp, Layout, PageError, Pages, Pairs, Params, SortHeader, cmp_opt, fmt_opt,
     merged, range_seconds, red_step, render, sort_headers, sort_of, stat_points, step_for,
@@ -16,7 +17,7 @@ use crate::aggregate::red::RedStats;
 use crate::model::STATUS_CLASSES;
 use crate::query::{MetricAggregation, MetricQuery, RedStat, RedSteps};
 use crate::render::url_component;
-use crate::render::{TimeChart, Unit, bar_chart_svg, format_utc, sparkline_svg};
+use crate::render::{TimeChart, Unit, bar_chart_svg, sparkline_svg};
 use crate::vocab::{RedFilter, TimeRange, TraceFilter};
 
 /// A chart with its text equivalent.
@@ -516,16 +517,6 @@ pub fn series_name(attributes: &BTreeMap<String, String>) -> String {
 // ---------------------------------------------------------------------------------------------
 // One endpoint
 
-pub struct TraceRow {
-    pub href: String,
-    pub service: String,
-    pub when: String,
-    pub duration: String,
-    pub name: String,
-    pub error: bool,
-    pub reason: String,
-}
-
 #[derive(Template)]
 #[template(path = "endpoint.html")]
 pub struct EndpointPage {
@@ -607,7 +598,10 @@ pub async fn build_endpoint(
     };
     let slowest = pages.query.traces(trace_filter(false, true)).await?;
     let erroring = pages.query.traces(trace_filter(true, false)).await?;
-    let recent = pages.query.traces(TraceFilter { limit: 200, ..trace_filter(false, false) });
+    let recent = pages.query.traces(TraceFilter {
+        limit: 200,
+        ..trace_filter(false, false)
+    });
     let ids = recent.await?.into_iter().map(|t| t.trace_id).collect();
     let error_logs = super::logs::error_logs(pages, None, Some(ids), range).await?;
     let to_rows = |traces: Vec<crate::vocab::TraceSummary>| -> Vec<TraceRow> {
@@ -640,24 +634,6 @@ pub async fn build_endpoint(
         method,
         route,
     })
-}
-
-pub fn trace_row(t: crate::vocab::TraceSummary) -> TraceRow {
-    TraceRow {
-        href: format!("/traces/{}", url_component(&t.trace_id)),
-        service: t.service.clone().unwrap_or_default(),
-        when: format_utc(t.start_unix_ms as i64),
-        duration: Unit::Millis.format(t.duration_ms),
-        name: t.root_name.unwrap_or_else(|| {
-            format!(
-                "{} {}",
-                t.method.unwrap_or_default(),
-                t.route.unwrap_or_default()
-            )
-        }),
-        error: t.error,
-        reason: t.reason.to_string(),
-    }
 }
 
 /// The latency distribution as a histogram: the sketch's percentiles (1 % of requests each)

@@ -7,10 +7,9 @@ use axum::extract::{Path, State};
 use axum::response::Html;
 
 use super::logs::{LogRow, trace_logs};
-use super::service::{TraceRow, trace_row};
 use super::{EmptyHelp, Layout, PageError, Pages, Pairs, Params, render};
 use crate::model::{SpanRecord, SpanStatus};
-use crate::render::{Unit, format_utc};
+use crate::render::{Unit, format_utc, url_component};
 use crate::vocab::TraceFilter;
 
 #[derive(Template)]
@@ -103,6 +102,34 @@ pub async fn build_list(pages: &Pages, params: Params) -> Result<TracesPage, Pag
             || filter.errors_only
             || min_duration_ms.is_some(),
     })
+}
+
+pub struct TraceRow {
+    pub href: String,
+    pub service: String,
+    pub when: String,
+    pub duration: String,
+    pub name: String,
+    pub error: bool,
+    pub reason: String,
+}
+
+pub fn trace_row(t: crate::vocab::TraceSummary) -> TraceRow {
+    TraceRow {
+        href: format!("/traces/{}", url_component(&t.trace_id)),
+        service: t.service.clone().unwrap_or_default(),
+        when: format_utc(t.start_unix_ms as i64),
+        duration: Unit::Millis.format(t.duration_ms),
+        name: t.root_name.unwrap_or_else(|| {
+            format!(
+                "{} {}",
+                t.method.unwrap_or_default(),
+                t.route.unwrap_or_default()
+            )
+        }),
+        error: t.error,
+        reason: t.reason.to_string(),
+    }
 }
 
 pub struct SpanRow {
