@@ -30,7 +30,7 @@ impl Query {
                     .cloned(),
             );
         }
-        rows.sort_by(|a, b| b.time_unix_ns.cmp(&a.time_unix_ns));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.time_unix_ns));
         rows.truncate(filter.limit);
         Ok(rows)
     }
