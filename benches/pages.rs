@@ -169,6 +169,7 @@ async fn fill(data_dir: &std::path::Path) {
         one_hour: Duration::from_secs(90 * 86_400),
         traces: Duration::from_secs(3 * 86_400),
         max_spans: 1_000_000,
+        ..Retention::default()
     };
     let writer = store::spawn_writer(conn, retention, |_| {});
     let keys = endpoints();

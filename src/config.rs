@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::aggregate::AggregatorConfig;
 use crate::aggregate::cardinality::Limits;
+use crate::aggregate::logs::LogKeeperConfig;
 use crate::aggregate::sampler::SamplerConfig;
 use crate::store::Retention;
 use crate::web::auth::WebAuth;
@@ -94,6 +95,15 @@ pub struct SettingsLayer {
     /// Delete the oldest traces beyond this many stored spans [default: 1000000]
     #[arg(long, env = "REDLINE_TRACE_MAX_SPANS", value_name = "N")]
     pub trace_max_spans: Option<u64>,
+    /// Keep log records (WARN and above, and those of kept traces) this long [default: 3d]
+    #[arg(long, env = "REDLINE_LOG_RETENTION", value_name = "DURATION")]
+    pub log_retention: Option<String>,
+    /// Delete the oldest kept log records beyond this many stored bytes [default: 268435456]
+    #[arg(long, env = "REDLINE_LOG_MAX_BYTES", value_name = "BYTES")]
+    pub log_max_bytes: Option<u64>,
+    /// Bytes of log records kept per second at most; the rest are dropped and counted (all are still counted by severity) [default: 1048576]
+    #[arg(long, env = "REDLINE_LOG_KEEP_BYTES_PER_SECOND", value_name = "BYTES")]
+    pub log_keep_bytes_per_second: Option<usize>,
     /// Fraction of traces kept at random, besides error and slowest traces [default: 0.01]
     #[arg(long, env = "REDLINE_TRACE_SAMPLE_RATIO", value_name = "RATIO")]
     pub trace_sample_ratio: Option<f64>,
@@ -161,6 +171,9 @@ impl SettingsLayer {
             trace_max_spans,
             trace_sample_ratio,
             trace_slowest_per_minute,
+            log_retention,
+            log_max_bytes,
+            log_keep_bytes_per_second,
             alerts_file,
             public_url
         )
@@ -247,6 +260,8 @@ impl Settings {
             one_hour: duration("retention_1h", layer.retention_1h, "90d"),
             traces: duration("trace_retention", layer.trace_retention, "3d"),
             max_spans: layer.trace_max_spans.unwrap_or(1_000_000),
+            logs: duration("log_retention", layer.log_retention, "3d"),
+            max_log_bytes: layer.log_max_bytes.unwrap_or(256 << 20),
         };
         let window_ms = window.as_millis() as i64;
         if window_ms > 0 && 60_000 % window_ms != 0 {
@@ -364,6 +379,14 @@ impl Settings {
                     max_kept_spans_per_second: keep_spans,
                     max_kept_bytes_per_second: keep_bytes,
                     ..sampler_defaults
+                },
+                logs: LogKeeperConfig {
+                    max_kept_bytes_per_second: layer
+                        .log_keep_bytes_per_second
+                        .unwrap_or(LogKeeperConfig::default().max_kept_bytes_per_second),
+                    buffer_bytes: crate::budget::share(memory_limit) / 4,
+                    max_pending_bytes: crate::budget::share(memory_limit) / 2,
+                    ..LogKeeperConfig::default()
                 },
                 ..AggregatorConfig::default()
             },

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::mem::size_of;
 
+use crate::model::log_record::{IncomingLog, LogRecord};
 use crate::model::{
     Buckets, EndpointKey, HistogramValue, IngestBatch, MetricPoint, MetricSeriesKey, MetricValue,
     SpanEvent, SpanRecord,
@@ -95,6 +96,23 @@ impl HeapSize for IngestBatch {
                 .iter()
                 .map(HeapSize::heap_bytes)
                 .sum::<usize>()
+            + self.logs.capacity() * size_of::<IncomingLog>()
+            + self
+                .logs
+                .iter()
+                .map(|l| l.record.heap_bytes())
+                .sum::<usize>()
+    }
+}
+
+impl HeapSize for LogRecord {
+    fn heap_bytes(&self) -> usize {
+        self.service.heap_bytes()
+            + self.severity_text.heap_bytes()
+            + self.body.heap_bytes()
+            + self.trace_id.heap_bytes()
+            + self.span_id.heap_bytes()
+            + self.attributes.heap_bytes()
     }
 }
 

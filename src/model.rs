@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 pub mod json_float;
 pub mod limits;
+pub mod log_record;
 pub mod semconv;
 pub mod span_record;
 
@@ -278,16 +279,24 @@ pub struct IngestBatch {
     /// The export's body, which the spans' `encoded` ranges point into; held until the
     /// batch is applied.
     pub body: bytes::Bytes,
+    /// Log records that may be kept (WARN and above, or with a trace id); every record
+    /// received is counted in `metric_points` ([`log_record::LOG_RECORDS_METRIC`]).
+    pub logs: Vec<log_record::IncomingLog>,
+    /// Log records accepted, kept or not.
+    pub log_records: usize,
 }
 
 impl IngestBatch {
     pub fn is_empty(&self) -> bool {
-        self.requests.is_empty() && self.metric_points.is_empty() && self.spans.is_empty()
+        self.requests.is_empty()
+            && self.metric_points.is_empty()
+            && self.spans.is_empty()
+            && self.logs.is_empty()
     }
 
     /// Items counted against the ingest queue's capacity.
     pub fn item_count(&self) -> usize {
-        self.spans.len() + self.metric_points.len()
+        self.spans.len() + self.metric_points.len() + self.log_records
     }
 }
 

@@ -29,6 +29,7 @@ pub fn install() -> PrometheusHandle {
 pub enum Signal {
     Traces,
     Metrics,
+    Logs,
 }
 
 impl Signal {
@@ -36,6 +37,7 @@ impl Signal {
         match self {
             Signal::Traces => "spans",
             Signal::Metrics => "points",
+            Signal::Logs => "log_records",
         }
     }
 }
@@ -50,7 +52,7 @@ pub fn accepted(signal: Signal, count: u64) {
 pub fn rejected(signal: Signal, reason: &'static str, count: u64) {
     counter!(format!("redline_{}_rejected_total", signal.item()), "reason" => reason)
         .increment(count);
-    TOTALS[2 + signal as usize].fetch_add(count, Ordering::Relaxed);
+    TOTALS[SIGNALS + signal as usize].fetch_add(count, Ordering::Relaxed);
 }
 
 /// Accepted and rejected spans and points since the process started, for the dashboard's
@@ -60,21 +62,33 @@ pub fn rejected(signal: Signal, reason: &'static str, count: u64) {
 pub struct IngestTotals {
     pub spans_accepted: u64,
     pub points_accepted: u64,
+    pub log_records_accepted: u64,
     pub spans_rejected: u64,
     pub points_rejected: u64,
+    pub log_records_rejected: u64,
 }
 
-/// Spans accepted, points accepted, spans rejected, points rejected (by [`Signal`] index).
-static TOTALS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+const SIGNALS: usize = 3;
+
+/// Accepted items by [`Signal`] index, then rejected ones.
+static TOTALS: [AtomicU64; 2 * SIGNALS] = [const { AtomicU64::new(0) }; 2 * SIGNALS];
 
 pub fn ingest_totals() -> IngestTotals {
     let get = |i: usize| TOTALS[i].load(Ordering::Relaxed);
     IngestTotals {
         spans_accepted: get(0),
         points_accepted: get(1),
-        spans_rejected: get(2),
-        points_rejected: get(3),
+        log_records_accepted: get(2),
+        spans_rejected: get(3),
+        points_rejected: get(4),
+        log_records_rejected: get(5),
     }
+}
+
+/// A log record's trace or span id of the wrong length, ignored (the record is kept as one
+/// not associated with a trace, as the OTLP data model says).
+pub fn log_ids_ignored() {
+    counter!("redline_log_ids_ignored_total").increment(1);
 }
 
 pub fn requests_rejected(reason: &'static str) {
@@ -126,6 +140,23 @@ pub fn trace_keeping(totals: TraceKeeping) {
     }
 }
 
+/// What log keeping kept and dropped since start (totals).
+pub struct LogKeeping {
+    pub kept: u64,
+    pub dropped_for_budget: u64,
+    pub dropped_for_memory: u64,
+}
+
+pub fn log_keeping(totals: LogKeeping) {
+    counter!("redline_log_records_kept_total").absolute(totals.kept);
+    for (reason, count) in [
+        ("budget", totals.dropped_for_budget),
+        ("memory", totals.dropped_for_memory),
+    ] {
+        counter!("redline_log_records_dropped_total", "reason" => reason).absolute(count);
+    }
+}
+
 /// The memory limit, and what each part of the budget holds.
 pub fn memory(limit: usize, used_by_part: impl IntoIterator<Item = (&'static str, usize)>) {
     gauge!("redline_memory_limit_bytes").set(limit as f64);
@@ -150,11 +181,12 @@ pub struct FlushRows {
     pub red: usize,
     pub metric: usize,
     pub span: usize,
+    pub log: usize,
 }
 
 impl FlushRows {
     fn total(self) -> u64 {
-        (self.red + self.metric + self.span) as u64
+        (self.red + self.metric + self.span + self.log) as u64
     }
 }
 
@@ -163,6 +195,7 @@ pub fn store_write(elapsed: Duration, rows: FlushRows) {
     counter!("redline_store_rows_written_total", "kind" => "red").increment(rows.red as u64);
     counter!("redline_store_rows_written_total", "kind" => "metric").increment(rows.metric as u64);
     counter!("redline_store_rows_written_total", "kind" => "span").increment(rows.span as u64);
+    counter!("redline_store_rows_written_total", "kind" => "log").increment(rows.log as u64);
 }
 
 pub fn database_size(bytes: u64) {

@@ -110,6 +110,23 @@ pub struct TraceFilter {
     pub slowest_first: bool,
 }
 
+/// Which kept log records to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub service: Option<String>,
+    /// Records below this severity number are left out.
+    pub min_severity: u8,
+    /// Lower-case hex.
+    pub trace_id: Option<String>,
+    /// Only records of these traces (lower-case hex); `None`: of any trace or none.
+    pub trace_ids: Option<Vec<String>>,
+    /// A piece of the body, matched ignoring ASCII case.
+    pub text: Option<String>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub limit: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TraceSummary {
     pub trace_id: String,

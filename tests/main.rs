@@ -12,6 +12,7 @@ mod ingest_errors;
 mod layers;
 mod notify;
 mod otlp_export;
+mod otlp_logs;
 mod pages;
 mod query_semantics;
 mod restart;

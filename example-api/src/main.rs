@@ -99,8 +99,9 @@ struct DemoArgs {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG`. With `tel`, the service's telemetry also becomes the
-/// process's global OpenTelemetry providers, and `tracing` spans (the API's and libraries')
-/// become spans of its traces; `RUST_LOG` selects those spans too.
+/// process's global OpenTelemetry providers, `tracing` spans (the API's and libraries')
+/// become spans of its traces, and events at INFO and above are also exported as its OTLP log
+/// records; `RUST_LOG` selects those spans and events too.
 fn init_logs(tel: Option<&Telemetry>) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -114,6 +115,7 @@ fn init_logs(tel: Option<&Telemetry>) {
     }
     tracing_subscriber::registry()
         .with(tel.map(|t| t.tracing_layer()))
+        .with(tel.and_then(|t| t.log_layer()))
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(filter)
         .init();

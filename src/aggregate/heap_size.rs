@@ -50,6 +50,11 @@ impl HeapSize for FlushBatch {
             .iter()
             .map(|(span, _)| size_of::<SpanRecord>() + span.heap_bytes())
             .sum();
-        red + metrics + spans
+        let logs: usize = self
+            .logs
+            .iter()
+            .map(|log| size_of::<crate::model::log_record::LogRecord>() + log.heap_bytes())
+            .sum();
+        red + metrics + spans + logs
     }
 }

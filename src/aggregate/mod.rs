@@ -6,6 +6,7 @@ pub mod cardinality;
 pub mod explicit;
 mod heap_size;
 pub mod histogram;
+pub mod logs;
 pub mod metric;
 pub mod red;
 pub mod sampler;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use foldhash::HashMap;
 
 use crate::memsize::HeapSize;
+use crate::model::log_record::LogRecord;
 use crate::model::semconv::{self, deprecated};
 use crate::model::{
     EndpointKey, EndpointRequest, IngestBatch, MetricKind, MetricPoint, MetricSeriesKey, RedSource,
@@ -24,6 +26,7 @@ use crate::model::{
 use crate::self_metrics;
 use crate::vocab::KeepReason;
 use cardinality::{CardinalityGuard, Limits, OverflowCounts};
+use logs::{LogKeeper, LogKeeperConfig, LogStats};
 use metric::{Contribution, DeltaConverter, MetricAgg};
 use red::RedStats;
 use sampler::{SamplerConfig, SamplerStats, TraceSampler};
@@ -36,6 +39,7 @@ pub struct AggregatorConfig {
     pub window_ms: i64,
     pub limits: Limits,
     pub sampler: SamplerConfig,
+    pub logs: LogKeeperConfig,
     /// Timestamps further than this from now are placed at now (a skewed client clock must
     /// not create windows outside retention).
     pub max_clock_skew_ms: i64,
@@ -47,6 +51,7 @@ impl Default for AggregatorConfig {
             window_ms: 10_000,
             limits: Limits::default(),
             sampler: SamplerConfig::default(),
+            logs: LogKeeperConfig::default(),
             max_clock_skew_ms: 6 * 60 * 60 * 1000,
         }
     }
@@ -85,11 +90,15 @@ pub struct FlushBatch {
     pub red: Vec<RedDelta>,
     pub metrics: Vec<MetricDelta>,
     pub spans: Vec<(SpanRecord, KeepReason)>,
+    pub logs: Vec<LogRecord>,
 }
 
 impl FlushBatch {
     pub fn is_empty(&self) -> bool {
-        self.red.is_empty() && self.metrics.is_empty() && self.spans.is_empty()
+        self.red.is_empty()
+            && self.metrics.is_empty()
+            && self.spans.is_empty()
+            && self.logs.is_empty()
     }
 
     pub fn rows(&self) -> self_metrics::FlushRows {
@@ -97,6 +106,7 @@ impl FlushBatch {
             red: self.red.len(),
             metric: self.metrics.len(),
             span: self.spans.len(),
+            log: self.logs.len(),
         }
     }
 }
@@ -109,6 +119,7 @@ pub struct AggregatorStats {
     pub metric_series: usize,
     pub clock_skew_corrected: u64,
     pub traces: SamplerStats,
+    pub logs: LogStats,
 }
 
 impl AggregatorStats {
@@ -130,6 +141,11 @@ impl AggregatorStats {
             spans_dropped_for_memory: traces.spans_dropped_for_memory,
             spans_dropped_for_clock: traces.spans_dropped_for_clock,
         });
+        self_metrics::log_keeping(self_metrics::LogKeeping {
+            kept: self.logs.kept,
+            dropped_for_budget: self.logs.dropped_for_budget,
+            dropped_for_memory: self.logs.dropped_for_memory,
+        });
     }
 }
 
@@ -138,7 +154,8 @@ impl AggregatorStats {
 pub struct AggregatorMemory {
     /// Open windows, cumulative-series state and cardinality keys.
     pub windows_and_keys: usize,
-    /// The trace sampler's wait buffer and kept spans not yet flushed.
+    /// The trace sampler's and the log keeper's wait buffers and what they kept, not yet
+    /// flushed.
     pub traces: usize,
 }
 
@@ -188,6 +205,7 @@ pub struct Aggregator {
     guard: CardinalityGuard,
     converter: DeltaConverter,
     sampler: TraceSampler,
+    logs: LogKeeper,
     red: RedWindows,
     metrics: HashMap<MetricKey, (SeriesInfo, MetricAgg)>,
     clock_skew_corrected: u64,
@@ -208,6 +226,10 @@ impl Aggregator {
             sampler: TraceSampler::new(SamplerConfig {
                 max_clock_skew_ms: config.max_clock_skew_ms,
                 ..config.sampler
+            }),
+            logs: LogKeeper::new(LogKeeperConfig {
+                max_clock_skew_ms: config.max_clock_skew_ms,
+                ..config.logs
             }),
             red: HashMap::default(),
             metrics: HashMap::default(),
@@ -240,6 +262,13 @@ impl Aggregator {
         }
         for span in batch.spans {
             self.sampler.offer(span, &batch.body, now_ms);
+        }
+        for trace_id in self.sampler.take_newly_kept() {
+            self.logs.trace_kept(&trace_id, now_ms);
+        }
+        let sampler = &self.sampler;
+        for log in batch.logs {
+            self.logs.offer(log, now_ms, |id| sampler.is_kept(id));
         }
     }
 
@@ -370,6 +399,7 @@ impl Aggregator {
                 })
                 .collect(),
             spans: self.sampler.take_kept(),
+            logs: self.logs.take_kept(),
         };
         self.red.shrink_to(red_len);
         self.metrics.shrink_to(metrics_len);
@@ -404,6 +434,13 @@ impl Aggregator {
                 })
                 .collect(),
             spans: self.sampler.pending_kept().to_vec(),
+            logs: self
+                .logs
+                .pending_kept()
+                .iter()
+                .filter(|log| wanted(&log.service))
+                .cloned()
+                .collect(),
         }
     }
 
@@ -415,6 +452,7 @@ impl Aggregator {
             metric_series: self.guard.series_count(),
             clock_skew_corrected: self.clock_skew_corrected,
             traces: self.sampler.stats(),
+            logs: self.logs.stats(),
         }
     }
 
@@ -422,7 +460,7 @@ impl Aggregator {
     pub fn memory(&self) -> AggregatorMemory {
         AggregatorMemory {
             windows_and_keys: self.window_bytes + self.converter_bytes + self.guard.key_bytes(),
-            traces: self.sampler.heap_bytes(),
+            traces: self.sampler.heap_bytes() + self.logs.heap_bytes(),
         }
     }
 }

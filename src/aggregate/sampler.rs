@@ -210,6 +210,8 @@ pub struct TraceSampler {
     out: Vec<(SpanRecord, KeepReason)>,
     out_bytes: usize,
     stats: SamplerStats,
+    /// Traces chosen since the last [`TraceSampler::take_newly_kept`], for the log keeper.
+    newly_kept: Vec<TraceId>,
 }
 
 const KEPT_IDS_REMEMBERED: usize = 10_000;
@@ -233,7 +235,18 @@ impl TraceSampler {
             out: Vec::new(),
             out_bytes: 0,
             stats: SamplerStats::default(),
+            newly_kept: Vec::new(),
         }
+    }
+
+    /// Whether `trace_id` is among the kept traces remembered.
+    pub fn is_kept(&self, trace_id: &TraceId) -> bool {
+        self.kept.contains(trace_id)
+    }
+
+    /// Traces chosen since the last call.
+    pub fn take_newly_kept(&mut self) -> Vec<TraceId> {
+        std::mem::take(&mut self.newly_kept)
     }
 
     /// Offers one span of a batch arriving at `now_ms`; `body` is the batch's body, which
@@ -391,6 +404,7 @@ impl TraceSampler {
     fn keep_trace(&mut self, trace_id: TraceId) {
         if self.kept.insert(trace_id) {
             self.kept_order.push_back(trace_id);
+            self.newly_kept.push(trace_id);
         }
         while self.kept_order.len() > KEPT_IDS_REMEMBERED {
             if let Some(old) = self.kept_order.pop_front() {
@@ -434,6 +448,7 @@ impl TraceSampler {
             + self.kept.capacity() * std::mem::size_of::<TraceId>()
             + self.kept_order.capacity() * std::mem::size_of::<TraceId>()
             + self.slowest_bytes
+            + self.newly_kept.capacity() * std::mem::size_of::<TraceId>()
     }
 }
 

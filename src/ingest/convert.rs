@@ -4,11 +4,13 @@
 //! `metrics` and [`points`]). Every client string kept is length-limited
 //! ([`crate::model::limits`]); on the span path that is one length compare unless a string is cut.
 
+mod logs;
 #[cfg(test)]
 mod metric_properties;
 mod metrics;
 pub mod points;
 
+pub use logs::convert_logs;
 pub use metrics::convert_metrics;
 
 use std::borrow::Cow;

@@ -1,20 +1,16 @@
-//! OTLP/gRPC: TraceService and MetricsService Export (gzip accepted), LogsService answering
-//! UNIMPLEMENTED. Overload is UNAVAILABLE with RetryInfo, which OTLP clients retry; a message
+//! OTLP/gRPC: TraceService, MetricsService and LogsService Export (gzip accepted). Overload is UNAVAILABLE with RetryInfo, which OTLP clients retry; a message
 //! that does not decode is INVALID_ARGUMENT, as OTLP specifies for bad data, and one over the
 //! size limit RESOURCE_EXHAUSTED without RetryInfo, which clients do not retry. Requests pass
 //! [`super::admission::GrpcAdmissionLayer`] first, which counts their bytes against the memory
 //! budget.
 //!
-//! The two export services use tonic's framing, compression and limits but take the request
+//! The export services use tonic's framing, compression and limits but take the request
 //! as bytes: the trace export hands them to the ingestor undecoded (the generated service would
 //! decode every span into owned structs first, which costs more than everything else redline
-//! does with a span; see `wire`), and both answer a decode error with INVALID_ARGUMENT where
-//! tonic's generated services answer INTERNAL. LogsService is opentelemetry-proto's generated
-//! service.
+//! does with a span; see `wire`), and all answer a decode error with INVALID_ARGUMENT where
+//! tonic's generated services answer INTERNAL.
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::SERVICE_NAME as LOGS_SERVICE;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -45,11 +41,15 @@ pub fn router(ingestor: Ingestor, max_message_bytes: usize) -> tonic::service::R
         signal: Traces,
     };
     let metrics = ExportServer::<Metrics> {
-        ingestor,
+        ingestor: ingestor.clone(),
         max_message_bytes,
         signal: Metrics,
     };
-    let logs = LogsServiceServer::new(NoLogs);
+    let logs = ExportServer::<Logs> {
+        ingestor,
+        max_message_bytes,
+        signal: Logs,
+    };
     tonic::service::Routes::new(traces)
         .add_service(metrics)
         .add_service(logs)
@@ -101,6 +101,25 @@ impl ExportSignal for Metrics {
         let decoded_bytes = body.len().saturating_mul(DECODED_BYTES_PER_ENCODED_BYTE);
         let memory = ingestor.reserve(decoded_bytes)?;
         Ok(ingestor.metrics(request, memory)?.metrics_response())
+    }
+}
+
+#[derive(Clone)]
+struct Logs;
+
+impl ExportSignal for Logs {
+    const SERVICE: &'static str = LOGS_SERVICE;
+    const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    type Response = ExportLogsServiceResponse;
+
+    fn export(&self, ingestor: &Ingestor, body: &Bytes) -> Result<Self::Response, IngestError> {
+        let decoded_bytes = body.len().saturating_mul(DECODED_BYTES_PER_ENCODED_BYTE);
+        let memory = ingestor.reserve(decoded_bytes)?;
+        let request = ExportLogsServiceRequest::decode(body.as_ref()).map_err(|e| {
+            self_metrics::requests_rejected("undecodable");
+            IngestError::Undecodable(format!("invalid OTLP protobuf: {e}"))
+        })?;
+        Ok(ingestor.logs(request, memory)?.logs_response())
     }
 }
 
@@ -224,17 +243,5 @@ impl Decoder for RequestBytes {
 
     fn buffer_settings(&self) -> BufferSettings {
         BufferSettings::new(RECEIVE_BUFFER_BYTES, 32 * 1024)
-    }
-}
-
-struct NoLogs;
-
-#[tonic::async_trait]
-impl LogsService for NoLogs {
-    async fn export(
-        &self,
-        _request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        Err(Status::unimplemented("redline does not accept logs"))
     }
 }

@@ -1,4 +1,4 @@
-//! OTLP/HTTP: `POST /v1/traces` and `/v1/metrics`, protobuf or JSON, optionally gzip. Answers in
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics` and `/v1/logs`, protobuf or JSON, optionally gzip. Answers in
 //! the request's encoding: 200 with partial success, 400 with a `google.rpc.Status` for an
 //! undecodable body, 413 past the size limit (also after decompression), 415 for other media
 //! types or encodings, 503 + Retry-After when redline cannot take the data now (the memory
@@ -64,6 +64,7 @@ pub fn router(ingestor: Ingestor, max_body_bytes: usize, cors_origins: &[String]
     let router = Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))
+        .route("/v1/logs", post(logs))
         // The limit is enforced in `admission::read_body`, also for decompressed bodies.
         .layer(DefaultBodyLimit::disable())
         .with_state(receiver);
@@ -114,6 +115,17 @@ async fn metrics(State(receiver): State<Receiver>, headers: HeaderMap, body: Bod
             r.ingestor
                 .metrics(request, memory)
                 .map(Accepted::metrics_response)
+        })
+        .await
+}
+
+async fn logs(State(receiver): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
+    receiver
+        .handle(&headers, body, |r, bytes, encoding, mut memory| {
+            let request = decode(bytes, encoding, &mut memory)?;
+            r.ingestor
+                .logs(request, memory)
+                .map(Accepted::logs_response)
         })
         .await
 }

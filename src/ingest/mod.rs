@@ -14,6 +14,9 @@ pub mod wire;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -56,6 +59,17 @@ impl Accepted {
             partial_success: self.partial().map(|(rejected_data_points, error_message)| {
                 ExportMetricsPartialSuccess {
                     rejected_data_points,
+                    error_message,
+                }
+            }),
+        }
+    }
+
+    pub fn logs_response(self) -> ExportLogsServiceResponse {
+        ExportLogsServiceResponse {
+            partial_success: self.partial().map(|(rejected_log_records, error_message)| {
+                ExportLogsPartialSuccess {
+                    rejected_log_records,
                     error_message,
                 }
             }),
@@ -158,6 +172,17 @@ impl Ingestor {
         let converted = convert::convert_metrics(request);
         let count = converted.batch.metric_points.len() as u64;
         self.submit(Signal::Metrics, converted, count, memory)
+    }
+
+    /// Takes a decoded logs export; `memory` holds the decoded request's bytes.
+    pub fn logs(
+        &self,
+        request: ExportLogsServiceRequest,
+        memory: Reservation,
+    ) -> Result<Accepted, IngestError> {
+        let converted = convert::convert_logs(request, crate::vocab::now_ms());
+        let count = converted.batch.log_records as u64;
+        self.submit(Signal::Logs, converted, count, memory)
     }
 
     fn submit(

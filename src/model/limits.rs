@@ -47,6 +47,10 @@ pub const MAX_SPAN_TEXT_BYTES: usize = 4096;
 /// limits (128 each).
 pub const MAX_SPAN_ATTRIBUTES: usize = 128;
 pub const MAX_SPAN_EVENTS: usize = 128;
+/// A kept log record's body: long enough for a stack trace's top frames.
+pub const MAX_LOG_BODY_BYTES: usize = 16 * 1024;
+/// A log record's severity text (`WARNING`, `Error`, …).
+pub const MAX_SEVERITY_TEXT_BYTES: usize = 64;
 
 /// What was cut, as the `field` label of `redline_truncated_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +73,12 @@ pub enum Field {
     SpanAttributes,
     /// Events dropped from a kept span beyond the count limit.
     SpanEvents,
+    LogBody,
+    LogSeverityText,
+    LogAttributeKey,
+    LogAttributeValue,
+    /// Attributes dropped from a kept log record beyond the count limit.
+    LogAttributes,
 }
 
 impl Field {
@@ -89,6 +99,11 @@ impl Field {
             Field::SpanAttributeValue => "span_attribute_value",
             Field::SpanAttributes => "span_attributes",
             Field::SpanEvents => "span_events",
+            Field::LogBody => "log_body",
+            Field::LogSeverityText => "log_severity_text",
+            Field::LogAttributeKey => "log_attribute_key",
+            Field::LogAttributeValue => "log_attribute_value",
+            Field::LogAttributes => "log_attributes",
         }
     }
 
@@ -101,11 +116,20 @@ impl Field {
             Field::MetricName => MAX_METRIC_NAME_BYTES,
             Field::MetricUnit => MAX_UNIT_BYTES,
             Field::MetricDescription => MAX_DESCRIPTION_BYTES,
-            Field::MetricAttributeKey | Field::SpanAttributeKey => MAX_ATTRIBUTE_KEY_BYTES,
+            Field::MetricAttributeKey | Field::SpanAttributeKey | Field::LogAttributeKey => {
+                MAX_ATTRIBUTE_KEY_BYTES
+            }
             Field::MetricAttributeValue => MAX_METRIC_ATTRIBUTE_VALUE_BYTES,
             Field::SpanName => MAX_SPAN_NAME_BYTES,
-            Field::SpanStatusMessage | Field::SpanAttributeValue => MAX_SPAN_TEXT_BYTES,
-            Field::MetricAttributes | Field::SpanAttributes | Field::SpanEvents => usize::MAX,
+            Field::SpanStatusMessage | Field::SpanAttributeValue | Field::LogAttributeValue => {
+                MAX_SPAN_TEXT_BYTES
+            }
+            Field::LogBody => MAX_LOG_BODY_BYTES,
+            Field::LogSeverityText => MAX_SEVERITY_TEXT_BYTES,
+            Field::MetricAttributes
+            | Field::SpanAttributes
+            | Field::SpanEvents
+            | Field::LogAttributes => usize::MAX,
         }
     }
 

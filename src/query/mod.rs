@@ -16,6 +16,7 @@ use crate::store::{Readers, Resolution, Retention, StoreError};
 use crate::vocab::KeepReason;
 use crate::vocab::{RedFilter, TimeRange, TraceFilter, TraceSummary, now_ms};
 
+mod logs;
 mod metrics;
 mod stats;
 mod traces;

@@ -19,6 +19,7 @@ use crate::aggregate::{FlushBatch, SeriesInfo};
 use crate::model::{EndpointKey, MetricSeriesKey, RedSource, SpanRecord};
 use crate::self_metrics;
 use crate::store::codec::{self, RED_COLUMNS};
+use crate::store::logs::{apply_log_retention, insert_log};
 use crate::store::{FaultKind, Resolution, Retention, StoreError, open_database};
 
 /// Rows of one flush left out by a row-by-row write, by kind.
@@ -27,21 +28,23 @@ pub struct SkippedRows {
     pub red: u64,
     pub metric: u64,
     pub span: u64,
+    pub log: u64,
     /// Of those, the rows whose write panicked.
     pub panicked: u64,
 }
 
 impl SkippedRows {
     pub fn total(&self) -> u64 {
-        self.red + self.metric + self.span
+        self.red + self.metric + self.span + self.log
     }
 
     /// The counts by the `kind` label of `redline_store_rows_skipped_total`.
-    pub fn by_kind(&self) -> [(&'static str, u64); 3] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 4] {
         [
             (RowKind::Red.as_str(), self.red),
             (RowKind::Metric.as_str(), self.metric),
             (RowKind::Span.as_str(), self.span),
+            (RowKind::Log.as_str(), self.log),
         ]
     }
 
@@ -62,6 +65,7 @@ impl SkippedRows {
             RowKind::Red => &mut self.red,
             RowKind::Metric => &mut self.metric,
             RowKind::Span => &mut self.span,
+            RowKind::Log => &mut self.log,
         } += 1;
     }
 }
@@ -71,6 +75,7 @@ enum RowKind {
     Red,
     Metric,
     Span,
+    Log,
 }
 
 impl RowKind {
@@ -79,6 +84,7 @@ impl RowKind {
             RowKind::Red => "red",
             RowKind::Metric => "metric",
             RowKind::Span => "span",
+            RowKind::Log => "log",
         }
     }
 }
@@ -219,6 +225,9 @@ impl Database {
         for (span, reason) in &batch.spans {
             insert_span(&tx, span, reason.as_str())?;
         }
+        for record in &batch.logs {
+            insert_log(&tx, record)?;
+        }
         set_flushed_seq(&tx, seq)?;
         tx.commit()?;
         Ok(())
@@ -277,6 +286,10 @@ impl Database {
             let outcome = in_savepoint(&mut tx, |sp| insert_span(sp, span, reason.as_str()))?;
             skipped.count(RowKind::Span, &outcome);
         }
+        for record in &batch.logs {
+            let outcome = in_savepoint(&mut tx, |sp| insert_log(sp, record))?;
+            skipped.count(RowKind::Log, &outcome);
+        }
         set_flushed_seq(&tx, seq)?;
         tx.commit()?;
         Ok(skipped)
@@ -315,6 +328,12 @@ impl Database {
             (now_ms - retention.traces.as_millis() as i64).max(0) as i128 * 1_000_000;
         delete_traces_before(&tx, trace_cutoff_ns.min(i64::MAX as i128) as i64)?;
         enforce_span_cap(&tx, retention.max_spans)?;
+        let log_cutoff_ns = (now_ms - retention.logs.as_millis() as i64).max(0) as i128 * 1_000_000;
+        apply_log_retention(
+            &tx,
+            log_cutoff_ns.min(i64::MAX as i128) as i64,
+            retention.max_log_bytes,
+        )?;
         tx.commit()?;
         conn.execute_batch("PRAGMA incremental_vacuum;")?;
         self.ids.clear();
@@ -754,6 +773,7 @@ mod tests {
             one_hour: Duration::from_secs(7 * 86_400),
             traces: Duration::from_secs(3600),
             max_spans: 2,
+            ..Retention::default()
         };
         let (_dir, mut writer) = writer(retention);
         let now = 1_800_000_000_000i64;
@@ -892,6 +912,7 @@ mod fault_tests {
                 red: 1,
                 metric: 0,
                 span: 0,
+                log: 0,
                 panicked: 0
             }
         );

@@ -12,6 +12,7 @@ mod apply;
 mod codec;
 mod data_dir_lock;
 mod db;
+pub mod logs;
 pub mod read;
 pub mod schema;
 pub mod writer;
@@ -208,7 +209,7 @@ impl Resolution {
     }
 }
 
-/// How long each resolution and the sampled traces are kept.
+/// How long each resolution, the sampled traces and the kept log records are kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retention {
     pub ten_seconds: Duration,
@@ -217,6 +218,9 @@ pub struct Retention {
     pub traces: Duration,
     /// Oldest traces are deleted past this many stored spans.
     pub max_spans: u64,
+    pub logs: Duration,
+    /// Oldest log records are deleted past this many stored bytes.
+    pub max_log_bytes: u64,
 }
 
 impl Default for Retention {
@@ -227,6 +231,8 @@ impl Default for Retention {
             one_hour: Duration::from_secs(90 * 86_400),
             traces: Duration::from_secs(3 * 86_400),
             max_spans: 1_000_000,
+            logs: Duration::from_secs(3 * 86_400),
+            max_log_bytes: 256 << 20,
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::vocab::{KeepReason, RedFilter, TraceFilter, TraceSummary, now_ms};
 /// Counts a stored row that cannot be decoded; the read goes on without it. Such a row stays
 /// until retention or the writer replaces it, and every read meets it again: it is logged once a
 /// minute at most, and counted every time.
-fn unreadable(table: &'static str, error: &StoreError) {
+pub(crate) fn unreadable(table: &'static str, error: &StoreError) {
     static LAST_LOGGED_MS: AtomicI64 = AtomicI64::new(i64::MIN);
     self_metrics::store_row_unreadable(table);
     let now = now_ms();

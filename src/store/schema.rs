@@ -256,6 +256,25 @@ const MIGRATIONS: &[&str] = &[
               UNION ALL SELECT max(start_ms) FROM red_1m
               UNION ALL SELECT max(start_ms) FROM red_1h);
     "#,
+    // 5: kept log records, and their running weight for the byte cap.
+    r#"
+    CREATE TABLE logs (
+        id INTEGER PRIMARY KEY,
+        time_ns INTEGER NOT NULL,
+        service TEXT NOT NULL,
+        severity_number INTEGER NOT NULL,
+        severity_text TEXT NOT NULL,
+        body TEXT NOT NULL,
+        trace_id TEXT,
+        span_id TEXT,
+        attributes TEXT NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    CREATE INDEX logs_time ON logs (time_ns);
+    CREATE INDEX logs_service_time ON logs (service, time_ns);
+    CREATE INDEX logs_trace ON logs (trace_id) WHERE trace_id IS NOT NULL;
+    INSERT INTO meta (key, value) VALUES ('log_bytes', 0);
+    "#,
 ];
 
 pub fn latest_version() -> i64 {

@@ -108,6 +108,7 @@ pub fn batch(
         red,
         metrics,
         spans,
+        logs: Vec::new(),
     })
 }
 

@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use crate::model::log_record::Severity;
 use crate::query::{MetricAggregation, MetricQuery, Query, RedStat};
 use crate::store::StoreError;
-use crate::vocab::{RedFilter, TimeRange, TraceFilter, duration_ms, now_ms};
+use crate::vocab::{LogFilter, RedFilter, TimeRange, TraceFilter, duration_ms, now_ms};
 
 pub fn router(query: Query) -> Router {
     Router::new()
@@ -24,6 +25,7 @@ pub fn router(query: Query) -> Router {
         .route("/api/v1/metrics/query", get(metric_query))
         .route("/api/v1/traces", get(traces))
         .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/api/v1/logs", get(logs))
         .with_state(query)
 }
 
@@ -147,6 +149,20 @@ impl Params {
                 Ok(step)
             }
             None => Ok(auto_step(range)),
+        }
+    }
+
+    /// `limit`: 1 to 1000, `default` when not given.
+    fn limit(&self, default: usize) -> Result<usize, ApiError> {
+        match self.get("limit") {
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|l| (1..=1000).contains(l))
+                .ok_or_else(|| {
+                    ApiError::bad("limit", "limit must be a whole number from 1 to 1000")
+                }),
+            None => Ok(default),
         }
     }
 
@@ -334,14 +350,7 @@ async fn traces(State(query): State<Query>, pairs: Pairs) -> Result<Json<Value>,
         None,
     )?;
     let range = params.range()?;
-    let limit = match params.get("limit") {
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::bad("limit", "limit must be a whole number from 1 to 1000"))?,
-        None => 50,
-    };
+    let limit = params.limit(50)?;
     let min_duration_ms = params
         .get("min_duration_ms")
         .map(|text| {
@@ -416,4 +425,69 @@ async fn trace(
         })
         .collect();
     Ok(Json(json!({ "trace_id": trace_id, "spans": spans })))
+}
+
+/// The longest `q` a log search takes.
+pub const MAX_LOG_QUERY_BYTES: usize = 1024;
+
+async fn logs(State(query): State<Query>, pairs: Pairs) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(
+        pairs,
+        &["service", "severity_min", "trace_id", "q", "limit"],
+        None,
+    )?;
+    let range = params.range()?;
+    let min_severity = match params.get("severity_min") {
+        Some(text) => Severity::parse_min(text).ok_or_else(|| {
+            ApiError::bad(
+                "severity_min",
+                "severity_min must be TRACE, DEBUG, INFO, WARN, ERROR, FATAL or a number 0-24",
+            )
+        })?,
+        None => 0,
+    };
+    let trace_id = match params.get("trace_id") {
+        Some(id) if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(id.to_ascii_lowercase())
+        }
+        Some(_) => return Err(ApiError::bad("trace_id", "a trace id is 32 hex digits")),
+        None => None,
+    };
+    let text = params.get("q").filter(|q| !q.is_empty());
+    if text.is_some_and(|q| q.len() > MAX_LOG_QUERY_BYTES) {
+        return Err(ApiError::bad(
+            "q",
+            format!("q must be at most {MAX_LOG_QUERY_BYTES} bytes"),
+        ));
+    }
+    let filter = LogFilter {
+        service: params.owned("service").filter(|s| !s.is_empty()),
+        min_severity,
+        trace_id,
+        trace_ids: None,
+        text: text.map(str::to_string),
+        from_ms: range.from_ms,
+        to_ms: range.to_ms,
+        limit: params.limit(100)?,
+    };
+    let logs: Vec<Value> = query
+        .logs(filter)
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "time_ms": r.time_ms(),
+                "service": r.service,
+                "severity_text": r.severity_label(),
+                "severity_number": r.severity_number,
+                "body": r.body,
+                "trace_id": r.trace_id,
+                "span_id": r.span_id,
+                "attributes": r.attributes,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "from": range.from_ms, "to": range.to_ms, "logs": logs }),
+    ))
 }

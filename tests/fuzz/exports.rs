@@ -19,6 +19,7 @@ pub enum Transport {
 pub enum Signal {
     Traces,
     Metrics,
+    Logs,
 }
 
 /// A change to the encoded bytes: what a broken client or a hostile one sends.
@@ -177,6 +178,7 @@ pub async fn send<M: prost::Message + serde::Serialize>(
     let (path, service) = match signal {
         Signal::Traces => ("/v1/traces", "trace.v1.TraceService"),
         Signal::Metrics => ("/v1/metrics", "metrics.v1.MetricsService"),
+        Signal::Logs => ("/v1/logs", "logs.v1.LogsService"),
     };
     if delivery.transport == Transport::Grpc {
         let path = format!("/opentelemetry.proto.collector.{service}/Export");

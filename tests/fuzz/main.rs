@@ -1,5 +1,5 @@
-//! Structured fuzzing of redline end to end, on stable Rust with proptest: hostile OTLP trace
-//! and metric exports, over OTLP/HTTP (protobuf and JSON, gzip or not) and OTLP/gRPC, with the
+//! Structured fuzzing of redline end to end, on stable Rust with proptest: hostile OTLP trace,
+//! metric and log exports, over OTLP/HTTP (protobuf and JSON, gzip or not) and OTLP/gRPC, with the
 //! encoded bytes sometimes mutated, into a real redline in this process; then every page, API
 //! read, alert evaluation and alert e-mail over what they left, and reads with hostile query
 //! parameters. The run checks that every answer is one OTLP allows, no read fails or hangs,
@@ -23,6 +23,7 @@ mod helpers;
 
 mod alloc;
 mod exports;
+mod logs;
 mod otlp;
 mod reads;
 
@@ -161,12 +162,14 @@ fn fail(message: String) -> TestCaseError {
 enum Export {
     Traces(opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest),
     Metrics(opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest),
+    Logs(opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest),
 }
 
 fn export() -> impl Strategy<Value = Export> {
     prop_oneof![
         otlp::trace_export().prop_map(Export::Traces),
         otlp::metrics_export().prop_map(Export::Metrics),
+        logs::logs_export().prop_map(Export::Logs),
     ]
 }
 
@@ -308,6 +311,10 @@ fn hostile_exports_through_every_stage() {
                     }
                     Export::Metrics(message) => {
                         { exports::send(&client, &endpoints, Signal::Metrics, message, &delivery) }
+                            .await
+                    }
+                    Export::Logs(message) => {
+                        { exports::send(&client, &endpoints, Signal::Logs, message, &delivery) }
                             .await
                     }
                 }

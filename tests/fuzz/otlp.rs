@@ -53,7 +53,7 @@ pub fn hostile_text_up_to(longest: usize) -> BoxedStrategy<String> {
 }
 
 /// A name from `pool` most of the time, otherwise hostile text.
-fn pooled(pool: &'static [&'static str]) -> BoxedStrategy<String> {
+pub fn pooled(pool: &'static [&'static str]) -> BoxedStrategy<String> {
     prop_oneof![
         4 => prop::sample::select(pool).prop_map(str::to_string),
         1 => hostile_text(),
@@ -82,7 +82,7 @@ pub fn hostile_u64() -> BoxedStrategy<u64> {
     .boxed()
 }
 
-fn hostile_i32() -> BoxedStrategy<i32> {
+pub fn hostile_i32() -> BoxedStrategy<i32> {
     prop_oneof![
         4 => -4..8i32,
         1 => prop::sample::select(vec![i32::MIN, i32::MAX, i32::MAX - 1, -1075, 1023]),
@@ -108,7 +108,7 @@ pub fn hostile_time() -> BoxedStrategy<u64> {
 }
 
 /// Trace and span ids: the right length mostly, also empty, all zero, short and long.
-fn hostile_id(length: usize) -> BoxedStrategy<Vec<u8>> {
+pub fn hostile_id(length: usize) -> BoxedStrategy<Vec<u8>> {
     prop_oneof![
         6 => vec(any::<u8>(), length),
         1 => Just(vec![0; length]),
@@ -117,7 +117,7 @@ fn hostile_id(length: usize) -> BoxedStrategy<Vec<u8>> {
     .boxed()
 }
 
-fn hostile_value() -> BoxedStrategy<AnyValue> {
+pub fn hostile_value() -> BoxedStrategy<AnyValue> {
     let leaf = prop_oneof![
         hostile_text().prop_map(any_value::Value::StringValue),
         prop_oneof![
@@ -197,7 +197,7 @@ pub fn attributes() -> BoxedStrategy<Vec<KeyValue>> {
     .boxed()
 }
 
-fn resource() -> BoxedStrategy<Option<Resource>> {
+pub fn resource() -> BoxedStrategy<Option<Resource>> {
     let service_name = prop_oneof![
         8 => pooled(&SERVICES).prop_map(|name| Some(AnyValue {
             value: Some(any_value::Value::StringValue(name)),
@@ -225,7 +225,7 @@ fn resource() -> BoxedStrategy<Option<Resource>> {
         .boxed()
 }
 
-fn scope() -> BoxedStrategy<Option<InstrumentationScope>> {
+pub fn scope() -> BoxedStrategy<Option<InstrumentationScope>> {
     proptest::option::of(
         (hostile_text(), attributes()).prop_map(|(name, attributes)| InstrumentationScope {
             name,

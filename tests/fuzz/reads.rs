@@ -136,9 +136,11 @@ pub async fn visit_everything(client: &reqwest::Client, base: &Url) -> Result<us
     let page = async |segments: &[&str], query: &[(&str, &str)]| {
         open(url(base, segments, query)).await.map(|_| ())
     };
-    let fixed: [&[&str]; 9] = [
+    let fixed: [&[&str]; 11] = [
         &[""],
         &["traces"],
+        &["logs"],
+        &["api", "v1", "logs"],
         &["metrics-explorer"],
         &["dashboards"],
         &["dashboards", "fuzz"],
@@ -172,6 +174,23 @@ pub async fn visit_everything(client: &reqwest::Client, base: &Url) -> Result<us
         }
         page(&["services", s], &[("range", "6h")]).await?;
         page(&["traces"], &[("service", s)]).await?;
+        page(&["logs"], &[("service", s), ("severity_min", "WARN")]).await?;
+        let logs = json(
+            client,
+            url(
+                base,
+                &["api", "v1", "logs"],
+                &[("service", s), ("since", "7h"), ("limit", "20")],
+            ),
+        )
+        .await?;
+        let mut log_traces = Vec::new();
+        strings_under(&logs, "trace_id", 3, &mut log_traces);
+        for id in &log_traces {
+            page(&["logs"], &[("trace_id", id)]).await?;
+            let text = [("trace_id", id.as_str()), ("q", "<script>")];
+            page(&["api", "v1", "logs"], &text).await?;
+        }
         page(&["metrics-explorer"], &[("service", s)]).await?;
         let endpoints = json(
             client,
@@ -259,6 +278,19 @@ const READS: &[(&str, &[&str])] = &[
     ),
     ("/traces/0123456789abcdef0123456789abcdef", &["range"]),
     (
+        "/logs",
+        &[
+            "service",
+            "severity_min",
+            "trace_id",
+            "q",
+            "range",
+            "from",
+            "to",
+            "refresh",
+        ],
+    ),
+    (
         "/metrics-explorer",
         &[
             "service", "name", "agg", "group_by", "range", "from", "to", "step",
@@ -305,6 +337,19 @@ const READS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "/api/v1/logs",
+        &[
+            "service",
+            "severity_min",
+            "trace_id",
+            "q",
+            "limit",
+            "since",
+            "from",
+            "to",
+        ],
+    ),
+    (
         "/api/v1/alerts/history",
         &["since", "from", "to", "limit", "alertname"],
     ),
@@ -319,7 +364,8 @@ fn parameter_value() -> BoxedStrategy<String> {
             "9223372036854775807", "-9223372036854775808", "18446744073709551616", "1e400",
             "NaN", "inf", "-inf", "0.5", "1e-300", "p99", "p0", "p100", "rate", "error_rate",
             "avg", "true", "false", "slowest", "newest", "asc", "desc", "1h,2h", "http.route,,",
-            "GET", "/api/{id}", "checkout", "253402300800000", "-62135596800000",
+            "GET", "/api/{id}", "checkout", "253402300800000", "-62135596800000", "WARN",
+            "error", "24", "25", "0123456789abcdef0123456789ABCDEF", "01010101010101010101010101010101",
             "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "10000-01-01T00:00:00Z",
         ]).prop_map(str::to_string),
         1 => any::<i64>().prop_map(|n| n.to_string()),

@@ -1,12 +1,12 @@
-//! The OTLP exporters of one service, built with `opentelemetry-otlp` for the configured
-//! protocol (`grpc`, `http/protobuf`, `http/json`), and [`CountingExporter`], which counts what
+//! The OTLP exporters of one service (spans, metrics, log records), built with
+//! `opentelemetry-otlp` for the configured protocol (`grpc`, `http/protobuf`, `http/json`), and [`CountingExporter`], which counts what
 //! the span exporter sends (`otel.sdk.exporter.span.exported`) and keeps the batch span
 //! processor's thread out of the requests' way.
 
 use super::{ExportConfig, TelemetryError};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
-use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{LogExporter, MetricExporter, Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::{Aggregation, Instrument, InstrumentKind, Stream, Temporality};
@@ -42,6 +42,30 @@ pub(super) fn span_exporter(
             .with_http()
             .with_protocol(http_protocol(&cfg.protocol))
             .with_endpoint(format!("{base}/v1/traces"))
+            .with_timeout(timeout)
+            .build()?
+    };
+    Ok(exporter)
+}
+
+/// The log record exporter for `cfg.protocol`, sending to `endpoint`.
+pub(super) fn log_exporter(
+    endpoint: &str,
+    cfg: &ExportConfig,
+) -> Result<LogExporter, TelemetryError> {
+    let base = endpoint.trim_end_matches('/');
+    let timeout = cfg.batch.export_timeout;
+    let exporter = if cfg.protocol == "grpc" {
+        LogExporter::builder()
+            .with_tonic()
+            .with_endpoint(base)
+            .with_timeout(timeout)
+            .build()?
+    } else {
+        LogExporter::builder()
+            .with_http()
+            .with_protocol(http_protocol(&cfg.protocol))
+            .with_endpoint(format!("{base}/v1/logs"))
             .with_timeout(timeout)
             .build()?
     };

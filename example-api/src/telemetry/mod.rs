@@ -1,8 +1,10 @@
 //! OpenTelemetry wiring: one [`Telemetry`] per service (the API and the recommendations service
-//! each get their own `service.name`), exporting traces and metrics over OTLP to
+//! each get their own `service.name`), exporting traces, metrics and logs over OTLP to
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` through the SDK: an `SdkTracerProvider` with the batch span
-//! processor and the consistent-probability sampler ([`crate::sampling`]), and an
-//! `SdkMeterProvider` with a periodic reader. Export runs on the SDK's own threads with bounded
+//! processor and the consistent-probability sampler ([`crate::sampling`]), an
+//! `SdkMeterProvider` with a periodic reader, and an `SdkLoggerProvider` with the batch log
+//! processor, which `tracing` events reach through the `opentelemetry-appender-tracing`
+//! bridge ([`Telemetry::log_layer`]), each with the trace context of the request it belongs to. Export runs on the SDK's own threads with bounded
 //! queues, so a slow or absent collector drops telemetry instead of slowing requests.
 //!
 //! The service's providers can be made the process's global ones ([`Telemetry::install_global`])
@@ -18,12 +20,14 @@ pub use exporters::exponential_view;
 pub use instruments::*;
 
 use crate::sampling::Sampling;
-use exporters::{CountingExporter, metric_exporter, span_exporter};
+use exporters::{CountingExporter, log_exporter, metric_exporter, span_exporter};
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, global};
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -160,6 +164,8 @@ pub struct Telemetry {
     pub metrics_enabled: bool,
     tracer_provider: SdkTracerProvider,
     meter_provider: SdkMeterProvider,
+    /// Set when the service exports: where `tracing` events go as OTLP log records.
+    logger_provider: Option<SdkLoggerProvider>,
 }
 
 impl Telemetry {
@@ -212,12 +218,14 @@ impl Telemetry {
             .with_sampler(cfg.sampling.clone())
             .with_span_processor(processor)
             .build();
-        Ok(Self::build(
-            tracer_provider,
-            cfg.sampling.clone(),
-            meter_provider,
-            true,
-        ))
+        let logger_provider = SdkLoggerProvider::builder()
+            .with_resource(service_resource(service_name))
+            .with_batch_exporter(log_exporter(endpoint, cfg)?)
+            .build();
+        let mut telemetry =
+            Self::build(tracer_provider, cfg.sampling.clone(), meter_provider, true);
+        telemetry.logger_provider = Some(logger_provider);
+        Ok(telemetry)
     }
 
     /// Spans are not recorded at all (an `always_off` sampler, no processor); metrics go to
@@ -251,6 +259,7 @@ impl Telemetry {
             metrics_enabled,
             tracer_provider,
             meter_provider,
+            logger_provider: None,
         };
         t.register_counted_instruments();
         t
@@ -280,6 +289,38 @@ impl Telemetry {
             .with_tracer(self.tracer.clone())
             // A task moves between the runtime's threads; a thread id says nothing about it.
             .with_threads(false)
+    }
+
+    /// A `tracing` layer that exports events (INFO and above) as this service's OTLP log
+    /// records through the SDK's batch log processor; `None` when the service does not export.
+    /// A record emitted while a request's span is current carries its trace and span ids.
+    /// Events of the HTTP and gRPC clients the exporters themselves use are left out, so
+    /// exporting never logs about itself in a loop.
+    pub fn log_layer<S>(&self) -> Option<impl tracing_subscriber::Layer<S> + use<S>>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::filter::{LevelFilter, Targets};
+        let provider = self.logger_provider.as_ref()?;
+        let quiet = [
+            "hyper",
+            "hyper_util",
+            "h2",
+            "tonic",
+            "tower",
+            "reqwest",
+            "opentelemetry",
+        ];
+        let filter = quiet
+            .into_iter()
+            .fold(
+                Targets::new().with_default(LevelFilter::INFO),
+                |f, target| f.with_target(target, LevelFilter::OFF),
+            )
+            .with_target("opentelemetry_sdk", LevelFilter::OFF)
+            .with_target("opentelemetry_otlp", LevelFilter::OFF);
+        Some(OpenTelemetryTracingBridge::new(provider).with_filter(filter))
     }
 
     /// The asynchronous instruments over [`ActiveRequests`] and [`CacheRequests`].
@@ -329,20 +370,28 @@ impl Telemetry {
     pub async fn shutdown(&self) {
         let tp = self.tracer_provider.clone();
         let mp = self.meter_provider.clone();
+        let lp = self.logger_provider.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let _ = tp.shutdown();
             let _ = mp.shutdown();
+            if let Some(lp) = lp {
+                let _ = lp.shutdown();
+            }
         })
         .await;
     }
 
-    /// Forces an export of finished spans and metrics (tests and shutdown).
+    /// Forces an export of finished spans, metrics and log records (tests and shutdown).
     pub async fn flush(&self) {
         let tp = self.tracer_provider.clone();
         let mp = self.meter_provider.clone();
+        let lp = self.logger_provider.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let _ = tp.force_flush();
             let _ = mp.force_flush();
+            if let Some(lp) = lp {
+                let _ = lp.force_flush();
+            }
         })
         .await;
     }

@@ -226,3 +226,61 @@ async fn counts_match_over(protocol: &str) {
 
     l.stop().await;
 }
+
+/// The API's `tracing` events reach redline as OTLP log records through the
+/// `opentelemetry-appender-tracing` bridge: an ERROR event inside a request's span carries the
+/// span's trace and span ids, over gRPC and over OTLP/HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apis_log_events_reach_redline_with_their_trace() {
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let redline = start_redline().await;
+    for (protocol, addr) in [("grpc", redline.grpc), ("http/protobuf", redline.http)] {
+        let export = export_config(
+            format!("http://{addr}"),
+            protocol,
+            Duration::from_secs(1),
+            Sampling::parse("always_on", None),
+        );
+        let service = format!("logs-{}", protocol.replace('/', "-"));
+        let tel = Telemetry::new(&service, &export).unwrap();
+        let (trace_id, span_id) = {
+            let subscriber = tracing_subscriber::registry().with(tel.log_layer());
+            let _default = tracing::subscriber::set_default(subscriber);
+            let span = tel.tracer.start("POST /v1/orders");
+            let ids = (
+                span.span_context().trace_id(),
+                span.span_context().span_id(),
+            );
+            let _request = opentelemetry::Context::current_with_span(span).attach();
+            tracing::error!(order = 7, "payment declined");
+            tracing::debug!("below the bridge's level");
+            ids
+        };
+        tel.flush().await;
+        let url = format!(
+            "http://{}/api/v1/logs?service={service}&since=5m",
+            redline.web
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let record = loop {
+            let body: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+            if let Some(record) = body["logs"].as_array().and_then(|l| l.first()).cloned() {
+                break record;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log record of {service} in redline"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(record["body"], "payment declined");
+        assert_eq!(record["severity_number"], 17);
+        assert_eq!(record["trace_id"], trace_id.to_string());
+        assert_eq!(record["span_id"], span_id.to_string());
+        assert_eq!(record["attributes"]["order"], "7");
+        tel.shutdown().await;
+    }
+    let _ = redline.stop.send(());
+    redline.task.await.unwrap();
+}

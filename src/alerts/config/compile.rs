@@ -3,6 +3,20 @@
 
 use super::*;
 
+/// The figure `stat = "log_errors"` names: log records at ERROR and above.
+pub const LOG_ERRORS: &str = "log_errors";
+
+/// `log_errors` as what it reads: the sum of the service's counts of log records at ERROR and
+/// above over the window.
+fn log_errors_selector() -> Selector {
+    use crate::model::log_record::{ERROR_ATTRIBUTE, LOG_RECORDS_METRIC};
+    Selector::Metric {
+        name: LOG_RECORDS_METRIC.to_string(),
+        agg: Some(MetricAggregation::Sum),
+        attributes: BTreeMap::from([(ERROR_ATTRIBUTE.to_string(), "true".to_string())]),
+    }
+}
+
 pub(super) fn compile_rule(
     checker: &mut Checker<'_>,
     spans: &FieldSpans,
@@ -23,6 +37,17 @@ pub(super) fn compile_rule(
         "0s",
     );
     let selector = match (&spec.stat, spec.metric) {
+        (Some(stat), None) if stat == LOG_ERRORS => {
+            if spec.method.is_some() || spec.route.is_some() {
+                bad(
+                    checker,
+                    "stat",
+                    "log_errors counts the service's log records; method and route do not apply"
+                        .into(),
+                );
+            }
+            Some(log_errors_selector())
+        }
         (Some(stat), None) => match RedStat::parse(stat) {
             Some(parsed) => Some(Selector::Red {
                 stat: parsed,

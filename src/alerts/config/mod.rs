@@ -126,6 +126,47 @@ objective = 99.9
     }
 
     #[test]
+    fn log_errors_reads_the_counts_of_error_records() {
+        let receiver = "[[receiver]]\nname = \"r\"\nemail = { to = [\"a@example.com\"] }\n";
+        let config = parse(&format!(
+            r#"{receiver}
+[[rule]]
+name = "error logs"
+service = "api"
+stat = "log_errors"
+window = "5m"
+op = ">"
+threshold = 10
+"#
+        ))
+        .unwrap();
+        let Selector::Metric {
+            name,
+            agg,
+            attributes,
+        } = &config.rules[0].selector
+        else {
+            panic!("log_errors reads the log counts");
+        };
+        assert_eq!(name, crate::model::log_record::LOG_RECORDS_METRIC);
+        assert_eq!(*agg, Some(MetricAggregation::Sum));
+        assert_eq!(attributes["error"], "true");
+        let problems = parse(&format!(
+            r#"{receiver}
+[[rule]]
+name = "x"
+service = "api"
+route = "/a"
+stat = "log_errors"
+op = ">"
+threshold = 1
+"#
+        ))
+        .unwrap_err();
+        assert!(problems[0].message.contains("log_errors"), "{problems:?}");
+    }
+
+    #[test]
     fn every_problem_is_reported_with_its_position() {
         let text = r#"[[receiver]]
 name = "oncall"

@@ -266,7 +266,7 @@ pub(super) fn each<'i>(
 }
 
 pub(super) const RED_STATS: &str =
-    "requests, errors, rate, error_rate, p50, p90, p95, p99, mean, max";
+    "requests, errors, rate, error_rate, p50, p90, p95, p99, mean, max, log_errors";
 
 /// Where a table and each of its fields (and the fields of its inline tables, as `outer.inner`)
 /// are in the file, so a problem can point at the value it is about.

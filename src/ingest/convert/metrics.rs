@@ -16,6 +16,7 @@ use super::{Converted, attribute_text, service_name};
 use crate::model::limits::{
     Field, MAX_METRIC_ATTRIBUTE_BYTES, MAX_METRIC_POINT_ATTRIBUTES, limit_str,
 };
+use crate::model::log_record::LOG_RECORDS_METRIC;
 use crate::model::{MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality};
 
 /// Converts a metrics export. Summary metrics and malformed points are rejected.
@@ -86,6 +87,12 @@ fn convert_metric(service: &str, metric: Metric, out: &mut Converted) {
     if metric.name.is_empty() {
         out.reject(count_points(&metric.data), || {
             "metric without a name".into()
+        });
+        return;
+    }
+    if metric.name == LOG_RECORDS_METRIC {
+        out.reject(count_points(&metric.data), || {
+            format!("metric {LOG_RECORDS_METRIC:?}: the name is redline's own (log counts)")
         });
         return;
     }

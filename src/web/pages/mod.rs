@@ -9,7 +9,8 @@
 //! # Layout
 //! - `mod.rs`: state, router, the shared layout (nav, range picker, alert banner), parameters.
 //! - `overview.rs` `/`, `service.rs` `/services/{s}` and `/services/{s}/endpoints`,
-//!   `traces.rs` `/traces` and `/traces/{id}`, `metrics.rs` `/metrics-explorer`,
+//!   `traces.rs` `/traces` and `/traces/{id}`, `logs.rs` `/logs` (and the log panels of the
+//!   other pages), `metrics.rs` `/metrics-explorer`,
 //!   `custom.rs` `/dashboards` and `/dashboards/{name}`.
 //! - Static assets (`/assets/…`) are embedded in the binary with an ETag.
 //!
@@ -22,6 +23,7 @@ pub mod alerts;
 mod assets;
 mod custom;
 mod layout;
+mod logs;
 mod metrics;
 mod overview;
 mod params;
@@ -143,7 +145,7 @@ impl IngestSamples {
 
 fn accepted_total() -> u64 {
     let t = self_metrics::ingest_totals();
-    t.spans_accepted + t.points_accepted
+    t.spans_accepted + t.points_accepted + t.log_records_accepted
 }
 
 impl Pages {
@@ -233,6 +235,7 @@ pub fn router(pages: Pages) -> Router {
         .route("/services/{service}/endpoints", get(service::endpoint_page))
         .route("/traces", get(traces::list))
         .route("/traces/{trace_id}", get(traces::trace))
+        .route("/logs", get(logs::list))
         .route("/metrics-explorer", get(metrics::page))
         .route("/dashboards", get(custom::list))
         .route("/dashboards/{name}", get(custom::page))

@@ -183,7 +183,7 @@ async fn file_len(path: &std::path::Path) -> u64 {
 async fn health(pages: &Pages) -> HealthView {
     let stats = pages.live.stats();
     let totals = crate::self_metrics::ingest_totals();
-    let rejected = totals.spans_rejected + totals.points_rejected;
+    let rejected = totals.spans_rejected + totals.points_rejected + totals.log_records_rejected;
     let overflow =
         stats.overflow.services + stats.overflow.endpoints + stats.overflow.metric_series;
     let database = file_len(&pages.database_path).await
@@ -202,14 +202,16 @@ async fn health(pages: &Pages) -> HealthView {
             .map(|r| format!("{} items/s", number(r)))
             .unwrap_or_else(|| "measuring…".into()),
         accepted: format!(
-            "{} spans, {} points",
+            "{} spans, {} points, {} log records",
             number_int(totals.spans_accepted),
-            number_int(totals.points_accepted)
+            number_int(totals.points_accepted),
+            number_int(totals.log_records_accepted)
         ),
         rejected: format!(
-            "{} spans, {} points",
+            "{} spans, {} points, {} log records",
             number_int(totals.spans_rejected),
-            number_int(totals.points_rejected)
+            number_int(totals.points_rejected),
+            number_int(totals.log_records_rejected)
         ),
         rejected_bad: rejected > 0,
         queue: format!(

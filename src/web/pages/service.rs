@@ -8,6 +8,7 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::Html;
 
+use super::traces::{TraceRow, trace_row};
 use super::{
     ChartTarget, EmptyHelp, Layout, PageError, Pages, Pairs, Params, SortHeader, cmp_opt, fmt_opt,
     merged, range_seconds, red_step, render, sort_headers, sort_of, stat_points, step_for,
@@ -16,7 +17,7 @@ use crate::aggregate::red::RedStats;
 use crate::model::STATUS_CLASSES;
 use crate::query::{MetricAggregation, MetricQuery, RedStat, RedSteps};
 use crate::render::url_component;
-use crate::render::{TimeChart, Unit, bar_chart_svg, format_utc, sparkline_svg};
+use crate::render::{TimeChart, Unit, bar_chart_svg, sparkline_svg};
 use crate::vocab::{RedFilter, TimeRange, TraceFilter};
 
 /// A chart with its text equivalent.
@@ -86,6 +87,7 @@ pub struct ServicePage {
     pub headers: Vec<SortHeader>,
     pub rows: Vec<EndpointRow>,
     pub resources: Vec<ChartPanel>,
+    pub logs: super::logs::LogPanel,
     pub traces_href: String,
     pub help: EmptyHelp,
     pub empty_title: String,
@@ -211,6 +213,7 @@ pub async fn build_service(
     });
 
     let resources = resource_panels(pages, &service, range).await?;
+    let logs = super::logs::service_panel(pages, &service, range).await?;
     let empty_title = format!("No requests from {service} in this time range");
     Ok(ServicePage {
         layout: Layout::new(
@@ -230,6 +233,7 @@ pub async fn build_service(
         headers: sort_headers(&params, &COLUMNS, "rate"),
         rows: rows.into_iter().map(|(_, row)| row).collect(),
         resources,
+        logs,
         traces_href: format!("/traces?service={}", url_component(&service)),
         help: EmptyHelp::of(pages),
         empty_title,
@@ -513,16 +517,6 @@ pub fn series_name(attributes: &BTreeMap<String, String>) -> String {
 // ---------------------------------------------------------------------------------------------
 // One endpoint
 
-pub struct TraceRow {
-    pub href: String,
-    pub service: String,
-    pub when: String,
-    pub duration: String,
-    pub name: String,
-    pub error: bool,
-    pub reason: String,
-}
-
 #[derive(Template)]
 #[template(path = "endpoint.html")]
 pub struct EndpointPage {
@@ -536,6 +530,8 @@ pub struct EndpointPage {
     pub distribution: String,
     pub slowest: Vec<TraceRow>,
     pub erroring: Vec<TraceRow>,
+    /// Recent records at ERROR and above of the endpoint's kept traces.
+    pub error_logs: Vec<super::logs::LogRow>,
     pub traces_href: String,
     pub help: EmptyHelp,
     pub empty_title: String,
@@ -602,6 +598,12 @@ pub async fn build_endpoint(
     };
     let slowest = pages.query.traces(trace_filter(false, true)).await?;
     let erroring = pages.query.traces(trace_filter(true, false)).await?;
+    let recent = pages.query.traces(TraceFilter {
+        limit: 200,
+        ..trace_filter(false, false)
+    });
+    let ids = recent.await?.into_iter().map(|t| t.trace_id).collect();
+    let error_logs = super::logs::error_logs(pages, None, Some(ids), range).await?;
     let to_rows = |traces: Vec<crate::vocab::TraceSummary>| -> Vec<TraceRow> {
         traces.into_iter().map(trace_row).collect()
     };
@@ -625,30 +627,13 @@ pub async fn build_endpoint(
         charts,
         slowest: to_rows(slowest),
         erroring: to_rows(erroring),
+        error_logs,
         help: EmptyHelp::of(pages),
         empty_title: format!("No requests to {method} {route} of {service} in this time range"),
         service,
         method,
         route,
     })
-}
-
-pub fn trace_row(t: crate::vocab::TraceSummary) -> TraceRow {
-    TraceRow {
-        href: format!("/traces/{}", url_component(&t.trace_id)),
-        service: t.service.clone().unwrap_or_default(),
-        when: format_utc(t.start_unix_ms as i64),
-        duration: Unit::Millis.format(t.duration_ms),
-        name: t.root_name.unwrap_or_else(|| {
-            format!(
-                "{} {}",
-                t.method.unwrap_or_default(),
-                t.route.unwrap_or_default()
-            )
-        }),
-        error: t.error,
-        reason: t.reason.to_string(),
-    }
 }
 
 /// The latency distribution as a histogram: the sketch's percentiles (1 % of requests each)

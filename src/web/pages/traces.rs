@@ -6,10 +6,10 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::Html;
 
-use super::service::{TraceRow, trace_row};
+use super::logs::{LogRow, trace_logs};
 use super::{EmptyHelp, Layout, PageError, Pages, Pairs, Params, render};
 use crate::model::{SpanRecord, SpanStatus};
-use crate::render::{Unit, format_utc};
+use crate::render::{Unit, format_utc, url_component};
 use crate::vocab::TraceFilter;
 
 #[derive(Template)]
@@ -104,6 +104,34 @@ pub async fn build_list(pages: &Pages, params: Params) -> Result<TracesPage, Pag
     })
 }
 
+pub struct TraceRow {
+    pub href: String,
+    pub service: String,
+    pub when: String,
+    pub duration: String,
+    pub name: String,
+    pub error: bool,
+    pub reason: String,
+}
+
+pub fn trace_row(t: crate::vocab::TraceSummary) -> TraceRow {
+    TraceRow {
+        href: format!("/traces/{}", url_component(&t.trace_id)),
+        service: t.service.clone().unwrap_or_default(),
+        when: format_utc(t.start_unix_ms as i64),
+        duration: Unit::Millis.format(t.duration_ms),
+        name: t.root_name.unwrap_or_else(|| {
+            format!(
+                "{} {}",
+                t.method.unwrap_or_default(),
+                t.route.unwrap_or_default()
+            )
+        }),
+        error: t.error,
+        reason: t.reason.to_string(),
+    }
+}
+
 pub struct SpanRow {
     pub name: String,
     pub service: String,
@@ -118,6 +146,8 @@ pub struct SpanRow {
     pub start: String,
     pub attributes: Vec<(String, String)>,
     pub events: Vec<EventRow>,
+    /// The span's log records, oldest first.
+    pub logs: Vec<LogRow>,
 }
 
 pub struct EventRow {
@@ -135,6 +165,8 @@ pub struct TracePage {
     pub duration: String,
     pub services: String,
     pub rows: Vec<SpanRow>,
+    /// Log records of the trace whose span is not among the kept ones.
+    pub other_logs: Vec<LogRow>,
     pub ticks: Vec<(String, String)>,
 }
 
@@ -180,7 +212,8 @@ pub async fn build_trace(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let rows = waterfall(&spans)
+    let mut logs = trace_logs(pages, &trace_id, start).await?;
+    let rows: Vec<SpanRow> = waterfall(&spans)
         .into_iter()
         .map(|(depth, span)| {
             let offset = (span.start_unix_ns - start) as f64;
@@ -218,9 +251,12 @@ pub async fn build_trace(
                             .collect(),
                     })
                     .collect(),
+                logs: logs.remove(&span.span_id).unwrap_or_default(),
             }
         })
         .collect();
+    let mut other_logs: Vec<LogRow> = logs.into_values().flatten().collect();
+    other_logs.sort_by_key(|l| l.time_unix_ns);
     let ticks = (0..4)
         .map(|i| {
             (
@@ -243,6 +279,7 @@ pub async fn build_trace(
         services: services.join(", "),
         trace_id,
         rows,
+        other_logs,
         ticks,
     })
 }
