@@ -345,8 +345,11 @@ impl App {
         let web_router = web_router
             .merge(web::alerts_api::router(alerts.clone()))
             .merge(alerts_pages);
-        // Credentials and the CSRF guard cover every route of the web address.
-        let web_router = web::protect(web_router, settings.web_auth.clone());
+        // Security headers, the Host allowlist, credentials and the CSRF guard cover every
+        // route of the web address.
+        let hosts =
+            web::guard::AllowedHosts::new(&settings.allowed_hosts, settings.public_url.as_deref());
+        let web_router = web::protect(web_router, settings.web_auth.clone(), hosts);
         let web_task = spawn_critical(
             stages.clone(),
             Stage::Web,

@@ -18,3 +18,4 @@ mod restart;
 mod sketch_properties;
 mod store_faults;
 mod storms;
+mod web_guard;
