@@ -10,6 +10,7 @@ mod durability;
 mod hostile_input;
 mod ingest_errors;
 mod layers;
+mod mail_settings;
 mod notify;
 mod otlp_export;
 mod pages;
