@@ -107,21 +107,19 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 /// What start-up reads from disk: the database (created or migrated) and the sequence number
-/// of its last flush, the alert and outbox stores, and how alert e-mail is delivered.
+/// of its last flush, the alert and outbox stores.
 struct OpenedStorage {
     db: Db,
     conn: rusqlite::Connection,
     last_seq: u64,
     alert_store: AlertStore,
     outbox: Outbox,
-    delivery: crate::notify::Delivery,
 }
 
 /// Blocking (files and SQLite): run on a blocking thread.
 fn open_storage(
     data_dir: &std::path::Path,
     db_path: &std::path::Path,
-    alerts_file: &std::path::Path,
 ) -> Result<OpenedStorage, AppError> {
     std::fs::create_dir_all(data_dir).map_err(|source| AppError::DataDir {
         path: data_dir.to_path_buf(),
@@ -131,17 +129,12 @@ fn open_storage(
     let last_seq = store::read::flushed_seq(&conn)?;
     let alert_store = AlertStore::open(&db)?;
     let outbox = Outbox::open(&db)?;
-    let delivery = match crate::alerts::config::load(alerts_file) {
-        Ok(config) => config.delivery(&data_dir.join("outbox")),
-        Err(_) => crate::notify::Delivery::Outbox(data_dir.join("outbox")),
-    };
     Ok(OpenedStorage {
         db,
         conn,
         last_seq,
         alert_store,
         outbox,
-        delivery,
     })
 }
 
@@ -157,8 +150,7 @@ impl App {
         let db_path = store::database_path(&settings.data_dir);
         let opened = tokio::task::spawn_blocking({
             let (data_dir, db_path) = (settings.data_dir.clone(), db_path.clone());
-            let alerts_file = settings.alerts_file.clone();
-            move || open_storage(&data_dir, &db_path, &alerts_file)
+            move || open_storage(&data_dir, &db_path)
         })
         .await
         .map_err(AppError::Startup)??;
@@ -168,7 +160,6 @@ impl App {
             last_seq,
             alert_store,
             outbox,
-            delivery,
         } = opened;
 
         let started_ns = SystemTime::now()
@@ -282,6 +273,9 @@ impl App {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{web_addr}"));
+        // Where mail goes comes from the rules file, at every load; held until one loads.
+        let (delivery, delivery_rx) = watch::channel(crate::notify::Delivery::Held);
+        let outbox_dir = settings.data_dir.join("outbox");
         let alerts_tasks = vec![
             (
                 Stage::Alerts,
@@ -293,6 +287,8 @@ impl App {
                             AlertsSettings {
                                 rules_file: rules_file.clone(),
                                 dashboard_url: dashboard_url.clone(),
+                                delivery: delivery.clone(),
+                                outbox_dir: outbox_dir.clone(),
                             },
                             query.clone(),
                             alerts.clone(),
@@ -309,7 +305,7 @@ impl App {
                     move || {
                         crate::notify::run_sender(
                             outbox.clone(),
-                            delivery.clone(),
+                            delivery_rx.clone(),
                             alerts_stop_rx.clone(),
                         )
                     }
@@ -345,8 +341,11 @@ impl App {
         let web_router = web_router
             .merge(web::alerts_api::router(alerts.clone()))
             .merge(alerts_pages);
-        // Credentials and the CSRF guard cover every route of the web address.
-        let web_router = web::protect(web_router, settings.web_auth.clone());
+        // Security headers, the Host allowlist, credentials and the CSRF guard cover every
+        // route of the web address.
+        let hosts =
+            web::guard::AllowedHosts::new(&settings.allowed_hosts, settings.public_url.as_deref());
+        let web_router = web::protect(web_router, settings.web_auth.clone(), hosts);
         let web_task = spawn_critical(
             stages.clone(),
             Stage::Web,

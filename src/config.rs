@@ -14,6 +14,7 @@ use crate::aggregate::logs::LogKeeperConfig;
 use crate::aggregate::sampler::SamplerConfig;
 use crate::store::Retention;
 use crate::web::auth::WebAuth;
+use crate::web::guard::{HostRule, url_host};
 
 /// Every setting, each optional so that layers can be merged. Field names are the TOML keys;
 /// flags are the same in kebab-case, environment variables the same in upper case.
@@ -132,9 +133,17 @@ pub struct SettingsLayer {
     /// Alert rules, routes and receivers; reloaded on SIGHUP and on change [default: ./alerts.toml]
     #[arg(long, env = "REDLINE_ALERTS_FILE", value_name = "FILE")]
     pub alerts_file: Option<PathBuf>,
-    /// The dashboard's address as users reach it, for links in alert e-mails [default: http://WEB_ADDR]
+    /// The dashboard's address as users reach it, for links in alert e-mails; its host is allowed on the web address [default: http://WEB_ADDR]
     #[arg(long, env = "REDLINE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    /// More host names the web address answers to, comma-separated: `name`, `name:port`, `.domain` (and its subdomains), or `*` for any; other names get 421 (DNS rebinding) [default: IP addresses, localhost and the public_url host]
+    #[arg(
+        long,
+        env = "REDLINE_ALLOWED_HOSTS",
+        value_name = "HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 impl SettingsLayer {
@@ -175,7 +184,8 @@ impl SettingsLayer {
             log_max_bytes,
             log_keep_bytes_per_second,
             alerts_file,
-            public_url
+            public_url,
+            allowed_hosts
         )
     }
 }
@@ -206,6 +216,9 @@ pub struct Settings {
     /// Base URL of the dashboard for links, without a trailing slash; `None`: the bound
     /// web address.
     pub public_url: Option<String>,
+    /// Host names the web address answers to besides IP addresses, `localhost` and the
+    /// `public_url` host.
+    pub allowed_hosts: Vec<HostRule>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -353,6 +366,24 @@ impl Settings {
                  web_basic_auth so the dashboard and API require credentials"
             ));
         }
+        let allowed_hosts = layer
+            .allowed_hosts
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|entry| {
+                entry
+                    .parse::<HostRule>()
+                    .map_err(|e| problems.push(format!("allowed_hosts: {e}")))
+                    .ok()
+            })
+            .collect();
+        if let Some(url) = &layer.public_url
+            && url_host(url).is_none()
+        {
+            problems.push(format!(
+                "public_url: {url:?} is not a URL like https://redline.example.com"
+            ));
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -401,6 +432,7 @@ impl Settings {
             public_url: layer
                 .public_url
                 .map(|u| u.trim_end_matches('/').to_string()),
+            allowed_hosts,
         })
     }
 }

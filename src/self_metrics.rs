@@ -95,6 +95,12 @@ pub fn requests_rejected(reason: &'static str) {
     counter!("redline_export_requests_rejected_total", "reason" => reason).increment(1);
 }
 
+/// Requests the web address refused before any route: `reason` is host (a Host not in the
+/// allowlist), no_host, auth (no or wrong credentials) or csrf (a cross-site write).
+pub fn web_refused(reason: &'static str) {
+    counter!("redline_web_requests_refused_total", "reason" => reason).increment(1);
+}
+
 pub fn queue_depth(items: usize, capacity: usize) {
     gauge!("redline_ingest_queue_items").set(items as f64);
     gauge!("redline_ingest_queue_capacity").set(capacity as f64);

@@ -101,7 +101,7 @@ impl SmtpServer {
         std::fs::read(self.dir.join("cert.pem")).expect("the server wrote its certificate")
     }
 
-    fn settings(&self, tls: TlsMode) -> SmtpSettings {
+    pub(crate) fn settings(&self, tls: TlsMode) -> SmtpSettings {
         SmtpSettings {
             host: "127.0.0.1".into(),
             port: self.port,
@@ -248,7 +248,7 @@ fn notification(alertname: &str) -> Notification {
 }
 
 /// As [`notification`] with one chart instead of three: rendering charts is slow in debug builds.
-fn light(alertname: &str) -> Notification {
+pub(crate) fn light(alertname: &str) -> Notification {
     let mut n = notification(alertname);
     for alert in n.alerts.iter_mut().skip(1) {
         alert.chart = None;
@@ -256,7 +256,7 @@ fn light(alertname: &str) -> Notification {
     n
 }
 
-fn fast_options() -> SenderOptions {
+pub(crate) fn fast_options() -> SenderOptions {
     SenderOptions {
         retry: RetryPolicy {
             base: Duration::from_millis(100),
@@ -323,7 +323,7 @@ async fn wait_received(dir: &Path, count: usize) -> Vec<Received> {
 }
 
 /// The database of a fresh data directory, opened as redline opens it.
-fn database(temp: &tempfile::TempDir) -> Db {
+pub(crate) fn database(temp: &tempfile::TempDir) -> Db {
     let (db, _writer) = Db::open(&redline::store::database_path(temp.path())).expect("opens");
     db
 }

@@ -158,6 +158,10 @@ impl App {
                 telemetry.clone(),
             )),
             faults,
+            passwords: Arc::new(crate::passwords::Passwords::new(
+                cfg.password_slots,
+                cfg.password_wait,
+            )),
             downstream_received: received,
             telemetry,
             cfg,

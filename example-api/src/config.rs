@@ -64,7 +64,17 @@ pub struct Config {
     pub view_queue_capacity: usize,
     pub view_flush_interval: Duration,
     pub rate_default: RatePolicy,
+    /// `POST /v1/auth/token` per client IP and username (guessing one account's password).
     pub rate_auth: RatePolicy,
+    /// `POST /v1/auth/token` per client IP across usernames (password spraying).
+    pub rate_auth_ip: RatePolicy,
+    /// Password hashes computed at once (argon2id takes tens of milliseconds of one core);
+    /// a login waits at most `password_wait` for a slot, then gets 503.
+    pub password_slots: usize,
+    pub password_wait: Duration,
+    /// How long a claimed Idempotency-Key waits for its request to finish before a retry may
+    /// take it over (the request died with the process). Longer than any write takes.
+    pub idempotency_lease: Duration,
     /// Requests processed at once before shedding with 503: the upper bound of the adaptive
     /// limit, or the fixed limit when `min_concurrency` is `None`.
     pub max_concurrency: usize,
@@ -114,6 +124,15 @@ impl Config {
                 quota: 10,
                 window: Duration::from_secs(60),
             },
+            rate_auth_ip: RatePolicy {
+                name: "auth_ip",
+                quota: 30,
+                window: Duration::from_secs(60),
+            },
+            password_slots: std::thread::available_parallelism()
+                .map_or(1, |n| (n.get() / 2).max(1)),
+            password_wait: Duration::from_secs(2),
+            idempotency_lease: Duration::from_secs(30),
             max_concurrency: 256,
             min_concurrency: Some(crate::resilience::limit::default_min()),
             breaker: BreakerConfig {

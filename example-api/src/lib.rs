@@ -15,6 +15,7 @@
 //! - [`db`]: schema, seed data, the primary/replica pools and every SQL statement.
 //! - [`cache`]: the two-level product cache, ETags and the write-behind view counters.
 //! - [`ratelimit`]: sliding-window limits per client, in process or shared through Redis.
+//! - [`passwords`]: argon2id password hashes, verified off the executor, a few at once.
 //! - [`resilience`]: circuit breaker, full-jitter retry with a budget, load shedding.
 //! - [`downstream`]: the recommendations service (with fault injection) and its client.
 //! - [`routes`]: HTTP handlers, pagination, sparse fieldsets, includes, idempotency.
@@ -34,6 +35,7 @@ pub mod demo;
 pub mod downstream;
 pub mod faults;
 pub mod loadgen;
+pub mod passwords;
 pub mod ratelimit;
 pub mod resilience;
 pub mod routes;

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// Keep the concurrency limit fixed at --max-concurrency instead of adapting it to latency.
     #[arg(long, conflicts_with = "min_concurrency")]
     fixed_concurrency: bool,
+    /// Seconds a claimed Idempotency-Key waits for its request (one that died with the process)
+    /// before a retry of the same request takes it over; longer than any write takes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    idempotency_lease: u64,
 }
 
 #[derive(Args)]
@@ -140,6 +144,7 @@ fn config(a: &ServeArgs) -> Config {
         window: Duration::from_secs(60),
     };
     cfg.max_concurrency = a.max_concurrency;
+    cfg.idempotency_lease = Duration::from_secs(a.idempotency_lease);
     cfg.min_concurrency = if a.fixed_concurrency {
         None
     } else {

@@ -1,7 +1,8 @@
 //! The alerting loop: every `eval_interval` evaluate all rules through the query layer, advance
 //! the state machine, persist state and transitions, route and group, and hand notifications
 //! to the sink (the e-mail outbox). Reloads `alerts.toml` on SIGHUP or when the file changes;
-//! a file that fails to validate is logged and the last good rule set stays in force.
+//! a file that fails to validate is logged and the last good rule set stays in force. Mail
+//! delivery settings are part of the file: each good load publishes them to the sender.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -16,7 +17,7 @@ use crate::alerts::engine::{Alert, AlertState, Engine, FiringPeriod, Transition}
 use crate::alerts::routing::{AlertView, Dispatcher, Silence};
 use crate::alerts::source::{self, DataSource};
 use crate::alerts::store::{self as persist, AlertStore, HistoryEntry};
-use crate::notify::{Notification, NotifyError};
+use crate::notify::{Delivery, Notification, NotifyError};
 use crate::query::Query;
 use crate::store::StoreError;
 use crate::vocab::{RedFilter, TimeRange, now_ms};
@@ -156,6 +157,25 @@ pub struct AlertsSettings {
     pub rules_file: PathBuf,
     /// Base URL of the dashboard for links in e-mails (no trailing slash).
     pub dashboard_url: String,
+    /// Where mail goes, published from every rules file that loads (the e-mail sender
+    /// follows it).
+    pub delivery: watch::Sender<Delivery>,
+    /// Where `.eml` files go when the rules file configures no SMTP server.
+    pub outbox_dir: PathBuf,
+}
+
+impl AlertsSettings {
+    /// Publishes the delivery of a rules file that loaded; the sender only hears of a change.
+    fn publish_delivery(&self, config: &AlertsConfig) {
+        let fresh = config.delivery(&self.outbox_dir);
+        self.delivery.send_if_modified(|current| {
+            let changed = *current != fresh;
+            if changed {
+                *current = fresh;
+            }
+            changed
+        });
+    }
 }
 
 /// The rules file, with the modification time it was read at.
@@ -203,7 +223,10 @@ pub async fn run<N: NotificationSink>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut loaded = match read_rules(&settings.rules_file).await {
-        (modified, Ok(config)) => Loaded { config, modified },
+        (modified, Ok(config)) => {
+            settings.publish_delivery(&config);
+            Loaded { config, modified }
+        }
         (modified, Err(error)) => {
             tracing::error!(%error, "alert rules not loaded; no rules in force until the file is fixed");
             handle.publish(|v| v.config_error = Some(error.to_string()));
@@ -258,24 +281,28 @@ pub async fn run<N: NotificationSink>(
         };
         if reload_requested {
             let fresh = read_rules(&settings.rules_file).await;
-            reload(fresh, &handle, &mut loaded, &mut engine, true);
+            if reload(fresh, &handle, &mut loaded, &mut engine, true) {
+                settings.publish_delivery(&loaded.config);
+            }
         }
         if modified(&settings.rules_file).await != loaded.modified {
             let fresh = read_rules(&settings.rules_file).await;
-            reload(fresh, &handle, &mut loaded, &mut engine, false);
+            if reload(fresh, &handle, &mut loaded, &mut engine, false) {
+                settings.publish_delivery(&loaded.config);
+            }
         }
     }
 }
 
 /// Loads the file again; on success unchanged rules keep their alerts, changed or removed
-/// rules lose theirs. On failure everything stays as it was.
+/// rules lose theirs. On failure everything stays as it was. Whether the file loaded.
 fn reload(
     (modified, config): (Option<SystemTime>, Result<AlertsConfig, AlertsConfigError>),
     handle: &AlertsHandle,
     loaded: &mut Loaded,
     engine: &mut Engine,
     forced: bool,
-) {
+) -> bool {
     match config {
         Ok(config) => {
             let fresh = Loaded { config, modified };
@@ -295,11 +322,13 @@ fn reload(
             *handle.rules.write().unwrap_or_else(|p| p.into_inner()) = fresh.config.rules.clone();
             handle.publish(|v| v.config_error = None);
             *loaded = fresh;
+            true
         }
         Err(error) => {
             tracing::error!(%error, "alert rules file rejected; the previous rules stay in force");
             handle.publish(|v| v.config_error = Some(error.to_string()));
             loaded.modified = modified;
+            false
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use email::{InlineImage, Rendered, compose, preview};
 pub use outbox::{EntryStatus, Outbox, OutboxEntry, OutboxStats};
-pub use sender::{RetryPolicy, SenderOptions, run_sender, run_sender_with};
+pub use sender::{RetryPolicy, SenderOptions, run_sender, run_sender_following, run_sender_with};
 
 /// Why a notification could not be queued or delivered.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +132,8 @@ pub enum Delivery {
     Smtp(SmtpSettings),
     /// No SMTP configured: each message becomes a `.eml` file here, so a new user sees it.
     Outbox(PathBuf),
+    /// The rules file that says where mail goes has not loaded: messages stay queued.
+    Held,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Delivery of the outbox's messages: [`run_sender`] takes due rows, sends each over SMTP (or
 //! writes it as an `.eml` file), and records the outcome — sent, a retry after a delay drawn
-//! with full jitter, or failed for good.
+//! with full jitter, or failed for good. Where mail goes follows the rules file: each reload
+//! publishes a [`Delivery`], and the next message goes by it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -89,45 +90,81 @@ enum SendError {
 enum Sender {
     Smtp(Box<SmtpTransport>),
     Files(PathBuf),
+    /// Nothing is sent: the delivery is held, or its SMTP settings are not usable.
+    Idle,
 }
 
-/// `run_sender_with` and the default [`SenderOptions`].
-pub async fn run_sender(outbox: Outbox, delivery: Delivery, stop: watch::Receiver<bool>) {
-    run_sender_with(outbox, delivery, SenderOptions::default(), stop).await
+impl Sender {
+    fn build(delivery: &Delivery, options: &SenderOptions, outbox: &Outbox) -> Sender {
+        match delivery {
+            Delivery::Smtp(settings) => {
+                match transport::build_with_roots(settings, &options.extra_roots) {
+                    Ok(t) => {
+                        tracing::info!(
+                            "notifications go to SMTP {}",
+                            transport::describe(settings)
+                        );
+                        Sender::Smtp(Box::new(t))
+                    }
+                    Err(e) => {
+                        let error = format!("SMTP transport not usable: {e}");
+                        tracing::error!("{error}; notifications stay queued");
+                        outbox.note_error(&error);
+                        Sender::Idle
+                    }
+                }
+            }
+            Delivery::Outbox(dir) => {
+                tracing::info!(
+                    "no SMTP server configured: notifications are written as .eml files to {}",
+                    dir.display()
+                );
+                Sender::Files(dir.clone())
+            }
+            Delivery::Held => {
+                tracing::debug!("notifications stay queued until the alert rules file loads");
+                Sender::Idle
+            }
+        }
+    }
+
+    async fn close(self) {
+        if let Sender::Smtp(transport) = self {
+            transport.shutdown().await;
+        }
+    }
 }
 
-/// Sends due messages until `stop` turns true (or its sender is dropped). Finishes the
-/// message in flight, then returns; what is still pending waits for the next start.
+/// [`run_sender_following`] with the default [`SenderOptions`].
+pub async fn run_sender(
+    outbox: Outbox,
+    delivery: watch::Receiver<Delivery>,
+    stop: watch::Receiver<bool>,
+) {
+    run_sender_following(outbox, delivery, SenderOptions::default(), stop).await
+}
+
+/// [`run_sender_following`] with a delivery that never changes.
 pub async fn run_sender_with(
     outbox: Outbox,
     delivery: Delivery,
     options: SenderOptions,
+    stop: watch::Receiver<bool>,
+) {
+    let (_fixed, delivery) = watch::channel(delivery);
+    run_sender_following(outbox, delivery, options, stop).await
+}
+
+/// Sends due messages until `stop` turns true (or its sender is dropped). Finishes the
+/// message in flight, then returns; what is still pending waits for the next start. A new
+/// value of `delivery` (the rules file reloaded) takes effect before the next message.
+pub async fn run_sender_following(
+    outbox: Outbox,
+    mut delivery: watch::Receiver<Delivery>,
+    options: SenderOptions,
     mut stop: watch::Receiver<bool>,
 ) {
-    let sender = match &delivery {
-        Delivery::Smtp(settings) => {
-            match transport::build_with_roots(settings, &options.extra_roots) {
-                Ok(t) => {
-                    tracing::info!("notifications go to SMTP {}", transport::describe(settings));
-                    Sender::Smtp(Box::new(t))
-                }
-                Err(e) => {
-                    let error = format!("SMTP transport not usable: {e}");
-                    tracing::error!("{error}; notifications stay queued");
-                    outbox.note_error(&error);
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                    return;
-                }
-            }
-        }
-        Delivery::Outbox(dir) => {
-            tracing::info!(
-                "no SMTP server configured: notifications are written as .eml files to {}",
-                dir.display()
-            );
-            Sender::Files(dir.clone())
-        }
-    };
+    let mut sender = Sender::build(&delivery.borrow_and_update(), &options, &outbox);
     let batch = options.batch.max(1);
     if let Ok(pending) = outbox.pending().await {
         self_metrics::outbox_pending(pending);
@@ -136,9 +173,17 @@ pub async fn run_sender_with(
         }
     }
     let mut last_prune: Option<std::time::Instant> = None;
+    // Set once the delivery's publisher is gone, after which the delivery stays as it is.
+    let mut fixed = false;
+    let mut changed = false;
     loop {
         if *stop.borrow() {
             break;
+        }
+        if std::mem::take(&mut changed) || delivery.has_changed().unwrap_or(false) {
+            let next = delivery.borrow_and_update().clone();
+            std::mem::replace(&mut sender, Sender::Idle).close().await;
+            sender = Sender::build(&next, &options, &outbox);
         }
         if last_prune.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600)) {
             last_prune = Some(std::time::Instant::now());
@@ -147,6 +192,17 @@ pub async fn run_sender_with(
                 Ok(deleted) => tracing::debug!(deleted, "old outbox rows deleted"),
                 Err(e) => tracing::warn!("outbox prune failed: {e}"),
             }
+        }
+        if matches!(sender, Sender::Idle) {
+            tokio::select! {
+                seen = delivery.changed(), if !fixed => (changed, fixed) = (seen.is_ok(), seen.is_err()),
+                stopped = stop.changed() => {
+                    if stopped.is_err() {
+                        break;
+                    }
+                }
+            }
+            continue;
         }
         let now = now_ms();
         let due = match outbox.due(now, batch).await {
@@ -206,16 +262,15 @@ pub async fn run_sender_with(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = outbox.woken() => {}
-            changed = stop.changed() => {
-                if changed.is_err() {
+            seen = delivery.changed(), if !fixed => (changed, fixed) = (seen.is_ok(), seen.is_err()),
+            stopped = stop.changed() => {
+                if stopped.is_err() {
                     break;
                 }
             }
         }
     }
-    if let Sender::Smtp(transport) = &sender {
-        transport.shutdown().await;
-    }
+    sender.close().await;
 }
 
 async fn deliver(sender: &Sender, retry: &RetryPolicy, row: DueRow) -> Outcome {
@@ -229,6 +284,7 @@ async fn deliver(sender: &Sender, retry: &RetryPolicy, row: DueRow) -> Outcome {
     let result = match sender {
         Sender::Smtp(transport) => send_smtp(transport, &row).await,
         Sender::Files(dir) => write_eml(dir, &row).await,
+        Sender::Idle => Err(SendError::Transient("no delivery configured".into())),
     };
     match result {
         Ok(()) => Outcome::Sent { at: now_ms() },

@@ -89,6 +89,7 @@ pub async fn require_auth(
     {
         return next.run(request).await;
     }
+    crate::self_metrics::web_refused("auth");
     let challenge = if auth.basic.is_some() {
         "Basic realm=\"redline\", charset=\"UTF-8\""
     } else {
@@ -139,7 +140,10 @@ pub fn same_origin(method: &Method, headers: &HeaderMap) -> Result<(), &'static 
 pub async fn csrf_guard(request: Request, next: Next) -> Response {
     match same_origin(request.method(), request.headers()) {
         Ok(()) => next.run(request).await,
-        Err(reason) => (StatusCode::FORBIDDEN, format!("{reason}\n")).into_response(),
+        Err(reason) => {
+            crate::self_metrics::web_refused("csrf");
+            (StatusCode::FORBIDDEN, format!("{reason}\n")).into_response()
+        }
     }
 }
 

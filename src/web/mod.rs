@@ -1,9 +1,11 @@
 //! The web address: the dashboard ([`pages`], charts from [`crate::render`]), the JSON query API,
-//! `/healthz`, `/readyz` and redline's own `/metrics`, behind [`auth`] when configured.
+//! `/healthz`, `/readyz` and redline's own `/metrics`, behind [`auth`] when configured and
+//! [`guard`] always (the Host allowlist and the security headers).
 
 pub mod alerts_api;
 pub mod api;
 pub mod auth;
+pub mod guard;
 pub mod pages;
 
 use axum::Router;
@@ -53,15 +55,22 @@ pub fn router(query: Query, prometheus: PrometheusHandle, readiness: Readiness) 
         .merge(api::router(query))
 }
 
-/// Wraps the finished web router: credentials when configured, and the CSRF guard on every
-/// unsafe method (the outermost layers, so they cover routes merged by any module).
-pub fn protect(router: Router, web_auth: auth::WebAuth) -> Router {
+/// Wraps the finished web router (the outermost layers, so they cover routes merged by any
+/// module, the fallback 404 and each other's refusals): the security headers on every
+/// response, the Host allowlist, credentials when configured, and the CSRF guard on every
+/// unsafe method.
+pub fn protect(router: Router, web_auth: auth::WebAuth, hosts: guard::AllowedHosts) -> Router {
     router
         .layer(axum::middleware::from_fn(auth::csrf_guard))
         .layer(axum::middleware::from_fn_with_state(
-            std::sync::Arc::new(web_auth),
+            Arc::new(web_auth),
             auth::require_auth,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(hosts),
+            guard::check_host,
+        ))
+        .layer(axum::middleware::from_fn(guard::security_headers))
 }
 
 /// Ready when every stage runs, the database answers, and redline can take data: the ingest

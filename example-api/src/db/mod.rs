@@ -29,6 +29,8 @@ pub enum DbError {
     Pool(#[from] r2d2::Error),
     #[error("blocking task failed: {0}")]
     Join(String),
+    #[error(transparent)]
+    Password(#[from] crate::passwords::PasswordError),
 }
 
 /// Which connection set served a unit of work.

@@ -408,14 +408,13 @@ pub fn add_views(sql: &Sql, counts: &HashMap<i64, u64>) -> rusqlite::Result<()> 
     Ok(())
 }
 
-pub fn check_password(sql: &Sql, username: &str, hash: &str) -> rusqlite::Result<bool> {
-    Ok(sql
-        .query_opt(
-            "SELECT password_sha256 FROM users WHERE username = ?1",
-            [username],
-            |r| r.get::<_, String>(0),
-        )?
-        .is_some_and(|h| h == hash))
+/// The stored password hash (a PHC string) of `username`, if the account exists.
+pub fn password_hash(sql: &Sql, username: &str) -> rusqlite::Result<Option<String>> {
+    sql.query_opt(
+        "SELECT password_hash FROM accounts WHERE username = ?1",
+        [username],
+        |r| r.get::<_, String>(0),
+    )
 }
 
 pub fn insert_api_key(sql: &Sql, key: &str, username: &str, now: i64) -> rusqlite::Result<()> {
@@ -440,19 +439,31 @@ pub struct IdemRecord {
     pub body: Option<String>,
 }
 
-/// Claims `(client, key)`; returns the existing record if someone claimed it first.
+/// Claims `(client, key)` for the request holding `claim`: a new key, or one whose claim is
+/// older than `lease_ms` without a response (its request died) and that was claimed for the
+/// same request. Returns the existing record if the key is someone else's.
 pub fn claim_idempotency_key(
     sql: &Sql,
     client: &str,
     key: &str,
     hash: &str,
+    claim: i64,
     now: i64,
+    lease_ms: i64,
 ) -> rusqlite::Result<Option<IdemRecord>> {
     let inserted = sql.execute(
-        "INSERT OR IGNORE INTO idempotency_keys (client, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![client, key, hash, now],
+        "INSERT OR IGNORE INTO idempotency_keys (client, key, request_hash, created_at, claim) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![client, key, hash, now, claim],
     )?;
     if inserted == 1 {
+        return Ok(None);
+    }
+    let taken_over = sql.execute(
+        "UPDATE idempotency_keys SET created_at = ?4, claim = ?5
+         WHERE client = ?1 AND key = ?2 AND request_hash = ?3 AND status IS NULL AND created_at < ?6",
+        params![client, key, hash, now, claim, now - lease_ms],
+    )?;
+    if taken_over == 1 {
         return Ok(None);
     }
     sql.query_opt(
@@ -468,24 +479,30 @@ pub fn claim_idempotency_key(
     )
 }
 
+/// Stores the response of the request holding `claim`; false if its claim was taken over.
 pub fn complete_idempotency_key(
     sql: &Sql,
     client: &str,
     key: &str,
+    claim: i64,
     status: u16,
     body: &str,
-) -> rusqlite::Result<()> {
-    sql.execute(
-        "UPDATE idempotency_keys SET status = ?3, body = ?4 WHERE client = ?1 AND key = ?2",
-        params![client, key, i64::from(status), body],
-    )?;
-    Ok(())
+) -> rusqlite::Result<bool> {
+    Ok(sql.execute(
+        "UPDATE idempotency_keys SET status = ?4, body = ?5 WHERE client = ?1 AND key = ?2 AND claim = ?3",
+        params![client, key, claim, i64::from(status), body],
+    )? == 1)
 }
 
-pub fn release_idempotency_key(sql: &Sql, client: &str, key: &str) -> rusqlite::Result<()> {
+pub fn release_idempotency_key(
+    sql: &Sql,
+    client: &str,
+    key: &str,
+    claim: i64,
+) -> rusqlite::Result<()> {
     sql.execute(
-        "DELETE FROM idempotency_keys WHERE client = ?1 AND key = ?2 AND status IS NULL",
-        params![client, key],
+        "DELETE FROM idempotency_keys WHERE client = ?1 AND key = ?2 AND claim = ?3 AND status IS NULL",
+        params![client, key, claim],
     )?;
     Ok(())
 }

@@ -37,9 +37,12 @@ CREATE TABLE IF NOT EXISTS reviews (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reviews_product_created ON reviews(product_id, created_at DESC, id DESC);
-CREATE TABLE IF NOT EXISTS users (
+-- Unsalted hashes of an earlier version: the demo accounts are created again in accounts.
+DROP TABLE IF EXISTS users;
+CREATE TABLE IF NOT EXISTS accounts (
     username TEXT PRIMARY KEY,
-    password_sha256 TEXT NOT NULL
+    -- an argon2id PHC string: algorithm, cost, salt and hash
+    password_hash TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     key TEXT PRIMARY KEY,
@@ -52,12 +55,26 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     request_hash TEXT NOT NULL,
     status INTEGER,
     body TEXT,
+    -- when the key was claimed (or its claim taken over): a claim without a status expires
+    -- after the lease
     created_at INTEGER NOT NULL,
+    -- the claiming request's token: only it completes or releases the claim
+    claim INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (client, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency_keys(created_at);
 "#;
 
 pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)
+    conn.execute_batch(SCHEMA)?;
+    // Tables of an earlier version lack the claim token.
+    let has_claim = conn
+        .prepare("SELECT 1 FROM pragma_table_info('idempotency_keys') WHERE name = 'claim'")?
+        .exists([])?;
+    if !has_claim {
+        conn.execute_batch(
+            "ALTER TABLE idempotency_keys ADD COLUMN claim INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    Ok(())
 }

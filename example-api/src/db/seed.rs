@@ -5,7 +5,6 @@
 use super::{Db, DbError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sha2::{Digest, Sha256};
 
 const CATEGORIES: &[&str] = &[
     "Books",
@@ -40,11 +39,6 @@ const NOUNS: &[&str] = &[
 /// Demo accounts for `POST /v1/auth/token` (username, password).
 pub const USERS: &[(&str, &str)] = &[("demo", "demo"), ("loadgen", "loadgen")];
 
-/// A salted SHA-256, enough for a demo; a real service would use a slow KDF such as argon2.
-pub fn password_hash(password: &str) -> String {
-    hex::encode(Sha256::digest(format!("example-api:{password}").as_bytes()))
-}
-
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -63,11 +57,29 @@ impl Db {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.primary.get()?;
+            demo_accounts(&conn)?;
             seed(&mut conn, products, reviews_per_product)
         })
         .await
         .map_err(|e| DbError::Join(e.to_string()))?
     }
+}
+
+/// Creates the demo accounts that do not exist yet (hashing only those: argon2 is slow on
+/// purpose).
+fn demo_accounts(conn: &rusqlite::Connection) -> Result<(), DbError> {
+    for (username, password) in USERS {
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM accounts WHERE username = ?1")?
+            .exists([username])?;
+        if !exists {
+            conn.execute(
+                "INSERT OR IGNORE INTO accounts (username, password_hash) VALUES (?1, ?2)",
+                rusqlite::params![username, crate::passwords::hash(password)?],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn seed(
@@ -88,11 +100,6 @@ fn seed(
         )?;
         for (i, name) in CATEGORIES.iter().enumerate() {
             cat.execute(rusqlite::params![i as i64 + 1, name])?;
-        }
-        let mut user =
-            tx.prepare("INSERT OR IGNORE INTO users (username, password_sha256) VALUES (?1, ?2)")?;
-        for (u, p) in USERS {
-            user.execute(rusqlite::params![u, password_hash(p)])?;
         }
         let mut prod = tx.prepare(
             "INSERT INTO products (id, category_id, category_name, name, description, price_cents,

@@ -1,18 +1,14 @@
-//! The smaller endpoints: categories, stats, recommendations (with graceful degradation), API
-//! keys, and health checks.
+//! The smaller endpoints: categories, stats, recommendations (with graceful degradation), and
+//! health checks.
 
 use super::pagination::{next_url, parse_limit};
 use super::products::parse_id;
 use super::{ApiError, AppState, Client, RawQuery, cached_json, parse_fields, project};
 use crate::db::queries::{self, CATEGORY_FIELDS};
-use crate::db::seed::{now_ms, password_hash};
-use crate::ratelimit;
 use axum::Extension;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -137,62 +133,6 @@ pub async fn recommendations(
         resp.headers_mut()
             .insert("x-degraded", HeaderValue::from_static(reason));
     }
-    Ok(resp)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenInput {
-    username: String,
-    password: String,
-}
-
-/// `POST /v1/auth/token`: exchanges a username and password for an API key. Rate limited by the
-/// stricter `auth` policy keyed on client IP + username (brute-force protection).
-pub async fn token(
-    State(st): State<AppState>,
-    Extension(client): Extension<Client>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let input: TokenInput = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-    let decision = st
-        .limiter
-        .check(
-            &st.cfg.rate_auth,
-            &format!("{}|{}", client.ip, input.username),
-        )
-        .await;
-    if !decision.allowed {
-        return Ok(ratelimit::reject(&decision));
-    }
-    let hash = password_hash(&input.password);
-    let user = input.username.clone();
-    let ok = st
-        .db
-        .read(None, move |sql| {
-            queries::check_password(sql, &user, &hash).map_err(ApiError::from)
-        })
-        .await?;
-    let mut resp = if ok {
-        let key = format!("rk_{}", hex::encode(rand::random::<[u8; 16]>()));
-        let (k, u) = (key.clone(), input.username.clone());
-        st.db
-            .write(None, move |sql| {
-                queries::insert_api_key(sql, &k, &u, now_ms()).map_err(ApiError::from)
-            })
-            .await?;
-        (
-            StatusCode::CREATED,
-            axum::Json(json!({ "api_key": key, "token_type": "Bearer" })),
-        )
-            .into_response()
-    } else {
-        ApiError::Unauthorized.into_response()
-    };
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    decision.apply(resp.headers_mut());
     Ok(resp)
 }
 

@@ -2,6 +2,7 @@
 //! database or the downstream client; cross-cutting concerns live in [`middleware`].
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod idempotency;
 pub mod middleware;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub shed: Arc<crate::resilience::limit::AdaptiveLimit>,
     pub recs: Arc<RecommendationsClient>,
     pub faults: Arc<Faults>,
+    /// Password verification, a bounded number at once.
+    pub passwords: Arc<crate::passwords::Passwords>,
     /// Calls received by the in-process downstream service (0 when it is external).
     pub downstream_received: Arc<std::sync::atomic::AtomicU64>,
     pub telemetry: Arc<Telemetry>,
@@ -91,7 +94,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/categories", get(misc::categories))
         .route("/v1/stats", get(misc::stats))
-        .route("/v1/auth/token", post(misc::token))
+        .route("/v1/auth/token", post(auth::token))
         // Innermost first: route faults, identity + rate limit, then shedding outermost (after
         // telemetry): under overload a rejection must cost as little as possible, so it comes
         // before the API-key lookup and the limiter.

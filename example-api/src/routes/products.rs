@@ -552,7 +552,7 @@ pub async fn create_review(
     let c2 = client.clone();
     let what = format!("POST /v1/products/{id}/reviews");
     let raw = body.clone();
-    idempotency::run(&st, &client, &headers, &what, &raw, || async move {
+    idempotency::run(&st, &client, &headers, &what, &raw, move || async move {
         let input: ReviewInput = parse_json(&body)?;
         if !(1..=5).contains(&input.rating) || input.body.len() > 2000 {
             return Err(ApiError::Unprocessable("rating must be 1 to 5 and body at most 2000 characters".into()));

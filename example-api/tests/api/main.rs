@@ -1,6 +1,7 @@
 //! One integration-test binary: every test starts the API on port 0 with a temporary database.
 
 mod cli;
+mod hardening;
 mod helpers;
 mod instrumentation;
 mod lists;

@@ -444,6 +444,14 @@ pub(super) fn compile_smtp(
     if password.is_some() && spec.username.is_none() {
         checker.at(span.clone(), "smtp: a password needs a username");
     }
+    if password.is_some() && tls == TlsMode::None {
+        checker.at(
+            span.clone(),
+            "smtp: a password with tls = \"none\" would cross the network in clear text; \
+             use tls = \"starttls\" (port 587) or \"implicit\" (port 465), or a relay that \
+             needs no password",
+        );
+    }
     let timeout = checker.duration(span, "smtp.timeout", spec.timeout.as_deref(), "10s");
     let port = spec.port.unwrap_or(match tls {
         TlsMode::Implicit => 465,

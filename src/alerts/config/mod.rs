@@ -224,4 +224,32 @@ annotations = { summary = "{{ labels.route " }
         let problems = parse(text).unwrap_err();
         assert!(problems[0].message.contains("annotation"), "{problems:?}");
     }
+
+    #[test]
+    fn an_smtp_password_never_goes_out_in_clear_text() {
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), "hunter2\n").unwrap();
+        let smtp = |tls: &str| {
+            format!(
+                "{GOOD}\n[smtp]\nhost = \"mail.example.com\"\n{tls}username = \"alerts\"\npassword_file = {:?}\n",
+                secret.path()
+            )
+        };
+        let problems = parse(&smtp("tls = \"none\"\n")).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("clear text") && problems[0].message.contains("starttls"),
+            "{problems:?}"
+        );
+        for tls in ["", "tls = \"starttls\"\n", "tls = \"implicit\"\n"] {
+            let config = parse(&smtp(tls)).unwrap();
+            assert_eq!(
+                config.smtp.unwrap().password,
+                Some(Secret("hunter2".into()))
+            );
+        }
+        // A trusted relay without a password may stay in plain text.
+        let relay = format!("{GOOD}\n[smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\n");
+        assert_eq!(parse(&relay).unwrap().smtp.unwrap().tls, TlsMode::None);
+    }
 }

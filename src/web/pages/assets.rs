@@ -1,32 +1,6 @@
-//! Static assets embedded in the binary (`/assets/…`, with an ETag) and the security headers
-//! every page carries.
+//! Static assets embedded in the binary (`/assets/…`, with an ETag).
 
 use super::*;
-
-/// Headers that keep injected markup inert even if escaping ever failed: no inline or foreign
-/// scripts, no framing, no MIME sniffing.
-pub(super) async fn security_headers(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-             img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; \
-             form-action 'self'",
-        ),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    response
-}
 
 // ---------------------------------------------------------------------------------------------
 // Static assets

@@ -42,9 +42,8 @@ use std::time::Duration;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{Query as QueryString, Request};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::Query as QueryString;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tower_http::compression::CompressionLayer;
@@ -226,7 +225,7 @@ impl Pages {
     }
 }
 
-/// The dashboard routes, compressed, with security headers.
+/// The dashboard routes, compressed (`web::protect` adds the security headers).
 pub fn router(pages: Pages) -> Router {
     pages.start_sampler();
     Router::new()
@@ -241,7 +240,6 @@ pub fn router(pages: Pages) -> Router {
         .route("/dashboards/{name}", get(custom::page))
         .route("/assets/{file}", get(asset))
         .with_state(pages)
-        .layer(middleware::from_fn(security_headers))
         .layer(CompressionLayer::new())
 }
 
