@@ -414,25 +414,11 @@ async fn the_alerts_page_shows_rules_alerts_silences_and_chart_thresholds() {
     );
 
     // The firing banner on every page, and the threshold on the endpoint's p99 chart.
-    let overview = redline
-        .client()
-        .get(redline.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let overview = redline.text("/").await;
     assert!(overview.contains("1 alert firing"), "banner");
     let endpoint = redline
-        .client()
-        .get(redline.url("/services/shop/endpoints?method=GET&route=/checkout"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text("/services/shop/endpoints?method=GET&route=/checkout")
+        .await;
     assert!(
         endpoint.contains("SlowCheckout"),
         "threshold line labelled with the rule"
@@ -468,15 +454,7 @@ async fn the_alerts_page_shows_rules_alerts_silences_and_chart_thresholds() {
         "{}",
         created.status()
     );
-    let page = redline
-        .client()
-        .get(redline.url("/alerts"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = redline.text("/alerts").await;
     assert!(
         page.contains("alertname=SlowCheckout, service=shop"),
         "silence listed"

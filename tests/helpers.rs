@@ -116,6 +116,12 @@ impl TestRedline {
         &self.client
     }
 
+    /// The body of `GET path` as text, whatever its status.
+    pub async fn text(&self, path: &str) -> String {
+        let response = self.client.get(self.url(path)).send().await.expect("GET");
+        response.text().await.expect("body")
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self.client.get(self.url(path)).send().await.expect("GET");
         let status = response.status().as_u16();

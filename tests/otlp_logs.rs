@@ -182,26 +182,10 @@ async fn sdk_round_trip(transport: Transport, service: &'static str) {
         "{metrics}"
     );
     // The service page has its log panel, the /logs page lists the kept records.
-    let page = redline
-        .client()
-        .get(redline.url(&format!("/services/{service}")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = redline.text(&format!("/services/{service}")).await;
     assert!(page.contains("Records by severity"), "{page}");
     assert!(page.contains("payment declined"));
-    let list = redline
-        .client()
-        .get(redline.url(&format!("/logs?service={service}")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let list = redline.text(&format!("/logs?service={service}")).await;
     assert!(list.contains("slow downstream") && list.contains("payment declined"));
     redline.stop().await;
 }
@@ -338,15 +322,7 @@ async fn a_kept_traces_logs_show_under_their_spans() {
             .iter()
             .all(|l| l["trace_id"] == trace_hex.as_str())
     );
-    let page = redline
-        .client()
-        .get(redline.url(&format!("/traces/{trace_hex}")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = redline.text(&format!("/traces/{trace_hex}")).await;
     // Telemetry text is escaped.
     assert!(
         page.contains("reserving stock &#60;b&#62;now&#60;/b&#62;")
@@ -368,14 +344,8 @@ async fn a_kept_traces_logs_show_under_their_spans() {
     assert!(page.contains("Logs of spans not kept") && page.contains("from a span not kept"));
     // The endpoint page lists the trace's error record.
     let endpoint = redline
-        .client()
-        .get(redline.url("/services/shop/endpoints?method=POST&route=%2Forders"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text("/services/shop/endpoints?method=POST&route=%2Forders")
+        .await;
     assert!(endpoint.contains("Recent error logs") && endpoint.contains("order failed"));
     redline.stop().await;
 }
@@ -472,15 +442,7 @@ async fn hostile_log_exports_are_rejected_cut_or_unassociated_and_counted() {
         assert!(value >= Some(at_least), "{counter} in\n{metrics}");
     }
     // The record's text is escaped on the page.
-    let page = redline
-        .client()
-        .get(redline.url("/logs?service=hostile"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = redline.text("/logs?service=hostile").await;
     assert!(!page.contains("<script>alert(1)</script>"), "{page}");
     assert!(page.contains("alert(1)"));
     redline.stop().await;
