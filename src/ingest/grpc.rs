@@ -29,6 +29,7 @@ use tonic::codegen::{Body, BoxFuture, Bytes, Context, Poll, Service, StdError, h
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
+use crate::budget::Reservation;
 use crate::ingest::admission::unavailable;
 use crate::ingest::{DECODED_BYTES_PER_ENCODED_BYTE, IngestError, Ingestor};
 use crate::self_metrics;
@@ -94,12 +95,7 @@ impl ExportSignal for Metrics {
     type Response = ExportMetricsServiceResponse;
 
     fn export(&self, ingestor: &Ingestor, body: &Bytes) -> Result<Self::Response, IngestError> {
-        let request = ExportMetricsServiceRequest::decode(body.as_ref()).map_err(|e| {
-            self_metrics::requests_rejected("undecodable");
-            IngestError::Undecodable(format!("invalid OTLP protobuf: {e}"))
-        })?;
-        let decoded_bytes = body.len().saturating_mul(DECODED_BYTES_PER_ENCODED_BYTE);
-        let memory = ingestor.reserve(decoded_bytes)?;
+        let (request, memory) = decode_reserved::<ExportMetricsServiceRequest>(ingestor, body)?;
         Ok(ingestor.metrics(request, memory)?.metrics_response())
     }
 }
@@ -113,14 +109,24 @@ impl ExportSignal for Logs {
     type Response = ExportLogsServiceResponse;
 
     fn export(&self, ingestor: &Ingestor, body: &Bytes) -> Result<Self::Response, IngestError> {
-        let decoded_bytes = body.len().saturating_mul(DECODED_BYTES_PER_ENCODED_BYTE);
-        let memory = ingestor.reserve(decoded_bytes)?;
-        let request = ExportLogsServiceRequest::decode(body.as_ref()).map_err(|e| {
-            self_metrics::requests_rejected("undecodable");
-            IngestError::Undecodable(format!("invalid OTLP protobuf: {e}"))
-        })?;
+        let (request, memory) = decode_reserved::<ExportLogsServiceRequest>(ingestor, body)?;
         Ok(ingestor.logs(request, memory)?.logs_response())
     }
+}
+
+/// Reserves the memory a decoded request takes before decoding it, so a burst of exports cannot
+/// decode past the budget; undecodable bytes are counted and refused.
+fn decode_reserved<M: Message + Default>(
+    ingestor: &Ingestor,
+    body: &Bytes,
+) -> Result<(M, Reservation), IngestError> {
+    let decoded_bytes = body.len().saturating_mul(DECODED_BYTES_PER_ENCODED_BYTE);
+    let memory = ingestor.reserve(decoded_bytes)?;
+    let request = M::decode(body.as_ref()).map_err(|e| {
+        self_metrics::requests_rejected("undecodable");
+        IngestError::Undecodable(format!("invalid OTLP protobuf: {e}"))
+    })?;
+    Ok((request, memory))
 }
 
 /// An export service served from the request's bytes.
