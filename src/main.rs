@@ -72,8 +72,12 @@ fn main() -> anyhow::Result<()> {
     let runtime = || tokio::runtime::Runtime::new().context("starting the async runtime");
     match cli.command {
         Command::Serve { config, settings } => {
-            let settings = Settings::load(settings, config.as_deref())?;
-            runtime()?.block_on(serve(settings))
+            let loaded = Settings::load(settings.clone(), config.as_deref())?;
+            let source = SettingsSource {
+                layer: settings,
+                config,
+            };
+            runtime()?.block_on(serve(loaded, source))
         }
         Command::Check { files } => check(files),
         Command::TestRules { files } => runtime()?.block_on(test_rules(files)),
@@ -177,18 +181,28 @@ fn preview_email(
     Ok(())
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// Where the settings came from, to load them again on SIGHUP.
+struct SettingsSource {
+    layer: SettingsLayer,
+    config: Option<PathBuf>,
+}
+
+async fn serve(settings: Settings, source: SettingsSource) -> anyhow::Result<()> {
     let data_dir = settings.data_dir.clone();
     let app = App::build(settings).await?;
+    let scheme = if app.tls() { "https" } else { "http" };
     // One line per address, so scripts (and people) can find the ports picked for port 0.
     announce(&format!("OTLP/gRPC listening on {}", app.grpc_addr()));
     announce(&format!(
-        "OTLP/HTTP listening on http://{}",
+        "OTLP/HTTP listening on {scheme}://{}",
         app.http_addr()
     ));
-    announce(&format!("dashboard and API on http://{}/", app.web_addr()));
+    announce(&format!(
+        "dashboard and API on {scheme}://{}/",
+        app.web_addr()
+    ));
     announce(&format!("data in {}", data_dir.display()));
-    reload_on_sighup(app.alerts());
+    reload_on_sighup(app.alerts(), app.reloader(), source);
     app.run_until_stopped(shutdown_signal()).await?;
     announce("stopped, everything acknowledged is stored");
     Ok(())
@@ -201,16 +215,40 @@ fn announce(line: &str) {
     let _ = writeln!(stdout, "redline: {line}").and_then(|_| stdout.flush());
 }
 
-/// SIGHUP reloads the alert rules, as it does for Prometheus.
-fn reload_on_sighup(alerts: redline::alerts::runtime::AlertsHandle) {
+/// SIGHUP reloads the alert rules, as it does for Prometheus, the TLS files, and the OTLP API
+/// keys (from the settings file, `otlp_api_keys_file` and the rest, loaded again). What does
+/// not load leaves what is in use as it is.
+fn reload_on_sighup(
+    alerts: redline::alerts::runtime::AlertsHandle,
+    reloader: redline::app::Reloader,
+    source: SettingsSource,
+) {
     #[cfg(unix)]
     tokio::spawn(async move {
         let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             return;
         };
+        let source = std::sync::Arc::new(source);
         while hangup.recv().await.is_some() {
             alerts.request_reload();
+            let (reloader, source) = (reloader.clone(), source.clone());
+            // Reads files: off the runtime.
+            let reloaded = tokio::task::spawn_blocking(move || {
+                if let Err(error) = reloader.reload_tls() {
+                    tracing::error!("TLS not reloaded, the certificate in use stays: {error}");
+                }
+                match Settings::load(source.layer.clone(), source.config.as_deref()) {
+                    Ok(settings) => reloader.reload_keys(&settings),
+                    Err(error) => tracing::error!(
+                        "settings not reloaded, the OTLP API keys in use stay: {error}"
+                    ),
+                }
+            })
+            .await;
+            if let Err(error) = reloaded {
+                tracing::error!("reload on SIGHUP: {error}");
+            }
         }
     });
 }
