@@ -240,9 +240,12 @@ fn reload_on_sighup(
                 }
                 match Settings::load(source.layer.clone(), source.config.as_deref()) {
                     Ok(settings) => reloader.reload_keys(&settings),
-                    Err(error) => tracing::error!(
-                        "settings not reloaded, the OTLP API keys in use stay: {error}"
-                    ),
+                    Err(error) => {
+                        redline::self_metrics::reloaded("otlp_api_keys", false);
+                        tracing::error!(
+                            "settings not reloaded, the OTLP API keys in use stay: {error}"
+                        )
+                    }
                 }
             })
             .await;

@@ -269,8 +269,11 @@ impl BoundKeys {
 pub struct OtlpAuth {
     keys: ArcSwap<BoundKeys>,
     client_certificates: bool,
-    senders: Mutex<BTreeMap<(Credential, Arc<str>), Arc<SenderStats>>>,
+    senders: Mutex<SenderTable>,
 }
+
+/// Every sender's figures, by credential and name.
+type SenderTable = BTreeMap<(Credential, Arc<str>), Arc<SenderStats>>;
 
 impl OtlpAuth {
     /// `client_certificates`: the OTLP listeners verify client certificates (mTLS).
