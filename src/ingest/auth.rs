@@ -30,8 +30,7 @@ use crate::self_metrics::{self, Signal};
 use crate::tls::PeerInfo;
 use crate::vocab::now_ms;
 
-/// The header an exporter sends its key in (`OTEL_EXPORTER_OTLP_HEADERS=x-otlp-api-key=KEY`).
-pub const API_KEY_HEADER: &str = "x-otlp-api-key";
+pub use super::http::API_KEY_HEADER;
 
 const MAX_NAME_CHARS: usize = 64;
 const MIN_KEY_CHARS: usize = 16;

@@ -32,6 +32,10 @@ pub struct RpcStatus {
     pub message: String,
 }
 
+/// The header an exporter sends its API key in (`OTEL_EXPORTER_OTLP_HEADERS=x-otlp-api-key=KEY`),
+/// also as gRPC metadata; checked by [`super::auth`].
+pub const API_KEY_HEADER: &str = "x-otlp-api-key";
+
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
@@ -87,7 +91,7 @@ pub fn router(ingestor: Ingestor, max_body_bytes: usize, cors_origins: &[String]
                 header::CONTENT_TYPE,
                 header::CONTENT_ENCODING,
                 header::AUTHORIZATION,
-                header::HeaderName::from_static(super::auth::API_KEY_HEADER),
+                header::HeaderName::from_static(API_KEY_HEADER),
             ])
             .max_age(std::time::Duration::from_secs(3600)),
     )
