@@ -26,6 +26,14 @@ enum Command {
     ///
     /// Every setting comes from the file given with --config (TOML, keys as the flags in
     /// snake_case), then the REDLINE_* environment variable, then the flag, the later winning.
+    ///
+    /// Attaching services over a network: an OTLP address beyond loopback needs credentials,
+    /// --otlp-api-keys (or --otlp-api-keys-file) or --otlp-client-ca, and --tls-cert with
+    /// --tls-key so they travel encrypted. Exporters set OTEL_EXPORTER_OTLP_ENDPOINT=https://HOST:4317
+    /// (or :4318 with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf),
+    /// OTEL_EXPORTER_OTLP_HEADERS=x-otlp-api-key=KEY, OTEL_EXPORTER_OTLP_CERTIFICATE=CA.pem and,
+    /// for mTLS, OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY.
+    /// SIGHUP reloads the alert rules, the API keys and the TLS files.
     Serve {
         /// Settings file (TOML)
         #[arg(long, env = "REDLINE_CONFIG", value_name = "FILE")]
