@@ -246,9 +246,12 @@ async fn export_with_timeout(
     bytes: Bytes,
     api_key: Option<&tonic::metadata::AsciiMetadataValue>,
 ) -> Result<ExportTraceServiceResponse, tonic::Status> {
-    tokio::time::timeout(REQUEST_TIMEOUT, export_raw_with_key(channel, bytes, api_key))
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("bench timeout")))
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        export_raw_with_key(channel, bytes, api_key),
+    )
+    .await
+    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("bench timeout")))
 }
 
 // ---------------------------------------------------------------------------------------------
