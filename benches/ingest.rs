@@ -23,6 +23,9 @@
 //! - `query`   — `GET /api/v1/endpoints?service=S&since=1h` with 1,000 endpoints and 1 h of data.
 //! - `profile` — in process, no network: decode + convert + aggregate of the same payloads
 //!   (for `valgrind --tool=callgrind`).
+//! - `tls`     — OTLP/gRPC ingest in plain text, over TLS and with API keys, interleaved over
+//!   at least 5 rounds, medians and ratios; and the authentication check's cost per request
+//!   (`benches/ingest/tls.rs`).
 //! - `all`     — ingest, cpu, memory and query in turn.
 //!
 //! Options: `--rounds N` (3), `--step-secs S` (4), `--start-rate SPANS_PER_S` (20000),
@@ -58,6 +61,8 @@ mod probe;
 #[allow(dead_code)]
 #[path = "shared/procs.rs"]
 mod procs;
+#[path = "ingest/tls.rs"]
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -148,7 +153,7 @@ fn options() -> Result<Options> {
             "--errors" => o.error_percent = value()?.parse::<u32>()?.min(100),
             "--after-secs" => o.after_secs = value()?.parse()?,
             "--full-speed-secs" => o.full_speed_secs = value()?.parse()?,
-            "ingest" | "cpu" | "memory" | "query" | "profile" | "load" | "all" => {
+            "ingest" | "cpu" | "memory" | "query" | "profile" | "load" | "tls" | "all" => {
                 o.mode = arg.clone()
             }
             other if other.starts_with("--") => {
@@ -182,6 +187,15 @@ fn main() -> Result<()> {
                 Ok(())
             }
             "load" => load(&options).await,
+            "tls" => {
+                tls::run(&tls::TlsOptions {
+                    rounds: options.rounds,
+                    secs: options.full_speed_secs,
+                    in_flight: options.max_in_flight,
+                    connections: options.connections,
+                })
+                .await
+            }
             _ => {
                 ladder::ingest(&options.ladder()).await?;
                 cpu(&options).await?;

@@ -218,6 +218,7 @@ pub async fn normal_export(redline: &Sut, tally: &Arc<Tally>) -> bool {
         parallel: 1,
         until: None,
         retry_unavailable: false,
+        api_key: None,
     };
     let mut batch = payloads.first().map(|p| (p.bytes.clone(), p.spans()));
     send_closed(&channels, |_| batch.take(), &config, tally).await;

@@ -19,12 +19,14 @@ use crate::alerts::store::AlertStore;
 use crate::budget::MemoryBudget;
 use crate::config::Settings;
 use crate::ingest::admission::GrpcAdmissionLayer;
+use crate::ingest::auth::{GrpcAuthLayer, OtlpAuth};
 use crate::ingest::{self, Ingestor};
 use crate::notify::{Notification, NotifyError, Outbox};
 use crate::pipeline::{self, Durability, Live, PipelineConfig};
 use crate::query::Query;
 use crate::store::{self, Db, StoreError};
 use crate::supervise::{Stage, Stages, join_within, spawn_critical, spawn_restarting};
+use crate::tls::{self, ServerTls, TlsError};
 use crate::{self_metrics, web};
 
 /// HTTP/2 flow-control window of each OTLP/gRPC stream (connections get four times it).
@@ -58,6 +60,8 @@ pub enum AppError {
     },
     #[error("the {0} stage failed; redline stopped so that it can be restarted")]
     StageFailed(&'static str),
+    #[error("cannot serve TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running redline. Dropping it without `run_until_stopped` aborts the servers.
@@ -78,6 +82,39 @@ pub struct App {
     query: Query,
     alerts: AlertsHandle,
     stages: Arc<Stages>,
+    reloader: Reloader,
+}
+
+/// What SIGHUP reloads besides the alert rules: the OTLP API keys and the TLS files.
+#[derive(Clone)]
+pub struct Reloader {
+    auth: Arc<OtlpAuth>,
+    tls: Option<Arc<ServerTls>>,
+}
+
+impl Reloader {
+    /// Uses the OTLP API keys of `settings` (loaded again by the caller) from the next request
+    /// on. What needs a restart to change (addresses, whether TLS is on) is not read from them.
+    pub fn reload_keys(&self, settings: &Settings) {
+        self.auth.set_keys(&settings.otlp_api_keys);
+        self_metrics::reloaded("otlp_api_keys", true);
+    }
+
+    /// Reads the TLS files again for new connections; on an error the ones loaded before stay
+    /// in use. Blocking (reads files).
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        let reloaded = tls.reload();
+        self_metrics::reloaded("tls", reloaded.is_ok());
+        reloaded
+    }
+
+    /// Who has sent what, by credential.
+    pub fn auth(&self) -> Arc<OtlpAuth> {
+        self.auth.clone()
+    }
 }
 
 impl NotificationSink for Outbox {
@@ -138,6 +175,38 @@ fn open_storage(
     })
 }
 
+/// Serves `router` on `listener`, over TLS when `tls` is given, until `stop`. Over TLS, requests
+/// carry their connection's [`tls::PeerInfo`] (OTLP/HTTP's authentication reads the client
+/// certificate's name from it).
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<(Arc<ServerTls>, tls::Listener)>,
+    stop: watch::Receiver<bool>,
+    server: &'static str,
+) -> Result<(), AppError> {
+    let served = match tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped(stop))
+                .await
+        }
+        Some((tls, which)) => {
+            let incoming = tls.incoming(listener, which, stop.clone());
+            axum::serve(
+                incoming,
+                router.into_make_service_with_connect_info::<tls::PeerInfo>(),
+            )
+            .with_graceful_shutdown(stopped(stop))
+            .await
+        }
+    };
+    served.map_err(|e| AppError::Serve {
+        server,
+        source: e.into(),
+    })
+}
+
 impl App {
     pub async fn build(settings: Settings) -> Result<App, AppError> {
         let grpc_listener = bind("OTLP/gRPC", settings.otlp_grpc_addr).await?;
@@ -146,6 +215,25 @@ impl App {
         let grpc_addr = local_addr(&grpc_listener, "OTLP/gRPC", settings.otlp_grpc_addr)?;
         let http_addr = local_addr(&http_listener, "OTLP/HTTP", settings.otlp_http_addr)?;
         let web_addr = local_addr(&web_listener, "web", settings.web_addr)?;
+        let server_tls = match settings.tls.clone() {
+            Some(files) => Some(
+                tokio::task::spawn_blocking(move || ServerTls::load(files))
+                    .await
+                    .map_err(AppError::Startup)??,
+            ),
+            None => None,
+        };
+        let client_certificates = server_tls
+            .as_ref()
+            .is_some_and(|tls| tls.requires_client_certificates());
+        let auth = OtlpAuth::new(&settings.otlp_api_keys, client_certificates);
+        let beyond_loopback = !grpc_addr.ip().is_loopback() || !http_addr.ip().is_loopback();
+        if beyond_loopback && server_tls.is_none() {
+            tracing::warn!(
+                "OTLP listens beyond loopback without TLS: API keys and telemetry travel in \
+                 clear text; set tls_cert and tls_key"
+            );
+        }
 
         let db_path = store::database_path(&settings.data_dir);
         let opened = tokio::task::spawn_blocking({
@@ -218,27 +306,42 @@ impl App {
         let grpc_routes = ingest::grpc::router(ingestor.clone(), settings.max_body_bytes);
         let grpc_stop = receivers_stop_rx.clone();
         let grpc_admission = GrpcAdmissionLayer::new(ingestor.clone());
+        let grpc_auth = GrpcAuthLayer::new(auth.clone());
+        let grpc_tls = server_tls.clone();
         let grpc_task = spawn_critical(
             stages.clone(),
             Stage::OtlpGrpc,
             async move {
-                tonic::transport::Server::builder()
+                let server = tonic::transport::Server::builder()
                     // A 512-span export is ~230 KB: with h2's 64 KiB default windows and 16 KiB
                     // frames it takes several round trips of window updates and ~15 frames.
                     .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
                     .initial_connection_window_size(4 * RECEIVE_WINDOW_BYTES)
                     .max_frame_size(RECEIVE_FRAME_BYTES)
+                    // Credentials first: nothing is reserved or read for a refused client.
+                    .layer(grpc_auth)
                     .layer(grpc_admission)
-                    .add_routes(grpc_routes)
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                        stopped(grpc_stop),
-                    )
-                    .await
-                    .map_err(|e| AppError::Serve {
-                        server: "OTLP/gRPC",
-                        source: e.into(),
-                    })
+                    .add_routes(grpc_routes);
+                let served = match grpc_tls {
+                    None => {
+                        let incoming =
+                            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+                        server
+                            .serve_with_incoming_shutdown(incoming, stopped(grpc_stop))
+                            .await
+                    }
+                    Some(tls) => {
+                        let incoming =
+                            tls.incoming(grpc_listener, tls::Listener::OtlpGrpc, grpc_stop.clone());
+                        server
+                            .serve_with_incoming_shutdown(incoming, stopped(grpc_stop))
+                            .await
+                    }
+                };
+                served.map_err(|e| AppError::Serve {
+                    server: "OTLP/gRPC",
+                    source: e.into(),
+                })
             },
             stopping_rx.clone(),
         );
@@ -247,20 +350,18 @@ impl App {
             ingestor,
             settings.max_body_bytes,
             &settings.cors_allowed_origins,
-        );
+        )
+        // Every route, also those not matched: credentials come before anything else.
+        .layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            ingest::auth::http_auth,
+        ));
         let http_stop = receivers_stop_rx;
+        let http_tls = server_tls.clone().map(|tls| (tls, tls::Listener::OtlpHttp));
         let http_task = spawn_critical(
             stages.clone(),
             Stage::OtlpHttp,
-            async move {
-                axum::serve(http_listener, http_router)
-                    .with_graceful_shutdown(stopped(http_stop))
-                    .await
-                    .map_err(|e| AppError::Serve {
-                        server: "OTLP/HTTP",
-                        source: e.into(),
-                    })
-            },
+            serve_http(http_listener, http_router, http_tls, http_stop, "OTLP/HTTP"),
             stopping_rx.clone(),
         );
 
@@ -269,10 +370,14 @@ impl App {
         let alerts = AlertsHandle::new(alert_store);
         let (alerts_stop, alerts_stop_rx) = watch::channel(false);
         let rules_file = settings.alerts_file.clone();
-        let dashboard_url = settings
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{web_addr}"));
+        let dashboard_url = settings.public_url.clone().unwrap_or_else(|| {
+            let scheme = if server_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{web_addr}")
+        });
         // Where mail goes comes from the rules file, at every load; held until one loads.
         let (delivery, delivery_rx) = watch::channel(crate::notify::Delivery::Held);
         let outbox_dir = settings.data_dir.join("outbox");
@@ -333,7 +438,11 @@ impl App {
             http_addr,
         )
         .with_alerts(Arc::new(alerts.clone()))
-        .with_readiness(readiness.clone());
+        .with_readiness(readiness.clone())
+        .with_otlp_access(web::pages::OtlpAccess {
+            auth: auth.clone(),
+            tls: server_tls.is_some(),
+        });
         let alerts_pages =
             web::pages::alerts::router(pages.clone(), alerts.clone(), outbox.clone());
         let web_router = web::router(query.clone(), self_metrics::install(), readiness)
@@ -346,20 +455,17 @@ impl App {
         let hosts =
             web::guard::AllowedHosts::new(&settings.allowed_hosts, settings.public_url.as_deref());
         let web_router = web::protect(web_router, settings.web_auth.clone(), hosts);
+        let web_tls = server_tls.clone().map(|tls| (tls, tls::Listener::Web));
         let web_task = spawn_critical(
             stages.clone(),
             Stage::Web,
-            async move {
-                axum::serve(web_listener, web_router)
-                    .with_graceful_shutdown(stopped(web_stop_rx))
-                    .await
-                    .map_err(|e| AppError::Serve {
-                        server: "web",
-                        source: e.into(),
-                    })
-            },
+            serve_http(web_listener, web_router, web_tls, web_stop_rx, "web"),
             stopping_rx,
         );
+        let reloader = Reloader {
+            auth,
+            tls: server_tls,
+        };
 
         Ok(App {
             grpc_addr,
@@ -378,7 +484,18 @@ impl App {
             query,
             alerts,
             stages,
+            reloader,
         })
+    }
+
+    /// What SIGHUP calls.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Whether the listeners serve TLS.
+    pub fn tls(&self) -> bool {
+        self.reloader.tls.is_some()
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {

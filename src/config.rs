@@ -12,7 +12,9 @@ use crate::aggregate::AggregatorConfig;
 use crate::aggregate::cardinality::Limits;
 use crate::aggregate::logs::LogKeeperConfig;
 use crate::aggregate::sampler::SamplerConfig;
+use crate::ingest::auth::ApiKeys;
 use crate::store::Retention;
+use crate::tls::TlsFiles;
 use crate::web::auth::WebAuth;
 use crate::web::guard::{HostRule, url_host};
 
@@ -133,7 +135,7 @@ pub struct SettingsLayer {
     /// Alert rules, routes and receivers; reloaded on SIGHUP and on change [default: ./alerts.toml]
     #[arg(long, env = "REDLINE_ALERTS_FILE", value_name = "FILE")]
     pub alerts_file: Option<PathBuf>,
-    /// The dashboard's address as users reach it, for links in alert e-mails; its host is allowed on the web address [default: http://WEB_ADDR]
+    /// The dashboard's address as users reach it, for links in alert e-mails; its host is allowed on the web address [default: http://WEB_ADDR, https:// with TLS]
     #[arg(long, env = "REDLINE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
     /// More host names the web address answers to, comma-separated: `name`, `name:port`, `.domain` (and its subdomains), or `*` for any; other names get 421 (DNS rebinding) [default: IP addresses, localhost and the public_url host]
@@ -144,6 +146,48 @@ pub struct SettingsLayer {
         value_delimiter = ','
     )]
     pub allowed_hosts: Option<Vec<String>>,
+    /// OTLP API keys as NAME=KEY pairs, comma-separated: exporters must send one in the x-otlp-api-key header (OTEL_EXPORTER_OTLP_HEADERS=x-otlp-api-key=KEY) or as Authorization: Bearer KEY; what each name sends is counted. Keys are 16-256 characters of letters, digits and . _ ~ + / - (in the TOML file also a table, name = "key"); reloaded on SIGHUP [default: none]
+    #[arg(
+        long,
+        env = "REDLINE_OTLP_API_KEYS",
+        value_name = "NAME=KEY,...",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    #[serde(default, deserialize_with = "api_keys_table_or_list")]
+    pub otlp_api_keys: Option<Vec<String>>,
+    /// File of more OTLP API keys, one NAME=KEY a line (# comments), kept out of the command line and environment; re-read on SIGHUP [default: none]
+    #[arg(long, env = "REDLINE_OTLP_API_KEYS_FILE", value_name = "FILE")]
+    pub otlp_api_keys_file: Option<PathBuf>,
+    /// PEM certificate chain: OTLP/gRPC, OTLP/HTTP and the web address serve TLS with it (needs tls_key); re-read on SIGHUP [default: none]
+    #[arg(long, env = "REDLINE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of tls_cert (PKCS#8, PKCS#1 or SEC1); re-read on SIGHUP [default: none]
+    #[arg(long, env = "REDLINE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: OTLP exporters must present a client certificate issued by one of them (mTLS; needs tls_cert); re-read on SIGHUP [default: none]
+    #[arg(long, env = "REDLINE_OTLP_CLIENT_CA", value_name = "FILE")]
+    pub otlp_client_ca: Option<PathBuf>,
+}
+
+/// `otlp_api_keys` in the TOML file: a table `{ name = "key" }` or a list of `"name=key"`.
+fn api_keys_table_or_list<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Keys {
+        Table(std::collections::BTreeMap<String, String>),
+        List(Vec<String>),
+    }
+    Ok(Some(match Keys::deserialize(deserializer)? {
+        Keys::Table(table) => table
+            .into_iter()
+            .map(|(name, key)| format!("{name}={key}"))
+            .collect(),
+        Keys::List(list) => list,
+    }))
 }
 
 impl SettingsLayer {
@@ -185,7 +229,12 @@ impl SettingsLayer {
             log_keep_bytes_per_second,
             alerts_file,
             public_url,
-            allowed_hosts
+            allowed_hosts,
+            otlp_api_keys,
+            otlp_api_keys_file,
+            tls_cert,
+            tls_key,
+            otlp_client_ca
         )
     }
 }
@@ -219,6 +268,11 @@ pub struct Settings {
     /// Host names the web address answers to besides IP addresses, `localhost` and the
     /// `public_url` host.
     pub allowed_hosts: Vec<HostRule>,
+    /// The keys OTLP exporters must present (none: no key required); from `otlp_api_keys`
+    /// and `otlp_api_keys_file`.
+    pub otlp_api_keys: ApiKeys,
+    /// TLS on every listener, and client certificates on the OTLP ones.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -384,6 +438,46 @@ impl Settings {
                 "public_url: {url:?} is not a URL like https://redline.example.com"
             ));
         }
+        let otlp_api_keys = api_keys(
+            &mut problems,
+            layer.otlp_api_keys.as_deref().unwrap_or_default(),
+            layer.otlp_api_keys_file.as_deref(),
+        );
+        let tls = match (layer.tls_cert, layer.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: layer.otlp_client_ca.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                problems.push("tls_cert: needs tls_key, the certificate's private key".into());
+                None
+            }
+            (None, Some(_)) => {
+                problems.push("tls_key: needs tls_cert, the certificate it belongs to".into());
+                None
+            }
+        };
+        if layer.otlp_client_ca.is_some() && tls.is_none() {
+            problems.push(
+                "otlp_client_ca: client certificates need TLS; set tls_cert and tls_key".into(),
+            );
+        }
+        let client_certificates = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        for (name, addr) in [
+            ("otlp_grpc_addr", otlp_grpc_addr),
+            ("otlp_http_addr", otlp_http_addr),
+        ] {
+            if !addr.ip().is_loopback() && otlp_api_keys.is_empty() && !client_certificates {
+                problems.push(format!(
+                    "{name}: {addr} is reachable beyond this machine; set otlp_api_keys or \
+                     otlp_api_keys_file so exporters must present a key (and tls_cert and \
+                     tls_key so it travels encrypted), or otlp_client_ca so they must present \
+                     a client certificate"
+                ));
+            }
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -433,8 +527,34 @@ impl Settings {
                 .public_url
                 .map(|u| u.trim_end_matches('/').to_string()),
             allowed_hosts,
+            otlp_api_keys,
+            tls,
         })
     }
+}
+
+/// The keys of `otlp_api_keys` and of the file `otlp_api_keys_file`, checked together (a name
+/// or key given twice is a problem). Reads the file (blocking).
+fn api_keys(problems: &mut Vec<String>, listed: &[String], file: Option<&Path>) -> ApiKeys {
+    let text = match file {
+        None => String::new(),
+        Some(path) => std::fs::read_to_string(path).unwrap_or_else(|e| {
+            problems.push(format!("otlp_api_keys_file: {}: {e}", path.display()));
+            String::new()
+        }),
+    };
+    let listed = listed
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| (format!("otlp_api_keys entry {}", i + 1), entry.as_str()));
+    let from_file = ApiKeys::file_entries(&text).map(|(line, entry)| {
+        let path = file.map(|p| p.display().to_string()).unwrap_or_default();
+        (format!("otlp_api_keys_file {path}:{line}"), entry)
+    });
+    ApiKeys::parse(listed.chain(from_file)).unwrap_or_else(|errors| {
+        problems.extend(errors.iter().map(ToString::to_string));
+        ApiKeys::default()
+    })
 }
 
 fn read_file(path: &Path) -> Result<SettingsLayer, ConfigError> {
@@ -533,6 +653,83 @@ mod tests {
                 .web_auth
                 .is_enabled()
         );
+    }
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn otlp_beyond_loopback_requires_keys_or_client_certificates() {
+        let open = SettingsLayer {
+            otlp_grpc_addr: Some("0.0.0.0:4317".into()),
+            otlp_http_addr: Some("[::]:4318".into()),
+            ..Default::default()
+        };
+        let ConfigError::Invalid(problems) = Settings::resolve(open.clone()).unwrap_err() else {
+            panic!("expected validation errors");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("otlp_grpc_addr: 0.0.0.0:4317 is reachable"));
+        assert!(problems[1].contains("set otlp_api_keys"), "{}", problems[1]);
+        let with_keys = SettingsLayer {
+            otlp_api_keys: Some(vec![format!("ops={KEY}")]),
+            ..open.clone()
+        };
+        let settings = Settings::resolve(with_keys).unwrap();
+        assert_eq!(settings.otlp_api_keys.names().collect::<Vec<_>>(), ["ops"]);
+        let with_client_ca = SettingsLayer {
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            otlp_client_ca: Some("ca.pem".into()),
+            ..open
+        };
+        assert!(Settings::resolve(with_client_ca).is_ok());
+    }
+
+    #[test]
+    fn keys_come_from_the_file_table_flag_and_keys_file_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys_file = dir.path().join("keys");
+        std::fs::write(&keys_file, format!("# ops\nops={KEY}x\n")).unwrap();
+        let path = dir.path().join("redline.toml");
+        std::fs::write(
+            &path,
+            format!("otlp_api_keys_file = {keys_file:?}\n[otlp_api_keys]\nweb = \"{KEY}\"\n"),
+        )
+        .unwrap();
+        let settings = Settings::load(SettingsLayer::default(), Some(&path)).unwrap();
+        assert_eq!(
+            settings.otlp_api_keys.names().collect::<Vec<_>>(),
+            ["web", "ops"]
+        );
+        // The flag replaces the file's list; the keys file still adds to it.
+        let cli = SettingsLayer {
+            otlp_api_keys: Some(vec![format!("web={KEY}")]),
+            ..Default::default()
+        };
+        let settings = Settings::load(cli, Some(&path)).unwrap();
+        assert_eq!(settings.otlp_api_keys.names().count(), 2);
+        // A name in both is a problem, and no key is echoed.
+        std::fs::write(&keys_file, format!("web={KEY}y\n")).unwrap();
+        let message = Settings::load(SettingsLayer::default(), Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(":1 (web): the name is given twice"),
+            "{message}"
+        );
+        assert!(!message.contains(KEY), "{message}");
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_client_certificates_need_tls() {
+        let layer = SettingsLayer {
+            tls_cert: Some("cert.pem".into()),
+            otlp_client_ca: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        let message = Settings::resolve(layer).unwrap_err().to_string();
+        assert!(message.contains("tls_cert: needs tls_key"), "{message}");
+        assert!(message.contains("otlp_client_ca: client certificates need TLS"));
     }
 
     #[test]

@@ -26,5 +26,6 @@ pub mod render;
 pub mod self_metrics;
 pub mod store;
 pub mod supervise;
+pub mod tls;
 pub mod vocab;
 pub mod web;

@@ -26,6 +26,14 @@ enum Command {
     ///
     /// Every setting comes from the file given with --config (TOML, keys as the flags in
     /// snake_case), then the REDLINE_* environment variable, then the flag, the later winning.
+    ///
+    /// Attaching services over a network: an OTLP address beyond loopback needs credentials,
+    /// --otlp-api-keys (or --otlp-api-keys-file) or --otlp-client-ca, and --tls-cert with
+    /// --tls-key so they travel encrypted. Exporters set OTEL_EXPORTER_OTLP_ENDPOINT=https://HOST:4317
+    /// (or :4318 with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf),
+    /// OTEL_EXPORTER_OTLP_HEADERS=x-otlp-api-key=KEY, OTEL_EXPORTER_OTLP_CERTIFICATE=CA.pem and,
+    /// for mTLS, OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY.
+    /// SIGHUP reloads the alert rules, the API keys and the TLS files.
     Serve {
         /// Settings file (TOML)
         #[arg(long, env = "REDLINE_CONFIG", value_name = "FILE")]
@@ -72,8 +80,12 @@ fn main() -> anyhow::Result<()> {
     let runtime = || tokio::runtime::Runtime::new().context("starting the async runtime");
     match cli.command {
         Command::Serve { config, settings } => {
-            let settings = Settings::load(settings, config.as_deref())?;
-            runtime()?.block_on(serve(settings))
+            let loaded = Settings::load(settings.clone(), config.as_deref())?;
+            let source = SettingsSource {
+                layer: settings,
+                config,
+            };
+            runtime()?.block_on(serve(loaded, source))
         }
         Command::Check { files } => check(files),
         Command::TestRules { files } => runtime()?.block_on(test_rules(files)),
@@ -177,18 +189,28 @@ fn preview_email(
     Ok(())
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// Where the settings came from, to load them again on SIGHUP.
+struct SettingsSource {
+    layer: SettingsLayer,
+    config: Option<PathBuf>,
+}
+
+async fn serve(settings: Settings, source: SettingsSource) -> anyhow::Result<()> {
     let data_dir = settings.data_dir.clone();
     let app = App::build(settings).await?;
+    let scheme = if app.tls() { "https" } else { "http" };
     // One line per address, so scripts (and people) can find the ports picked for port 0.
     announce(&format!("OTLP/gRPC listening on {}", app.grpc_addr()));
     announce(&format!(
-        "OTLP/HTTP listening on http://{}",
+        "OTLP/HTTP listening on {scheme}://{}",
         app.http_addr()
     ));
-    announce(&format!("dashboard and API on http://{}/", app.web_addr()));
+    announce(&format!(
+        "dashboard and API on {scheme}://{}/",
+        app.web_addr()
+    ));
     announce(&format!("data in {}", data_dir.display()));
-    reload_on_sighup(app.alerts());
+    reload_on_sighup(app.alerts(), app.reloader(), source);
     app.run_until_stopped(shutdown_signal()).await?;
     announce("stopped, everything acknowledged is stored");
     Ok(())
@@ -201,16 +223,43 @@ fn announce(line: &str) {
     let _ = writeln!(stdout, "redline: {line}").and_then(|_| stdout.flush());
 }
 
-/// SIGHUP reloads the alert rules, as it does for Prometheus.
-fn reload_on_sighup(alerts: redline::alerts::runtime::AlertsHandle) {
+/// SIGHUP reloads the alert rules, as it does for Prometheus, the TLS files, and the OTLP API
+/// keys (from the settings file, `otlp_api_keys_file` and the rest, loaded again). What does
+/// not load leaves what is in use as it is.
+fn reload_on_sighup(
+    alerts: redline::alerts::runtime::AlertsHandle,
+    reloader: redline::app::Reloader,
+    source: SettingsSource,
+) {
     #[cfg(unix)]
     tokio::spawn(async move {
         let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             return;
         };
+        let source = std::sync::Arc::new(source);
         while hangup.recv().await.is_some() {
             alerts.request_reload();
+            let (reloader, source) = (reloader.clone(), source.clone());
+            // Reads files: off the runtime.
+            let reloaded = tokio::task::spawn_blocking(move || {
+                if let Err(error) = reloader.reload_tls() {
+                    tracing::error!("TLS not reloaded, the certificate in use stays: {error}");
+                }
+                match Settings::load(source.layer.clone(), source.config.as_deref()) {
+                    Ok(settings) => reloader.reload_keys(&settings),
+                    Err(error) => {
+                        redline::self_metrics::reloaded("otlp_api_keys", false);
+                        tracing::error!(
+                            "settings not reloaded, the OTLP API keys in use stay: {error}"
+                        )
+                    }
+                }
+            })
+            .await;
+            if let Err(error) = reloaded {
+                tracing::error!("reload on SIGHUP: {error}");
+            }
         }
     });
 }

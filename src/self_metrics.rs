@@ -33,7 +33,8 @@ pub enum Signal {
 }
 
 impl Signal {
-    fn item(self) -> &'static str {
+    /// What one item of the signal is called: the `item` label of per-sender counts.
+    pub fn item(self) -> &'static str {
         match self {
             Signal::Traces => "spans",
             Signal::Metrics => "points",
@@ -91,6 +92,29 @@ pub fn log_ids_ignored() {
     counter!("redline_log_ids_ignored_total").increment(1);
 }
 
+/// Items accepted from one authenticated sender (an OTLP API key's name, or a client
+/// certificate's).
+pub fn sender_accepted(sender: &str, signal: Signal, count: u64) {
+    counter!("redline_sender_items_accepted_total", "sender" => sender.to_string(), "item" => signal.item())
+        .increment(count);
+}
+
+/// A TLS connection that did not become one. `listener`: otlp_grpc, otlp_http, web; `reason`:
+/// error (the handshake failed, e.g. no or an untrusted client certificate), timeout, busy (too
+/// many handshakes in progress).
+pub fn tls_handshake_failed(listener: &'static str, reason: &'static str) {
+    counter!("redline_tls_handshakes_failed_total", "listener" => listener, "reason" => reason)
+        .increment(1);
+}
+
+/// A reload (SIGHUP) of `what` (otlp_api_keys, tls), and whether it took.
+pub fn reloaded(what: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!("redline_reloads_total", "what" => what, "result" => result).increment(1);
+}
+
+/// `reason` besides those of [`rejected`]: missing_api_key, wrong_api_key,
+/// no_client_certificate (OTLP authentication, answered 401/UNAUTHENTICATED).
 pub fn requests_rejected(reason: &'static str) {
     counter!("redline_export_requests_rejected_total", "reason" => reason).increment(1);
 }

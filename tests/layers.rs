@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules by layer, lowest first. A module may import from lower layers only.
 const LAYERS: &[&[&str]] = &[
     &["vocab", "self_metrics"],
-    &["model", "budget", "render", "supervise"],
+    &["model", "budget", "render", "supervise", "tls"],
     &["memsize"],
     &["aggregate"],
     &["store"],

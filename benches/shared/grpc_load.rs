@@ -71,25 +71,54 @@ pub async fn export_raw(
     channel: Channel,
     bytes: Bytes,
 ) -> Result<ExportTraceServiceResponse, tonic::Status> {
+    export_raw_with_key(channel, bytes, None).await
+}
+
+/// [`export_raw`], presenting `api_key` in `x-otlp-api-key` if given.
+pub async fn export_raw_with_key(
+    channel: Channel,
+    bytes: Bytes,
+    api_key: Option<&tonic::metadata::AsciiMetadataValue>,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH);
-    grpc.unary(tonic::Request::new(bytes), path, PreEncoded)
+    let mut request = tonic::Request::new(bytes);
+    if let Some(key) = api_key {
+        request.metadata_mut().insert("x-otlp-api-key", key.clone());
+    }
+    grpc.unary(request, path, PreEncoded)
         .await
         .map(|r| r.into_inner())
 }
 
 pub async fn connect(addr: SocketAddr, connections: usize) -> Result<Vec<Channel>> {
+    connect_with(addr, connections, None).await
+}
+
+/// [`connect`], over TLS trusting the PEM CA certificate `ca_pem` when given.
+pub async fn connect_with(
+    addr: SocketAddr,
+    connections: usize,
+    ca_pem: Option<&str>,
+) -> Result<Vec<Channel>> {
     let mut channels = Vec::new();
     for _ in 0..connections {
-        let channel = Channel::from_shared(format!("http://{addr}"))?
+        let scheme = if ca_pem.is_some() { "https" } else { "http" };
+        let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}"))?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
-        channels.push(channel);
+            .tcp_nodelay(true);
+        if let Some(ca) = ca_pem {
+            use tonic::transport::{Certificate, ClientTlsConfig};
+            endpoint = endpoint.tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .domain_name("localhost"),
+            )?;
+        }
+        channels.push(endpoint.connect().await?);
     }
     Ok(channels)
 }
@@ -215,10 +244,14 @@ pub fn grpc_fate(result: &Result<ExportTraceServiceResponse, tonic::Status>) -> 
 async fn export_with_timeout(
     channel: Channel,
     bytes: Bytes,
+    api_key: Option<&tonic::metadata::AsciiMetadataValue>,
 ) -> Result<ExportTraceServiceResponse, tonic::Status> {
-    tokio::time::timeout(REQUEST_TIMEOUT, export_raw(channel, bytes))
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("bench timeout")))
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        export_raw_with_key(channel, bytes, api_key),
+    )
+    .await
+    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("bench timeout")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,7 +351,7 @@ pub async fn run_load_counted(
         let tally = tally.clone();
         tasks.spawn(async move {
             let sent = Instant::now();
-            let result = export_with_timeout(channel, bytes).await;
+            let result = export_with_timeout(channel, bytes, None).await;
             let fate = grpc_fate(&result);
             tally.record(spans, fate);
             let index = match fate {
@@ -378,6 +411,8 @@ pub struct ClosedLoop {
     /// Send a batch answered UNAVAILABLE again after 200 ms, up to 50 times (as an exporter
     /// with retries does); otherwise it is refused at once.
     pub retry_unavailable: bool,
+    /// Present this OTLP API key with every request.
+    pub api_key: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 /// What [`send_closed`] did, in requests.
@@ -414,11 +449,14 @@ pub async fn send_closed(
         };
         let channel = channels[(n % channels.len() as u64) as usize].clone();
         let (retried, failed, tally) = (retried.clone(), failed.clone(), tally.clone());
+        let api_key = config.api_key.clone();
         let attempts = if config.retry_unavailable { 50 } else { 1 };
         tasks.spawn(async move {
             let mut fate = Fate::Unknown;
             for attempt in 1..=attempts {
-                fate = grpc_fate(&export_with_timeout(channel.clone(), bytes.clone()).await);
+                let answer =
+                    export_with_timeout(channel.clone(), bytes.clone(), api_key.as_ref()).await;
+                fate = grpc_fate(&answer);
                 if fate != Fate::Refused || attempts == 1 {
                     break;
                 }
@@ -456,6 +494,7 @@ pub async fn send_all(
         parallel,
         until: None,
         retry_unavailable: true,
+        api_key: None,
     };
     let result = send_closed(
         channels,

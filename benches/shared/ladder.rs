@@ -179,6 +179,7 @@ async fn full_speed(
         parallel: options.max_in_flight,
         until: Some(started + Duration::from_secs_f64(options.full_speed_secs)),
         retry_unavailable: false,
+        api_key: None,
     };
     let sent = send_closed(
         &contender.channels,

@@ -185,7 +185,10 @@ pub fn start_redline_binary(binary: &Path, name: &'static str, extra: &[&str]) -
             .map_err(|_| "redline did not print its addresses within 30 s")?;
         let addr_after = |marker: &str| -> Option<SocketAddr> {
             let rest = line.split(marker).nth(1)?.trim();
-            let rest = rest.trim_start_matches("http://").trim_end_matches('/');
+            let rest = rest
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/');
             rest.parse().ok()
         };
         if line.contains("OTLP/gRPC listening on") {

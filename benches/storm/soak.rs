@@ -191,6 +191,7 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
                         parallel: o.storm_in_flight,
                         until: Some(storm_to.min(tick_end)),
                         retry_unavailable: false,
+                        api_key: None,
                     },
                     &tallies.storm,
                 )
@@ -227,6 +228,7 @@ pub async fn soak(o: &Options) -> Result<Vec<String>> {
                         // Retries wait for a redline that refuses; the run's end bounds them.
                         until: Some(started + plan.total),
                         retry_unavailable: true,
+                        api_key: None,
                     },
                     &tallies.flood,
                 )

@@ -32,6 +32,10 @@ pub struct RpcStatus {
     pub message: String,
 }
 
+/// The header an exporter sends its API key in (`OTEL_EXPORTER_OTLP_HEADERS=x-otlp-api-key=KEY`),
+/// also as gRPC metadata; checked by [`super::auth`].
+pub const API_KEY_HEADER: &str = "x-otlp-api-key";
+
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
@@ -84,7 +88,12 @@ pub fn router(ingestor: Ingestor, max_body_bytes: usize, cors_origins: &[String]
         CorsLayer::new()
             .allow_origin(allow_origin)
             .allow_methods([axum::http::Method::POST])
-            .allow_headers([header::CONTENT_TYPE, header::CONTENT_ENCODING])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                header::AUTHORIZATION,
+                header::HeaderName::from_static(API_KEY_HEADER),
+            ])
             .max_age(std::time::Duration::from_secs(3600)),
     )
 }
@@ -205,6 +214,23 @@ fn ingest_error_response(error: IngestError, encoding: Encoding) -> Response {
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
+}
+
+/// 401 for a request without valid credentials, in the request's encoding (JSON when it has
+/// none redline takes).
+pub(crate) fn unauthenticated(headers: &HeaderMap, message: String) -> Response {
+    let encoding = request_encoding(headers).unwrap_or(Encoding::Json);
+    // 16: UNAUTHENTICATED.
+    let mut response = encoded(
+        StatusCode::UNAUTHORIZED,
+        encoding,
+        &RpcStatus { code: 16, message },
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"redline OTLP\""),
+    );
     response
 }
 

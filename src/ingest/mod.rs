@@ -5,6 +5,7 @@
 //! is full, or when too much acknowledged data is not yet stored.
 
 pub mod admission;
+pub mod auth;
 pub mod convert;
 pub mod grpc;
 pub mod http;
@@ -195,9 +196,14 @@ impl Ingestor {
         if converted.rejected > 0 {
             self_metrics::rejected(signal, "invalid", converted.rejected);
         }
+        let sender =
+            auth::current_sender().map(|sender| (sender, auth::services_of(&converted.batch)));
         let overload = match self.queue.try_submit(converted.batch, memory) {
             Ok(()) => {
                 self_metrics::accepted(signal, count);
+                if let Some((sender, services)) = sender {
+                    sender.record(signal, count, &services);
+                }
                 return Ok(Accepted {
                     rejected: converted.rejected,
                     message: converted.first_error,

@@ -234,13 +234,24 @@ pub fn range_seconds(range: TimeRange) -> f64 {
 pub struct EmptyHelp {
     pub grpc: String,
     pub http: String,
+    /// `https` when the listeners serve TLS.
+    pub scheme: &'static str,
+    /// Exporters must send an API key.
+    pub api_key: bool,
 }
 
 impl EmptyHelp {
     pub fn of(pages: &Pages) -> Self {
+        let access = pages.otlp_access.as_ref();
         EmptyHelp {
             grpc: pages.otlp_grpc_addr.to_string(),
             http: pages.otlp_http_addr.to_string(),
+            scheme: if access.is_some_and(|a| a.tls) {
+                "https"
+            } else {
+                "http"
+            },
+            api_key: access.is_some_and(|a| a.auth.requires_api_key()),
         }
     }
 }

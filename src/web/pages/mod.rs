@@ -92,6 +92,14 @@ pub trait AlertView: Send + Sync {
     fn annotations(&self, target: &ChartTarget<'_>, range: TimeRange) -> Annotations;
 }
 
+/// What exporters need to reach redline: whether the OTLP listeners serve TLS, and their
+/// credentials (with who has sent what).
+#[derive(Clone)]
+pub struct OtlpAccess {
+    pub auth: Arc<crate::ingest::auth::OtlpAuth>,
+    pub tls: bool,
+}
+
 /// Everything the pages read. Cheap to clone.
 #[derive(Clone)]
 pub struct Pages {
@@ -111,6 +119,8 @@ pub struct Pages {
     pub alerts: Option<Arc<dyn AlertView>>,
     /// Stages, memory and unwritten data, for the health panel.
     pub readiness: Option<crate::web::Readiness>,
+    /// How exporters reach the OTLP listeners, and who has sent what.
+    pub otlp_access: Option<OtlpAccess>,
     ingest_rate: Arc<Mutex<IngestSamples>>,
 }
 
@@ -170,6 +180,7 @@ impl Pages {
             otlp_http_addr,
             alerts: None,
             readiness: None,
+            otlp_access: None,
             ingest_rate: Arc::new(Mutex::new(IngestSamples::default())),
         }
     }
@@ -177,6 +188,12 @@ impl Pages {
     /// Attaches what the health panel shows of stages, memory and unwritten data.
     pub fn with_readiness(mut self, readiness: crate::web::Readiness) -> Self {
         self.readiness = Some(readiness);
+        self
+    }
+
+    /// Attaches the OTLP listeners' credentials, for the senders table and the help.
+    pub fn with_otlp_access(mut self, access: OtlpAccess) -> Self {
+        self.otlp_access = Some(access);
         self
     }
 

@@ -54,11 +54,23 @@ pub struct HealthView {
     pub store_bad: bool,
 }
 
+/// One authenticated sender: an OTLP API key's name or a client certificate's, and what it
+/// has sent since start.
+pub struct SenderRow {
+    pub name: String,
+    pub credential: &'static str,
+    pub services: String,
+    pub accepted: String,
+    pub last_seen: String,
+}
+
 #[derive(Template)]
 #[template(path = "overview.html")]
 pub struct Overview {
     pub layout: Layout,
     pub rows: Vec<ServiceRow>,
+    /// Who sends what; `None` when exporters need no credentials.
+    pub senders: Option<Vec<SenderRow>>,
     pub headers: Vec<SortHeader>,
     pub health: HealthView,
     pub help: EmptyHelp,
@@ -167,9 +179,48 @@ pub async fn build(pages: &Pages, params: Params) -> Result<Overview, PageError>
         rows: figures.into_iter().map(|f| f.row).collect(),
         headers: sort_headers(&params, &COLUMNS, "name"),
         health: health(pages).await,
+        senders: senders(pages),
         help: EmptyHelp::of(pages),
         empty_title: "No requests in this time range",
     })
+}
+
+fn senders(pages: &Pages) -> Option<Vec<SenderRow>> {
+    let auth = &pages.otlp_access.as_ref()?.auth;
+    let views = auth.senders();
+    if views.is_empty() && !auth.requires_api_key() {
+        return None;
+    }
+    Some(
+        views
+            .into_iter()
+            .map(|view| {
+                let mut services = view.services.join(", ");
+                if view.more_services {
+                    services.push_str(", …");
+                }
+                let accepted = if view.accepted.is_empty() {
+                    "nothing yet".to_string()
+                } else {
+                    view.accepted
+                        .iter()
+                        .map(|(item, count)| format!("{} {item}", number_int(*count)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                SenderRow {
+                    name: view.name,
+                    credential: view.credential.as_str(),
+                    services,
+                    accepted,
+                    last_seen: view
+                        .last_ms
+                        .map(crate::render::format_utc)
+                        .unwrap_or_else(|| "never".into()),
+                }
+            })
+            .collect(),
+    )
 }
 
 /// Size of a file, 0 when it is missing (read off the runtime, as `tokio::fs` does).
