@@ -2,6 +2,8 @@
 //! overridden by flags. One struct of optional values is all three layers; resolving it checks
 //! every value and reports every problem at once.
 
+pub mod export;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -135,6 +137,39 @@ pub struct SettingsLayer {
     /// The dashboard's address as users reach it, for links in alert e-mails [default: http://WEB_ADDR]
     #[arg(long, env = "REDLINE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    /// Upper bounds in seconds of the `redline_request_duration_seconds` histogram on /metrics/red and remote write, comma-separated, increasing, at most 40 [default: 0.005,0.01,0.025,0.05,0.075,0.1,0.25,0.5,0.75,1,2.5,5,7.5,10]
+    #[arg(
+        long,
+        env = "REDLINE_RED_HISTOGRAM_BOUNDS",
+        value_name = "SECONDS",
+        value_delimiter = ','
+    )]
+    pub red_histogram_bounds: Option<Vec<f64>>,
+    /// A label added to every series of /metrics/red and remote write, e.g. host=web-1, so that several redlines' series do not collide; repeatable (file: `external_labels = { host = "web-1" }`) [default: none]
+    #[arg(
+        long = "external-label",
+        env = "REDLINE_EXTERNAL_LABELS",
+        value_name = "NAME=VALUE",
+        value_delimiter = ','
+    )]
+    #[serde(default, deserialize_with = "export::labels_from_table")]
+    pub external_labels: Option<Vec<String>>,
+    /// Push the RED series to this Prometheus remote-write URL (e.g. http://prometheus:9090/api/v1/write); repeatable (file: `[[remote_write]]` tables with url, headers, basic_auth, interval, queue_max_bytes) [default: none]
+    #[arg(
+        long = "remote-write-url",
+        env = "REDLINE_REMOTE_WRITE_URLS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    #[serde(skip)]
+    pub remote_write_url: Option<Vec<String>>,
+    /// How often the --remote-write-url targets are pushed a sample of every series [default: 15s]
+    #[arg(long, env = "REDLINE_REMOTE_WRITE_INTERVAL", value_name = "DURATION")]
+    #[serde(skip)]
+    pub remote_write_interval: Option<String>,
+    /// `[[remote_write]]` tables of the file.
+    #[arg(skip)]
+    pub remote_write: Option<Vec<export::RemoteWriteTable>>,
 }
 
 impl SettingsLayer {
@@ -175,7 +210,12 @@ impl SettingsLayer {
             log_max_bytes,
             log_keep_bytes_per_second,
             alerts_file,
-            public_url
+            public_url,
+            red_histogram_bounds,
+            external_labels,
+            remote_write_url,
+            remote_write_interval,
+            remote_write
         )
     }
 }
@@ -206,6 +246,8 @@ pub struct Settings {
     /// Base URL of the dashboard for links, without a trailing slash; `None`: the bound
     /// web address.
     pub public_url: Option<String>,
+    /// RED for Prometheus: external labels and remote-write targets.
+    pub export: export::ExportSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -353,6 +395,16 @@ impl Settings {
                  web_basic_auth so the dashboard and API require credentials"
             ));
         }
+        let (duration_bounds, export) = export::resolve(
+            export::ExportLayer {
+                bounds: layer.red_histogram_bounds,
+                external_labels: layer.external_labels,
+                urls: layer.remote_write_url,
+                interval: layer.remote_write_interval,
+                tables: layer.remote_write,
+            },
+            &mut problems,
+        );
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -388,6 +440,7 @@ impl Settings {
                     max_pending_bytes: crate::budget::share(memory_limit) / 2,
                     ..LogKeeperConfig::default()
                 },
+                duration_bounds,
                 ..AggregatorConfig::default()
             },
             retention,
@@ -401,6 +454,7 @@ impl Settings {
             public_url: layer
                 .public_url
                 .map(|u| u.trim_end_matches('/').to_string()),
+            export,
         })
     }
 }

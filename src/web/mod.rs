@@ -5,6 +5,7 @@ pub mod alerts_api;
 pub mod api;
 pub mod auth;
 pub mod pages;
+pub mod red_metrics;
 
 use axum::Router;
 use axum::extract::State;
