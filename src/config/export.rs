@@ -98,11 +98,18 @@ pub fn resolve(layer: ExportLayer, problems: &mut Vec<String>) -> (DurationBound
         } else {
             interval(problems, "remote_write.interval", table.interval)
         };
-        let url = match reqwest::Url::parse(&table.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => url,
+        let url = match table.url.parse::<axum::http::Uri>() {
+            Ok(url)
+                if matches!(url.scheme_str(), Some("http" | "https"))
+                    && url.host().is_some()
+                    && !url.authority().is_some_and(|a| a.as_str().contains('@')) =>
+            {
+                url
+            }
             _ => {
                 problems.push(format!(
-                    "remote_write: {:?} is not an http:// or https:// URL",
+                    "remote_write: {:?} is not an http:// or https:// URL without \
+                     credentials (basic_auth holds those)",
                     table.url
                 ));
                 continue;

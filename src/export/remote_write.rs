@@ -13,9 +13,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Request, StatusCode, Uri};
 use backon::BackoffBuilder;
+use base64::Engine as _;
 use bytes::Bytes;
-use reqwest::StatusCode;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -28,7 +34,8 @@ use crate::vocab::now_ms;
 /// One remote-write target, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteWriteTarget {
-    pub url: reqwest::Url,
+    /// `http://` or `https://`, without credentials (`basic_auth` holds those).
+    pub url: Uri,
     /// Extra request headers (e.g. a tenant id); names and values are checked at start-up.
     pub headers: Vec<(String, String)>,
     pub basic_auth: Option<(String, String)>,
@@ -41,11 +48,11 @@ impl RemoteWriteTarget {
     /// The URL as shown on `/metrics` and in logs: no credentials, no query.
     pub fn display_name(&self) -> String {
         let url = &self.url;
-        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let port = url.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
         format!(
             "{}://{}{port}{}",
-            url.scheme(),
-            url.host_str().unwrap_or(""),
+            url.scheme_str().unwrap_or(""),
+            url.host().unwrap_or(""),
             url.path()
         )
     }
@@ -63,8 +70,6 @@ const FINAL_PUSH_WITHIN: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteWriteError {
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
     #[error("TLS set-up: {0}")]
     Tls(#[from] rustls::Error),
     #[error("header {0:?} is not a valid HTTP header")]
@@ -99,21 +104,22 @@ pub async fn run(
 }
 
 /// The checked headers of a target, for its requests.
-pub fn header_map(
-    headers: &[(String, String)],
-) -> Result<reqwest::header::HeaderMap, RemoteWriteError> {
-    let mut map = reqwest::header::HeaderMap::new();
+pub fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, RemoteWriteError> {
+    let mut map = HeaderMap::new();
     for (name, value) in headers {
-        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+        let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| RemoteWriteError::Header(name.clone()))?;
-        let value = reqwest::header::HeaderValue::from_str(value)
-            .map_err(|_| RemoteWriteError::Header(name.to_string()))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|_| RemoteWriteError::Header(name.to_string()))?;
         map.insert(name, value);
     }
     Ok(map)
 }
 
-fn client() -> Result<reqwest::Client, RemoteWriteError> {
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// hyper's pooled client; `https://` verified against the system's roots.
+fn client() -> Result<HttpClient, RemoteWriteError> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -121,10 +127,12 @@ fn client() -> Result<reqwest::Client, RemoteWriteError> {
     .with_safe_default_protocol_versions()?
     .with_platform_verifier()?
     .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(REQUEST_TIMEOUT)
-        .build()?)
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 /// A compressed request waiting to be sent.
@@ -182,8 +190,8 @@ type Sending = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 struct Sender {
     target: RemoteWriteTarget,
     name: String,
-    client: reqwest::Client,
-    headers: reqwest::header::HeaderMap,
+    client: HttpClient,
+    headers: HeaderMap,
     live: Arc<Live>,
     external: ExternalLabels,
     queue: Queue,
@@ -296,24 +304,42 @@ impl Sender {
 
     fn send_front(&self) -> Option<Sending> {
         let body = self.queue.front()?.body.clone();
-        let mut request = self
-            .client
-            .post(self.target.url.clone())
-            .headers(self.headers.clone())
-            .header(reqwest::header::CONTENT_ENCODING, "snappy")
-            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
-            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-            .body(body);
+        let mut request = Request::post(self.target.url.clone())
+            .header(header::CONTENT_ENCODING, "snappy")
+            .header(header::CONTENT_TYPE, "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0");
         if let Some((user, password)) = &self.target.basic_auth {
-            request = request.basic_auth(user, Some(password));
+            let credentials =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            request = request.header(header::AUTHORIZATION, format!("Basic {credentials}"));
         }
+        let mut request = match request.body(Full::new(body)) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::error!(error = %e, "remote write request not built");
+                return Some(Box::pin(async {
+                    Outcome::Rejected(StatusCode::BAD_REQUEST)
+                }));
+            }
+        };
+        request.headers_mut().extend(self.headers.clone());
+        let client = self.client.clone();
         Some(Box::pin(async move {
-            match request.send().await {
-                Ok(response) => outcome_of(response.status(), response.headers()),
-                Err(e) => {
+            let sent = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let response = client.request(request).await?;
+                let (parts, body) = response.into_parts();
+                // Read (a bounded part of) the answer so the connection can be reused.
+                let _ = Limited::new(body, 64 * 1024).collect().await;
+                Ok::<_, hyper_util::client::legacy::Error>(parts)
+            })
+            .await;
+            match sent {
+                Ok(Ok(parts)) => outcome_of(parts.status, &parts.headers),
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "remote write request failed");
                     Outcome::Retry(None)
                 }
+                Err(_) => Outcome::Retry(None),
             }
         }))
     }
@@ -363,7 +389,7 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-fn outcome_of(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Outcome {
+fn outcome_of(status: StatusCode, headers: &HeaderMap) -> Outcome {
     if status.is_success() {
         Outcome::Sent
     } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -374,15 +400,8 @@ fn outcome_of(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Outco
 }
 
 /// `Retry-After` in seconds or as an HTTP date, at most [`MAX_RETRY_AFTER`].
-fn retry_after(
-    headers: &reqwest::header::HeaderMap,
-    now: std::time::SystemTime,
-) -> Option<Duration> {
-    let text = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
+fn retry_after(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     let delay = match text.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),
         Err(_) => httpdate::parse_http_date(text)
@@ -425,7 +444,7 @@ mod tests {
 
     #[test]
     fn statuses_decide_between_retry_and_drop() {
-        let none = reqwest::header::HeaderMap::new();
+        let none = HeaderMap::new();
         assert!(matches!(
             outcome_of(StatusCode::NO_CONTENT, &none),
             Outcome::Sent
@@ -438,8 +457,8 @@ mod tests {
             outcome_of(StatusCode::BAD_REQUEST, &none),
             Outcome::Rejected(StatusCode::BAD_REQUEST)
         ));
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, "7".parse().unwrap());
         assert!(matches!(
             outcome_of(StatusCode::TOO_MANY_REQUESTS, &headers),
             Outcome::Retry(Some(d)) if d == Duration::from_secs(7)
@@ -450,8 +469,8 @@ mod tests {
     fn retry_after_reads_seconds_and_dates_within_a_cap() {
         let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         let at = |value: &str| {
-            let mut headers = reqwest::header::HeaderMap::new();
-            headers.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RETRY_AFTER, value.parse().unwrap());
             retry_after(&headers, now)
         };
         assert_eq!(at("3"), Some(Duration::from_secs(3)));
@@ -462,9 +481,9 @@ mod tests {
     }
 
     #[test]
-    fn the_display_name_hides_credentials_and_query() {
+    fn the_display_name_hides_the_query() {
         let target = RemoteWriteTarget {
-            url: "https://user:secret@example.com:9090/api/v1/write?token=x"
+            url: "https://example.com:9090/api/v1/write?token=x"
                 .parse()
                 .unwrap(),
             headers: Vec::new(),
