@@ -27,6 +27,10 @@ python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q aiosmtpd
 command -v openssl >/dev/null || apt_install openssl
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
 
+# RED in Prometheus form: the tests start Debian's Prometheus themselves (remote-write receiver
+# and scraping /metrics/red).
+command -v prometheus >/dev/null || apt_install --no-install-recommends prometheus
+
 # The dashboard's browser tests: Debian's headless Chromium and its WebDriver.
 [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || apt_install chromium chromium-driver
 

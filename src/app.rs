@@ -276,6 +276,7 @@ impl App {
         let readers = db.readers();
         let query = Query::new(live.clone(), readers.clone(), settings.retention);
         let pages_live = live.clone();
+        let export_live = live.clone();
         let (queue, queue_rx) = pipeline::queue(
             settings.queue_capacity,
             settings.queue_max_bytes,
@@ -369,6 +370,7 @@ impl App {
         // restarted should they panic.
         let alerts = AlertsHandle::new(alert_store);
         let (alerts_stop, alerts_stop_rx) = watch::channel(false);
+        let remote_write_stop = alerts_stop_rx.clone();
         let rules_file = settings.alerts_file.clone();
         let dashboard_url = settings.public_url.clone().unwrap_or_else(|| {
             let scheme = if server_tls.is_some() {
@@ -381,7 +383,7 @@ impl App {
         // Where mail goes comes from the rules file, at every load; held until one loads.
         let (delivery, delivery_rx) = watch::channel(crate::notify::Delivery::Held);
         let outbox_dir = settings.data_dir.join("outbox");
-        let alerts_tasks = vec![
+        let mut alerts_tasks = vec![
             (
                 Stage::Alerts,
                 spawn_restarting(stages.clone(), Stage::Alerts, {
@@ -418,6 +420,24 @@ impl App {
             ),
         ];
 
+        // Remote write stops with alerting, after the pipeline has drained: its last push
+        // holds everything acknowledged.
+        if !settings.export.remote_write.is_empty() {
+            let (targets, live) = (settings.export.remote_write.clone(), export_live.clone());
+            let (external, stop) = (settings.export.external_labels.clone(), remote_write_stop);
+            alerts_tasks.push((
+                Stage::RemoteWrite,
+                spawn_restarting(stages.clone(), Stage::RemoteWrite, move || {
+                    crate::export::remote_write::run(
+                        targets.clone(),
+                        live.clone(),
+                        external.clone(),
+                        stop.clone(),
+                    )
+                }),
+            ));
+        }
+
         let (web_stop, web_stop_rx) = watch::channel(false);
         let readiness = web::Readiness {
             queue: queue.clone(),
@@ -446,7 +466,11 @@ impl App {
         let alerts_pages =
             web::pages::alerts::router(pages.clone(), alerts.clone(), outbox.clone());
         let web_router = web::router(query.clone(), self_metrics::install(), readiness)
-            .merge(web::pages::router(pages));
+            .merge(web::pages::router(pages))
+            .merge(web::red_metrics::router(
+                export_live,
+                settings.export.external_labels.clone(),
+            ));
         let web_router = web_router
             .merge(web::alerts_api::router(alerts.clone()))
             .merge(alerts_pages);

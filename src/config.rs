@@ -2,6 +2,8 @@
 //! overridden by flags. One struct of optional values is all three layers; resolving it checks
 //! every value and reports every problem at once.
 
+pub mod export;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -168,6 +170,39 @@ pub struct SettingsLayer {
     /// PEM CA certificates: OTLP exporters must present a client certificate issued by one of them (mTLS; needs tls_cert); re-read on SIGHUP [default: none]
     #[arg(long, env = "REDLINE_OTLP_CLIENT_CA", value_name = "FILE")]
     pub otlp_client_ca: Option<PathBuf>,
+    /// Upper bounds in seconds of the `redline_request_duration_seconds` histogram on /metrics/red and remote write, comma-separated, increasing, at most 40 [default: 0.005,0.01,0.025,0.05,0.075,0.1,0.25,0.5,0.75,1,2.5,5,7.5,10]
+    #[arg(
+        long,
+        env = "REDLINE_RED_HISTOGRAM_BOUNDS",
+        value_name = "SECONDS",
+        value_delimiter = ','
+    )]
+    pub red_histogram_bounds: Option<Vec<f64>>,
+    /// A label added to every series of /metrics/red and remote write, e.g. host=web-1, so that several redlines' series do not collide; repeatable (file: `external_labels = { host = "web-1" }`) [default: none]
+    #[arg(
+        long = "external-label",
+        env = "REDLINE_EXTERNAL_LABELS",
+        value_name = "NAME=VALUE",
+        value_delimiter = ','
+    )]
+    #[serde(default, deserialize_with = "export::labels_from_table")]
+    pub external_labels: Option<Vec<String>>,
+    /// Push the RED series to this Prometheus remote-write URL (e.g. http://prometheus:9090/api/v1/write); repeatable (file: `[[remote_write]]` tables with url, headers, basic_auth, interval, queue_max_bytes) [default: none]
+    #[arg(
+        long = "remote-write-url",
+        env = "REDLINE_REMOTE_WRITE_URLS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    #[serde(skip)]
+    pub remote_write_url: Option<Vec<String>>,
+    /// How often the --remote-write-url targets are pushed a sample of every series [default: 15s]
+    #[arg(long, env = "REDLINE_REMOTE_WRITE_INTERVAL", value_name = "DURATION")]
+    #[serde(skip)]
+    pub remote_write_interval: Option<String>,
+    /// `[[remote_write]]` tables of the file.
+    #[arg(skip)]
+    pub remote_write: Option<Vec<export::RemoteWriteTable>>,
 }
 
 /// `otlp_api_keys` in the TOML file: a table `{ name = "key" }` or a list of `"name=key"`.
@@ -234,7 +269,12 @@ impl SettingsLayer {
             otlp_api_keys_file,
             tls_cert,
             tls_key,
-            otlp_client_ca
+            otlp_client_ca,
+            red_histogram_bounds,
+            external_labels,
+            remote_write_url,
+            remote_write_interval,
+            remote_write
         )
     }
 }
@@ -273,6 +313,8 @@ pub struct Settings {
     pub otlp_api_keys: ApiKeys,
     /// TLS on every listener, and client certificates on the OTLP ones.
     pub tls: Option<TlsFiles>,
+    /// RED for Prometheus: external labels and remote-write targets.
+    pub export: export::ExportSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -478,6 +520,16 @@ impl Settings {
                 ));
             }
         }
+        let (duration_bounds, export) = export::resolve(
+            export::ExportLayer {
+                bounds: layer.red_histogram_bounds,
+                external_labels: layer.external_labels,
+                urls: layer.remote_write_url,
+                interval: layer.remote_write_interval,
+                tables: layer.remote_write,
+            },
+            &mut problems,
+        );
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -513,6 +565,7 @@ impl Settings {
                     max_pending_bytes: crate::budget::share(memory_limit) / 2,
                     ..LogKeeperConfig::default()
                 },
+                duration_bounds,
                 ..AggregatorConfig::default()
             },
             retention,
@@ -529,6 +582,7 @@ impl Settings {
             allowed_hosts,
             otlp_api_keys,
             tls,
+            export,
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod app;
 pub mod budget;
 pub mod config;
 pub mod dashboards;
+pub mod export;
 pub mod ingest;
 pub mod memsize;
 pub mod model;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use crate::aggregate::totals::TotalsSnapshot;
 use crate::aggregate::{Aggregator, AggregatorStats, FlushBatch};
 use crate::budget::{MemoryBudget, OverBudget, Part, Reservation};
 use crate::memsize::HeapSize;
@@ -272,6 +273,11 @@ impl Live {
 
     pub fn stats(&self) -> AggregatorStats {
         self.lock().aggregator.stats()
+    }
+
+    /// RED totals per endpoint since start, unflushed data included.
+    pub fn red_totals(&self) -> TotalsSnapshot {
+        self.lock().aggregator.totals().snapshot()
     }
 
     /// Acknowledged spans and points not yet committed.

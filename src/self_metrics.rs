@@ -299,3 +299,30 @@ pub fn store_writer_panic() {
 pub fn truncated(field: &'static str) {
     counter!("redline_truncated_total", "field" => field).increment(1);
 }
+
+/// Samples a remote-write target accepted, by `target` (its URL without credentials or query).
+pub fn remote_write_sent(target: &str, samples: u64) {
+    counter!("redline_remote_write_samples_sent_total", "target" => target.to_string())
+        .increment(samples);
+}
+
+/// Samples never delivered to a remote-write target. `reason`: queue_full (the oldest were
+/// dropped to make room), rejected (the target answered a 4xx other than 429), encode.
+pub fn remote_write_dropped(target: &str, reason: &'static str, samples: u64) {
+    counter!(
+        "redline_remote_write_samples_dropped_total",
+        "target" => target.to_string(),
+        "reason" => reason
+    )
+    .increment(samples);
+}
+
+/// A failed push that will be tried again (5xx, 429, or no answer).
+pub fn remote_write_retry(target: &str) {
+    counter!("redline_remote_write_retries_total", "target" => target.to_string()).increment(1);
+}
+
+/// Bytes of compressed requests waiting for a remote-write target.
+pub fn remote_write_queue_bytes(target: &str, bytes: usize) {
+    gauge!("redline_remote_write_queue_bytes", "target" => target.to_string()).set(bytes as f64);
+}

@@ -26,6 +26,7 @@ pub enum Stage {
     Alerts,
     Notify,
     Web,
+    RemoteWrite,
 }
 
 impl Stage {
@@ -37,6 +38,7 @@ impl Stage {
             Stage::Alerts => "alerts",
             Stage::Notify => "notify",
             Stage::Web => "web",
+            Stage::RemoteWrite => "remote_write",
         }
     }
 }

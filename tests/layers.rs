@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["aggregate"],
     &["store"],
     &["pipeline"],
-    &["ingest", "query"],
+    &["ingest", "query", "export"],
     &["notify", "dashboards"],
     &["alerts"],
     &["web"],

@@ -1,6 +1,8 @@
 //! redline's integration tests: one binary, the real server on port 0 through `helpers`.
 
 mod helpers;
+#[path = "support/prometheus.rs"]
+mod prometheus_server;
 #[path = "support/tmpfs.rs"]
 mod tmpfs;
 
@@ -17,6 +19,7 @@ mod otlp_export;
 mod otlp_logs;
 mod otlp_tls;
 mod pages;
+mod prometheus;
 mod query_semantics;
 mod restart;
 mod sketch_properties;

@@ -11,6 +11,7 @@ pub mod metric;
 pub mod red;
 pub mod sampler;
 pub mod sketch;
+pub mod totals;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use logs::{LogKeeper, LogKeeperConfig, LogStats};
 use metric::{Contribution, DeltaConverter, MetricAgg};
 use red::RedStats;
 use sampler::{SamplerConfig, SamplerStats, TraceSampler};
+use totals::{DurationBounds, RedTotals};
 
 /// The stable HTTP server metric; its histograms give RED figures like server spans do.
 pub const HTTP_SERVER_DURATION: &str = semconv::HTTP_SERVER_REQUEST_DURATION;
@@ -43,6 +45,8 @@ pub struct AggregatorConfig {
     /// Timestamps further than this from now are placed at now (a skewed client clock must
     /// not create windows outside retention).
     pub max_clock_skew_ms: i64,
+    /// Bounds of the published duration histogram ([`totals`]).
+    pub duration_bounds: DurationBounds,
 }
 
 impl Default for AggregatorConfig {
@@ -53,6 +57,7 @@ impl Default for AggregatorConfig {
             sampler: SamplerConfig::default(),
             logs: LogKeeperConfig::default(),
             max_clock_skew_ms: 6 * 60 * 60 * 1000,
+            duration_bounds: DurationBounds::default(),
         }
     }
 }
@@ -207,6 +212,8 @@ pub struct Aggregator {
     sampler: TraceSampler,
     logs: LogKeeper,
     red: RedWindows,
+    /// Totals since start, for the Prometheus exposition and remote write.
+    totals: RedTotals,
     metrics: HashMap<MetricKey, (SeriesInfo, MetricAgg)>,
     clock_skew_corrected: u64,
     /// Heap bytes of `red` and `metrics`, kept as they grow (they empty at each flush).
@@ -232,6 +239,7 @@ impl Aggregator {
                 ..config.logs
             }),
             red: HashMap::default(),
+            totals: RedTotals::new(config.duration_bounds),
             metrics: HashMap::default(),
             clock_skew_corrected: 0,
             window_bytes: 0,
@@ -281,6 +289,7 @@ impl Aggregator {
         self.window_bytes += add_to_red(&mut self.red, RedSource::Spans, endpoint, window, |s| {
             s.add_request(&request.request)
         });
+        self.totals.add_request(endpoint, &request.request, now_ms);
     }
 
     fn add_metric_point(&mut self, point: &MetricPoint, now_ms: i64) {
@@ -345,12 +354,13 @@ impl Aggregator {
             .and_then(|s| s.parse::<u16>().ok());
         let is_error =
             status_code.is_some_and(|c| c >= 500) || attributes.contains_key(semconv::ERROR_TYPE);
-        let to_ms = match point.unit.as_str() {
-            "ms" => 1.0,
-            "us" | "µs" => 0.001,
-            "ns" => 0.000_001,
-            _ => 1000.0, // "s", the unit the semantic conventions require
+        let per_second = match point.unit.as_str() {
+            "ms" => 1_000.0,
+            "us" | "µs" => 1_000_000.0,
+            "ns" => 1_000_000_000.0,
+            _ => 1.0, // "s", the unit the semantic conventions require
         };
+        let to_ms = 1000.0 / per_second;
         let endpoint = self.guard.admit_endpoint(
             &EndpointKey {
                 service: point.series.service.clone(),
@@ -363,11 +373,15 @@ impl Aggregator {
             add_to_red(&mut self.red, RedSource::Metrics, &endpoint, window, |s| {
                 s.add_histogram(delta, status_code, is_error, to_ms)
             });
+        self.totals
+            .add_histogram(&endpoint, delta, status_code, is_error, per_second, now_ms);
     }
 
     /// Hands over everything gathered since the last flush and starts afresh.
     pub fn take_flush(&mut self, now_ms: i64) -> FlushBatch {
         self.guard.expire(now_ms);
+        self.totals
+            .expire(now_ms - self.config.limits.idle_expiry_ms);
         let guard = &self.guard;
         self.converter.retain(|k| guard.knows_series(k));
         self.converter_bytes = self.converter.heap_bytes();
@@ -444,6 +458,11 @@ impl Aggregator {
         }
     }
 
+    /// RED totals per endpoint since start, including what is not flushed yet.
+    pub fn totals(&self) -> &RedTotals {
+        &self.totals
+    }
+
     pub fn stats(&self) -> AggregatorStats {
         AggregatorStats {
             overflow: self.guard.overflow(),
@@ -459,7 +478,10 @@ impl Aggregator {
     /// What the aggregator holds now, for the memory budget.
     pub fn memory(&self) -> AggregatorMemory {
         AggregatorMemory {
-            windows_and_keys: self.window_bytes + self.converter_bytes + self.guard.key_bytes(),
+            windows_and_keys: self.window_bytes
+                + self.converter_bytes
+                + self.guard.key_bytes()
+                + self.totals.heap_bytes(),
             traces: self.sampler.heap_bytes() + self.logs.heap_bytes(),
         }
     }

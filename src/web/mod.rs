@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod guard;
 pub mod pages;
+pub mod red_metrics;
 
 use axum::Router;
 use axum::extract::State;
