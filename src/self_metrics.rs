@@ -92,11 +92,10 @@ pub fn log_ids_ignored() {
     counter!("redline_log_ids_ignored_total").increment(1);
 }
 
-/// Items accepted from one authenticated sender (an OTLP API key's name, or a client
-/// certificate's).
-pub fn sender_accepted(sender: &str, signal: Signal, count: u64) {
+/// The counter of items accepted from one authenticated sender (an OTLP API key's name, or a
+/// client certificate's).
+pub fn sender_accepted(sender: &str, signal: Signal) -> metrics::Counter {
     counter!("redline_sender_items_accepted_total", "sender" => sender.to_string(), "item" => signal.item())
-        .increment(count);
 }
 
 /// A TLS connection that did not become one. `listener`: otlp_grpc, otlp_http, web; `reason`:

@@ -194,8 +194,9 @@ pub struct SenderStats {
 
 #[derive(Default)]
 struct Figures {
-    /// Items accepted by item name (spans, points).
-    accepted: BTreeMap<&'static str, u64>,
+    /// Items accepted by item name (spans, points), with the `/metrics` counter of each (kept,
+    /// so that counting does not build its labels again for every request).
+    accepted: BTreeMap<&'static str, (u64, metrics::Counter)>,
     services: BTreeSet<Arc<str>>,
     more_services: bool,
     last_ms: Option<i64>,
@@ -212,9 +213,13 @@ impl SenderStats {
 
     /// Counts an accepted export of `count` items from `services`.
     pub(crate) fn record(&self, signal: Signal, count: u64, services: &[Arc<str>]) {
-        self_metrics::sender_accepted(&self.name, signal, count);
         let mut figures = self.figures.lock().unwrap_or_else(|p| p.into_inner());
-        *figures.accepted.entry(signal.item()).or_default() += count;
+        let (total, counter) = figures
+            .accepted
+            .entry(signal.item())
+            .or_insert_with(|| (0, self_metrics::sender_accepted(&self.name, signal)));
+        *total += count;
+        counter.increment(count);
         figures.last_ms = Some(now_ms());
         for service in services {
             if figures.services.contains(service) {
@@ -362,7 +367,11 @@ impl OtlpAuth {
                     credential: sender.credential,
                     services: figures.services.iter().map(|s| s.to_string()).collect(),
                     more_services: figures.more_services,
-                    accepted: figures.accepted.iter().map(|(k, v)| (*k, *v)).collect(),
+                    accepted: figures
+                        .accepted
+                        .iter()
+                        .map(|(item, (total, _))| (*item, *total))
+                        .collect(),
                     last_ms: figures.last_ms,
                 }
             })
@@ -399,15 +408,20 @@ pub(crate) fn current_sender() -> Option<Arc<SenderStats>> {
 pub(crate) fn services_of(batch: &IngestBatch) -> Vec<Arc<str>> {
     let mut services: Vec<Arc<str>> = Vec::new();
     let mut add = |service: &str| {
-        if services.last().is_some_and(|last| &**last == service)
-            || services.len() > MAX_SERVICES_PER_SENDER
+        if services.len() > MAX_SERVICES_PER_SENDER
             || services.iter().any(|known| &**known == service)
         {
             return;
         }
         services.push(Arc::from(service));
     };
+    let mut last: Option<&Arc<str>> = None;
     for span in &batch.spans {
+        // Spans of one resource share their service's allocation.
+        if last.is_some_and(|last| Arc::ptr_eq(last, &span.service)) {
+            continue;
+        }
+        last = Some(&span.service);
         add(&span.service);
     }
     for point in &batch.metric_points {
