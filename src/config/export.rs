@@ -152,3 +152,71 @@ fn interval(problems: &mut Vec<String>, name: &str, text: Option<String>) -> std
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Settings, SettingsLayer};
+
+    #[test]
+    fn the_file_and_the_flags_give_remote_write_targets_and_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redline.toml");
+        std::fs::write(
+            &path,
+            r#"
+red_histogram_bounds = [0.1, 0.5, 2]
+external_labels = { host = "web-1" }
+
+[[remote_write]]
+url = "https://mimir.example/api/v1/push"
+headers = { "X-Scope-OrgID" = "team-a" }
+basic_auth = { username = "u", password = "p" }
+interval = "30s"
+"#,
+        )
+        .unwrap();
+        let cli = SettingsLayer {
+            remote_write_url: Some(vec!["http://127.0.0.1:9090/api/v1/write".into()]),
+            remote_write_interval: Some("2s".into()),
+            ..Default::default()
+        };
+        let settings = Settings::load(cli, Some(&path)).unwrap();
+        assert_eq!(
+            settings.aggregator.duration_bounds.seconds(),
+            &[0.1, 0.5, 2.0]
+        );
+        let labels: Vec<_> = settings.export.external_labels.iter().collect();
+        assert_eq!(labels, [("host", "web-1")]);
+        let targets = &settings.export.remote_write;
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[0].interval.as_secs(), 2);
+        assert_eq!(targets[1].interval.as_secs(), 30);
+        assert_eq!(targets[1].basic_auth, Some(("u".into(), "p".into())));
+        assert_eq!(
+            targets[1].headers,
+            [("X-Scope-OrgID".to_string(), "team-a".to_string())]
+        );
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        let layer = SettingsLayer {
+            red_histogram_bounds: Some(vec![1.0, 0.5]),
+            external_labels: Some(vec!["route=x".into(), "novalue".into()]),
+            remote_write_url: Some(vec![
+                "ftp://x/".into(),
+                "http://user:pw@host/api/v1/write".into(),
+            ]),
+            ..Default::default()
+        };
+        let message = Settings::resolve(layer).unwrap_err().to_string();
+        for expected in [
+            "red_histogram_bounds",
+            "\"novalue\" is not name=value",
+            "\"ftp://x/\"",
+            "user:pw@host",
+        ] {
+            assert!(message.contains(expected), "{expected} in {message}");
+        }
+    }
+}
