@@ -21,6 +21,10 @@ if ! (command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping 2>/
   redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG
 fi
 
+# The example API's PostgreSQL tests start their own primary and standby (initdb, pg_ctl,
+# pg_basebackup) from Debian's server packages.
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || apt_install postgresql
+
 # The alert e-mail tests: a real SMTP server (Python aiosmtpd), openssl for its test
 # certificate, and a font for the text of the inline PNG charts (resvg).
 python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q aiosmtpd

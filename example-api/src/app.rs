@@ -60,21 +60,26 @@ impl App {
             return Err(StartError::AdminNotLoopback(cfg.admin_addr));
         }
         let faults = Arc::new(Faults::default());
-        let db = Db::open(
-            &cfg.db_path,
-            cfg.replicas,
-            cfg.read_your_writes,
-            faults.clone(),
-            telemetry.clone(),
-        )?;
+        let db = match cfg.postgres() {
+            Some(pg) => {
+                Db::open_postgres(&pg, cfg.read_your_writes, faults.clone(), telemetry.clone())
+                    .await?
+            }
+            None => Db::open(
+                &cfg.db_path,
+                cfg.replicas,
+                cfg.read_your_writes,
+                faults.clone(),
+                telemetry.clone(),
+            )?,
+        };
         db.seed_if_empty(cfg.seed_products, cfg.reviews_per_product)
             .await?;
         let product_count = db
             .read(None, |sql| {
-                sql.query_opt("SELECT MAX(id) FROM products", [], |r| {
-                    r.get::<_, Option<i64>>(0)
-                })
-                .map_err(DbError::from)
+                sql.query_opt("SELECT MAX(id) FROM products", &[])?
+                    .map(|r| r.opt_int(0))
+                    .transpose()
             })
             .await?
             .flatten()

@@ -43,6 +43,20 @@ pub struct Config {
     /// Use an external recommendations service instead of starting one.
     pub downstream_url: Option<String>,
     pub db_path: PathBuf,
+    /// `postgres://…` of a PostgreSQL primary: the PostgreSQL mode instead of the SQLite file.
+    pub database_url: Option<String>,
+    /// `postgres://…` of each hot standby (PostgreSQL mode).
+    pub replica_urls: Vec<String>,
+    /// Connections per PostgreSQL pool (the primary's and each standby's).
+    pub pool_size: usize,
+    /// How long a request waits for a PostgreSQL connection before failing.
+    pub pool_timeout: Duration,
+    /// PostgreSQL cancels a statement running longer than this.
+    pub statement_timeout: Duration,
+    /// A standby lagging more than this leaves the read rotation.
+    pub replica_max_lag: Duration,
+    /// How often the standbys' lag is measured.
+    pub replica_probe_interval: Duration,
     pub seed_products: usize,
     pub reviews_per_product: usize,
     /// Number of read-only "replica" connections.
@@ -93,6 +107,29 @@ pub struct Config {
 }
 
 impl Config {
+    /// The PostgreSQL settings, when `database_url` selects the PostgreSQL mode.
+    pub fn postgres(&self) -> Option<crate::db::postgres::PgSettings> {
+        let url = self.database_url.clone()?;
+        Some(crate::db::postgres::PgSettings {
+            primary_url: url,
+            replica_urls: self.replica_urls.clone(),
+            pool_size: self.pool_size,
+            acquire_timeout: self.pool_timeout,
+            statement_timeout: self.statement_timeout,
+            rotation: crate::db::replicas::RotationSettings {
+                max_lag: self.replica_max_lag,
+                probe_interval: self.replica_probe_interval,
+                probe_timeout: self.replica_probe_interval.max(Duration::from_millis(500)),
+                breaker: BreakerConfig {
+                    // A slow acquire is the pool's business (its timeout), not the breaker's.
+                    slow_call: self.pool_timeout,
+                    open_wait: Duration::from_secs(2),
+                    ..self.breaker
+                },
+            },
+        })
+    }
+
     /// Defaults for a local run; `REDIS_URL` enables the shared L2 cache and rate limits.
     pub fn new(addr: SocketAddr, db_path: PathBuf) -> Self {
         Config {
@@ -101,6 +138,13 @@ impl Config {
             downstream_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             downstream_url: None,
             db_path,
+            database_url: None,
+            replica_urls: Vec::new(),
+            pool_size: 16,
+            pool_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(5),
+            replica_max_lag: Duration::from_secs(1),
+            replica_probe_interval: Duration::from_millis(250),
             seed_products: 10_000,
             reviews_per_product: 10,
             replicas: 4,

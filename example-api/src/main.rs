@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use example_api::config::{Config, RatePolicy};
 use example_api::telemetry::{ExportConfig, Telemetry, api_service_name};
 use example_api::{App, demo, loadgen};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,6 +68,25 @@ pub struct ServeArgs {
     /// before a retry of the same request takes it over; longer than any write takes.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     idempotency_lease: u64,
+    /// PostgreSQL primary (`postgres://user@host:port/db`): the PostgreSQL mode instead of the
+    /// SQLite file given by --db.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// A PostgreSQL hot standby taking reads (repeatable; needs --database-url).
+    #[arg(long = "replica-url", value_name = "URL", requires = "database_url")]
+    replica_urls: Vec<String>,
+    /// Connections per PostgreSQL pool (the primary's and each standby's).
+    #[arg(long, default_value_t = 16)]
+    pool_size: usize,
+    /// Milliseconds a request waits for a PostgreSQL connection before failing.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pool_timeout_ms: u64,
+    /// Milliseconds after which PostgreSQL cancels a statement.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    statement_timeout_ms: u64,
+    /// Milliseconds of replication lag past which a standby stops taking reads.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    replica_max_lag_ms: u64,
 }
 
 #[derive(Args)]
@@ -120,7 +139,12 @@ fn init_logs(tel: Option<&Telemetry>) {
     tracing_subscriber::registry()
         .with(tel.map(|t| t.tracing_layer()))
         .with(tel.and_then(|t| t.log_layer()))
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        // Colour codes only for a terminal: logs piped to a file or collector stay plain text.
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .with(filter)
         .init();
 }
@@ -145,6 +169,12 @@ fn config(a: &ServeArgs) -> Config {
     };
     cfg.max_concurrency = a.max_concurrency;
     cfg.idempotency_lease = Duration::from_secs(a.idempotency_lease);
+    cfg.database_url = a.database_url.clone();
+    cfg.replica_urls = a.replica_urls.clone();
+    cfg.pool_size = a.pool_size;
+    cfg.pool_timeout = Duration::from_millis(a.pool_timeout_ms);
+    cfg.statement_timeout = Duration::from_millis(a.statement_timeout_ms);
+    cfg.replica_max_lag = Duration::from_millis(a.replica_max_lag_ms);
     cfg.min_concurrency = if a.fixed_concurrency {
         None
     } else {

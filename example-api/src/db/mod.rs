@@ -1,23 +1,34 @@
-//! SQLite access: one writer connection (the "primary") and a pool of read-only connections (the
-//! "replicas"). All SQL runs on tokio's blocking pool, never on the async workers. Reads go to
-//! replicas except for a client that wrote within the read-your-writes window, which reads from
-//! the primary. Every statement goes through [`Sql`], which makes the DB client span, records the
-//! duration and counts statements (the N+1 test reads that count).
+//! Database access over two backends with one interface: the embedded SQLite file (the
+//! default: one writer connection, the "primary", and a pool of read-only connections, the
+//! "replicas") or a real PostgreSQL primary with streaming hot standbys ([`postgres`],
+//! [`replicas`]). Routes hand a closure over [`Sql`] to [`Db::read`] or [`Db::write`]; it runs
+//! on tokio's blocking pool, never on the async workers. Reads go to a replica except for a
+//! client that wrote within the read-your-writes window, which reads from the primary. Every
+//! statement goes through [`Sql`], which makes the DB client span, records the duration and
+//! counts statements (the N+1 test reads that count).
 
+pub mod pgcluster;
+pub mod postgres;
 pub mod queries;
+pub mod replicas;
 pub mod schema;
 pub mod seed;
+mod sql;
+pub mod value;
 
 use crate::faults::Faults;
 use crate::telemetry::Telemetry;
-use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
+use postgres::PgBackend;
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, OpenFlags, Params, Row};
+use rusqlite::OpenFlags;
+pub use sql::Sql;
+use sql::{Conn, Place};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+pub use value::{DbRow, SqlValue};
 
 type Pool = r2d2::Pool<SqliteConnectionManager>;
 
@@ -27,6 +38,14 @@ pub enum DbError {
     Sqlite(#[from] rusqlite::Error),
     #[error("connection pool: {0}")]
     Pool(#[from] r2d2::Error),
+    #[error("postgresql: {0}")]
+    Postgres(#[from] deadpool_postgres::tokio_postgres::Error),
+    #[error("postgresql connection pool: {0}")]
+    PgPool(#[from] deadpool_postgres::PoolError),
+    #[error("postgresql pool settings: {0}")]
+    PgBuild(#[from] deadpool_postgres::BuildError),
+    #[error("column {0}: {1}")]
+    Column(usize, &'static str),
     #[error("blocking task failed: {0}")]
     Join(String),
     #[error(transparent)]
@@ -40,15 +59,6 @@ pub enum Target {
     Replica,
 }
 
-impl Target {
-    fn name(self) -> &'static str {
-        match self {
-            Target::Primary => "primary",
-            Target::Replica => "replica",
-        }
-    }
-}
-
 /// Counters tests and the admin endpoint read.
 #[derive(Debug, Default)]
 pub struct DbCounters {
@@ -57,9 +67,13 @@ pub struct DbCounters {
     pub replica_reads: AtomicU64,
 }
 
+enum Backend {
+    Sqlite { primary: Pool, replicas: Pool },
+    Postgres(PgBackend),
+}
+
 struct Inner {
-    primary: Pool,
-    replicas: Pool,
+    backend: Backend,
     counters: DbCounters,
     /// Clients that wrote recently; bounded and expiring, so outside input cannot grow it.
     recent_writers: moka::sync::Cache<String, ()>,
@@ -73,8 +87,15 @@ pub struct Db {
     inner: Arc<Inner>,
 }
 
+fn recent_writers(read_your_writes: Duration) -> moka::sync::Cache<String, ()> {
+    moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(read_your_writes.max(Duration::from_millis(1)))
+        .build()
+}
+
 impl Db {
-    /// Opens (creating if needed) the database, applies the schema and builds both pools.
+    /// Opens (creating if needed) the SQLite database, applies the schema and builds both pools.
     pub fn open(
         path: &Path,
         replicas: u32,
@@ -107,19 +128,57 @@ impl Db {
             .build(replica_mgr)?;
         let db = Db {
             inner: Arc::new(Inner {
-                primary,
-                replicas,
+                backend: Backend::Sqlite { primary, replicas },
                 counters: DbCounters::default(),
-                recent_writers: moka::sync::Cache::builder()
-                    .max_capacity(100_000)
-                    .time_to_live(read_your_writes.max(Duration::from_millis(1)))
-                    .build(),
+                recent_writers: recent_writers(read_your_writes),
                 faults,
                 telemetry,
             }),
         };
         db.register_pool_metrics();
         Ok(db)
+    }
+
+    /// Connects to a PostgreSQL primary and its hot standbys, applies the schema on the
+    /// primary and starts watching the standbys' lag.
+    pub async fn open_postgres(
+        settings: &postgres::PgSettings,
+        read_your_writes: Duration,
+        faults: Arc<Faults>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Db, DbError> {
+        let backend = PgBackend::connect(settings, &telemetry).await?;
+        let db = Db {
+            inner: Arc::new(Inner {
+                backend: Backend::Postgres(backend),
+                counters: DbCounters::default(),
+                recent_writers: recent_writers(read_your_writes),
+                faults,
+                telemetry,
+            }),
+        };
+        db.register_pool_metrics();
+        if let Backend::Postgres(pg) = &db.inner.backend {
+            pg.replicas
+                .spawn_monitor(pg.primary_config.clone(), &db.inner.telemetry);
+        }
+        Ok(db)
+    }
+
+    /// The PostgreSQL standbys, when this is the PostgreSQL mode.
+    pub fn replica_set(&self) -> Option<&replicas::ReplicaSet> {
+        match &self.inner.backend {
+            Backend::Postgres(pg) => Some(&pg.replicas),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+
+    /// `postgresql` or `sqlite`, as `db.system.name` says it.
+    pub fn system_name(&self) -> &'static str {
+        match &self.inner.backend {
+            Backend::Postgres(_) => "postgresql",
+            Backend::Sqlite { .. } => "sqlite",
+        }
     }
 
     fn register_pool_metrics(&self) {
@@ -135,26 +194,48 @@ impl Db {
             .with_unit("{connection}")
             .with_callback(move |obs| {
                 let Some(inner) = weak.upgrade() else { return };
-                for (name, pool) in [("primary", &inner.primary), ("replica", &inner.replicas)] {
-                    let s = pool.state();
-                    let pool_attr = KeyValue::new("db.client.connection.pool.name", name);
+                let report = |name: &str, idle: i64, used: i64| {
+                    let pool_attr =
+                        KeyValue::new("db.client.connection.pool.name", name.to_string());
                     obs.observe(
-                        i64::from(s.idle_connections),
+                        idle,
                         &[
                             pool_attr.clone(),
                             KeyValue::new("db.client.connection.state", "idle"),
                         ],
                     );
                     obs.observe(
-                        i64::from(s.connections - s.idle_connections),
+                        used,
                         &[
                             pool_attr,
                             KeyValue::new("db.client.connection.state", "used"),
                         ],
                     );
+                };
+                match &inner.backend {
+                    Backend::Sqlite { primary, replicas } => {
+                        for (name, pool) in [("primary", primary), ("replica", replicas)] {
+                            let s = pool.state();
+                            report(
+                                name,
+                                i64::from(s.idle_connections),
+                                i64::from(s.connections - s.idle_connections),
+                            );
+                        }
+                    }
+                    Backend::Postgres(pg) => {
+                        for (name, pool) in pg.pools() {
+                            let s = pool.status();
+                            let idle = s.available as i64;
+                            report(name, idle, s.size as i64 - idle);
+                        }
+                    }
                 }
             })
             .build();
+        if let Backend::Postgres(_) = &self.inner.backend {
+            postgres::register_pool_limits(&self.inner.telemetry, Arc::downgrade(&self.inner));
+        }
     }
 
     pub fn counters(&self) -> &DbCounters {
@@ -174,7 +255,8 @@ impl Db {
         }
     }
 
-    /// Runs read-only work on a replica (or the primary for a client that just wrote).
+    /// Runs read-only work on a replica (or the primary for a client that just wrote, or when
+    /// no standby is in rotation).
     pub async fn read<T, E, F>(&self, client: Option<&str>, f: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -182,15 +264,20 @@ impl Db {
         F: FnOnce(&Sql) -> Result<T, E> + Send + 'static,
     {
         let target = self.read_target(client);
-        let counter = match target {
-            Target::Primary => &self.inner.counters.primary_reads,
-            Target::Replica => &self.inner.counters.replica_reads,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
         self.run(target, false, f).await
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the primary; rolls back on error.
+    /// Runs read-only work on the primary, for an answer a standby may not have yet.
+    pub async fn read_primary<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&Sql) -> Result<T, E> + Send + 'static,
+    {
+        self.run(Target::Primary, false, f).await
+    }
+
+    /// Runs `f` in one transaction on the primary; rolls back on error.
     pub async fn write<T, E, F>(&self, client: Option<&str>, f: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -206,54 +293,95 @@ impl Db {
         out
     }
 
+    fn count_read(&self, primary: bool) {
+        let c = &self.inner.counters;
+        let counter = if primary {
+            &c.primary_reads
+        } else {
+            &c.replica_reads
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record_wait(&self, pool: &str, waited: Instant) {
+        self.inner.telemetry.m.db_pool_wait.record(
+            waited.elapsed().as_secs_f64(),
+            &[KeyValue::new(
+                "db.client.connection.pool.name",
+                pool.to_string(),
+            )],
+        );
+    }
+
     async fn run<T, E, F>(&self, target: Target, tx: bool, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
         F: FnOnce(&Sql) -> Result<T, E> + Send + 'static,
     {
+        if let Backend::Postgres(pg) = &self.inner.backend {
+            let waited = Instant::now();
+            let lease = pg.acquire(target).await.map_err(E::from)?;
+            self.record_wait(&lease.info.name, waited);
+            if !tx {
+                self.count_read(lease.primary);
+            }
+            let inner = self.inner.clone();
+            let cx = Context::current();
+            let rt = tokio::runtime::Handle::current();
+            let handle = tokio::task::spawn_blocking(move || {
+                inner.injected_latency();
+                let sql = Sql {
+                    conn: Conn::Postgres {
+                        client: &lease.client,
+                        rt: &rt,
+                    },
+                    place: Place {
+                        system: "postgresql",
+                        namespace: &lease.info.namespace,
+                        server: Some((&lease.info.host, lease.info.port)),
+                    },
+                    counters: &inner.counters,
+                    telemetry: &inner.telemetry,
+                    cx: &cx,
+                };
+                if tx { sql.in_transaction(f) } else { f(&sql) }
+            });
+            return match handle.await {
+                Ok(r) => r,
+                Err(e) => Err(E::from(DbError::Join(e.to_string()))),
+            };
+        }
+        if !tx {
+            self.count_read(target == Target::Primary);
+        }
         let inner = self.inner.clone();
         let cx = Context::current();
+        let db = self.clone();
         let handle = tokio::task::spawn_blocking(move || {
-            let pool = match target {
-                Target::Primary => &inner.primary,
-                Target::Replica => &inner.replicas,
+            let Backend::Sqlite { primary, replicas } = &inner.backend else {
+                unreachable!("the PostgreSQL backend returned above")
+            };
+            let (pool, name) = match target {
+                Target::Primary => (primary, "primary"),
+                Target::Replica => (replicas, "replica"),
             };
             let waited = Instant::now();
             let conn = pool.get().map_err(DbError::from)?;
-            inner.telemetry.m.db_pool_wait.record(
-                waited.elapsed().as_secs_f64(),
-                &[KeyValue::new(
-                    "db.client.connection.pool.name",
-                    target.name(),
-                )],
-            );
-            let extra = inner.faults.get().db_latency_ms;
-            if extra > 0 {
-                // Injected fault: a slow database. This is a blocking-pool thread, so sleeping
-                // here is what a slow query would do.
-                std::thread::sleep(Duration::from_millis(extra));
-            }
+            db.record_wait(name, waited);
+            inner.injected_latency();
             let sql = Sql {
-                conn: &conn,
-                inner: &inner,
+                conn: Conn::Sqlite(&conn),
+                place: Place {
+                    system: "sqlite",
+                    namespace: "main",
+                    server: None,
+                },
+                counters: &inner.counters,
+                telemetry: &inner.telemetry,
                 cx: &cx,
             };
-            if !tx {
-                return f(&sql);
-            }
-            conn.execute_batch("BEGIN IMMEDIATE")
-                .map_err(DbError::from)?;
-            match f(&sql) {
-                Ok(v) => {
-                    conn.execute_batch("COMMIT").map_err(DbError::from)?;
-                    Ok(v)
-                }
-                Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    Err(e)
-                }
-            }
+            if tx { sql.in_transaction(f) } else { f(&sql) }
         });
         match handle.await {
             Ok(r) => r,
@@ -261,144 +389,36 @@ impl Db {
         }
     }
 
-    /// `EXPLAIN QUERY PLAN` of a statement, one detail line per row (tests prove index use).
+    /// The plan of a statement, one line per row (`EXPLAIN QUERY PLAN` details on SQLite,
+    /// `EXPLAIN` on PostgreSQL): tests prove index use with it.
     pub async fn explain(
         &self,
         stmt: String,
-        params: Vec<rusqlite::types::Value>,
+        params: Vec<SqlValue>,
     ) -> Result<Vec<String>, DbError> {
+        let pg = matches!(self.inner.backend, Backend::Postgres(_));
         self.read(None, move |sql: &Sql| {
-            let mut st = sql.conn.prepare(&format!("EXPLAIN QUERY PLAN {stmt}"))?;
-            let rows = st.query_map(rusqlite::params_from_iter(params), |r| {
-                r.get::<_, String>(3)
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let (text, col) = if pg {
+                (format!("EXPLAIN {stmt}"), 0)
+            } else {
+                (format!("EXPLAIN QUERY PLAN {stmt}"), 3)
+            };
+            sql.query(&text, &params)?
+                .iter()
+                .map(|r| r.text(col))
+                .collect()
         })
         .await
     }
 }
 
-/// A connection lent to one unit of work; every statement through it is traced and counted.
-pub struct Sql<'a> {
-    conn: &'a Connection,
-    inner: &'a Inner,
-    cx: &'a Context,
-}
-
-impl Sql<'_> {
-    fn traced<T>(
-        &self,
-        stmt: &str,
-        run: impl FnOnce() -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<T> {
-        self.inner
-            .counters
-            .statements
-            .fetch_add(1, Ordering::Relaxed);
-        let (op, table) = summarize(stmt);
-        let tel = &self.inner.telemetry;
-        let cx = tel.child(self.cx, format!("{op} {table}"), SpanKind::Client, || {
-            vec![
-                KeyValue::new("db.system", "sqlite"),
-                KeyValue::new("db.system.name", "sqlite"),
-                KeyValue::new("db.operation.name", op.to_string()),
-                KeyValue::new("db.collection.name", table.to_string()),
-                KeyValue::new("db.query.text", stmt.to_string()),
-            ]
-        });
-        let start = Instant::now();
-        let out = run();
-        tel.m.db_duration.record(
-            start.elapsed().as_secs_f64(),
-            &[
-                KeyValue::new("db.system.name", "sqlite"),
-                KeyValue::new("db.operation.name", op.to_string()),
-            ],
-        );
-        let span = cx.span();
-        if let Err(e) = &out {
-            span.set_status(opentelemetry::trace::Status::error(e.to_string()));
+impl Inner {
+    fn injected_latency(&self) {
+        let extra = self.faults.get().db_latency_ms;
+        if extra > 0 {
+            // Injected fault: a slow database. This is a blocking-pool thread, so sleeping
+            // here is what a slow query would do.
+            std::thread::sleep(Duration::from_millis(extra));
         }
-        span.end();
-        out
-    }
-
-    /// Runs a query and maps every row.
-    pub fn query<T, P: Params>(
-        &self,
-        stmt: &str,
-        params: P,
-        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<Vec<T>> {
-        self.traced(stmt, || {
-            let mut st = self.conn.prepare_cached(stmt)?;
-            let rows = st.query_map(params, map)?;
-            rows.collect()
-        })
-    }
-
-    /// Runs a query expected to return at most one row.
-    pub fn query_opt<T, P: Params>(
-        &self,
-        stmt: &str,
-        params: P,
-        map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<Option<T>> {
-        self.traced(stmt, || {
-            let mut st = self.conn.prepare_cached(stmt)?;
-            let mut rows = st.query(params)?;
-            match rows.next()? {
-                Some(r) => Ok(Some(map(r)?)),
-                None => Ok(None),
-            }
-        })
-    }
-
-    /// Executes a statement and returns the number of changed rows.
-    pub fn execute<P: Params>(&self, stmt: &str, params: P) -> rusqlite::Result<usize> {
-        self.traced(stmt, || self.conn.prepare_cached(stmt)?.execute(params))
-    }
-
-    pub fn last_insert_rowid(&self) -> i64 {
-        self.conn.last_insert_rowid()
-    }
-}
-
-/// The statement's operation and main table, for span names (`SELECT products`).
-fn summarize(stmt: &str) -> (&str, &str) {
-    let mut words = stmt.split_whitespace();
-    let op = words.next().unwrap_or("SQL");
-    let words: Vec<&str> = stmt.split_whitespace().collect();
-    let key = match op.to_ascii_uppercase().as_str() {
-        "INSERT" | "REPLACE" => "INTO",
-        "UPDATE" => "UPDATE",
-        _ => "FROM",
-    };
-    let table = words
-        .iter()
-        .position(|w| w.eq_ignore_ascii_case(key))
-        .and_then(|i| words.get(i + 1))
-        .map(|t| t.trim_matches(|c: char| !c.is_alphanumeric() && c != '_'))
-        .filter(|t| !t.is_empty())
-        .unwrap_or("?");
-    (op, table)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn summarize_names_operation_and_table() {
-        assert_eq!(
-            super::summarize("SELECT id FROM products WHERE id = ?"),
-            ("SELECT", "products")
-        );
-        assert_eq!(
-            super::summarize("INSERT INTO reviews (a) VALUES (?)"),
-            ("INSERT", "reviews")
-        );
-        assert_eq!(
-            super::summarize("UPDATE products SET x = 1"),
-            ("UPDATE", "products")
-        );
     }
 }

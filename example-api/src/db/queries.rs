@@ -1,9 +1,7 @@
 //! Every SQL statement of the API, each a small function over [`Sql`]. Columns are always named
 //! (no `SELECT *`); list queries are keyset queries shaped to match an index.
 
-use super::Sql;
-use rusqlite::types::{Value as SqlValue, ValueRef};
-use rusqlite::{Row, params, params_from_iter};
+use super::{DbError, DbRow, Sql, SqlValue};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -18,7 +16,8 @@ pub const PRODUCT_FIELDS: &[(&str, &str)] = &[
     ("review_count", "review_count"),
     (
         "rating_avg",
-        "CASE WHEN review_count > 0 THEN ROUND(rating_sum * 1.0 / review_count, 2) END",
+        // The same figure on both backends: PostgreSQL rounds a numeric, then both cast.
+        "CASE WHEN review_count > 0 THEN CAST(ROUND(rating_sum * 1.0 / review_count, 2) AS DOUBLE PRECISION) END",
     ),
     ("created_at", "created_at"),
     ("updated_at", "updated_at"),
@@ -39,27 +38,24 @@ fn product_columns() -> String {
         .join(", ")
 }
 
-fn to_json(v: ValueRef<'_>) -> Value {
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::from(i),
-        ValueRef::Real(f) => Value::from(f),
-        ValueRef::Text(t) => Value::from(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => Value::from(hex::encode(b)),
-    }
-}
-
-fn row_map(row: &Row<'_>, names: &[&str]) -> rusqlite::Result<Map<String, Value>> {
+fn row_map(row: &DbRow, names: &[&str]) -> Result<Map<String, Value>, DbError> {
     let mut m = Map::with_capacity(names.len());
     for (i, n) in names.iter().enumerate() {
-        m.insert((*n).to_string(), to_json(row.get_ref(i)?));
+        m.insert((*n).to_string(), row.json(i)?);
     }
     Ok(m)
 }
 
-fn product_row(row: &Row<'_>) -> rusqlite::Result<Map<String, Value>> {
+fn product_rows(rows: Vec<DbRow>) -> Result<Vec<Map<String, Value>>, DbError> {
     let names: Vec<&str> = PRODUCT_FIELDS.iter().map(|(n, _)| *n).collect();
-    row_map(row, &names)
+    rows.iter().map(|r| row_map(r, &names)).collect()
+}
+
+/// Rows as JSON objects with the given field names.
+fn objects(rows: Vec<DbRow>, names: &[&str]) -> Result<Vec<Value>, DbError> {
+    rows.iter()
+        .map(|r| Ok(Value::Object(row_map(r, names)?)))
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,20 +141,22 @@ pub fn list_products(
     sort: ProductSort,
     after: Option<(i64, i64)>,
     limit: u32,
-) -> rusqlite::Result<Vec<Map<String, Value>>> {
+) -> Result<Vec<Map<String, Value>>, DbError> {
     let (stmt, p) = product_list_sql(filter, sort, after, limit);
-    sql.query(&stmt, params_from_iter(p), product_row)
+    product_rows(sql.query(&stmt, &p)?)
 }
 
-pub fn get_product(sql: &Sql, id: i64) -> rusqlite::Result<Option<Map<String, Value>>> {
+pub fn get_product(sql: &Sql, id: i64) -> Result<Option<Map<String, Value>>, DbError> {
     let stmt = format!("SELECT {} FROM products WHERE id = ?1", product_columns());
-    sql.query_opt(&stmt, [id], product_row)
+    Ok(product_rows(sql.query(&stmt, &[id.into()])?)?
+        .into_iter()
+        .next())
 }
 
-pub fn category_name(sql: &Sql, id: i64) -> rusqlite::Result<Option<String>> {
-    sql.query_opt("SELECT name FROM categories WHERE id = ?1", [id], |r| {
-        r.get(0)
-    })
+pub fn category_name(sql: &Sql, id: i64) -> Result<Option<String>, DbError> {
+    sql.query_opt("SELECT name FROM categories WHERE id = ?1", &[id.into()])?
+        .map(|r| r.text(0))
+        .transpose()
 }
 
 pub struct NewProduct {
@@ -169,64 +167,66 @@ pub struct NewProduct {
     pub category_name: String,
 }
 
-pub fn insert_product(sql: &Sql, p: &NewProduct, now: i64) -> rusqlite::Result<i64> {
-    sql.execute(
-        "INSERT INTO products (category_id, category_name, name, description, price_cents,
+pub fn insert_product(sql: &Sql, p: &NewProduct, now: i64) -> Result<i64, DbError> {
+    let id = sql
+        .query_opt(
+            "INSERT INTO products (category_id, category_name, name, description, price_cents,
             review_count, rating_sum, view_count, created_at, updated_at, version)
-         VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0, ?6, ?6, 1)",
-        params![
-            p.category_id,
-            p.category_name,
-            p.name,
-            p.description,
-            p.price_cents,
-            now
-        ],
-    )?;
-    let id = sql.last_insert_rowid();
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0, ?6, ?6, 1) RETURNING id",
+            &[
+                p.category_id.into(),
+                (&p.category_name).into(),
+                (&p.name).into(),
+                (&p.description).into(),
+                p.price_cents.into(),
+                now.into(),
+            ],
+        )?
+        .ok_or(DbError::Column(0, "no id returned"))?
+        .int(0)?;
     sql.execute(
         "UPDATE categories SET product_count = product_count + 1 WHERE id = ?1",
-        [p.category_id],
+        &[p.category_id.into()],
     )?;
     Ok(id)
 }
 
-pub fn update_product(sql: &Sql, id: i64, p: &NewProduct, now: i64) -> rusqlite::Result<usize> {
+pub fn update_product(sql: &Sql, id: i64, p: &NewProduct, now: i64) -> Result<u64, DbError> {
     sql.execute(
         "UPDATE products SET name = ?2, description = ?3, price_cents = ?4, category_id = ?5,
             category_name = ?6, updated_at = ?7, version = version + 1 WHERE id = ?1",
-        params![
-            id,
-            p.name,
-            p.description,
-            p.price_cents,
-            p.category_id,
-            p.category_name,
-            now
+        &[
+            id.into(),
+            (&p.name).into(),
+            (&p.description).into(),
+            p.price_cents.into(),
+            p.category_id.into(),
+            (&p.category_name).into(),
+            now.into(),
         ],
     )
 }
 
-pub fn move_category_count(sql: &Sql, from: i64, to: i64) -> rusqlite::Result<()> {
+pub fn move_category_count(sql: &Sql, from: i64, to: i64) -> Result<(), DbError> {
     if from != to {
         sql.execute(
             "UPDATE categories SET product_count = product_count - 1 WHERE id = ?1",
-            [from],
+            &[from.into()],
         )?;
         sql.execute(
             "UPDATE categories SET product_count = product_count + 1 WHERE id = ?1",
-            [to],
+            &[to.into()],
         )?;
     }
     Ok(())
 }
 
-pub fn delete_product(sql: &Sql, id: i64, category_id: i64) -> rusqlite::Result<usize> {
-    let n = sql.execute("DELETE FROM products WHERE id = ?1", [id])?;
+pub fn delete_product(sql: &Sql, id: i64, category_id: i64) -> Result<u64, DbError> {
+    let n = sql.execute("DELETE FROM products WHERE id = ?1", &[id.into()])?;
     if n > 0 {
         sql.execute(
             "UPDATE categories SET product_count = product_count - 1 WHERE id = ?1",
-            [category_id],
+            &[category_id.into()],
         )?;
     }
     Ok(n)
@@ -261,9 +261,12 @@ pub fn list_reviews(
     product_id: i64,
     after: Option<(i64, i64)>,
     limit: u32,
-) -> rusqlite::Result<Vec<Map<String, Value>>> {
+) -> Result<Vec<Map<String, Value>>, DbError> {
     let (stmt, p) = review_list_sql(product_id, after, limit);
-    sql.query(&stmt, params_from_iter(p), |r| row_map(r, REVIEW_FIELDS))
+    sql.query(&stmt, &p)?
+        .iter()
+        .map(|r| row_map(r, REVIEW_FIELDS))
+        .collect()
 }
 
 pub fn insert_review(
@@ -272,15 +275,18 @@ pub fn insert_review(
     rating: i64,
     body: &str,
     now: i64,
-) -> rusqlite::Result<i64> {
-    sql.execute(
-        "INSERT INTO reviews (product_id, rating, body, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![product_id, rating, body, now],
-    )?;
-    let id = sql.last_insert_rowid();
+) -> Result<i64, DbError> {
+    let id = sql
+        .query_opt(
+            "INSERT INTO reviews (product_id, rating, body, created_at) VALUES (?1, ?2, ?3, ?4)
+             RETURNING id",
+            &[product_id.into(), rating.into(), body.into(), now.into()],
+        )?
+        .ok_or(DbError::Column(0, "no id returned"))?
+        .int(0)?;
     sql.execute(
         "UPDATE products SET review_count = review_count + 1, rating_sum = rating_sum + ?2 WHERE id = ?1",
-        params![product_id, rating],
+        &[product_id.into(), rating.into()],
     )?;
     Ok(id)
 }
@@ -308,30 +314,32 @@ pub fn list_categories(
     sql: &Sql,
     after: Option<i64>,
     limit: u32,
-) -> rusqlite::Result<Vec<Map<String, Value>>> {
+) -> Result<Vec<Map<String, Value>>, DbError> {
     let (stmt, p) = category_list_sql(after, limit);
-    sql.query(&stmt, params_from_iter(p), |r| row_map(r, CATEGORY_FIELDS))
+    sql.query(&stmt, &p)?
+        .iter()
+        .map(|r| row_map(r, CATEGORY_FIELDS))
+        .collect()
 }
 
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
+fn ints(ids: &[i64]) -> Vec<SqlValue> {
+    ids.iter().map(SqlValue::from).collect()
+}
+
 /// Batch loader: categories by id, one `IN (…)` query per chunk.
-pub fn categories_by_ids(sql: &Sql, ids: &[i64]) -> rusqlite::Result<HashMap<i64, Value>> {
+pub fn categories_by_ids(sql: &Sql, ids: &[i64]) -> Result<HashMap<i64, Value>, DbError> {
     let mut out = HashMap::new();
     for chunk in ids.chunks(IN_CHUNK) {
         let stmt = format!(
             "SELECT id, name FROM categories WHERE id IN ({})",
             placeholders(chunk.len())
         );
-        for (id, v) in sql.query(&stmt, params_from_iter(chunk), |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                Value::Object(row_map(r, &["id", "name"])?),
-            ))
-        })? {
-            out.insert(id, v);
+        for r in sql.query(&stmt, &ints(chunk))? {
+            out.insert(r.int(0)?, Value::Object(row_map(&r, &["id", "name"])?));
         }
     }
     Ok(out)
@@ -342,93 +350,102 @@ pub fn latest_reviews_by_products(
     sql: &Sql,
     ids: &[i64],
     per: u32,
-) -> rusqlite::Result<HashMap<i64, Vec<Value>>> {
+) -> Result<HashMap<i64, Vec<Value>>, DbError> {
     let mut out: HashMap<i64, Vec<Value>> = HashMap::new();
     for chunk in ids.chunks(IN_CHUNK) {
         let stmt = format!(
             "SELECT id, product_id, rating, body, created_at FROM (
                 SELECT id, product_id, rating, body, created_at,
                        ROW_NUMBER() OVER (PARTITION BY product_id ORDER BY created_at DESC, id DESC) AS rn
-                FROM reviews WHERE product_id IN ({})) WHERE rn <= ? ORDER BY product_id, rn",
+                FROM reviews WHERE product_id IN ({})) AS ranked WHERE rn <= ? ORDER BY product_id, rn",
             placeholders(chunk.len())
         );
-        let mut p: Vec<SqlValue> = chunk.iter().map(|&i| i.into()).collect();
+        let mut p = ints(chunk);
         p.push(i64::from(per).into());
-        for (pid, v) in sql.query(&stmt, params_from_iter(p), |r| {
-            Ok((
-                r.get::<_, i64>(1)?,
-                Value::Object(row_map(r, REVIEW_FIELDS)?),
-            ))
-        })? {
-            out.entry(pid).or_default().push(v);
+        for r in sql.query(&stmt, &p)? {
+            out.entry(r.int(1)?)
+                .or_default()
+                .push(Value::Object(row_map(&r, REVIEW_FIELDS)?));
         }
     }
     Ok(out)
 }
 
-/// Catalog aggregates for `/v1/stats` (cached by the caller).
-pub fn stats(sql: &Sql) -> rusqlite::Result<Value> {
-    let totals = sql.query_opt(
-        "SELECT COUNT(id), COALESCE(AVG(price_cents), 0), COALESCE(SUM(review_count), 0),
-                COALESCE(SUM(view_count), 0) FROM products",
-        [],
-        |r| {
+/// Catalog aggregates for `/v1/stats` (cached by the caller). The casts give both backends
+/// the same types (PostgreSQL's `SUM` and `AVG` of integers are numerics).
+pub fn stats(sql: &Sql) -> Result<Value, DbError> {
+    let totals = sql
+        .query_opt(
+            "SELECT COUNT(id), CAST(COALESCE(AVG(price_cents), 0) AS DOUBLE PRECISION),
+                CAST(COALESCE(SUM(review_count), 0) AS BIGINT),
+                CAST(COALESCE(SUM(view_count), 0) AS BIGINT) FROM products",
+            &[],
+        )?
+        .map(|r| -> Result<Value, DbError> {
             Ok(serde_json::json!({
-                "products": r.get::<_, i64>(0)?,
-                "avg_price_cents": r.get::<_, f64>(1)?.round(),
-                "reviews": r.get::<_, i64>(2)?,
-                "views": r.get::<_, i64>(3)?,
+                "products": r.int(0)?,
+                "avg_price_cents": r.real(1)?.round(),
+                "reviews": r.int(2)?,
+                "views": r.int(3)?,
             }))
-        },
-    )?;
-    let cats = sql.query(
-        "SELECT id, name, product_count FROM categories ORDER BY id",
-        [],
-        |r| Ok(Value::Object(row_map(r, CATEGORY_FIELDS)?)),
+        })
+        .transpose()?;
+    let cats = objects(
+        sql.query(
+            "SELECT id, name, product_count FROM categories ORDER BY id",
+            &[],
+        )?,
+        CATEGORY_FIELDS,
     )?;
     Ok(serde_json::json!({ "totals": totals, "categories": cats }))
 }
 
 /// Most reviewed products: the fallback when recommendations are unavailable.
-pub fn popular_product_ids(sql: &Sql, n: u32) -> rusqlite::Result<Vec<i64>> {
+pub fn popular_product_ids(sql: &Sql, n: u32) -> Result<Vec<i64>, DbError> {
     sql.query(
         "SELECT id FROM products ORDER BY review_count DESC, id DESC LIMIT ?1",
-        [i64::from(n)],
-        |r| r.get(0),
-    )
+        &[i64::from(n).into()],
+    )?
+    .iter()
+    .map(|r| r.int(0))
+    .collect()
 }
 
-pub fn add_views(sql: &Sql, counts: &HashMap<i64, u64>) -> rusqlite::Result<()> {
+pub fn add_views(sql: &Sql, counts: &HashMap<i64, u64>) -> Result<(), DbError> {
     for (id, n) in counts {
         sql.execute(
             "UPDATE products SET view_count = view_count + ?2 WHERE id = ?1",
-            params![id, *n as i64],
+            &[id.into(), (*n as i64).into()],
         )?;
     }
     Ok(())
 }
 
 /// The stored password hash (a PHC string) of `username`, if the account exists.
-pub fn password_hash(sql: &Sql, username: &str) -> rusqlite::Result<Option<String>> {
+pub fn password_hash(sql: &Sql, username: &str) -> Result<Option<String>, DbError> {
     sql.query_opt(
         "SELECT password_hash FROM accounts WHERE username = ?1",
-        [username],
-        |r| r.get::<_, String>(0),
-    )
+        &[username.into()],
+    )?
+    .map(|r| r.text(0))
+    .transpose()
 }
 
-pub fn insert_api_key(sql: &Sql, key: &str, username: &str, now: i64) -> rusqlite::Result<()> {
+pub fn insert_api_key(sql: &Sql, key: &str, username: &str, now: i64) -> Result<(), DbError> {
     sql.execute(
         "INSERT INTO api_keys (key, username, created_at) VALUES (?1, ?2, ?3)",
-        params![key, username, now],
+        &[key.into(), username.into(), now.into()],
     )?;
     Ok(())
 }
 
-pub fn api_key_owner(sql: &Sql, key: &str) -> rusqlite::Result<Option<String>> {
-    sql.query_opt("SELECT username FROM api_keys WHERE key = ?1", [key], |r| {
-        r.get(0)
-    })
+pub fn api_key_owner(sql: &Sql, key: &str) -> Result<Option<String>, DbError> {
+    sql.query_opt(
+        "SELECT username FROM api_keys WHERE key = ?1",
+        &[key.into()],
+    )?
+    .map(|r| r.text(0))
+    .transpose()
 }
 
 /// A stored idempotency record.
@@ -450,10 +467,17 @@ pub fn claim_idempotency_key(
     claim: i64,
     now: i64,
     lease_ms: i64,
-) -> rusqlite::Result<Option<IdemRecord>> {
+) -> Result<Option<IdemRecord>, DbError> {
     let inserted = sql.execute(
-        "INSERT OR IGNORE INTO idempotency_keys (client, key, request_hash, created_at, claim) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![client, key, hash, now, claim],
+        "INSERT INTO idempotency_keys (client, key, request_hash, created_at, claim)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        &[
+            client.into(),
+            key.into(),
+            hash.into(),
+            now.into(),
+            claim.into(),
+        ],
     )?;
     if inserted == 1 {
         return Ok(None);
@@ -461,22 +485,30 @@ pub fn claim_idempotency_key(
     let taken_over = sql.execute(
         "UPDATE idempotency_keys SET created_at = ?4, claim = ?5
          WHERE client = ?1 AND key = ?2 AND request_hash = ?3 AND status IS NULL AND created_at < ?6",
-        params![client, key, hash, now, claim, now - lease_ms],
+        &[
+            client.into(),
+            key.into(),
+            hash.into(),
+            now.into(),
+            claim.into(),
+            (now - lease_ms).into(),
+        ],
     )?;
     if taken_over == 1 {
         return Ok(None);
     }
     sql.query_opt(
         "SELECT request_hash, status, body FROM idempotency_keys WHERE client = ?1 AND key = ?2",
-        params![client, key],
-        |r| {
-            Ok(IdemRecord {
-                request_hash: r.get(0)?,
-                status: r.get::<_, Option<i64>>(1)?.map(|s| s as u16),
-                body: r.get(2)?,
-            })
-        },
-    )
+        &[client.into(), key.into()],
+    )?
+    .map(|r| {
+        Ok(IdemRecord {
+            request_hash: r.text(0)?,
+            status: r.opt_int(1)?.map(|s| s as u16),
+            body: r.opt_text(2)?,
+        })
+    })
+    .transpose()
 }
 
 /// Stores the response of the request holding `claim`; false if its claim was taken over.
@@ -487,10 +519,16 @@ pub fn complete_idempotency_key(
     claim: i64,
     status: u16,
     body: &str,
-) -> rusqlite::Result<bool> {
+) -> Result<bool, DbError> {
     Ok(sql.execute(
         "UPDATE idempotency_keys SET status = ?4, body = ?5 WHERE client = ?1 AND key = ?2 AND claim = ?3",
-        params![client, key, claim, i64::from(status), body],
+        &[
+            client.into(),
+            key.into(),
+            claim.into(),
+            i64::from(status).into(),
+            body.into(),
+        ],
     )? == 1)
 }
 
@@ -499,37 +537,35 @@ pub fn release_idempotency_key(
     client: &str,
     key: &str,
     claim: i64,
-) -> rusqlite::Result<()> {
+) -> Result<(), DbError> {
     sql.execute(
         "DELETE FROM idempotency_keys WHERE client = ?1 AND key = ?2 AND claim = ?3 AND status IS NULL",
-        params![client, key, claim],
+        &[client.into(), key.into(), claim.into()],
     )?;
     Ok(())
 }
 
 /// Forgets keys older than `before` (keeps the table bounded).
-pub fn purge_idempotency_keys(sql: &Sql, before: i64) -> rusqlite::Result<usize> {
+pub fn purge_idempotency_keys(sql: &Sql, before: i64) -> Result<u64, DbError> {
     sql.execute(
         "DELETE FROM idempotency_keys WHERE created_at < ?1",
-        [before],
+        &[before.into()],
     )
 }
 
 /// Names and prices of the given products, in the given order (missing ids are skipped).
-pub fn product_summaries(sql: &Sql, ids: &[i64]) -> rusqlite::Result<Vec<Value>> {
+pub fn product_summaries(sql: &Sql, ids: &[i64]) -> Result<Vec<Value>, DbError> {
     let mut found: HashMap<i64, Value> = HashMap::new();
     for chunk in ids.chunks(IN_CHUNK) {
         let stmt = format!(
             "SELECT id, name, price_cents FROM products WHERE id IN ({})",
             placeholders(chunk.len())
         );
-        for (id, v) in sql.query(&stmt, params_from_iter(chunk), |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                Value::Object(row_map(r, &["id", "name", "price_cents"])?),
-            ))
-        })? {
-            found.insert(id, v);
+        for r in sql.query(&stmt, &ints(chunk))? {
+            found.insert(
+                r.int(0)?,
+                Value::Object(row_map(&r, &["id", "name", "price_cents"])?),
+            );
         }
     }
     Ok(ids.iter().filter_map(|id| found.remove(id)).collect())

@@ -2,11 +2,11 @@
 //! statements so the default 10k products / 100k reviews load in about a second. Timestamps come
 //! in groups of seven equal values on purpose: pagination must not rely on unique timestamps.
 
-use super::{Db, DbError};
+use super::{Backend, Db, DbError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const CATEGORIES: &[&str] = &[
+pub const CATEGORIES: &[&str] = &[
     "Books",
     "Music",
     "Garden",
@@ -36,6 +36,9 @@ const NOUNS: &[&str] = &[
     "Watch",
 ];
 
+/// The text of every generated review.
+pub const REVIEW_BODY: &str = "Works as described.";
+
 /// Demo accounts for `POST /v1/auth/token` (username, password).
 pub const USERS: &[(&str, &str)] = &[("demo", "demo"), ("loadgen", "loadgen")];
 
@@ -47,6 +50,69 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// One generated product.
+pub struct SeedProduct {
+    pub id: i64,
+    /// Index into [`CATEGORIES`].
+    pub category: usize,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub ratings: Vec<i64>,
+    pub created_at: i64,
+}
+
+impl SeedProduct {
+    pub fn rating_sum(&self) -> i64 {
+        self.ratings.iter().sum()
+    }
+
+    /// The creation time of its `r`-th review.
+    pub fn review_time(&self, r: usize) -> i64 {
+        self.created_at + 1000 + r as i64 * 500
+    }
+}
+
+/// The generated catalog: the same for both backends (seeded RNG).
+pub fn generate(products: usize, reviews_per: usize) -> (Vec<SeedProduct>, Vec<i64>) {
+    let mut rng = StdRng::seed_from_u64(42);
+    let base = now_ms() - 86_400_000 * 30;
+    let mut counts = vec![0i64; CATEGORIES.len()];
+    let mut out = Vec::with_capacity(products);
+    for i in 0..products {
+        let id = i as i64 + 1;
+        let c = rng.random_range(0..CATEGORIES.len());
+        counts[c] += 1;
+        let n_reviews = if reviews_per == 0 {
+            0
+        } else {
+            rng.random_range(0..=2 * reviews_per)
+        };
+        let ratings: Vec<i64> = (0..n_reviews).map(|_| rng.random_range(1..=5)).collect();
+        let name = format!(
+            "{} {} {}",
+            ADJECTIVES[rng.random_range(0..ADJECTIVES.len())],
+            NOUNS[rng.random_range(0..NOUNS.len())],
+            id
+        );
+        out.push(SeedProduct {
+            id,
+            category: c,
+            description: format!(
+                "A {} from the {} aisle.",
+                name.to_lowercase(),
+                CATEGORIES[c]
+            ),
+            name,
+            price_cents: rng.random_range(199..=99_999i64),
+            ratings,
+            // Groups of seven products share a timestamp (see module docs).
+            created_at: base + (i as i64 / 7) * 1000,
+        });
+    }
+    (out, counts)
+}
+
 impl Db {
     /// Fills an empty database; does nothing if products already exist. Returns rows inserted.
     pub async fn seed_if_empty(
@@ -54,9 +120,15 @@ impl Db {
         products: usize,
         reviews_per_product: usize,
     ) -> Result<usize, DbError> {
+        if let Backend::Postgres(pg) = &self.inner.backend {
+            return pg.seed_if_empty(products, reviews_per_product).await;
+        }
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = inner.primary.get()?;
+            let Backend::Sqlite { primary, .. } = &inner.backend else {
+                unreachable!("the PostgreSQL backend returned above")
+            };
+            let mut conn = primary.get()?;
             demo_accounts(&conn)?;
             seed(&mut conn, products, reviews_per_product)
         })
@@ -92,8 +164,7 @@ fn seed(
     if existing > 0 {
         return Ok(0);
     }
-    let mut rng = StdRng::seed_from_u64(42);
-    let base = now_ms() - 86_400_000 * 30;
+    let (catalog, counts) = generate(products, reviews_per);
     {
         let mut cat = tx.prepare(
             "INSERT OR IGNORE INTO categories (id, name, product_count) VALUES (?1, ?2, 0)",
@@ -109,47 +180,24 @@ fn seed(
         let mut rev = tx.prepare(
             "INSERT INTO reviews (product_id, rating, body, created_at) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        let mut counts = vec![0i64; CATEGORIES.len()];
-        for i in 0..products {
-            let id = i as i64 + 1;
-            let c = rng.random_range(0..CATEGORIES.len());
-            counts[c] += 1;
-            // Groups of seven products share a timestamp (see module docs).
-            let created = base + (i as i64 / 7) * 1000;
-            let n_reviews = if reviews_per == 0 {
-                0
-            } else {
-                rng.random_range(0..=2 * reviews_per)
-            };
-            let ratings: Vec<i64> = (0..n_reviews).map(|_| rng.random_range(1..=5)).collect();
-            let rating_sum: i64 = ratings.iter().sum();
-            let name = format!(
-                "{} {} {}",
-                ADJECTIVES[rng.random_range(0..ADJECTIVES.len())],
-                NOUNS[rng.random_range(0..NOUNS.len())],
-                id
-            );
+        for p in &catalog {
             prod.execute(rusqlite::params![
-                id,
-                c as i64 + 1,
-                CATEGORIES[c],
-                name,
-                format!(
-                    "A {} from the {} aisle.",
-                    name.to_lowercase(),
-                    CATEGORIES[c]
-                ),
-                rng.random_range(199..=99_999i64),
-                n_reviews as i64,
-                rating_sum,
-                created,
+                p.id,
+                p.category as i64 + 1,
+                CATEGORIES[p.category],
+                p.name,
+                p.description,
+                p.price_cents,
+                p.ratings.len() as i64,
+                p.rating_sum(),
+                p.created_at,
             ])?;
-            for (r, rating) in ratings.iter().enumerate() {
+            for (r, rating) in p.ratings.iter().enumerate() {
                 rev.execute(rusqlite::params![
-                    id,
+                    p.id,
                     rating,
-                    "Works as described.",
-                    created + 1000 + r as i64 * 500
+                    REVIEW_BODY,
+                    p.review_time(r)
                 ])?;
             }
         }

@@ -102,6 +102,23 @@ async fn state_view(State(st): State<AppState>) -> Json<Value> {
             "statements": c.statements.load(Ordering::Relaxed),
             "primary_reads": c.primary_reads.load(Ordering::Relaxed),
             "replica_reads": c.replica_reads.load(Ordering::Relaxed),
+            "system": st.db.system_name(),
+            "standbys": st.db.replica_set().map(|set| {
+                set.replicas
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "name": r.info.name,
+                            "server": format!("{}:{}", r.info.host, r.info.port),
+                            "in_rotation": r.in_rotation(),
+                            "lag_seconds": r.lag().as_secs_f64(),
+                            "lag_bytes": r.lag_bytes(),
+                            "removals": r.removals(),
+                            "breaker": r.breaker.state_name(),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            }),
         },
     }))
 }

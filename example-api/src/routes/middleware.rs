@@ -125,8 +125,19 @@ async fn api_key_owner(st: &AppState, key: &str) -> Result<Option<String>, ApiEr
     let k = key.to_string();
     st.api_keys
         .try_get_with(key.to_string(), async move {
-            db.read(None, move |sql| {
-                crate::db::queries::api_key_owner(sql, &k).map_err(ApiError::from)
+            let k2 = k.clone();
+            let owner = db
+                .read(None, move |sql| {
+                    crate::db::queries::api_key_owner(sql, &k).map_err(ApiError::from)
+                })
+                .await?;
+            if owner.is_some() {
+                return Ok(owner);
+            }
+            // A key issued a moment ago may not have reached the standby yet: the primary
+            // has the last word (the answer is cached either way).
+            db.read_primary(move |sql| {
+                crate::db::queries::api_key_owner(sql, &k2).map_err(ApiError::from)
             })
             .await
         })

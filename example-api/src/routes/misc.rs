@@ -146,7 +146,9 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     let r = st
         .db
         .read(None, |sql| {
-            sql.query_opt("SELECT 1", [], |r| r.get::<_, i64>(0))
+            sql.query_opt("SELECT 1", &[])?
+                .map(|r| r.int(0))
+                .transpose()
                 .map_err(ApiError::from)
         })
         .await;

@@ -5,6 +5,7 @@ mod hardening;
 mod helpers;
 mod instrumentation;
 mod lists;
+mod postgres;
 mod resilience;
 mod telemetry;
 mod with_redis;
