@@ -10,9 +10,9 @@
 use std::time::{Duration, Instant};
 
 use redline::aggregate::totals::{DurationBounds, RedTotals};
+use redline::export::ExternalLabels;
 use redline::export::exposition::render;
 use redline::export::proto::{encode, write_requests};
-use redline::export::ExternalLabels;
 use redline::model::{EndpointKey, RequestRecord};
 
 fn totals(endpoints: usize) -> RedTotals {
@@ -65,7 +65,10 @@ fn main() {
         let render_took = started.elapsed();
         let started = Instant::now();
         let requests = write_requests(copy, &external, 1_000, 2_000);
-        let bodies: Vec<Vec<u8>> = requests.iter().map(|r| encode(r).expect("snappy")).collect();
+        let bodies: Vec<Vec<u8>> = requests
+            .iter()
+            .map(|r| encode(r).expect("snappy"))
+            .collect();
         let remote_took = started.elapsed();
         if round >= 3 {
             snapshot_t.push(snapshot_took);

@@ -33,7 +33,7 @@ async fn send_load(redline: &TestRedline, service: &str, count: usize, seed: usi
     let spans: Vec<Span> = (0..count)
         .map(|i| {
             let n = i + seed;
-            let status = if n % 20 == 0 {
+            let status = if n.is_multiple_of(20) {
                 503
             } else if n % 25 == 1 {
                 404
@@ -45,7 +45,7 @@ async fn send_load(redline: &TestRedline, service: &str, count: usize, seed: usi
             load.status_4xx += u64::from((400..500).contains(&status));
             let duration_ns = (1 + (n * 7) % 400) as u64 * 1_000_000;
             Span {
-                trace_id: ((seed as u128) << 64 | i as u128 + 1)
+                trace_id: (((seed as u128) << 64) | (i as u128 + 1))
                     .to_be_bytes()
                     .to_vec(),
                 span_id: (n as u64 + 1).to_be_bytes().to_vec(),
@@ -208,7 +208,7 @@ async fn prometheus_scrapes_red_metrics_with_the_apis_credentials() {
     // The API needs the token too.
     let authorised = redline
         .client()
-        .get(redline.url(&format!("/api/v1/endpoints?service=scraped-api&since=1h")))
+        .get(redline.url("/api/v1/endpoints?service=scraped-api&since=1h"))
         .bearer_auth(token)
         .send()
         .await
