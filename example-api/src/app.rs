@@ -182,7 +182,7 @@ impl App {
                 let before = crate::db::seed::now_ms() - routes::idempotency::RETENTION_MS;
                 let _ = purge_db
                     .write(None, move |sql| {
-                        queries::purge_idempotency_keys(sql, before).map_err(DbError::from)
+                        queries::purge_idempotency_keys(sql, before)
                     })
                     .await;
             }

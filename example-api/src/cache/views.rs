@@ -117,12 +117,10 @@ async fn flush(db: &Db, pending: &mut HashMap<i64, u64>, telemetry: &Telemetry) 
     let batch = std::mem::take(pending);
     let result: Result<HashMap<i64, u64>, (DbError, HashMap<i64, u64>)> = {
         let b = batch.clone();
-        db.write(None, move |sql| {
-            queries::add_views(sql, &b).map_err(DbError::from)
-        })
-        .await
-        .map(|_| batch.clone())
-        .map_err(|e| (e, batch))
+        db.write(None, move |sql| queries::add_views(sql, &b))
+            .await
+            .map(|_| batch.clone())
+            .map_err(|e| (e, batch))
     };
     match result {
         Ok(_) => telemetry.m.view_flushes.add(1, &[]),

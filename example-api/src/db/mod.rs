@@ -69,7 +69,7 @@ pub struct DbCounters {
 
 enum Backend {
     Sqlite { primary: Pool, replicas: Pool },
-    Postgres(PgBackend),
+    Postgres(Box<PgBackend>),
 }
 
 struct Inner {
@@ -150,7 +150,7 @@ impl Db {
         let backend = PgBackend::connect(settings, &telemetry).await?;
         let db = Db {
             inner: Arc::new(Inner {
-                backend: Backend::Postgres(backend),
+                backend: Backend::Postgres(Box::new(backend)),
                 counters: DbCounters::default(),
                 recent_writers: recent_writers(read_your_writes),
                 faults,
