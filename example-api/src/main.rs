@@ -28,7 +28,7 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Serve the API (and its recommendations service on its own port).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Open-model load generator: constant arrival rate, weighted endpoint mix.
     Loadgen(LoadgenArgs),
     /// Start redline, the API and the load generator, with a scripted fault scenario.
@@ -216,7 +216,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Serve(a) => serve(a).await,
+        Cmd::Serve(a) => serve(*a).await,
         Cmd::Loadgen(a) => {
             init_logs(None);
             let opts = loadgen::Options::new(a.target, a.rate, Duration::from_secs(a.duration));

@@ -54,6 +54,8 @@ impl Sql<'_> {
         let place = &self.place;
         let cx = self.telemetry.child(self.cx, name, SpanKind::Client, || {
             let mut a = vec![
+                // The attribute's name before the conventions' 1.30; dashboards use both.
+                KeyValue::new("db.system", place.system),
                 KeyValue::new("db.system.name", place.system),
                 KeyValue::new("db.namespace", place.namespace.to_string()),
                 KeyValue::new("db.operation.name", op.to_string()),

@@ -183,6 +183,8 @@ async fn server_spans_follow_http_semantic_conventions() {
     let sql = find_span(&h, |s| s.name == "SELECT products" && s.trace_id == trace).await;
     assert_eq!(sql.kind(), SpanKind::Client);
     assert_eq!(attr(&sql, "db.system"), string("sqlite"));
+    assert_eq!(attr(&sql, "db.system.name"), string("sqlite"));
+    assert_eq!(attr(&sql, "db.collection.name"), string("products"));
     let Some(Any::StringValue(text)) = attr(&sql, "db.query.text") else {
         panic!("db.query.text on {sql:?}")
     };
