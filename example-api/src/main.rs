@@ -24,8 +24,6 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-// Parsed once at start-up: the size of the largest variant costs nothing.
-#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Serve the API (and its recommendations service on its own port).
     Serve(Box<ServeArgs>),
