@@ -65,9 +65,20 @@ pub struct DemoOptions {
     pub rate: f64,
     pub fail_after: Duration,
     pub fail_for: Duration,
+    /// API instances (at least one; more need Redis).
+    pub instances: usize,
     /// Redis for the instances' shared cache and limits; `None`: `REDIS_URL`, and with several
     /// instances [`DEFAULT_REDIS_URL`] after that.
     pub redis_url: Option<String>,
+}
+
+/// A demo whose prerequisites are checked: the redline binary, the alert rules and, for
+/// several instances, Redis. What [`prepare`] returns and [`run`] starts.
+pub struct Prepared {
+    o: DemoOptions,
+    cfg: Config,
+    alerts: PathBuf,
+    mail: MailDestination,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +109,7 @@ pub enum DemoError {
     RedisRequired(usize),
     #[error(
         "several instances need Redis to share their cache, rate limits and invalidations, \
-         but Redis at {url} is unreachable: {source}; start one (e.g. `redis-server` or \
+         but Redis at {url} is unreachable; start one (e.g. `redis-server` or \
          `docker run -p 6379:6379 redis`) or point --redis-url at one"
     )]
     RedisUnreachable {
@@ -168,20 +179,44 @@ fn api_config(o: &DemoOptions, instances: usize) -> Config {
     cfg
 }
 
-/// Runs the demo with `tel` (as [`telemetry`] builds it: one API telemetry per instance), which
-/// is flushed and shut down at the end.
-pub async fn run(o: DemoOptions, tel: DemoTelemetry) -> Result<(), DemoError> {
-    let instances = tel.api.len();
-    let cfg = api_config(&o, instances);
-    // Before anything starts: the rules and, for several instances, Redis.
-    let alerts = alerts_file(o.alerts.as_deref())?;
-    let data_dir = Path::new(REDLINE_DATA_DIR);
-    let mail = mail_destination(&alerts, data_dir)?;
-    if instances > 1
-        && let Some(url) = &cfg.redis_url
-    {
-        check_redis(url).await?;
+/// Checks what the demo needs before anything starts (and before any telemetry is built, whose
+/// export would only add noise to the error): the redline binary, the alert rules and where
+/// their e-mails go, and for several instances a reachable Redis.
+pub async fn prepare(mut o: DemoOptions) -> Result<Prepared, DemoError> {
+    o.instances = o.instances.clamp(1, MAX_INSTANCES);
+    if !o.redline.exists() {
+        return Err(DemoError::RedlineMissing(o.redline));
     }
+    let cfg = api_config(&o, o.instances);
+    let alerts = alerts_file(o.alerts.as_deref())?;
+    let mail = mail_destination(&alerts, Path::new(REDLINE_DATA_DIR))?;
+    if o.instances > 1 {
+        check_redis(
+            cfg.redis_url
+                .as_deref()
+                .ok_or(DemoError::RedisRequired(o.instances))?,
+        )
+        .await?;
+    }
+    Ok(Prepared {
+        o,
+        cfg,
+        alerts,
+        mail,
+    })
+}
+
+/// Runs the demo `p` with `tel` (as [`telemetry`] builds it for `p`'s instances), which is
+/// flushed and shut down at the end.
+pub async fn run(p: Prepared, tel: DemoTelemetry) -> Result<(), DemoError> {
+    let Prepared {
+        o,
+        cfg,
+        alerts,
+        mail,
+    } = p;
+    let instances = tel.api.len();
+    let data_dir = Path::new(REDLINE_DATA_DIR);
     let addrs = redline::RedlineAddrs {
         grpc: REDLINE_GRPC,
         http: REDLINE_HTTP,

@@ -31,6 +31,18 @@ enum Cmd {
     Loadgen(LoadgenArgs),
     /// Start redline, the API and the load generator, with a scripted fault scenario that
     /// fires an alert.
+    ///
+    /// Starts redline (dashboard http://127.0.0.1:9900/, OTLP on 4317/4318, data in
+    /// ./data/redline, the alert rules of ./alerts.toml), the API on 127.0.0.1:3000 (admin 3001)
+    /// with its recommendations service, and a load generator. After --fail-after seconds the
+    /// recommendations service fails every call for --fail-for seconds: the breaker opens,
+    /// answers degrade, and the RecommendationsFailing alert fires, then resolves after the
+    /// recovery. Its e-mails are written as .eml files to ./data/redline/outbox (or sent to the
+    /// [smtp] server of the rules file); the demo prints each file as it lands.
+    ///
+    /// With --instances N, N API instances (ports 3000, 3002, …; admin 3001, 3003, …) share one
+    /// Redis (cache, rate limits, invalidations), one database and one recommendations service,
+    /// each with its own service.instance.id and load generator (--rate is split between them).
     Demo(DemoArgs),
 }
 
@@ -106,17 +118,6 @@ struct LoadgenArgs {
     json: bool,
 }
 
-/// Starts redline (dashboard http://127.0.0.1:9900/, OTLP on 4317/4318, data in ./data/redline,
-/// the alert rules of ./alerts.toml), the API on 127.0.0.1:3000 (admin 3001) with its
-/// recommendations service, and a load generator. After --fail-after seconds the
-/// recommendations service fails every call for --fail-for seconds: the breaker opens, answers
-/// degrade, and the RecommendationsFailing alert fires, then resolves after the recovery. Its
-/// e-mails are written as .eml files to ./data/redline/outbox (or sent to the [smtp] server of
-/// the rules file); the demo prints each one as it lands.
-///
-/// With --instances N, N API instances (ports 3000, 3002, …; admin 3001, 3003, …) share one
-/// Redis (cache, rate limits, invalidations), one database and one recommendations service,
-/// each with its own service.instance.id and load generator (--rate split between them).
 #[derive(Args)]
 struct DemoArgs {
     /// Load generator arrival rate (requests per second, over all instances).
@@ -251,25 +252,25 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo(a) => {
-            let tel = demo::telemetry(usize::from(a.instances)).context("telemetry")?;
-            init_logs(Some(&tel.api[0]));
             let redline = match a.redline {
                 Some(p) => p,
                 None => std::env::current_exe()?.with_file_name("redline"),
             };
-            demo::run(
-                demo::DemoOptions {
-                    redline,
-                    alerts: a.alerts,
-                    rate: a.rate,
-                    fail_after: Duration::from_secs(a.fail_after),
-                    fail_for: Duration::from_secs(a.fail_for),
-                    redis_url: a.redis_url,
-                },
-                tel,
-            )
+            let instances = usize::from(a.instances);
+            let prepared = demo::prepare(demo::DemoOptions {
+                redline,
+                alerts: a.alerts,
+                rate: a.rate,
+                fail_after: Duration::from_secs(a.fail_after),
+                fail_for: Duration::from_secs(a.fail_for),
+                instances,
+                redis_url: a.redis_url,
+            })
             .await
-            .context("demo")
+            .context("demo")?;
+            let tel = demo::telemetry(instances).context("telemetry")?;
+            init_logs(Some(&tel.api[0]));
+            demo::run(prepared, tel).await.context("demo")
         }
     }
 }
