@@ -191,3 +191,67 @@ pub async fn announce_new_emails(dir: PathBuf) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("alerts.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn e_mails_go_to_the_outbox_without_smtp_and_to_the_server_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let outbox = rules(dir.path(), "[global]\neval_interval = \"15s\"\n");
+        assert_eq!(
+            mail_destination(&outbox, &data).unwrap(),
+            MailDestination::Outbox(data.join("outbox"))
+        );
+        let smtp = rules(dir.path(), "[smtp]\nhost = \"mail.example.com\"\n");
+        assert_eq!(
+            mail_destination(&smtp, &data).unwrap(),
+            MailDestination::Smtp {
+                host: "mail.example.com".into(),
+                port: 587
+            }
+        );
+        let implicit = rules(
+            dir.path(),
+            "[smtp]\nhost = \"mail.example.com\"\ntls = \"implicit\"\n",
+        );
+        assert_eq!(
+            mail_destination(&implicit, &data).unwrap().to_string(),
+            "sent over SMTP to mail.example.com:465"
+        );
+        let broken = rules(dir.path(), "[smtp\n");
+        assert!(matches!(
+            mail_destination(&broken, &data),
+            Err(DemoError::AlertsParse(..))
+        ));
+    }
+
+    #[test]
+    fn the_shipped_rules_are_found_and_a_missing_file_is_named() {
+        let found = alerts_file(None).unwrap();
+        assert!(
+            found.is_absolute() && found.ends_with("alerts.toml"),
+            "{found:?}"
+        );
+        let missing = Path::new("/nonexistent/alerts.toml");
+        match alerts_file(Some(missing)) {
+            Err(DemoError::AlertsMissing(p)) => assert_eq!(p, missing),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_subject_is_read_from_the_headers_only() {
+        let eml = "From: a@b\r\nSubject: [FIRING:1] X svc\r\n\r\nSubject: not this\r\n";
+        assert_eq!(eml_subject(eml), Some("[FIRING:1] X svc"));
+        assert_eq!(eml_subject("From: a@b\r\n\r\nSubject: body\r\n"), None);
+    }
+}
