@@ -184,12 +184,12 @@ fn api_config(o: &DemoOptions, instances: usize) -> Config {
 /// their e-mails go, and for several instances a reachable Redis.
 pub async fn prepare(mut o: DemoOptions) -> Result<Prepared, DemoError> {
     o.instances = o.instances.clamp(1, MAX_INSTANCES);
-    if !o.redline.exists() {
+    if !tokio::fs::try_exists(&o.redline).await.unwrap_or(false) {
         return Err(DemoError::RedlineMissing(o.redline));
     }
     let cfg = api_config(&o, o.instances);
-    let alerts = alerts_file(o.alerts.as_deref())?;
-    let mail = mail_destination(&alerts, Path::new(REDLINE_DATA_DIR))?;
+    let alerts = alerts_file(o.alerts.as_deref()).await?;
+    let mail = mail_destination(&alerts, Path::new(REDLINE_DATA_DIR)).await?;
     if o.instances > 1 {
         check_redis(
             cfg.redis_url

@@ -14,17 +14,21 @@ const SHIPPED_ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../alerts.tom
 
 /// The alert rules the demo hands to redline: `explicit` when given, else `./alerts.toml` (the
 /// repository root, where the README runs the demo), else the file shipped with these sources.
-pub fn alerts_file(explicit: Option<&Path>) -> Result<PathBuf, DemoError> {
+pub async fn alerts_file(explicit: Option<&Path>) -> Result<PathBuf, DemoError> {
     let candidates: Vec<PathBuf> = match explicit {
         Some(path) => vec![path.to_path_buf()],
         None => vec![PathBuf::from("alerts.toml"), PathBuf::from(SHIPPED_ALERTS)],
     };
-    let found = candidates
-        .iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| DemoError::AlertsMissing(candidates[0].clone()))?;
-    // Absolute, so the path printed and handed to redline means the same from anywhere.
-    Ok(std::path::absolute(found)?)
+    for candidate in &candidates {
+        if tokio::fs::metadata(candidate)
+            .await
+            .is_ok_and(|m| m.is_file())
+        {
+            // Absolute, so the path printed and handed to redline means the same from anywhere.
+            return Ok(std::path::absolute(candidate)?);
+        }
+    }
+    Err(DemoError::AlertsMissing(candidates[0].clone()))
 }
 
 /// Where redline delivers the alert e-mails of a rules file.
@@ -60,8 +64,12 @@ struct SmtpTable {
 }
 
 /// Where the e-mails of `alerts` go when redline runs with `data_dir`.
-pub fn mail_destination(alerts: &Path, data_dir: &Path) -> Result<MailDestination, DemoError> {
-    let text = std::fs::read_to_string(alerts)
+pub async fn mail_destination(
+    alerts: &Path,
+    data_dir: &Path,
+) -> Result<MailDestination, DemoError> {
+    let text = tokio::fs::read_to_string(alerts)
+        .await
         .map_err(|e| DemoError::AlertsRead(alerts.to_path_buf(), e))?;
     // Unknown keys are redline's business: only `[smtp]` is read here.
     let file: RulesFile =
@@ -95,10 +103,10 @@ pub async fn start(
     data_dir: &Path,
     alerts: &Path,
 ) -> Result<Child, DemoError> {
-    if !binary.exists() {
+    if !tokio::fs::try_exists(binary).await.unwrap_or(false) {
         return Err(DemoError::RedlineMissing(binary.to_path_buf()));
     }
-    std::fs::create_dir_all(data_dir)?;
+    tokio::fs::create_dir_all(data_dir).await?;
     let mut child = Command::new(binary)
         .arg("serve")
         .args(["--otlp-grpc-addr", addrs.grpc])
@@ -202,18 +210,18 @@ mod tests {
         path
     }
 
-    #[test]
-    fn e_mails_go_to_the_outbox_without_smtp_and_to_the_server_with_it() {
+    #[tokio::test]
+    async fn e_mails_go_to_the_outbox_without_smtp_and_to_the_server_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let outbox = rules(dir.path(), "[global]\neval_interval = \"15s\"\n");
         assert_eq!(
-            mail_destination(&outbox, &data).unwrap(),
+            mail_destination(&outbox, &data).await.unwrap(),
             MailDestination::Outbox(data.join("outbox"))
         );
         let smtp = rules(dir.path(), "[smtp]\nhost = \"mail.example.com\"\n");
         assert_eq!(
-            mail_destination(&smtp, &data).unwrap(),
+            mail_destination(&smtp, &data).await.unwrap(),
             MailDestination::Smtp {
                 host: "mail.example.com".into(),
                 port: 587
@@ -224,25 +232,28 @@ mod tests {
             "[smtp]\nhost = \"mail.example.com\"\ntls = \"implicit\"\n",
         );
         assert_eq!(
-            mail_destination(&implicit, &data).unwrap().to_string(),
+            mail_destination(&implicit, &data)
+                .await
+                .unwrap()
+                .to_string(),
             "sent over SMTP to mail.example.com:465"
         );
         let broken = rules(dir.path(), "[smtp\n");
         assert!(matches!(
-            mail_destination(&broken, &data),
+            mail_destination(&broken, &data).await,
             Err(DemoError::AlertsParse(..))
         ));
     }
 
-    #[test]
-    fn the_shipped_rules_are_found_and_a_missing_file_is_named() {
-        let found = alerts_file(None).unwrap();
+    #[tokio::test]
+    async fn the_shipped_rules_are_found_and_a_missing_file_is_named() {
+        let found = alerts_file(None).await.unwrap();
         assert!(
             found.is_absolute() && found.ends_with("alerts.toml"),
             "{found:?}"
         );
         let missing = Path::new("/nonexistent/alerts.toml");
-        match alerts_file(Some(missing)) {
+        match alerts_file(Some(missing)).await {
             Err(DemoError::AlertsMissing(p)) => assert_eq!(p, missing),
             other => panic!("{other:?}"),
         }
