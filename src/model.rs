@@ -111,6 +111,10 @@ pub enum Temporality {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricPoint {
     pub series: MetricSeriesKey,
+    /// The stream the point belongs to: a digest of its resource and scope, which OTLP makes
+    /// part of a metric stream's identity. Two instances of one service write one series but
+    /// two streams, and cumulative points are only comparable within a stream.
+    pub stream: u64,
     pub kind: MetricKind,
     pub unit: String,
     pub description: String,

@@ -123,6 +123,8 @@ pub struct AggregatorStats {
     pub endpoints: usize,
     pub metric_series: usize,
     pub clock_skew_corrected: u64,
+    /// Cumulative points of streams the delta converter had no room for.
+    pub untracked_metric_points: u64,
     pub traces: SamplerStats,
     pub logs: LogStats,
 }
@@ -136,6 +138,7 @@ impl AggregatorStats {
             overflow.services,
             overflow.endpoints,
             overflow.metric_series,
+            self.untracked_metric_points,
         );
         self_metrics::clock_skew_corrected(self.clock_skew_corrected);
         let traces = &self.traces;
@@ -163,6 +166,9 @@ pub struct AggregatorMemory {
     /// flushed.
     pub traces: usize,
 }
+
+/// Producers (instances) per metric series the delta converter makes room for, on average.
+const STREAMS_PER_SERIES: usize = 4;
 
 /// A delta converter's entry beyond the value it remembers.
 const CONVERTER_ENTRY_BYTES: usize = 96;
@@ -229,7 +235,14 @@ impl Aggregator {
         Aggregator {
             config,
             guard: CardinalityGuard::new(config.limits),
-            converter: DeltaConverter::new(started_unix_ns),
+            // Room for a few instances of every series the guard admits.
+            converter: DeltaConverter::new(
+                started_unix_ns,
+                config
+                    .limits
+                    .max_metric_series
+                    .saturating_mul(STREAMS_PER_SERIES),
+            ),
             sampler: TraceSampler::new(SamplerConfig {
                 max_clock_skew_ms: config.max_clock_skew_ms,
                 ..config.sampler
@@ -303,7 +316,7 @@ impl Aggregator {
             if point.temporality == crate::model::Temporality::Cumulative {
                 self.converter_bytes += CONVERTER_ENTRY_BYTES + point.value.heap_bytes();
             }
-            self.converter.contribution(&key, point)
+            self.converter.contribution(&key, point, now_ms)
         };
         if let Contribution::Histogram(delta) = &contribution
             && point.series.name == HTTP_SERVER_DURATION
@@ -383,7 +396,7 @@ impl Aggregator {
         self.totals
             .expire(now_ms - self.config.limits.idle_expiry_ms);
         let guard = &self.guard;
-        self.converter.retain(|k| guard.knows_series(k));
+        self.converter.retain(|k| guard.knows_series(k), now_ms);
         self.converter_bytes = self.converter.heap_bytes();
         self.window_bytes = 0;
         // Keep the tables as large as this flush needed, and give back what a burst grew.
@@ -470,6 +483,7 @@ impl Aggregator {
             endpoints: self.guard.endpoint_count(),
             metric_series: self.guard.series_count(),
             clock_skew_corrected: self.clock_skew_corrected,
+            untracked_metric_points: self.converter.untracked(),
             traces: self.sampler.stats(),
             logs: self.logs.stats(),
         }
@@ -674,6 +688,7 @@ mod tests {
             kind: MetricKind::Histogram,
             unit: "s".into(),
             description: String::new(),
+            stream: 1,
             start_unix_ns: 10,
             time_unix_ms: 50_000,
             temporality: Temporality::Cumulative,

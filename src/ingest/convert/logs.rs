@@ -155,6 +155,8 @@ fn count_point(service: &str, severity: Severity, second_ms: i64, count: u64) ->
             name: LOG_RECORDS_METRIC.to_string(),
             attributes,
         },
+        // Delta counts: no cumulative state to keep apart.
+        stream: 0,
         kind: MetricKind::Counter,
         unit: LOG_RECORDS_UNIT.to_string(),
         description: "Log records redline received, by severity".to_string(),
