@@ -288,6 +288,15 @@ pub struct IngestBatch {
     pub logs: Vec<log_record::IncomingLog>,
     /// Log records accepted, kept or not.
     pub log_records: usize,
+    /// The `service.instance.id` of each resource that had one.
+    pub instances: Vec<InstanceSeen>,
+}
+
+/// A resource's service and its `service.instance.id` (length-limited).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSeen {
+    pub service: std::sync::Arc<str>,
+    pub instance: String,
 }
 
 impl IngestBatch {

@@ -564,7 +564,7 @@ fn instance_meter_provider(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_of_one_service_add_up_their_cumulative_counters() {
+async fn instances_of_one_service_add_up_and_are_listed_on_its_page() {
     let redline = TestRedline::start().await;
     let providers = [
         instance_meter_provider(&redline, "two-instances", "api-1"),
@@ -602,5 +602,32 @@ async fn instances_of_one_service_add_up_their_cumulative_counters() {
         .wait_for(path, Duration::from_secs(10), |b| total(b) >= 175.0)
         .await;
     assert_eq!(total(&body), 175.0, "{body}");
+
+    // The service page names both instances; a third arrives with spans, its id hostile text.
+    let mut spans = crate::helpers::export_request("two-instances", "/orders", 3);
+    spans.resource_spans[0]
+        .resource
+        .as_mut()
+        .unwrap()
+        .attributes
+        .push(crate::helpers::string(
+            "service.instance.id",
+            "<b>pod-3</b>",
+        ));
+    assert_eq!(redline.export(&spans).await, 200);
+    let page = crate::helpers::poll(Duration::from_secs(10), || async {
+        let page = redline.text("/services/two-instances").await;
+        page.contains("3 instances").then_some(page)
+    })
+    .await
+    .expect("the service page lists three instances");
+    for id in [
+        "<code>api-1</code>",
+        "<code>api-2</code>",
+        "&#60;b&#62;pod-3&#60;/b&#62;",
+    ] {
+        assert!(page.contains(id), "{id} missing: {page}");
+    }
+    assert!(!page.contains("<b>pod-3"), "unescaped instance id");
     redline.stop().await;
 }

@@ -6,6 +6,7 @@ pub mod cardinality;
 pub mod explicit;
 mod heap_size;
 pub mod histogram;
+pub mod instances;
 pub mod logs;
 pub mod metric;
 pub mod red;
@@ -227,6 +228,7 @@ pub struct Aggregator {
     /// Heap bytes of the delta converter: counted at each flush, raised by every cumulative
     /// point in between (an over-estimate until the next count).
     converter_bytes: usize,
+    instances: instances::InstanceRegistry,
 }
 
 impl Aggregator {
@@ -257,6 +259,7 @@ impl Aggregator {
             clock_skew_corrected: 0,
             window_bytes: 0,
             converter_bytes: 0,
+            instances: instances::InstanceRegistry::default(),
         }
     }
 
@@ -277,6 +280,9 @@ impl Aggregator {
     pub fn apply(&mut self, batch: IngestBatch, now_ms: i64) {
         for request in &batch.requests {
             self.add_request(request, now_ms);
+        }
+        for seen in &batch.instances {
+            self.instances.record(seen, now_ms);
         }
         for point in &batch.metric_points {
             self.add_metric_point(point, now_ms);
@@ -397,6 +403,7 @@ impl Aggregator {
             .expire(now_ms - self.config.limits.idle_expiry_ms);
         let guard = &self.guard;
         self.converter.retain(|k| guard.knows_series(k), now_ms);
+        self.instances.expire(now_ms);
         self.converter_bytes = self.converter.heap_bytes();
         self.window_bytes = 0;
         // Keep the tables as large as this flush needed, and give back what a burst grew.
@@ -476,6 +483,11 @@ impl Aggregator {
         &self.totals
     }
 
+    /// The instances `service` was heard from lately.
+    pub fn instances(&self, service: &str) -> instances::InstancesView {
+        self.instances.of(service)
+    }
+
     pub fn stats(&self) -> AggregatorStats {
         AggregatorStats {
             overflow: self.guard.overflow(),
@@ -495,7 +507,8 @@ impl Aggregator {
             windows_and_keys: self.window_bytes
                 + self.converter_bytes
                 + self.guard.key_bytes()
-                + self.totals.heap_bytes(),
+                + self.totals.heap_bytes()
+                + self.instances.heap_bytes(),
             traces: self.sampler.heap_bytes() + self.logs.heap_bytes(),
         }
     }

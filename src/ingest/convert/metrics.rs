@@ -14,18 +14,26 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use prost::Message;
 
 use super::points::{self, InvalidPoint};
-use super::{Converted, attribute_text, service_name};
+use super::{Converted, attribute_text, instance_id, service_name};
 use crate::model::limits::{
     Field, MAX_METRIC_ATTRIBUTE_BYTES, MAX_METRIC_POINT_ATTRIBUTES, limit_str,
 };
 use crate::model::log_record::LOG_RECORDS_METRIC;
-use crate::model::{MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality};
+use crate::model::{
+    InstanceSeen, MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality,
+};
 
 /// Converts a metrics export. Summary metrics and malformed points are rejected.
 pub fn convert_metrics(request: ExportMetricsServiceRequest) -> Converted {
     let mut out = Converted::default();
     for resource_metrics in request.resource_metrics {
         let service = service_name(resource_metrics.resource.as_ref());
+        if let Some(instance) = instance_id(resource_metrics.resource.as_ref()) {
+            out.batch.instances.push(InstanceSeen {
+                service: service.as_str().into(),
+                instance,
+            });
+        }
         let resource = resource_metrics
             .resource
             .as_ref()
