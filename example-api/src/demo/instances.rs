@@ -32,16 +32,9 @@ pub fn instance_id(service: &str, n: usize) -> String {
 
 impl DemoTelemetry {
     /// `instances` API telemetries (named by `OTEL_SERVICE_NAME`, each with its
-    /// `service.instance.id`) and the recommendations service's, all exporting per `export`;
-    /// several instances export their metrics as deltas.
+    /// `service.instance.id`) and the recommendations service's, all exporting per `export`
+    /// (redline keeps each instance's cumulative counters apart, so they add up).
     pub fn new(export: &ExportConfig, instances: usize) -> Result<Self, TelemetryError> {
-        // redline keys a metric series by service, name and attributes, not by instance:
-        // cumulative counters of two instances would read as one counter jumping back and
-        // forth, each point counted anew. Deltas from several instances simply add up.
-        let export = &ExportConfig {
-            delta: export.delta || instances > 1,
-            ..export.clone()
-        };
         let service = api_service_name();
         let api = (1..=instances.max(1))
             .map(|n| {

@@ -192,8 +192,8 @@ async fn demo_instances_share_invalidations_and_the_downstream_with_their_own_in
     tel.shutdown().await;
 }
 
-/// redline keys metric series by service and attributes, not by instance: the demo's instances
-/// export deltas, so their request counts add up instead of overwriting each other.
+/// Both instances export cumulative counters of one series: redline adds them up instead of
+/// reading them as one counter's resets, and its service page lists both instances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_redline_adds_up_both_instances_request_counts() {
     let redline = start_redline_with(|_, _| {}).await;
@@ -241,6 +241,15 @@ async fn a_real_redline_adds_up_both_instances_request_counts() {
     while tokio::time::Instant::now() < until {
         assert_eq!(count().await, f64::from(on_a + on_b), "the total stays");
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let page = reqwest::get(format!("http://{}/services/example-api", redline.web))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for id in ["<code>example-api-1</code>", "<code>example-api-2</code>"] {
+        assert!(page.contains(id), "{id} not on the service page");
     }
     a.stop().await;
     b.stop().await;
