@@ -25,6 +25,7 @@ use crate::probe::{
 };
 use crate::procs::{
     Sut, baseline_binary, rotel_binary, start_redline, start_redline_binary, start_rotel,
+    start_rotel_forwarding, start_rotel_upstream,
 };
 
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
@@ -42,6 +43,10 @@ pub struct LadderOptions {
     /// After the ladder, each contender in turn gets this long of closed-loop load with
     /// `max_in_flight` requests in flight and no retries (0: skipped).
     pub full_speed_secs: f64,
+    /// Forwarding mode: redline aggregates and forwards everything over OTLP/gRPC, rotel-agent
+    /// forwards over OTLP/gRPC (no blackhole), both to one more rotel-agent with the blackhole
+    /// exporter on core 0.
+    pub forward: bool,
 }
 
 /// Spans per second prost decodes (and drops) on this core, for `duration`.
@@ -243,13 +248,35 @@ pub async fn ingest(options: &LadderOptions) -> Result<()> {
         println!("  decode-only bound: {bound:.0} spans/s (prost decode + drop, one core)");
         decode.push(bound);
         let mut contenders = Vec::new();
-        contenders.push(Contender::connect(start_redline(&[])?, options.connections).await?);
+        // Forwarding: both contenders send to one blackhole upstream, alive for the round.
+        let upstream = match (&rotel, options.forward) {
+            (Some(binary), true) => Some(start_rotel_upstream(binary)?),
+            (None, true) => return Err("the forwarding mode needs rotel-agent".into()),
+            _ => None,
+        };
+        let endpoint = upstream.as_ref().map(|u| format!("http://{}", u.grpc));
+        let redline_args: Vec<&str> = match &endpoint {
+            Some(endpoint) => vec![
+                "--forward-otlp-endpoint",
+                endpoint,
+                "--forward-otlp-protocol",
+                "grpc",
+            ],
+            None => Vec::new(),
+        };
+        contenders.push(
+            Contender::connect(start_redline(&redline_args)?, options.connections).await?,
+        );
         if let Some(binary) = baseline_binary() {
-            let sut = start_redline_binary(&binary, "baseline", &[])?;
+            let sut = start_redline_binary(&binary, "baseline", &redline_args)?;
             contenders.push(Contender::connect(sut, options.connections).await?);
         }
         if let Some(binary) = &rotel {
-            contenders.push(Contender::connect(start_rotel(binary)?, options.connections).await?);
+            let sut = match &upstream {
+                Some(upstream) => start_rotel_forwarding(binary, upstream.grpc)?,
+                None => start_rotel(binary)?,
+            };
+            contenders.push(Contender::connect(sut, options.connections).await?);
         }
         let pids: Vec<u32> = contenders.iter().map(|c| c.sut.pid()).collect();
         let sampler = RssSampler::start(&pids, Duration::from_millis(100));
