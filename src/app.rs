@@ -282,7 +282,10 @@ impl App {
             settings.queue_max_bytes,
             durability.clone(),
         );
-        let forward = settings.forward.as_ref().map(crate::forward::ForwardHandle::new);
+        let forward = settings
+            .forward
+            .as_ref()
+            .map(crate::forward::ForwardHandle::new);
         let ingestor = Ingestor::new(queue.clone(), budget.clone()).with_forward(forward.clone());
 
         let (pipeline_stop, pipeline_stop_rx) = oneshot::channel();

@@ -159,17 +159,34 @@ async fn forwarding(
 /// the SDK over gRPC and HTTP and as OTLP/JSON, points over HTTP protobuf, JSON and gRPC
 /// (gzip), log records over HTTP protobuf and JSON. What `a` must count.
 async fn send_load(a: &TestRedline, service: &str) -> (u64, u64, u64) {
-    sdk_export(Transport::Grpc, a.grpc, ExportVia::default(), service, "/grpc", 40)
-        .await
-        .expect("spans over gRPC");
-    sdk_export(Transport::Http, a.http, ExportVia::default(), service, "/http", 30)
-        .await
-        .expect("spans over HTTP");
+    sdk_export(
+        Transport::Grpc,
+        a.grpc,
+        ExportVia::default(),
+        service,
+        "/grpc",
+        40,
+    )
+    .await
+    .expect("spans over gRPC");
+    sdk_export(
+        Transport::Http,
+        a.http,
+        ExportVia::default(),
+        service,
+        "/http",
+        30,
+    )
+    .await
+    .expect("spans over HTTP");
     let json = serde_json::to_vec(&export_request(service, "/json", 7)).unwrap();
     assert_eq!(post(a, "traces", "application/json", json).await, 200);
 
     let protobuf = metrics_request(service, 50).encode_to_vec();
-    assert_eq!(post(a, "metrics", "application/x-protobuf", protobuf).await, 200);
+    assert_eq!(
+        post(a, "metrics", "application/x-protobuf", protobuf).await,
+        200
+    );
     let json = serde_json::to_vec(&metrics_request(service, 11)).unwrap();
     assert_eq!(post(a, "metrics", "application/json", json).await, 200);
     let path = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
@@ -177,7 +194,10 @@ async fn send_load(a: &TestRedline, service: &str) -> (u64, u64, u64) {
     assert_eq!(grpc_status(a.grpc, path, &grpc, true).await, Ok(0));
 
     let protobuf = logs_request(service, 20).encode_to_vec();
-    assert_eq!(post(a, "logs", "application/x-protobuf", protobuf).await, 200);
+    assert_eq!(
+        post(a, "logs", "application/x-protobuf", protobuf).await,
+        200
+    );
     let json = serde_json::to_vec(&logs_request(service, 9)).unwrap();
     assert_eq!(post(a, "logs", "application/json", json).await, 200);
     (40 + 30 + 7, 50 + 11 + 13, 20 + 9)
@@ -191,13 +211,24 @@ async fn forwards_everything_to_another_redline(protocol: &str, service: &str) {
     };
     let a = forwarding(endpoint, protocol, |_| {}).await;
     let expected = send_load(&a, service).await;
-    assert_eq!(wait_for_counts(&a, service, expected).await, expected, "on A");
-    assert_eq!(wait_for_counts(&b, service, expected).await, expected, "on B");
+    assert_eq!(
+        wait_for_counts(&a, service, expected).await,
+        expected,
+        "on A"
+    );
+    assert_eq!(
+        wait_for_counts(&b, service, expected).await,
+        expected,
+        "on B"
+    );
     // The JSON spans arrived as such.
     let routes = b
         .get_ok(&format!("/api/v1/endpoints?service={service}&since=1h"))
         .await;
-    assert!(crate::helpers::endpoint(&routes, "GET", "/json").is_some(), "{routes}");
+    assert!(
+        crate::helpers::endpoint(&routes, "GET", "/json").is_some(),
+        "{routes}"
+    );
     b.stop().await;
     a.stop().await;
 }
@@ -244,11 +275,18 @@ async fn what_waits_while_the_upstream_is_down_arrives_once_it_is_back() {
     let retries = poll(DEADLINE, || async {
         let metrics = a.metrics_text().await;
         let upstream_label = format!("upstream=\"http://{upstream}\"");
-        (labelled(&metrics, "redline_forward_retries_total", &[&upstream_label]) > 0.0)
+        (labelled(
+            &metrics,
+            "redline_forward_retries_total",
+            &[&upstream_label],
+        ) > 0.0)
             .then_some(())
     })
     .await;
-    assert!(retries.is_some(), "forwarding retried while the upstream was down");
+    assert!(
+        retries.is_some(),
+        "forwarding retried while the upstream was down"
+    );
     let b = TestRedline::start_with(|layer| {
         layer.otlp_grpc_addr = Some(upstream.to_string());
     })
@@ -288,7 +326,11 @@ async fn beyond_a_tiny_queue_requests_are_dropped_counted_and_shown() {
     let dropped = labelled(
         &metrics,
         "redline_forward_items_dropped_total",
-        &[&upstream_label, "signal=\"traces\"", "reason=\"queue_full\""],
+        &[
+            &upstream_label,
+            "signal=\"traces\"",
+            "reason=\"queue_full\"",
+        ],
     );
     assert_eq!(dropped, 30.0, "{metrics}");
     let queue_bytes = labelled(&metrics, "redline_forward_queue_bytes", &[&upstream_label]);
@@ -315,7 +357,10 @@ async fn forward_signals_limits_what_is_forwarded() {
     .await;
     let service = "fwd-filter";
     let metrics = metrics_request(service, 12).encode_to_vec();
-    assert_eq!(post(&a, "metrics", "application/x-protobuf", metrics).await, 200);
+    assert_eq!(
+        post(&a, "metrics", "application/x-protobuf", metrics).await,
+        200
+    );
     let logs = logs_request(service, 8).encode_to_vec();
     assert_eq!(post(&a, "logs", "application/x-protobuf", logs).await, 200);
     assert_eq!(a.export(&export_request(service, "/only", 25)).await, 200);
@@ -330,7 +375,11 @@ async fn forward_signals_limits_what_is_forwarded() {
             "redline_forward_items_dropped_total",
         ] {
             let value = labelled(&text, name, &[&upstream_label, &signal_label]);
-            let want = if name.ends_with("sent_total") { expected } else { 0.0 };
+            let want = if name.ends_with("sent_total") {
+                expected
+            } else {
+                0.0
+            };
             assert_eq!(value, want, "{name} {signal}");
         }
     }
@@ -362,7 +411,10 @@ async fn scripted_upstream(script: Vec<StatusCode>) -> (SocketAddr, Arc<Mutex<Ve
              headers: HeaderMap,
              body: bytes::Bytes| async move {
                 let mut received = received.lock().unwrap();
-                let status = script.get(received.len()).copied().unwrap_or(StatusCode::OK);
+                let status = script
+                    .get(received.len())
+                    .copied()
+                    .unwrap_or(StatusCode::OK);
                 received.push(Received {
                     at: Instant::now(),
                     path: uri.path().to_string(),
@@ -388,9 +440,13 @@ async fn scripted_upstream(script: Vec<StatusCode>) -> (SocketAddr, Arc<Mutex<Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_with_retry_after_is_retried_after_it_and_a_400_is_dropped() {
     let (upstream, received) = scripted_upstream(vec![StatusCode::SERVICE_UNAVAILABLE]).await;
-    let a = forwarding(format!("http://{upstream}/base/"), "http/protobuf", |layer| {
-        layer.forward_otlp_headers = Some(vec!["x-tenant=team-a".into()]);
-    })
+    let a = forwarding(
+        format!("http://{upstream}/base/"),
+        "http/protobuf",
+        |layer| {
+            layer.forward_otlp_headers = Some(vec!["x-tenant=team-a".into()]);
+        },
+    )
     .await;
     let request = export_request("fwd-retry", "/retry", 6);
     assert_eq!(a.export(&request).await, 200);
@@ -402,7 +458,10 @@ async fn a_503_with_retry_after_is_retried_after_it_and_a_400_is_dropped() {
     .expect("the request is sent again");
     assert_eq!(both.len(), 2);
     let waited = both[1].at - both[0].at;
-    assert!(waited >= Duration::from_millis(900), "Retry-After: 1 honoured, waited {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "Retry-After: 1 honoured, waited {waited:?}"
+    );
     for sent in &both {
         assert_eq!(sent.path, "/base/v1/traces");
         assert_eq!(sent.body, request.encode_to_vec(), "forwarded as received");
@@ -412,7 +471,11 @@ async fn a_503_with_retry_after_is_retried_after_it_and_a_400_is_dropped() {
     let upstream_label = format!("upstream=\"http://{upstream}/base\"");
     let sent = poll(DEADLINE, || async {
         let metrics = a.metrics_text().await;
-        let sent = labelled(&metrics, "redline_forward_items_sent_total", &[&upstream_label]);
+        let sent = labelled(
+            &metrics,
+            "redline_forward_items_sent_total",
+            &[&upstream_label],
+        );
         (sent == 6.0).then_some(metrics)
     })
     .await
@@ -426,7 +489,10 @@ async fn a_503_with_retry_after_is_retried_after_it_and_a_400_is_dropped() {
     let (upstream, received) =
         scripted_upstream(vec![StatusCode::BAD_REQUEST, StatusCode::BAD_REQUEST]).await;
     let a = forwarding(format!("http://{upstream}"), "http/protobuf", |_| {}).await;
-    assert_eq!(a.export(&export_request("fwd-refused", "/no", 4)).await, 200);
+    assert_eq!(
+        a.export(&export_request("fwd-refused", "/no", 4)).await,
+        200
+    );
     let upstream_label = format!("upstream=\"http://{upstream}\"");
     let dropped = poll(DEADLINE, || async {
         let metrics = a.metrics_text().await;
@@ -465,7 +531,10 @@ async fn a_request_refused_for_its_api_key_is_not_forwarded() {
         .status();
     assert_eq!(status, 401);
     let path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-    assert_ne!(grpc_status(a.grpc, path, &refused.encode_to_vec(), false).await, Ok(0));
+    assert_ne!(
+        grpc_status(a.grpc, path, &refused.encode_to_vec(), false).await,
+        Ok(0)
+    );
     let accepted = export_request("fwd-auth", "/accepted", 5);
     let status = a
         .client()
@@ -487,6 +556,29 @@ async fn a_request_refused_for_its_api_key_is_not_forwarded() {
     // The refused ones came first; only the accepted one went upstream.
     assert_eq!(received.lock().unwrap().len(), 1);
     let metrics = a.metrics_text().await;
-    assert!(sample(&metrics, "redline_export_requests_rejected_total{reason=\"wrong_api_key\"}") >= 1.0);
+    assert!(
+        sample(
+            &metrics,
+            "redline_export_requests_rejected_total{reason=\"wrong_api_key\"}"
+        ) >= 1.0
+    );
     a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_sends_what_waits_within_its_deadline() {
+    let (upstream, received) = scripted_upstream(vec![StatusCode::SERVICE_UNAVAILABLE]).await;
+    let a = forwarding(format!("http://{upstream}"), "http/protobuf", |_| {}).await;
+    let request = export_request("fwd-stop", "/stop", 5);
+    assert_eq!(a.export(&request).await, 200);
+    let first = poll(DEADLINE, || async {
+        (!received.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    assert!(first.is_some(), "sent once before the stop");
+    // Stopped while the request waits out its Retry-After: the stop still delivers it.
+    a.stop().await;
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 2, "sent again during the stop");
+    assert_eq!(received[1].body, request.encode_to_vec());
 }

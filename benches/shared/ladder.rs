@@ -264,9 +264,8 @@ pub async fn ingest(options: &LadderOptions) -> Result<()> {
             ],
             None => Vec::new(),
         };
-        contenders.push(
-            Contender::connect(start_redline(&redline_args)?, options.connections).await?,
-        );
+        contenders
+            .push(Contender::connect(start_redline(&redline_args)?, options.connections).await?);
         if let Some(binary) = baseline_binary() {
             let sut = start_redline_binary(&binary, "baseline", &redline_args)?;
             contenders.push(Contender::connect(sut, options.connections).await?);

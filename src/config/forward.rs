@@ -126,7 +126,10 @@ forward_queue_max_bytes = 1000000
             forward.headers,
             [
                 ("X-Scope-OrgID".to_string(), "team-a".to_string()),
-                ("x-otlp-api-key".to_string(), "k-1234567890abcdef".to_string())
+                (
+                    "x-otlp-api-key".to_string(),
+                    "k-1234567890abcdef".to_string()
+                )
             ]
         );
         assert_eq!(
@@ -151,7 +154,12 @@ forward_queue_max_bytes = 1000000
         let forward = Settings::resolve(layer).unwrap().forward.unwrap();
         assert_eq!(forward.protocol, Protocol::Grpc);
         assert_eq!(forward.signals, Signal::ALL);
-        assert!(Settings::resolve(SettingsLayer::default()).unwrap().forward.is_none());
+        assert!(
+            Settings::resolve(SettingsLayer::default())
+                .unwrap()
+                .forward
+                .is_none()
+        );
     }
 
     #[test]

@@ -139,7 +139,9 @@ pub fn client(version: HttpVersion) -> Result<HttpClient, RemoteWriteError> {
         .with_tls_config(tls)
         .https_or_http();
     Ok(match version {
-        HttpVersion::Http1 => Client::builder(TokioExecutor::new()).build(connector.enable_http1().build()),
+        HttpVersion::Http1 => {
+            Client::builder(TokioExecutor::new()).build(connector.enable_http1().build())
+        }
         HttpVersion::Http2 => Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector.enable_http2().build()),

@@ -87,11 +87,7 @@ fn outcome_of(parts: &Parts, trailers: Option<&HeaderMap>) -> Outcome {
         // The stream ended without a status: nothing says the upstream took the request.
         return Outcome::Retry(None);
     };
-    let retry_delay = || {
-        status
-            .get_details_retry_info()
-            .map(|info| info.retry_delay)
-    };
+    let retry_delay = || status.get_details_retry_info().map(|info| info.retry_delay);
     match status.code() {
         Code::Ok => Outcome::Sent,
         Code::Cancelled
@@ -122,7 +118,10 @@ mod tests {
 
     #[test]
     fn grpc_codes_are_retried_or_refused_as_otlp_says() {
-        assert_eq!(outcome_of(&answer(&[("grpc-status", "0")]), None), Outcome::Sent);
+        assert_eq!(
+            outcome_of(&answer(&[("grpc-status", "0")]), None),
+            Outcome::Sent
+        );
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", "14".parse().unwrap());
         assert_eq!(

@@ -134,7 +134,8 @@ impl ForwardQueue {
     }
 
     pub fn totals(&self) -> Totals {
-        let get = |counters: &[AtomicU64; 3]| counters.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let get =
+            |counters: &[AtomicU64; 3]| counters.each_ref().map(|c| c.load(Ordering::Relaxed));
         Totals {
             sent: get(&self.sent),
             dropped: get(&self.dropped),

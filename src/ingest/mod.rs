@@ -204,7 +204,13 @@ impl Ingestor {
         let forwarded = self.forwarded_encoding(Signal::Metrics, protobuf, &request);
         let converted = convert::convert_metrics(request);
         let count = converted.batch.metric_points.len() as u64;
-        self.submit(Signal::Metrics, converted, count, memory, forwarded.as_ref())
+        self.submit(
+            Signal::Metrics,
+            converted,
+            count,
+            memory,
+            forwarded.as_ref(),
+        )
     }
 
     /// Takes a decoded logs export; `protobuf`: its bytes when it came as protobuf (`None` for
