@@ -116,6 +116,10 @@ async fn step(
         duration: Duration::from_secs_f64(options.step_secs),
         max_in_flight: options.max_in_flight,
     };
+    let forward_dropped_before = match (contender.sut.web, options.forward) {
+        (Some(web), true) => forward_dropped(web).await,
+        _ => 0.0,
+    };
     let cpu_before = cpu_seconds(contender.sut.pid()).unwrap_or(0.0);
     let result = run_load_counted(
         &contender.channels,
@@ -139,6 +143,14 @@ async fn step(
                 sustained = depth <= capacity / 4.0;
                 backlog = format!(" queue {:.0}/{:.0}", depth, capacity);
                 wait_for_empty_queue(web, Duration::from_secs(15)).await;
+                if options.forward {
+                    // Forwarding must keep up too: what it dropped is lost.
+                    let accepted = result.accepted_spans_per_s() * result.elapsed_s;
+                    let dropped = forward_dropped(web).await - forward_dropped_before;
+                    sustained &= dropped <= accepted / 100.0;
+                    backlog.push_str(&format!(" forward dropped {dropped:.0}"));
+                    wait_for_forwarded(web, Duration::from_secs(15)).await;
+                }
             }
             Err(e) => {
                 sustained = false;
@@ -169,6 +181,33 @@ async fn step(
         if pass { "pass" } else { "FAIL" }
     );
     Ok(pass)
+}
+
+/// Spans redline's forwarding has dropped since it started.
+async fn forward_dropped(web: std::net::SocketAddr) -> f64 {
+    prometheus(web).await.map_or(0.0, |m| {
+        m.iter()
+            .filter(|(name, _)| name.starts_with("redline_forward_items_dropped_total"))
+            .map(|(_, v)| v)
+            .sum()
+    })
+}
+
+/// Waits (at most `deadline`) until redline's forwarding queue is empty.
+async fn wait_for_forwarded(web: std::net::SocketAddr, deadline: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        let waiting: f64 = prometheus(web).await.map_or(0.0, |m| {
+            m.iter()
+                .filter(|(name, _)| name.starts_with("redline_forward_queue_bytes"))
+                .map(|(_, v)| v)
+                .sum()
+        });
+        if waiting == 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Closed-loop load for `full_speed_secs`: (spans acknowledged per second, refused per second).

@@ -20,7 +20,7 @@ use super::{ForwardError, ForwardHandle, ForwardSettings, Protocol};
 use crate::self_metrics;
 
 /// Requests sent at once.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 8;
 /// How long a stop keeps sending what waits.
 pub const DRAIN_WITHIN: Duration = Duration::from_secs(3);
 
