@@ -396,6 +396,9 @@ struct Received {
     body: bytes::Bytes,
 }
 
+/// What a scripted upstream received, and the statuses it answers in turn.
+type Script = (Arc<Mutex<Vec<Received>>>, Arc<Vec<StatusCode>>);
+
 /// A small OTLP/HTTP upstream that records what it receives and answers the `script`'s
 /// statuses in turn (with `Retry-After: 1` for a 503), then 200.
 async fn scripted_upstream(script: Vec<StatusCode>) -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
@@ -403,10 +406,7 @@ async fn scripted_upstream(script: Vec<StatusCode>) -> (SocketAddr, Arc<Mutex<Ve
     let state = (received.clone(), Arc::new(script));
     let app = axum::Router::new()
         .fallback(
-            |axum::extract::State((received, script)): axum::extract::State<(
-                Arc<Mutex<Vec<Received>>>,
-                Arc<Vec<StatusCode>>,
-            )>,
+            |axum::extract::State((received, script)): axum::extract::State<Script>,
              uri: axum::http::Uri,
              headers: HeaderMap,
              body: bytes::Bytes| async move {

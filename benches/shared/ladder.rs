@@ -472,7 +472,14 @@ fn summary(
     for (name, label) in [
         ("redline", "redline:"),
         ("baseline", "baseline build:"),
-        ("rotel", "rotel (blackhole):"),
+        (
+            "rotel",
+            if options.forward {
+                "rotel (forwarding):"
+            } else {
+                "rotel (blackhole):"
+            },
+        ),
     ] {
         let Some(f) = figures.get_mut(name) else {
             continue;

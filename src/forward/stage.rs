@@ -25,15 +25,16 @@ const MAX_IN_FLIGHT: usize = 8;
 pub const DRAIN_WITHIN: Duration = Duration::from_secs(3);
 
 enum Upstream {
-    Grpc(GrpcUpstream),
-    Http(HttpUpstream),
+    // Boxed: the clients are large, and built once.
+    Grpc(Box<GrpcUpstream>),
+    Http(Box<HttpUpstream>),
 }
 
 impl Upstream {
     fn new(settings: &ForwardSettings) -> Result<Self, ForwardError> {
         Ok(match settings.protocol {
-            Protocol::Grpc => Upstream::Grpc(GrpcUpstream::new(settings)?),
-            Protocol::HttpProtobuf => Upstream::Http(HttpUpstream::new(settings)?),
+            Protocol::Grpc => Upstream::Grpc(Box::new(GrpcUpstream::new(settings)?)),
+            Protocol::HttpProtobuf => Upstream::Http(Box::new(HttpUpstream::new(settings)?)),
         })
     }
 
