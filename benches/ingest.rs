@@ -1,7 +1,9 @@
 //! redline's benchmarks (issues 2 and 13, "Performance"), recorded in docs/PERFORMANCE.md.
 //!
 //! `cargo bench --bench ingest -- <mode> [options]`, modes:
-//! - `ingest`  — side by side in one run, interleaved and as medians over rounds: (a) the
+//! - `ingest`  — (with `--forward`: redline aggregating and forwarding everything over
+//!   OTLP/gRPC against rotel-agent forwarding over OTLP/gRPC, both to a blackhole rotel-agent
+//!   on core 0) side by side in one run, interleaved and as medians over rounds: (a) the
 //!   decode-only bound (prost decode of the same payloads, one core), (b) redline and (c)
 //!   rotel-agent (blackhole exporter) receiving OTLP/gRPC from an open-loop load generator: the
 //!   highest arrival rate with < 1 % of batches lost (rejected, failed, or not sendable because
@@ -114,6 +116,7 @@ struct Options {
     error_percent: u32,
     after_secs: f64,
     full_speed_secs: f64,
+    forward: bool,
 }
 
 fn options() -> Result<Options> {
@@ -133,6 +136,7 @@ fn options() -> Result<Options> {
         error_percent: payload::NORMAL_ERROR_PERCENT,
         after_secs: 30.0,
         full_speed_secs: 20.0,
+        forward: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -153,6 +157,7 @@ fn options() -> Result<Options> {
             "--errors" => o.error_percent = value()?.parse::<u32>()?.min(100),
             "--after-secs" => o.after_secs = value()?.parse()?,
             "--full-speed-secs" => o.full_speed_secs = value()?.parse()?,
+            "--forward" => o.forward = true,
             "ingest" | "cpu" | "memory" | "query" | "profile" | "load" | "tls" | "all" => {
                 o.mode = arg.clone()
             }
@@ -217,6 +222,7 @@ impl Options {
             error_percent: self.error_percent,
             after_secs: self.after_secs,
             full_speed_secs: self.full_speed_secs,
+            forward: self.forward,
         }
     }
 }

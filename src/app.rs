@@ -282,7 +282,11 @@ impl App {
             settings.queue_max_bytes,
             durability.clone(),
         );
-        let ingestor = Ingestor::new(queue.clone(), budget.clone());
+        let forward = settings
+            .forward
+            .as_ref()
+            .map(crate::forward::ForwardHandle::new);
+        let ingestor = Ingestor::new(queue.clone(), budget.clone()).with_forward(forward.clone());
 
         let (pipeline_stop, pipeline_stop_rx) = oneshot::channel();
         let pipeline_task = spawn_critical(
@@ -371,6 +375,7 @@ impl App {
         let alerts = AlertsHandle::new(alert_store);
         let (alerts_stop, alerts_stop_rx) = watch::channel(false);
         let remote_write_stop = alerts_stop_rx.clone();
+        let forward_stop = alerts_stop_rx.clone();
         let rules_file = settings.alerts_file.clone();
         let dashboard_url = settings.public_url.clone().unwrap_or_else(|| {
             let scheme = if server_tls.is_some() {
@@ -438,6 +443,17 @@ impl App {
             ));
         }
 
+        // Forwarding stops with alerting too: it goes on sending while the pipeline drains,
+        // then sends what waits within its own deadline.
+        if let (Some(settings), Some(handle)) = (settings.forward.clone(), forward.clone()) {
+            alerts_tasks.push((
+                Stage::Forward,
+                spawn_restarting(stages.clone(), Stage::Forward, move || {
+                    crate::forward::run(settings.clone(), handle.clone(), forward_stop.clone())
+                }),
+            ));
+        }
+
         let (web_stop, web_stop_rx) = watch::channel(false);
         let readiness = web::Readiness {
             queue: queue.clone(),
@@ -459,6 +475,7 @@ impl App {
         )
         .with_alerts(Arc::new(alerts.clone()))
         .with_readiness(readiness.clone())
+        .with_forward(forward)
         .with_otlp_access(web::pages::OtlpAccess {
             auth: auth.clone(),
             tls: server_tls.is_some(),

@@ -3,6 +3,7 @@
 //! every value and reports every problem at once.
 
 pub mod export;
+pub mod forward;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -156,7 +157,7 @@ pub struct SettingsLayer {
         value_delimiter = ',',
         hide_env_values = true
     )]
-    #[serde(default, deserialize_with = "api_keys_table_or_list")]
+    #[serde(default, deserialize_with = "pairs_table_or_list")]
     pub otlp_api_keys: Option<Vec<String>>,
     /// File of more OTLP API keys, one NAME=KEY a line (# comments), kept out of the command line and environment; re-read on SIGHUP [default: none]
     #[arg(long, env = "REDLINE_OTLP_API_KEYS_FILE", value_name = "FILE")]
@@ -203,10 +204,42 @@ pub struct SettingsLayer {
     /// `[[remote_write]]` tables of the file.
     #[arg(skip)]
     pub remote_write: Option<Vec<export::RemoteWriteTable>>,
+    /// Forward every accepted OTLP export (traces, metrics, logs), as received, to this OTLP endpoint: a Collector, Tempo, Jaeger or another redline, e.g. http://collector:4317 for grpc, http://collector:4318 for http/protobuf (which appends /v1/traces, /v1/metrics, /v1/logs); https:// verifies against the system's roots. Requests wait in a queue bounded by forward_queue_max_bytes; when it is full they are dropped and counted, ingest never waits [default: none]
+    #[arg(long, env = "REDLINE_FORWARD_OTLP_ENDPOINT", value_name = "URL")]
+    pub forward_otlp_endpoint: Option<String>,
+    /// How requests are forwarded: grpc or http/protobuf (JSON exports are sent as protobuf) [default: grpc]
+    #[arg(
+        long,
+        env = "REDLINE_FORWARD_OTLP_PROTOCOL",
+        value_name = "grpc|http/protobuf"
+    )]
+    pub forward_otlp_protocol: Option<String>,
+    /// Headers (gRPC metadata) sent with every forwarded request, as NAME=VALUE pairs, comma-separated, e.g. x-otlp-api-key=KEY or authorization=Bearer TOKEN (in the TOML file also a table, name = "value") [default: none]
+    #[arg(
+        long,
+        env = "REDLINE_FORWARD_OTLP_HEADERS",
+        value_name = "NAME=VALUE,...",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    #[serde(default, deserialize_with = "pairs_table_or_list")]
+    pub forward_otlp_headers: Option<Vec<String>>,
+    /// Signals forwarded, comma-separated: traces, metrics, logs [default: traces,metrics,logs]
+    #[arg(
+        long,
+        env = "REDLINE_FORWARD_SIGNALS",
+        value_name = "SIGNALS",
+        value_delimiter = ','
+    )]
+    pub forward_signals: Option<Vec<String>>,
+    /// Bytes of accepted requests that may wait for the upstream (or be retried); beyond it new requests are not forwarded and are counted as dropped [default: 67108864]
+    #[arg(long, env = "REDLINE_FORWARD_QUEUE_MAX_BYTES", value_name = "BYTES")]
+    pub forward_queue_max_bytes: Option<usize>,
 }
 
-/// `otlp_api_keys` in the TOML file: a table `{ name = "key" }` or a list of `"name=key"`.
-fn api_keys_table_or_list<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
+/// `otlp_api_keys` and `forward_otlp_headers` in the TOML file: a table `{ name = "value" }`
+/// or a list of `"name=value"`.
+fn pairs_table_or_list<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
@@ -274,7 +307,12 @@ impl SettingsLayer {
             external_labels,
             remote_write_url,
             remote_write_interval,
-            remote_write
+            remote_write,
+            forward_otlp_endpoint,
+            forward_otlp_protocol,
+            forward_otlp_headers,
+            forward_signals,
+            forward_queue_max_bytes
         )
     }
 }
@@ -315,6 +353,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// RED for Prometheus: external labels and remote-write targets.
     pub export: export::ExportSettings,
+    /// The OTLP upstream accepted exports are forwarded to, if any.
+    pub forward: Option<crate::forward::ForwardSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -530,6 +570,16 @@ impl Settings {
             },
             &mut problems,
         );
+        let forward = forward::resolve(
+            forward::ForwardLayer {
+                endpoint: layer.forward_otlp_endpoint,
+                protocol: layer.forward_otlp_protocol,
+                headers: layer.forward_otlp_headers,
+                signals: layer.forward_signals,
+                queue_max_bytes: layer.forward_queue_max_bytes,
+            },
+            &mut problems,
+        );
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -583,6 +633,7 @@ impl Settings {
             otlp_api_keys,
             tls,
             export,
+            forward,
         })
     }
 }

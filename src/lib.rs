@@ -17,6 +17,7 @@ pub mod budget;
 pub mod config;
 pub mod dashboards;
 pub mod export;
+pub mod forward;
 pub mod ingest;
 pub mod memsize;
 pub mod model;

@@ -25,7 +25,7 @@ pub fn install() -> PrometheusHandle {
 }
 
 /// The signal an ingest counter is about.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     Traces,
     Metrics,
@@ -33,6 +33,17 @@ pub enum Signal {
 }
 
 impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
+    /// The signal's OTLP name: the `signal` label, the `/v1/…` path, `forward_signals`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
     /// What one item of the signal is called: the `item` label of per-sender counts.
     pub fn item(self) -> &'static str {
         match self {
@@ -326,4 +337,38 @@ pub fn remote_write_retry(target: &str) {
 /// Bytes of compressed requests waiting for a remote-write target.
 pub fn remote_write_queue_bytes(target: &str, bytes: usize) {
     gauge!("redline_remote_write_queue_bytes", "target" => target.to_string()).set(bytes as f64);
+}
+
+/// Items (spans, points, log records) of requests an OTLP upstream accepted, by `upstream`
+/// (its URL without credentials or query) and `signal`.
+pub fn forward_sent(upstream: &str, signal: Signal, items: u64) {
+    counter!(
+        "redline_forward_items_sent_total",
+        "upstream" => upstream.to_string(),
+        "signal" => signal.name()
+    )
+    .increment(items);
+}
+
+/// Items of accepted requests never forwarded. `reason`: queue_full (the forwarding queue was
+/// at its bytes), rejected (the upstream refused the request for good: a 4xx other than 429,
+/// or a gRPC code that is not retried), shutdown (not delivered by the stop's deadline).
+pub fn forward_dropped(upstream: &str, signal: Signal, reason: &'static str, items: u64) {
+    counter!(
+        "redline_forward_items_dropped_total",
+        "upstream" => upstream.to_string(),
+        "signal" => signal.name(),
+        "reason" => reason
+    )
+    .increment(items);
+}
+
+/// A forwarded request that will be tried again (UNAVAILABLE, 429, 5xx, no answer).
+pub fn forward_retry(upstream: &str) {
+    counter!("redline_forward_retries_total", "upstream" => upstream.to_string()).increment(1);
+}
+
+/// Bytes of requests waiting for (or being sent to) the OTLP upstream.
+pub fn forward_queue_bytes(upstream: &str, bytes: usize) {
+    gauge!("redline_forward_queue_bytes", "upstream" => upstream.to_string()).set(bytes as f64);
 }

@@ -27,6 +27,7 @@ pub enum Stage {
     Notify,
     Web,
     RemoteWrite,
+    Forward,
 }
 
 impl Stage {
@@ -39,6 +40,7 @@ impl Stage {
             Stage::Notify => "notify",
             Stage::Web => "web",
             Stage::RemoteWrite => "remote_write",
+            Stage::Forward => "forward",
         }
     }
 }

@@ -9,6 +9,7 @@ mod tmpfs;
 mod alerting;
 mod browser;
 mod durability;
+mod forward;
 mod hostile_input;
 mod ingest_errors;
 mod layers;

@@ -25,6 +25,7 @@ use crate::probe::{
 };
 use crate::procs::{
     Sut, baseline_binary, rotel_binary, start_redline, start_redline_binary, start_rotel,
+    start_rotel_forwarding, start_rotel_upstream,
 };
 
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
@@ -42,6 +43,10 @@ pub struct LadderOptions {
     /// After the ladder, each contender in turn gets this long of closed-loop load with
     /// `max_in_flight` requests in flight and no retries (0: skipped).
     pub full_speed_secs: f64,
+    /// Forwarding mode: redline aggregates and forwards everything over OTLP/gRPC, rotel-agent
+    /// forwards over OTLP/gRPC (no blackhole), both to one more rotel-agent with the blackhole
+    /// exporter on core 0.
+    pub forward: bool,
 }
 
 /// Spans per second prost decodes (and drops) on this core, for `duration`.
@@ -111,6 +116,10 @@ async fn step(
         duration: Duration::from_secs_f64(options.step_secs),
         max_in_flight: options.max_in_flight,
     };
+    let forward_dropped_before = match (contender.sut.web, options.forward) {
+        (Some(web), true) => forward_dropped(web).await,
+        _ => 0.0,
+    };
     let cpu_before = cpu_seconds(contender.sut.pid()).unwrap_or(0.0);
     let result = run_load_counted(
         &contender.channels,
@@ -134,6 +143,14 @@ async fn step(
                 sustained = depth <= capacity / 4.0;
                 backlog = format!(" queue {:.0}/{:.0}", depth, capacity);
                 wait_for_empty_queue(web, Duration::from_secs(15)).await;
+                if options.forward {
+                    // Forwarding must keep up too: what it dropped is lost.
+                    let accepted = result.accepted_spans_per_s() * result.elapsed_s;
+                    let dropped = forward_dropped(web).await - forward_dropped_before;
+                    sustained &= dropped <= accepted / 100.0;
+                    backlog.push_str(&format!(" forward dropped {dropped:.0}"));
+                    wait_for_forwarded(web, Duration::from_secs(15)).await;
+                }
             }
             Err(e) => {
                 sustained = false;
@@ -164,6 +181,33 @@ async fn step(
         if pass { "pass" } else { "FAIL" }
     );
     Ok(pass)
+}
+
+/// Spans redline's forwarding has dropped since it started.
+async fn forward_dropped(web: std::net::SocketAddr) -> f64 {
+    prometheus(web).await.map_or(0.0, |m| {
+        m.iter()
+            .filter(|(name, _)| name.starts_with("redline_forward_items_dropped_total"))
+            .map(|(_, v)| v)
+            .sum()
+    })
+}
+
+/// Waits (at most `deadline`) until redline's forwarding queue is empty.
+async fn wait_for_forwarded(web: std::net::SocketAddr, deadline: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        let waiting: f64 = prometheus(web).await.map_or(0.0, |m| {
+            m.iter()
+                .filter(|(name, _)| name.starts_with("redline_forward_queue_bytes"))
+                .map(|(_, v)| v)
+                .sum()
+        });
+        if waiting == 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Closed-loop load for `full_speed_secs`: (spans acknowledged per second, refused per second).
@@ -243,13 +287,34 @@ pub async fn ingest(options: &LadderOptions) -> Result<()> {
         println!("  decode-only bound: {bound:.0} spans/s (prost decode + drop, one core)");
         decode.push(bound);
         let mut contenders = Vec::new();
-        contenders.push(Contender::connect(start_redline(&[])?, options.connections).await?);
+        // Forwarding: both contenders send to one blackhole upstream, alive for the round.
+        let upstream = match (&rotel, options.forward) {
+            (Some(binary), true) => Some(start_rotel_upstream(binary)?),
+            (None, true) => return Err("the forwarding mode needs rotel-agent".into()),
+            _ => None,
+        };
+        let endpoint = upstream.as_ref().map(|u| format!("http://{}", u.grpc));
+        let redline_args: Vec<&str> = match &endpoint {
+            Some(endpoint) => vec![
+                "--forward-otlp-endpoint",
+                endpoint,
+                "--forward-otlp-protocol",
+                "grpc",
+            ],
+            None => Vec::new(),
+        };
+        contenders
+            .push(Contender::connect(start_redline(&redline_args)?, options.connections).await?);
         if let Some(binary) = baseline_binary() {
-            let sut = start_redline_binary(&binary, "baseline", &[])?;
+            let sut = start_redline_binary(&binary, "baseline", &redline_args)?;
             contenders.push(Contender::connect(sut, options.connections).await?);
         }
         if let Some(binary) = &rotel {
-            contenders.push(Contender::connect(start_rotel(binary)?, options.connections).await?);
+            let sut = match &upstream {
+                Some(upstream) => start_rotel_forwarding(binary, upstream.grpc)?,
+                None => start_rotel(binary)?,
+            };
+            contenders.push(Contender::connect(sut, options.connections).await?);
         }
         let pids: Vec<u32> = contenders.iter().map(|c| c.sut.pid()).collect();
         let sampler = RssSampler::start(&pids, Duration::from_millis(100));
@@ -407,7 +472,14 @@ fn summary(
     for (name, label) in [
         ("redline", "redline:"),
         ("baseline", "baseline build:"),
-        ("rotel", "rotel (blackhole):"),
+        (
+            "rotel",
+            if options.forward {
+                "rotel (forwarding):"
+            } else {
+                "rotel (blackhole):"
+            },
+        ),
     ] {
         let Some(f) = figures.get_mut(name) else {
             continue;

@@ -223,16 +223,53 @@ fn free_port() -> Result<u16> {
 }
 
 pub fn start_rotel(binary: &Path) -> Result<Sut> {
+    start_rotel_with(binary, "rotel", &["--exporter", "blackhole"], true)
+}
+
+/// rotel-agent forwarding everything it receives over OTLP/gRPC (uncompressed, as redline
+/// forwards) to `upstream`.
+pub fn start_rotel_forwarding(binary: &Path, upstream: SocketAddr) -> Result<Sut> {
+    let endpoint = format!("http://{upstream}");
+    let args = [
+        "--exporter",
+        "otlp",
+        "--otlp-exporter-endpoint",
+        &endpoint,
+        "--otlp-exporter-protocol",
+        "grpc",
+        "--otlp-exporter-compression",
+        "none",
+    ];
+    start_rotel_with(binary, "rotel", &args, true)
+}
+
+/// rotel-agent with the blackhole exporter as the upstream both forwarding contenders send to;
+/// on core 0 with the generator, so that core 1 is the contender's alone.
+pub fn start_rotel_upstream(binary: &Path) -> Result<Sut> {
+    start_rotel_with(binary, "upstream", &["--exporter", "blackhole"], false)
+}
+
+fn start_rotel_with(
+    binary: &Path,
+    name: &'static str,
+    exporter: &[&str],
+    on_core_1: bool,
+) -> Result<Sut> {
     let dir = tempfile::tempdir()?;
     let (grpc_port, http_port) = (free_port()?, free_port()?);
     let grpc: SocketAddr = format!("127.0.0.1:{grpc_port}").parse()?;
-    let mut command = pinned_command(binary);
+    let mut command = if on_core_1 {
+        pinned_command(binary)
+    } else {
+        host::pinned_command(binary, (cores() >= 2).then_some(0))
+    };
     command
         .args(["start", "--otlp-grpc-endpoint"])
         .arg(grpc.to_string())
         .arg("--otlp-http-endpoint")
         .arg(format!("127.0.0.1:{http_port}"))
-        .args(["--exporter", "blackhole", "--pid-file"])
+        .args(exporter)
+        .arg("--pid-file")
         .arg(dir.path().join("rotel.pid"))
         .arg("--log-file")
         .arg(dir.path().join("rotel.log"))
@@ -244,7 +281,7 @@ pub fn start_rotel(binary: &Path) -> Result<Sut> {
         )?));
     let child = command.spawn()?;
     let mut sut = Sut {
-        name: "rotel",
+        name,
         child,
         grpc,
         http: None,

@@ -116,10 +116,18 @@ pub fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, RemoteWrite
     Ok(map)
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The HTTP version a [`client`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    Http1,
+    /// HTTP/2 only: with prior knowledge over `http://`, by ALPN over `https://` (gRPC).
+    Http2,
+}
 
 /// hyper's pooled client; `https://` verified against the system's roots.
-fn client() -> Result<HttpClient, RemoteWriteError> {
+pub fn client(version: HttpVersion) -> Result<HttpClient, RemoteWriteError> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -129,10 +137,15 @@ fn client() -> Result<HttpClient, RemoteWriteError> {
     .with_no_client_auth();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
+        .https_or_http();
+    Ok(match version {
+        HttpVersion::Http1 => {
+            Client::builder(TokioExecutor::new()).build(connector.enable_http1().build())
+        }
+        HttpVersion::Http2 => Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector.enable_http2().build()),
+    })
 }
 
 /// A compressed request waiting to be sent.
@@ -176,8 +189,9 @@ impl Queue {
     }
 }
 
+/// What became of one push.
 #[derive(Debug)]
-enum Outcome {
+pub enum Outcome {
     Sent,
     /// 5xx, 429, or no answer: try again, after this long when the target said.
     Retry(Option<Duration>),
@@ -205,7 +219,7 @@ impl Sender {
     ) -> Result<Self, RemoteWriteError> {
         Ok(Sender {
             name: target.display_name(),
-            client: client()?,
+            client: client(HttpVersion::Http1)?,
             headers: header_map(&target.headers)?,
             queue: Queue {
                 items: VecDeque::new(),
@@ -389,7 +403,8 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-fn outcome_of(status: StatusCode, headers: &HeaderMap) -> Outcome {
+/// 2xx: sent; 429 and 5xx: again (after `Retry-After` when given); any other: refused for good.
+pub fn outcome_of(status: StatusCode, headers: &HeaderMap) -> Outcome {
     if status.is_success() {
         Outcome::Sent
     } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -400,7 +415,7 @@ fn outcome_of(status: StatusCode, headers: &HeaderMap) -> Outcome {
 }
 
 /// `Retry-After` in seconds or as an HTTP date, at most [`MAX_RETRY_AFTER`].
-fn retry_after(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+pub fn retry_after(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
     let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     let delay = match text.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),

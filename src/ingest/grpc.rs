@@ -96,7 +96,9 @@ impl ExportSignal for Metrics {
 
     fn export(&self, ingestor: &Ingestor, body: &Bytes) -> Result<Self::Response, IngestError> {
         let (request, memory) = decode_reserved::<ExportMetricsServiceRequest>(ingestor, body)?;
-        Ok(ingestor.metrics(request, memory)?.metrics_response())
+        Ok(ingestor
+            .metrics(request, Some(body.clone()), memory)?
+            .metrics_response())
     }
 }
 
@@ -110,7 +112,9 @@ impl ExportSignal for Logs {
 
     fn export(&self, ingestor: &Ingestor, body: &Bytes) -> Result<Self::Response, IngestError> {
         let (request, memory) = decode_reserved::<ExportLogsServiceRequest>(ingestor, body)?;
-        Ok(ingestor.logs(request, memory)?.logs_response())
+        Ok(ingestor
+            .logs(request, Some(body.clone()), memory)?
+            .logs_response())
     }
 }
 

@@ -120,9 +120,10 @@ async fn traces(State(receiver): State<Receiver>, headers: HeaderMap, body: Body
 async fn metrics(State(receiver): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
     receiver
         .handle(&headers, body, |r, bytes, encoding, mut memory| {
+            let protobuf = (encoding == Encoding::Protobuf).then(|| bytes.clone());
             let request = decode(bytes, encoding, &mut memory)?;
             r.ingestor
-                .metrics(request, memory)
+                .metrics(request, protobuf, memory)
                 .map(Accepted::metrics_response)
         })
         .await
@@ -131,9 +132,10 @@ async fn metrics(State(receiver): State<Receiver>, headers: HeaderMap, body: Bod
 async fn logs(State(receiver): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
     receiver
         .handle(&headers, body, |r, bytes, encoding, mut memory| {
+            let protobuf = (encoding == Encoding::Protobuf).then(|| bytes.clone());
             let request = decode(bytes, encoding, &mut memory)?;
             r.ingestor
-                .logs(request, memory)
+                .logs(request, protobuf, memory)
                 .map(Accepted::logs_response)
         })
         .await

@@ -26,6 +26,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 
 use crate::budget::{MemoryBudget, OverBudget, Part, Reservation};
+use crate::forward::ForwardHandle;
 use crate::pipeline::{Behind, IngestQueue, SubmitError};
 use crate::self_metrics::{self, Signal};
 
@@ -129,11 +130,39 @@ pub const DECODED_BYTES_PER_ENCODED_BYTE: usize = 4;
 pub struct Ingestor {
     queue: IngestQueue,
     budget: Arc<MemoryBudget>,
+    /// Where accepted requests are forwarded, when they are.
+    forward: Option<ForwardHandle>,
 }
 
 impl Ingestor {
     pub fn new(queue: IngestQueue, budget: Arc<MemoryBudget>) -> Self {
-        Ingestor { queue, budget }
+        Ingestor {
+            queue,
+            budget,
+            forward: None,
+        }
+    }
+
+    /// Forwards every accepted request through `forward` (see [`crate::forward`]).
+    pub fn with_forward(mut self, forward: Option<ForwardHandle>) -> Self {
+        self.forward = forward;
+        self
+    }
+
+    /// The protobuf bytes of a request that arrived as JSON, when its signal is forwarded
+    /// (encoded before the request is converted, which consumes it).
+    fn forwarded_encoding<M: prost::Message>(
+        &self,
+        signal: Signal,
+        protobuf: Option<Bytes>,
+        request: &M,
+    ) -> Option<Bytes> {
+        match &self.forward {
+            Some(forward) if forward.wants(signal) => {
+                protobuf.or_else(|| Some(Bytes::from(request.encode_to_vec())))
+            }
+            _ => None,
+        }
     }
 
     pub fn budget(&self) -> &Arc<MemoryBudget> {
@@ -161,37 +190,53 @@ impl Ingestor {
             IngestError::Undecodable(e.to_string())
         })?;
         let count = converted.batch.spans.len() as u64;
-        self.submit(Signal::Traces, converted, count, memory)
+        self.submit(Signal::Traces, converted, count, memory, Some(body))
     }
 
-    /// Takes a decoded metrics export; `memory` holds the decoded request's bytes.
+    /// Takes a decoded metrics export; `protobuf`: its bytes when it came as protobuf (`None`
+    /// for JSON); `memory` holds the decoded request's bytes.
     pub fn metrics(
         &self,
         request: ExportMetricsServiceRequest,
+        protobuf: Option<Bytes>,
         memory: Reservation,
     ) -> Result<Accepted, IngestError> {
+        let forwarded = self.forwarded_encoding(Signal::Metrics, protobuf, &request);
         let converted = convert::convert_metrics(request);
         let count = converted.batch.metric_points.len() as u64;
-        self.submit(Signal::Metrics, converted, count, memory)
+        self.submit(
+            Signal::Metrics,
+            converted,
+            count,
+            memory,
+            forwarded.as_ref(),
+        )
     }
 
-    /// Takes a decoded logs export; `memory` holds the decoded request's bytes.
+    /// Takes a decoded logs export; `protobuf`: its bytes when it came as protobuf (`None` for
+    /// JSON); `memory` holds the decoded request's bytes.
     pub fn logs(
         &self,
         request: ExportLogsServiceRequest,
+        protobuf: Option<Bytes>,
         memory: Reservation,
     ) -> Result<Accepted, IngestError> {
+        let forwarded = self.forwarded_encoding(Signal::Logs, protobuf, &request);
         let converted = convert::convert_logs(request, crate::vocab::now_ms());
         let count = converted.batch.log_records as u64;
-        self.submit(Signal::Logs, converted, count, memory)
+        self.submit(Signal::Logs, converted, count, memory, forwarded.as_ref())
     }
 
+    /// Queues a converted export for the aggregator; once it is taken, hands `protobuf` (the
+    /// request as received) to forwarding: a request accepted whole or in part is forwarded
+    /// whole, one refused is not.
     fn submit(
         &self,
         signal: Signal,
         converted: convert::Converted,
         count: u64,
         memory: Reservation,
+        protobuf: Option<&Bytes>,
     ) -> Result<Accepted, IngestError> {
         if converted.rejected > 0 {
             self_metrics::rejected(signal, "invalid", converted.rejected);
@@ -201,6 +246,9 @@ impl Ingestor {
         let overload = match self.queue.try_submit(converted.batch, memory) {
             Ok(()) => {
                 self_metrics::accepted(signal, count);
+                if let (Some(forward), Some(protobuf)) = (&self.forward, protobuf) {
+                    forward.offer(signal, protobuf.clone(), count + converted.rejected);
+                }
                 if let Some((sender, services)) = sender {
                     sender.record(signal, count, &services);
                 }

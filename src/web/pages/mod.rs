@@ -121,6 +121,8 @@ pub struct Pages {
     pub readiness: Option<crate::web::Readiness>,
     /// How exporters reach the OTLP listeners, and who has sent what.
     pub otlp_access: Option<OtlpAccess>,
+    /// OTLP forwarding, for the health panel, when configured.
+    pub forward: Option<crate::forward::ForwardHandle>,
     ingest_rate: Arc<Mutex<IngestSamples>>,
 }
 
@@ -181,6 +183,7 @@ impl Pages {
             alerts: None,
             readiness: None,
             otlp_access: None,
+            forward: None,
             ingest_rate: Arc::new(Mutex::new(IngestSamples::default())),
         }
     }
@@ -194,6 +197,12 @@ impl Pages {
     /// Attaches the OTLP listeners' credentials, for the senders table and the help.
     pub fn with_otlp_access(mut self, access: OtlpAccess) -> Self {
         self.otlp_access = Some(access);
+        self
+    }
+
+    /// Attaches OTLP forwarding, whose figures the health panel shows.
+    pub fn with_forward(mut self, forward: Option<crate::forward::ForwardHandle>) -> Self {
+        self.forward = forward;
         self
     }
 

@@ -52,6 +52,45 @@ pub struct HealthView {
     /// The store writer: writing, or the fault it is retrying.
     pub store: String,
     pub store_bad: bool,
+    /// OTLP forwarding, when configured: where to, what was sent and dropped.
+    pub forward: Option<ForwardView>,
+}
+
+/// The health panel's forwarding figures.
+pub struct ForwardView {
+    pub upstream: String,
+    /// Items sent and dropped, per signal.
+    pub summary: String,
+    pub bad: bool,
+    /// The queue, and the drops per signal.
+    pub detail: String,
+}
+
+fn forward_view(status: crate::forward::ForwardStatus) -> ForwardView {
+    let [spans, points, logs] = status.totals.sent;
+    let [spans_dropped, points_dropped, logs_dropped] = status.totals.dropped;
+    let dropped = spans_dropped + points_dropped + logs_dropped;
+    ForwardView {
+        summary: format!(
+            "{} sent, {} dropped",
+            number_int(spans + points + logs),
+            number_int(dropped)
+        ),
+        bad: dropped > 0,
+        detail: format!(
+            "sent: {} spans, {} points, {} log records; dropped: {} spans, {} points, {} log \
+             records; queue {} of {}",
+            number_int(spans),
+            number_int(points),
+            number_int(logs),
+            number_int(spans_dropped),
+            number_int(points_dropped),
+            number_int(logs_dropped),
+            fmt_bytes(status.queue_bytes as u64),
+            fmt_bytes(status.queue_max_bytes as u64)
+        ),
+        upstream: status.upstream,
+    }
 }
 
 /// One authenticated sender: an OTLP API key's name or a client certificate's, and what it
@@ -314,6 +353,7 @@ async fn health(pages: &Pages) -> HealthView {
             None => String::new(),
         },
         store_bad: matches!(store, Some(WriterState::Failing { .. })),
+        forward: pages.forward.as_ref().map(|f| forward_view(f.status())),
     }
 }
 
