@@ -2,7 +2,8 @@
 //! upstream (a Collector, Tempo, Jaeger, another redline) over OTLP/gRPC or OTLP/HTTP protobuf.
 //!
 //! The receivers hand accepted requests to a [`ForwardHandle`] as protobuf bytes (the bytes
-//! they received, decompressed; JSON is encoded as protobuf): a `Bytes` clone, no copy. An
+//! they received, decompressed; JSON is encoded as protobuf); the queue keeps a copy of its
+//! own, exactly as large as it counts (see [`queue::ForwardQueue::offer`]). An
 //! export answered with success is forwarded whole, including items redline itself rejected
 //! inside it (`partial_success`: e.g. summary metrics, which redline does not aggregate): the
 //! upstream judges them by its own rules. An export refused whole (401, 400, 413, 415, or

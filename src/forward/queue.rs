@@ -93,20 +93,28 @@ impl ForwardQueue {
     }
 
     /// Queues `item`, or drops and counts it when it does not fit. Never waits.
+    ///
+    /// The queued body is a copy: a received body is a slice of its connection's receive
+    /// buffer (up to 256 KiB for gRPC), which a queued slice would keep whole, so the memory
+    /// held would exceed the bytes counted by that much per waiting request.
     pub fn offer(&self, item: Item) -> bool {
         let len = item.body.len();
         {
             let mut state = self.state();
-            if state.bytes.saturating_add(len) <= self.max_bytes {
-                state.bytes += len;
-                state.waiting.push_back(item);
+            if state.bytes.saturating_add(len) > self.max_bytes {
                 drop(state);
-                self.ready.notify_one();
-                return true;
+                self.count_dropped(item.signal, DropReason::QueueFull, item.items);
+                return false;
             }
+            state.bytes += len;
         }
-        self.count_dropped(item.signal, DropReason::QueueFull, item.items);
-        false
+        let item = Item {
+            body: Bytes::copy_from_slice(&item.body),
+            ..item
+        };
+        self.state().waiting.push_back(item);
+        self.ready.notify_one();
+        true
     }
 
     /// The oldest waiting request, for sending; its bytes stay counted until the lease ends.
