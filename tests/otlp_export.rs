@@ -420,23 +420,7 @@ async fn traces_keep_the_span_tree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duration_histograms_alone_give_a_red_dashboard() {
     let redline = TestRedline::start().await;
-    let exporter = opentelemetry_otlp::MetricExporter::builder()
-        .with_tonic()
-        .with_endpoint(format!("http://{}", redline.grpc))
-        .with_temporality(Temporality::Cumulative)
-        .build()
-        .expect("metric exporter");
-    let reader = PeriodicReader::builder(exporter)
-        .with_interval(Duration::from_secs(3600))
-        .build();
-    let provider = SdkMeterProvider::builder()
-        .with_reader(reader)
-        .with_resource(
-            Resource::builder()
-                .with_service_name("metrics-only")
-                .build(),
-        )
-        .build();
+    let provider = cumulative_meter_provider(&redline, "metrics-only", None);
     let histogram = provider
         .meter("redline-tests")
         .f64_histogram("http.server.request.duration")
@@ -536,12 +520,12 @@ async fn duration_histograms_alone_give_a_red_dashboard() {
     redline.stop().await;
 }
 
-/// A meter provider of `service` instance `instance`, exporting cumulative sums over gRPC only
-/// when flushed.
-fn instance_meter_provider(
+/// A meter provider of `service` (and instance `instance`), exporting cumulative temporality
+/// over gRPC only when flushed.
+fn cumulative_meter_provider(
     redline: &TestRedline,
     service: &str,
-    instance: &str,
+    instance: Option<&str>,
 ) -> SdkMeterProvider {
     let exporter = opentelemetry_otlp::MetricExporter::builder()
         .with_tonic()
@@ -552,14 +536,14 @@ fn instance_meter_provider(
     let reader = PeriodicReader::builder(exporter)
         .with_interval(Duration::from_secs(3600))
         .build();
+    let mut resource = Resource::builder().with_service_name(service.to_string());
+    if let Some(instance) = instance {
+        resource =
+            resource.with_attribute(KeyValue::new("service.instance.id", instance.to_string()));
+    }
     SdkMeterProvider::builder()
         .with_reader(reader)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_string())
-                .with_attribute(KeyValue::new("service.instance.id", instance.to_string()))
-                .build(),
-        )
+        .with_resource(resource.build())
         .build()
 }
 
@@ -567,8 +551,8 @@ fn instance_meter_provider(
 async fn instances_of_one_service_add_up_and_are_listed_on_its_page() {
     let redline = TestRedline::start().await;
     let providers = [
-        instance_meter_provider(&redline, "two-instances", "api-1"),
-        instance_meter_provider(&redline, "two-instances", "api-2"),
+        cumulative_meter_provider(&redline, "two-instances", Some("api-1")),
+        cumulative_meter_provider(&redline, "two-instances", Some("api-2")),
     ];
     let counters: Vec<_> = providers
         .iter()

@@ -47,15 +47,20 @@ pub struct RemoteWriteTarget {
 impl RemoteWriteTarget {
     /// The URL as shown on `/metrics` and in logs: no credentials, no query.
     pub fn display_name(&self) -> String {
-        let url = &self.url;
-        let port = url.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
-        format!(
-            "{}://{}{port}{}",
-            url.scheme_str().unwrap_or(""),
-            url.host().unwrap_or(""),
-            url.path()
-        )
+        display_url(&self.url)
     }
+}
+
+/// A URL as `/metrics` and logs show it: scheme, host, port and path; no credentials (a
+/// `Uri`'s authority may hold them), no query.
+pub fn display_url(url: &Uri) -> String {
+    let port = url.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}{}",
+        url.scheme_str().unwrap_or(""),
+        url.host().unwrap_or(""),
+        url.path()
+    )
 }
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);

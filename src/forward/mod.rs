@@ -76,14 +76,8 @@ pub const DEFAULT_QUEUE_MAX_BYTES: usize = 64 << 20;
 impl ForwardSettings {
     /// The endpoint as shown on `/metrics` and in logs: no credentials, no query.
     pub fn display_name(&self) -> String {
-        let url = &self.endpoint;
-        let port = url.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
-        format!(
-            "{}://{}{port}{}",
-            url.scheme_str().unwrap_or(""),
-            url.host().unwrap_or(""),
-            url.path().trim_end_matches('/')
-        )
+        let shown = crate::export::remote_write::display_url(&self.endpoint);
+        shown.trim_end_matches('/').to_string()
     }
 }
 
