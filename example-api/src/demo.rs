@@ -7,6 +7,7 @@
 
 use crate::app::{App, StartError};
 use crate::config::{Config, RatePolicy};
+use crate::db::pgcluster::{ClusterError, Replicated};
 use crate::loadgen;
 use crate::telemetry::{ExportConfig, Telemetry, TelemetryError, api_service_name};
 use std::net::SocketAddr;
@@ -48,6 +49,9 @@ pub struct DemoOptions {
     pub rate: f64,
     pub fail_after: Duration,
     pub fail_for: Duration,
+    /// The API on a PostgreSQL primary and standby in ./data/postgres instead of SQLite.
+    pub postgres: bool,
+    pub traffic: loadgen::Traffic,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,8 @@ pub enum DemoError {
     Api(#[from] StartError),
     #[error("load generator: {0}")]
     Loadgen(#[from] loadgen::LoadgenError),
+    #[error("starting PostgreSQL: {0}")]
+    Postgres(#[from] ClusterError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -154,6 +160,16 @@ pub async fn run(
     dtel: Arc<Telemetry>,
 ) -> Result<(), DemoError> {
     let mut redline = start_redline(&o.redline).await?;
+    let pg = match o.postgres {
+        true => match Replicated::start(PathBuf::from("./data/postgres")).await {
+            Ok(pg) => Some(pg),
+            Err(e) => {
+                stop_child(&mut redline).await;
+                return Err(e.into());
+            }
+        },
+        false => None,
+    };
 
     let mut cfg = Config::new(addr(API_ADDR), PathBuf::from("./data/catalog.db"));
     cfg.admin_addr = addr("127.0.0.1:3001");
@@ -162,9 +178,15 @@ pub async fn run(
         quota: 1200,
         window: Duration::from_secs(60),
     };
+    if let Some(pg) = &pg {
+        pg.configure(&mut cfg);
+    }
     let app = match App::build(cfg, tel.clone(), dtel.clone()).await {
         Ok(app) => app,
         Err(e) => {
+            if let Some(pg) = pg {
+                pg.stop().await;
+            }
             stop_child(&mut redline).await;
             return Err(e.into());
         }
@@ -176,6 +198,9 @@ pub async fn run(
         "example API:       {api}   (admin: http://{})",
         app.admin_addr()
     );
+    if let Some(pg) = &pg {
+        println!("PostgreSQL:        {pg} (./data/postgres)");
+    }
     println!(
         "load: {:.0} req/s; scenario: downstream fails after {} s for {} s, then recovers. Ctrl-C stops.",
         o.rate,
@@ -200,7 +225,8 @@ pub async fn run(
             faults.update(|f| f.downstream_error_rate = 0.0);
         }
     });
-    let opts = loadgen::Options::new(api, o.rate, Duration::from_secs(365 * 24 * 3600));
+    let mut opts = loadgen::Options::new(api, o.rate, Duration::from_secs(365 * 24 * 3600));
+    opts.traffic = o.traffic;
     let load = loadgen::run(opts, waiter(stop_rx.clone()));
     tokio::pin!(load);
     let report = tokio::select! {
@@ -226,6 +252,9 @@ pub async fn run(
     }
     tel.shutdown().await;
     dtel.shutdown().await;
+    if let Some(pg) = pg {
+        pg.stop().await;
+    }
     stop_child(&mut redline).await;
     report.map(|_| ())?;
     Ok(())
