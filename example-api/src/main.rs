@@ -245,6 +245,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo(a) => {
+            // Before anything starts: a bad flag must not leave servers to stop.
+            a.traffic.validate().context("traffic options")?;
             let (tel, dtel) = demo::telemetry().context("telemetry")?;
             init_logs(Some(&tel));
             let redline = match a.redline {

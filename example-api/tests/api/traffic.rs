@@ -87,3 +87,32 @@ async fn zipf_popularity_raises_the_hit_ratio_over_uniform_ids() {
         ratios[1]
     );
 }
+
+/// The traffic flags reach the demo, which checks them before it starts anything (here: before
+/// it looks for the redline binary).
+#[tokio::test]
+async fn the_demo_rejects_bad_traffic_flags_before_starting() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_example-api"))
+        .args([
+            "demo",
+            "--redline",
+            "/nonexistent/redline",
+            "--postgres",
+            "--zipf-exponent",
+            "1.2",
+            "--diurnal-period",
+            "600",
+            "--diurnal-amplitude",
+            "1.5",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--diurnal-amplitude must be in [0, 1)"),
+        "{err}"
+    );
+    assert!(!err.contains("redline binary not found"), "{err}");
+}
