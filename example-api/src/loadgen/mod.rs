@@ -46,7 +46,8 @@ pub struct Options {
     /// Requests allowed in flight; beyond it a scheduled request is counted as `client_overload`
     /// (and charged as an error) instead of letting the generator's own memory grow.
     pub max_in_flight: usize,
-    /// API keys to spread traffic over (simulated client applications).
+    /// API keys to spread traffic over (simulated client applications); the first also sends
+    /// every write.
     pub users: usize,
     pub timeout: Duration,
     /// Instead of the mix, GET only this path; `{id}` becomes a uniformly random id in
@@ -230,7 +231,18 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         let shared = shared.clone();
         tasks.spawn(async move {
             let Request { idx, id, seq, .. } = r;
-            let key = (!keys.is_empty()).then(|| keys[(seq as usize) % keys.len()].clone());
+            // Writes come from one client of the `users` (as in a catalog, few clients write),
+            // reads from all: a client's reads go to the primary, past the cache, for a while
+            // after its write (read-your-writes), which only the writer's reads should pay.
+            let write = only.is_none() && idx == MIX.len() - 1;
+            let key = (!keys.is_empty()).then(|| {
+                let i = if write {
+                    0
+                } else {
+                    (seq as usize) % keys.len()
+                };
+                keys[i].clone()
+            });
             let req = match (only, idx) {
                 (Some(path), _) => client.get(format!("{target}{path}")),
                 (None, 0) => client.get(format!("{target}/v1/products/{id}")),

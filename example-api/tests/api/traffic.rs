@@ -44,6 +44,12 @@ async fn the_report_splits_product_reads_by_cache_result() {
         report.cache_count(CacheResult::Miss),
     );
     assert!(hits > 0 && misses > 0, "{hits} hits, {misses} misses");
+    // Only the writing client's reads skip the cache after its writes (one client of eight).
+    let bypassed = report.cache_count(CacheResult::Bypass);
+    assert!(
+        bypassed * 4 < reads,
+        "{bypassed} of {reads} reads bypassed the cache"
+    );
     let json = report.to_json();
     assert_eq!(json["cache"]["hits"], hits);
     assert_eq!(json["cache"]["misses"], misses);
