@@ -142,16 +142,12 @@ impl PgCluster {
                     let _ = old.stop_server(server, true);
                 }
             }
+            // (Its drop asks both to stop once more: a no-op now.)
             drop(old);
             std::fs::remove_dir_all(&dir).map_err(io)?;
         }
         std::fs::create_dir_all(dir).map_err(io)?;
         PgCluster::start(dir)
-    }
-
-    /// Whether `server`'s postmaster is running (its pid file exists).
-    pub fn is_running(&self, server: Server) -> bool {
-        self.data(server).join("postmaster.pid").exists()
     }
 
     pub fn url(&self, server: Server) -> String {
