@@ -478,7 +478,12 @@ impl App {
         // route of the web address.
         let hosts =
             web::guard::AllowedHosts::new(&settings.allowed_hosts, settings.public_url.as_deref());
-        let web_router = web::protect(web_router, settings.web_auth.clone(), hosts);
+        let web_router = web::protect(
+            web_router,
+            settings.web_auth.clone(),
+            hosts,
+            server_tls.is_some(),
+        );
         let web_tls = server_tls.clone().map(|tls| (tls, tls::Listener::Web));
         let web_task = spawn_critical(
             stages.clone(),

@@ -98,6 +98,11 @@ impl HeapSize for IngestBatch {
                 .sum::<usize>()
             + self.logs.capacity() * size_of::<IncomingLog>()
             + self
+                .instances
+                .iter()
+                .map(|seen| size_of::<crate::model::InstanceSeen>() + seen.instance.len())
+                .sum::<usize>()
+            + self
                 .logs
                 .iter()
                 .map(|l| l.record.heap_bytes())

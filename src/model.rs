@@ -111,6 +111,10 @@ pub enum Temporality {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricPoint {
     pub series: MetricSeriesKey,
+    /// The stream the point belongs to: a digest of its resource and scope, which OTLP makes
+    /// part of a metric stream's identity. Two instances of one service write one series but
+    /// two streams, and cumulative points are only comparable within a stream.
+    pub stream: u64,
     pub kind: MetricKind,
     pub unit: String,
     pub description: String,
@@ -284,6 +288,15 @@ pub struct IngestBatch {
     pub logs: Vec<log_record::IncomingLog>,
     /// Log records accepted, kept or not.
     pub log_records: usize,
+    /// The `service.instance.id` of each resource that had one.
+    pub instances: Vec<InstanceSeen>,
+}
+
+/// A resource's service and its `service.instance.id` (length-limited).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSeen {
+    pub service: std::sync::Arc<str>,
+    pub instance: String,
 }
 
 impl IngestBatch {

@@ -280,6 +280,11 @@ impl Live {
         self.lock().aggregator.totals().snapshot()
     }
 
+    /// The instances (`service.instance.id`) `service` was heard from lately.
+    pub fn instances(&self, service: &str) -> crate::aggregate::instances::InstancesView {
+        self.lock().aggregator.instances(service)
+    }
+
     /// Acknowledged spans and points not yet committed.
     pub fn unwritten(&self) -> u64 {
         self.durability.unwritten()

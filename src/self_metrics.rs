@@ -136,11 +136,13 @@ pub fn series(services: usize, endpoints: usize, metric_series: usize) {
     gauge!("redline_series", "kind" => "metric_series").set(metric_series as f64);
 }
 
-/// Data sent to `__overflow__` since start, by kind (totals).
-pub fn overflow(services: u64, endpoints: u64, metric_series: u64) {
+/// Data sent to `__overflow__` since start, by kind (totals); `metric_streams`: cumulative
+/// points of producers beyond the delta converter's room, counted as nothing.
+pub fn overflow(services: u64, endpoints: u64, metric_series: u64, metric_streams: u64) {
     counter!("redline_overflow_total", "kind" => "services").absolute(services);
     counter!("redline_overflow_total", "kind" => "endpoints").absolute(endpoints);
     counter!("redline_overflow_total", "kind" => "metric_series").absolute(metric_series);
+    counter!("redline_overflow_total", "kind" => "metric_streams").absolute(metric_streams);
 }
 
 /// RED data placed at now because its time was more than 6 h off (total).

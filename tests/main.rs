@@ -21,6 +21,7 @@ mod otlp_tls;
 mod pages;
 mod prometheus;
 mod query_semantics;
+mod remote_write_faults;
 mod restart;
 mod sketch_properties;
 mod store_faults;

@@ -535,3 +535,99 @@ async fn duration_histograms_alone_give_a_red_dashboard() {
     assert_eq!(gauge["series"][0]["points"][0][1], 3.0);
     redline.stop().await;
 }
+
+/// A meter provider of `service` instance `instance`, exporting cumulative sums over gRPC only
+/// when flushed.
+fn instance_meter_provider(
+    redline: &TestRedline,
+    service: &str,
+    instance: &str,
+) -> SdkMeterProvider {
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .with_endpoint(format!("http://{}", redline.grpc))
+        .with_temporality(Temporality::Cumulative)
+        .build()
+        .expect("metric exporter");
+    let reader = PeriodicReader::builder(exporter)
+        .with_interval(Duration::from_secs(3600))
+        .build();
+    SdkMeterProvider::builder()
+        .with_reader(reader)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_string())
+                .with_attribute(KeyValue::new("service.instance.id", instance.to_string()))
+                .build(),
+        )
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_of_one_service_add_up_and_are_listed_on_its_page() {
+    let redline = TestRedline::start().await;
+    let providers = [
+        instance_meter_provider(&redline, "two-instances", "api-1"),
+        instance_meter_provider(&redline, "two-instances", "api-2"),
+    ];
+    let counters: Vec<_> = providers
+        .iter()
+        .map(|p| {
+            p.meter("redline-tests")
+                .u64_counter("orders.placed")
+                .build()
+        })
+        .collect();
+    // Interleaved exports of two running totals: 100 → 130 and 40 → 45. Read as one stream,
+    // each drop would look like a reset and the sum would be far off.
+    for (instance, add) in [(0, 100), (1, 40), (0, 30), (1, 5)] {
+        counters[instance].add(add, &[KeyValue::new("channel", "web")]);
+        let flushed = providers[instance].clone();
+        tokio::task::spawn_blocking(move || flushed.force_flush().expect("metrics exported"))
+            .await
+            .unwrap();
+    }
+    let path =
+        "/api/v1/metrics/query?service=two-instances&name=orders.placed&since=10m&agg=sum&step=10m";
+    let total = |body: &serde_json::Value| -> f64 {
+        body["series"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["points"].as_array().into_iter().flatten())
+            .filter_map(|p| p[1].as_f64())
+            .sum()
+    };
+    let body = redline
+        .wait_for(path, Duration::from_secs(10), |b| total(b) >= 175.0)
+        .await;
+    assert_eq!(total(&body), 175.0, "{body}");
+
+    // The service page names both instances; a third arrives with spans, its id hostile text.
+    let mut spans = crate::helpers::export_request("two-instances", "/orders", 3);
+    spans.resource_spans[0]
+        .resource
+        .as_mut()
+        .unwrap()
+        .attributes
+        .push(crate::helpers::string(
+            "service.instance.id",
+            "<b>pod-3</b>",
+        ));
+    assert_eq!(redline.export(&spans).await, 200);
+    let page = crate::helpers::poll(Duration::from_secs(10), || async {
+        let page = redline.text("/services/two-instances").await;
+        page.contains("3 instances").then_some(page)
+    })
+    .await
+    .expect("the service page lists three instances");
+    for id in [
+        "<code>api-1</code>",
+        "<code>api-2</code>",
+        "&#60;b&#62;pod-3&#60;/b&#62;",
+    ] {
+        assert!(page.contains(id), "{id} missing: {page}");
+    }
+    assert!(!page.contains("<b>pod-3"), "unescaped instance id");
+    redline.stop().await;
+}

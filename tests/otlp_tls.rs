@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{
     ExportVia, Issued, RedlineProcess, TestCa, TestRedline, Transport, client_tls, export_request,
-    poll, requests_of_service, sample, sdk_export, write_file,
+    https, poll, requests_of_service, sample, sdk_export, write_file,
 };
 use crate::otlp_auth::run_env_exporter;
 
@@ -98,6 +98,20 @@ async fn exporters_send_over_tls_and_the_dashboard_is_served_over_https() {
     let (status, overview) = redline.get_text("/").await;
     assert_eq!(status, 200);
     assert!(overview.contains("tls-grpc"), "{overview}");
+    // Over https, browsers are told to keep to https.
+    let request = axum::http::Request::get(format!("https://localhost:{}/", redline.web.port()))
+        .body(Bytes::new())
+        .unwrap();
+    let response = https(redline.web, &ca.cert_pem, None, request)
+        .await
+        .expect("GET over TLS");
+    assert_eq!(
+        response
+            .headers()
+            .get("strict-transport-security")
+            .and_then(|v| v.to_str().ok()),
+        Some("max-age=31536000")
+    );
 
     // Plain text to a TLS port gets nowhere, nor does a client trusting another CA.
     let plain = sdk_export(

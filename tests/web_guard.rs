@@ -32,6 +32,14 @@ fn assert_guarded(response: &Response, what: &str) {
             "{what}: {name} is {value:?}, not {expected:?}"
         );
     }
+    // Meaningless over clear text, and a lie about how the dashboard is served.
+    assert!(
+        response
+            .headers()
+            .get("strict-transport-security")
+            .is_none(),
+        "{what}: Strict-Transport-Security over http"
+    );
 }
 
 /// Every route template of the web address, read from the code (`.route("…"`), so that a

@@ -29,7 +29,20 @@ enum Cmd {
     Serve(Box<ServeArgs>),
     /// Open-model load generator: constant arrival rate, weighted endpoint mix.
     Loadgen(LoadgenArgs),
-    /// Start redline, the API and the load generator, with a scripted fault scenario.
+    /// Start redline, the API and the load generator, with a scripted fault scenario that
+    /// fires an alert.
+    ///
+    /// Starts redline (dashboard http://127.0.0.1:9900/, OTLP on 4317/4318, data in
+    /// ./data/redline, the alert rules of ./alerts.toml), the API on 127.0.0.1:3000 (admin 3001)
+    /// with its recommendations service, and a load generator. After --fail-after seconds the
+    /// recommendations service fails every call for --fail-for seconds: the breaker opens,
+    /// answers degrade, and the RecommendationsFailing alert fires, then resolves after the
+    /// recovery. Its e-mails are written as .eml files to ./data/redline/outbox (or sent to the
+    /// [smtp] server of the rules file); the demo prints each file as it lands.
+    ///
+    /// With --instances N, N API instances (ports 3000, 3002, …; admin 3001, 3003, …) share one
+    /// Redis (cache, rate limits, invalidations), one database and one recommendations service,
+    /// each with its own service.instance.id and load generator (--rate is split between them).
     Demo(DemoArgs),
 }
 
@@ -115,7 +128,7 @@ struct LoadgenArgs {
 
 #[derive(Args)]
 struct DemoArgs {
-    /// Load generator arrival rate (requests per second).
+    /// Load generator arrival rate (requests per second, over all instances).
     #[arg(long, default_value_t = 40.0)]
     rate: f64,
     /// Seconds before the downstream starts failing.
@@ -127,6 +140,16 @@ struct DemoArgs {
     /// Path of the redline binary [default: next to this executable].
     #[arg(long)]
     redline: Option<PathBuf>,
+    /// Alert rules for redline [default: ./alerts.toml, else the repository's alerts.toml].
+    #[arg(long, value_name = "FILE")]
+    alerts: Option<PathBuf>,
+    /// API instances behind the one redline; more than one needs Redis (see --redis-url).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=demo::MAX_INSTANCES as i64))]
+    instances: u16,
+    /// Redis shared by the instances [default: REDIS_URL, else redis://127.0.0.1:6379 with
+    /// several instances]; the demo refuses to start several instances without it.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
     /// Run the API on a PostgreSQL primary and a streaming hot standby, started in
     /// ./data/postgres (and stopped on exit) instead of SQLite.
     #[arg(long)]
@@ -231,7 +254,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Serve(a) => serve(*a).await,
         Cmd::Loadgen(a) => {
             init_logs(None);
-            let mut opts = loadgen::Options::new(a.target, a.rate, Duration::from_secs(a.duration));
+            let mut opts =
+                loadgen::Options::new(a.target, a.rate, Duration::from_secs(a.duration));
             opts.only = a.only.map(|p| (p, a.only_max_id));
             opts.traffic = a.traffic;
             let report = loadgen::run(opts, demo::shutdown_signal())
@@ -245,28 +269,27 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo(a) => {
-            // Before anything starts: a bad flag must not leave servers to stop.
-            a.traffic.validate().context("traffic options")?;
-            let (tel, dtel) = demo::telemetry().context("telemetry")?;
-            init_logs(Some(&tel));
             let redline = match a.redline {
                 Some(p) => p,
                 None => std::env::current_exe()?.with_file_name("redline"),
             };
-            demo::run(
-                demo::DemoOptions {
-                    redline,
-                    rate: a.rate,
-                    fail_after: Duration::from_secs(a.fail_after),
-                    fail_for: Duration::from_secs(a.fail_for),
-                    postgres: a.postgres,
-                    traffic: a.traffic,
-                },
-                tel,
-                dtel,
-            )
+            let instances = usize::from(a.instances);
+            let prepared = demo::prepare(demo::DemoOptions {
+                redline,
+                alerts: a.alerts,
+                rate: a.rate,
+                fail_after: Duration::from_secs(a.fail_after),
+                fail_for: Duration::from_secs(a.fail_for),
+                instances,
+                redis_url: a.redis_url,
+                postgres: a.postgres,
+                traffic: a.traffic,
+            })
             .await
-            .context("demo")
+            .context("demo")?;
+            let tel = demo::telemetry(instances).context("telemetry")?;
+            init_logs(Some(&tel.api[0]));
+            demo::run(prepared, tel).await.context("demo")
         }
     }
 }

@@ -86,20 +86,35 @@ impl MetricAgg {
     }
 }
 
-/// The previous cumulative point of a series, to turn the next one into a delta.
+/// The previous cumulative point of a stream, to turn the next one into a delta.
 #[derive(Debug, Clone)]
 struct CumulativeState {
     start_unix_ns: u64,
     value: MetricValue,
+    /// When redline last saw the stream, to forget streams that went away.
+    seen_ms: i64,
 }
 
-/// Turns cumulative points into deltas, one series at a time.
+/// A series as one producer writes it: the series and the producer's stream
+/// ([`MetricPoint::stream`]). Instances of a service each have their own.
+type StreamKey = (Arc<MetricSeriesKey>, u64);
+
+/// A stream not seen for this long is forgotten; should it come back, its next point is only
+/// a baseline unless it restarted meanwhile. Longer than any export interval in use.
+pub const STREAM_IDLE_MS: i64 = 60 * 60 * 1000;
+
+/// Turns cumulative points into deltas, one stream at a time, so that several instances of a
+/// service writing the same counter add up instead of reading as each other's resets.
 #[derive(Debug, Default)]
 pub struct DeltaConverter {
-    previous: HashMap<Arc<MetricSeriesKey>, CumulativeState>,
+    previous: HashMap<StreamKey, CumulativeState>,
     /// Points that start before this (redline's start) carry history redline never saw: their
     /// first value is only a baseline, not an increase.
     started_unix_ns: u64,
+    /// Streams remembered at most; beyond it a new stream counts nothing (and is counted).
+    max_streams: usize,
+    /// Points of streams that found no room, since start.
+    untracked: u64,
 }
 
 /// What a point contributes to its window.
@@ -112,10 +127,12 @@ pub enum Contribution {
 }
 
 impl DeltaConverter {
-    pub fn new(started_unix_ns: u64) -> Self {
+    pub fn new(started_unix_ns: u64, max_streams: usize) -> Self {
         DeltaConverter {
             previous: HashMap::default(),
             started_unix_ns,
+            max_streams,
+            untracked: 0,
         }
     }
 
@@ -125,6 +142,7 @@ impl DeltaConverter {
         &mut self,
         key: &Arc<MetricSeriesKey>,
         point: &MetricPoint,
+        now_ms: i64,
     ) -> Contribution {
         let cumulative_increase = point.temporality == Temporality::Cumulative
             && matches!(
@@ -137,11 +155,17 @@ impl DeltaConverter {
                 MetricValue::Histogram(h) => Contribution::Histogram(h.clone()),
             };
         }
+        let stream = (key.clone(), point.stream);
+        if self.previous.len() >= self.max_streams && !self.previous.contains_key(&stream) {
+            self.untracked += 1;
+            return Contribution::Baseline;
+        }
         let previous = self.previous.insert(
-            key.clone(),
+            stream,
             CumulativeState {
                 start_unix_ns: point.start_unix_ns,
                 value: point.value.clone(),
+                seen_ms: now_ms,
             },
         );
         let same_run = previous
@@ -173,9 +197,17 @@ impl DeltaConverter {
         }
     }
 
-    /// Forgets series the cardinality guard dropped, so this map stays bounded with it.
-    pub fn retain(&mut self, keep: impl Fn(&MetricSeriesKey) -> bool) {
-        self.previous.retain(|k, _| keep(k));
+    /// Forgets series the cardinality guard dropped, so this map stays bounded with it, and
+    /// streams idle for [`STREAM_IDLE_MS`] (instances that went away).
+    pub fn retain(&mut self, keep: impl Fn(&MetricSeriesKey) -> bool, now_ms: i64) {
+        let idle_before = now_ms.saturating_sub(STREAM_IDLE_MS);
+        self.previous
+            .retain(|(series, _), state| state.seen_ms >= idle_before && keep(series));
+    }
+
+    /// Points of streams that found no room, since start.
+    pub fn untracked(&self) -> u64 {
+        self.untracked
     }
 
     pub fn len(&self) -> usize {
@@ -188,8 +220,7 @@ impl DeltaConverter {
         self.previous
             .values()
             .map(|state| {
-                std::mem::size_of::<(Arc<MetricSeriesKey>, CumulativeState)>()
-                    + state.value.heap_bytes()
+                std::mem::size_of::<(StreamKey, CumulativeState)>() + state.value.heap_bytes()
             })
             .sum()
     }
@@ -205,7 +236,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn contribution(converter: &mut DeltaConverter, point: &MetricPoint) -> Contribution {
-        converter.contribution(&Arc::new(point.series.clone()), point)
+        converter.contribution(&Arc::new(point.series.clone()), point, 0)
     }
 
     fn counter(value: f64, start: u64) -> MetricPoint {
@@ -215,6 +246,7 @@ mod tests {
                 name: "requests".into(),
                 attributes: BTreeMap::new(),
             },
+            stream: 1,
             kind: MetricKind::Counter,
             unit: "1".into(),
             description: String::new(),
@@ -227,7 +259,7 @@ mod tests {
 
     #[test]
     fn cumulative_counters_become_increases_with_resets() {
-        let mut converter = DeltaConverter::new(100);
+        let mut converter = DeltaConverter::new(100, 100);
         assert_eq!(
             contribution(&mut converter, &counter(10.0, 200)),
             Contribution::Number(10.0)
@@ -250,13 +282,61 @@ mod tests {
 
     #[test]
     fn series_older_than_redline_start_with_a_baseline() {
-        let mut converter = DeltaConverter::new(1_000);
+        let mut converter = DeltaConverter::new(1_000, 100);
         assert_eq!(
             contribution(&mut converter, &counter(500.0, 10)),
             Contribution::Baseline
         );
         assert_eq!(
             contribution(&mut converter, &counter(510.0, 10)),
+            Contribution::Number(10.0)
+        );
+    }
+
+    #[test]
+    fn instances_writing_one_counter_add_up() {
+        let mut converter = DeltaConverter::new(100, 100);
+        let of = |stream, value| MetricPoint {
+            stream,
+            ..counter(value, 200)
+        };
+        let mut total = 0.0;
+        // Two instances, interleaved: 100 → 130 and 40 → 45, each its own run.
+        for point in [of(1, 100.0), of(2, 40.0), of(1, 130.0), of(2, 45.0)] {
+            match contribution(&mut converter, &point) {
+                Contribution::Number(n) => total += n,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(total, 175.0);
+    }
+
+    #[test]
+    fn streams_beyond_the_bound_count_nothing_and_idle_ones_are_forgotten() {
+        let mut converter = DeltaConverter::new(100, 2);
+        let of = |stream| MetricPoint {
+            stream,
+            ..counter(10.0, 200)
+        };
+        let key = Arc::new(of(1).series.clone());
+        assert_eq!(
+            converter.contribution(&key, &of(1), 0),
+            Contribution::Number(10.0)
+        );
+        assert_eq!(
+            converter.contribution(&key, &of(2), 1_000),
+            Contribution::Number(10.0)
+        );
+        assert_eq!(
+            converter.contribution(&key, &of(3), 1_000),
+            Contribution::Baseline
+        );
+        assert_eq!(converter.untracked(), 1);
+        // Stream 1 idles out; stream 3 then finds room.
+        converter.retain(|_| true, STREAM_IDLE_MS + 500);
+        assert_eq!(converter.len(), 1);
+        assert_eq!(
+            converter.contribution(&key, &of(3), STREAM_IDLE_MS + 500),
             Contribution::Number(10.0)
         );
     }

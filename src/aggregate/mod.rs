@@ -6,6 +6,7 @@ pub mod cardinality;
 pub mod explicit;
 mod heap_size;
 pub mod histogram;
+pub mod instances;
 pub mod logs;
 pub mod metric;
 pub mod red;
@@ -123,6 +124,8 @@ pub struct AggregatorStats {
     pub endpoints: usize,
     pub metric_series: usize,
     pub clock_skew_corrected: u64,
+    /// Cumulative points of streams the delta converter had no room for.
+    pub untracked_metric_points: u64,
     pub traces: SamplerStats,
     pub logs: LogStats,
 }
@@ -136,6 +139,7 @@ impl AggregatorStats {
             overflow.services,
             overflow.endpoints,
             overflow.metric_series,
+            self.untracked_metric_points,
         );
         self_metrics::clock_skew_corrected(self.clock_skew_corrected);
         let traces = &self.traces;
@@ -163,6 +167,9 @@ pub struct AggregatorMemory {
     /// flushed.
     pub traces: usize,
 }
+
+/// Producers (instances) per metric series the delta converter makes room for, on average.
+const STREAMS_PER_SERIES: usize = 4;
 
 /// A delta converter's entry beyond the value it remembers.
 const CONVERTER_ENTRY_BYTES: usize = 96;
@@ -221,6 +228,7 @@ pub struct Aggregator {
     /// Heap bytes of the delta converter: counted at each flush, raised by every cumulative
     /// point in between (an over-estimate until the next count).
     converter_bytes: usize,
+    instances: instances::InstanceRegistry,
 }
 
 impl Aggregator {
@@ -229,7 +237,14 @@ impl Aggregator {
         Aggregator {
             config,
             guard: CardinalityGuard::new(config.limits),
-            converter: DeltaConverter::new(started_unix_ns),
+            // Room for a few instances of every series the guard admits.
+            converter: DeltaConverter::new(
+                started_unix_ns,
+                config
+                    .limits
+                    .max_metric_series
+                    .saturating_mul(STREAMS_PER_SERIES),
+            ),
             sampler: TraceSampler::new(SamplerConfig {
                 max_clock_skew_ms: config.max_clock_skew_ms,
                 ..config.sampler
@@ -244,6 +259,7 @@ impl Aggregator {
             clock_skew_corrected: 0,
             window_bytes: 0,
             converter_bytes: 0,
+            instances: instances::InstanceRegistry::default(),
         }
     }
 
@@ -264,6 +280,9 @@ impl Aggregator {
     pub fn apply(&mut self, batch: IngestBatch, now_ms: i64) {
         for request in &batch.requests {
             self.add_request(request, now_ms);
+        }
+        for seen in &batch.instances {
+            self.instances.record(seen, now_ms);
         }
         for point in &batch.metric_points {
             self.add_metric_point(point, now_ms);
@@ -303,7 +322,7 @@ impl Aggregator {
             if point.temporality == crate::model::Temporality::Cumulative {
                 self.converter_bytes += CONVERTER_ENTRY_BYTES + point.value.heap_bytes();
             }
-            self.converter.contribution(&key, point)
+            self.converter.contribution(&key, point, now_ms)
         };
         if let Contribution::Histogram(delta) = &contribution
             && point.series.name == HTTP_SERVER_DURATION
@@ -383,7 +402,8 @@ impl Aggregator {
         self.totals
             .expire(now_ms - self.config.limits.idle_expiry_ms);
         let guard = &self.guard;
-        self.converter.retain(|k| guard.knows_series(k));
+        self.converter.retain(|k| guard.knows_series(k), now_ms);
+        self.instances.expire(now_ms);
         self.converter_bytes = self.converter.heap_bytes();
         self.window_bytes = 0;
         // Keep the tables as large as this flush needed, and give back what a burst grew.
@@ -463,6 +483,11 @@ impl Aggregator {
         &self.totals
     }
 
+    /// The instances `service` was heard from lately.
+    pub fn instances(&self, service: &str) -> instances::InstancesView {
+        self.instances.of(service)
+    }
+
     pub fn stats(&self) -> AggregatorStats {
         AggregatorStats {
             overflow: self.guard.overflow(),
@@ -470,6 +495,7 @@ impl Aggregator {
             endpoints: self.guard.endpoint_count(),
             metric_series: self.guard.series_count(),
             clock_skew_corrected: self.clock_skew_corrected,
+            untracked_metric_points: self.converter.untracked(),
             traces: self.sampler.stats(),
             logs: self.logs.stats(),
         }
@@ -481,7 +507,8 @@ impl Aggregator {
             windows_and_keys: self.window_bytes
                 + self.converter_bytes
                 + self.guard.key_bytes()
-                + self.totals.heap_bytes(),
+                + self.totals.heap_bytes()
+                + self.instances.heap_bytes(),
             traces: self.sampler.heap_bytes() + self.logs.heap_bytes(),
         }
     }
@@ -674,6 +701,7 @@ mod tests {
             kind: MetricKind::Histogram,
             unit: "s".into(),
             description: String::new(),
+            stream: 1,
             start_unix_ns: 10,
             time_unix_ms: 50_000,
             temporality: Temporality::Cumulative,

@@ -29,7 +29,9 @@ use crate::ingest::wire::{self, DecodeError, Item, SpanAttributes, SpanView, Val
 use crate::model::limits::{self, Field, limit_str, limit_string};
 use crate::model::semconv::{self, known_method};
 use crate::model::span_record::{any_value_to_string, attribute_text};
-use crate::model::{EndpointKey, EndpointRequest, IncomingSpan, IngestBatch, RequestRecord};
+use crate::model::{
+    EndpointKey, EndpointRequest, IncomingSpan, IngestBatch, InstanceSeen, RequestRecord,
+};
 
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
@@ -59,9 +61,18 @@ pub fn convert_traces(body: &Bytes) -> Result<Converted, DecodeError> {
     let mut service: Arc<str> = Arc::from(UNKNOWN_SERVICE);
     let mut endpoints = EndpointTable::default();
     wire::read_trace_export(body, |item| match item {
-        Item::Resource { service_name } => {
+        Item::Resource {
+            service_name,
+            instance_id,
+        } => {
             service = service_name_of(service_name).into();
             endpoints.clear();
+            if let Some(instance) = instance_id_of(instance_id) {
+                out.batch.instances.push(InstanceSeen {
+                    service: service.clone(),
+                    instance,
+                });
+            }
         }
         Item::Span(span) => {
             if let Err(why) = validate_span(&span) {
@@ -188,10 +199,33 @@ pub fn service_name(resource: Option<&Resource>) -> String {
         .unwrap_or_else(|| UNKNOWN_SERVICE.to_string())
 }
 
+/// A resource's `service.instance.id`, length-limited; `None` when absent or empty.
+pub fn instance_id(resource: Option<&Resource>) -> Option<String> {
+    resource
+        .and_then(|r| find_attribute(&r.attributes, semconv::SERVICE_INSTANCE_ID))
+        .map(|value| attribute_text(Some(value), Field::ServiceName))
+        .filter(|id| !id.is_empty())
+}
+
+/// [`instance_id`] for a resource read off the wire.
+fn instance_id_of(value: Option<Value<'_>>) -> Option<String> {
+    Some(resource_text(value)).filter(|id| !id.is_empty())
+}
+
 /// [`service_name`] for a resource read off the wire.
 fn service_name_of(value: Option<Value<'_>>) -> String {
-    let name = match value {
-        Some(Value::Str(s)) => limit_str(s, Field::ServiceName).into_owned(),
+    let name = resource_text(value);
+    if name.is_empty() {
+        UNKNOWN_SERVICE.to_string()
+    } else {
+        name
+    }
+}
+
+/// A resource attribute read off the wire as text, limited like a service name.
+fn resource_text(value: Option<Value<'_>>) -> String {
+    let text = match value {
+        Some(Value::Str(s)) => return limit_str(s, Field::ServiceName).into_owned(),
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Int(i)) => i.to_string(),
         Some(Value::Double(d)) => d.to_string(),
@@ -200,11 +234,7 @@ fn service_name_of(value: Option<Value<'_>>) -> String {
             .unwrap_or_default(),
         Some(Value::Empty) | None => String::new(),
     };
-    if name.is_empty() {
-        UNKNOWN_SERVICE.to_string()
-    } else {
-        limit_string(name, Field::ServiceName)
-    }
+    limit_string(text, Field::ServiceName)
 }
 
 fn find_attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {

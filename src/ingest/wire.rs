@@ -94,9 +94,11 @@ pub struct SpanView<'a> {
     reason = "items are handed to a callback one at a time, never stored; boxing would allocate per span"
 )]
 pub enum Item<'a> {
-    /// A new `ResourceSpans` begins; its resource's `service.name`, when present.
+    /// A new `ResourceSpans` begins; its resource's `service.name` and `service.instance.id`,
+    /// when present.
     Resource {
         service_name: Option<Value<'a>>,
+        instance_id: Option<Value<'a>>,
     },
     Span(SpanView<'a>),
 }
@@ -143,12 +145,14 @@ fn read_resource_spans<'a>(
 ) -> Result<(), DecodeError> {
     // The resource may come after the spans on the wire: find it (and check every field) first.
     let mut service_name = None;
+    let mut instance_id = None;
     each_field(buf, depth, |reader, field, wire| {
         match field {
             1 => {
-                let name = read_resource(reader.message(wire)?, depth + 1)?;
+                let (name, instance) = read_resource(reader.message(wire)?, depth + 1)?;
                 // prost merges repeated resources; the first `service.name` is the one read.
                 service_name = service_name.or(name);
+                instance_id = instance_id.or(instance);
             }
             2 => {
                 reader.message(wire)?;
@@ -160,7 +164,10 @@ fn read_resource_spans<'a>(
         }
         Ok(true)
     })?;
-    visit(Item::Resource { service_name });
+    visit(Item::Resource {
+        service_name,
+        instance_id,
+    });
     each_field(buf, depth, |reader, field, wire| {
         match field {
             2 => read_scope_spans(reader.message(wire)?, depth + 1, visit)?,
@@ -170,15 +177,20 @@ fn read_resource_spans<'a>(
     })
 }
 
-/// A `Resource`: returns its first `service.name` attribute.
-fn read_resource(buf: &[u8], depth: u32) -> Result<Option<Value<'_>>, DecodeError> {
+/// A `Resource`: returns its first `service.name` and `service.instance.id` attributes.
+type ResourceIdentity<'a> = (Option<Value<'a>>, Option<Value<'a>>);
+
+fn read_resource(buf: &[u8], depth: u32) -> Result<ResourceIdentity<'_>, DecodeError> {
     let mut service_name = None;
+    let mut instance_id = None;
     each_field(buf, depth, |reader, field, wire| {
         match field {
             1 => {
                 let (key, value) = read_key_value(reader.message(wire)?, depth + 1)?;
                 if key == semconv::SERVICE_NAME && service_name.is_none() {
                     service_name = Some(value);
+                } else if key == semconv::SERVICE_INSTANCE_ID && instance_id.is_none() {
+                    instance_id = Some(value);
                 }
             }
             2 => {
@@ -189,7 +201,7 @@ fn read_resource(buf: &[u8], depth: u32) -> Result<Option<Value<'_>>, DecodeErro
         }
         Ok(true)
     })?;
-    Ok(service_name)
+    Ok((service_name, instance_id))
 }
 
 fn check_entity_ref(buf: &[u8], depth: u32) -> Result<(), DecodeError> {
@@ -688,7 +700,8 @@ mod tests {
         assert_eq!(
             items[0],
             Item::Resource {
-                service_name: Some(Value::Str("shop"))
+                service_name: Some(Value::Str("shop")),
+                instance_id: None,
             }
         );
         let Item::Span(span) = items[1] else {
@@ -732,7 +745,8 @@ mod tests {
         assert_eq!(
             items[0],
             Item::Resource {
-                service_name: Some(Value::Str("shop"))
+                service_name: Some(Value::Str("shop")),
+                instance_id: None,
             }
         );
         assert_eq!(items.len(), 3);

@@ -4,8 +4,8 @@
 //! the conventions ask.
 
 pub use opentelemetry_semantic_conventions::attribute::{
-    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, SERVICE_NAME, URL_FULL,
-    URL_PATH,
+    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, SERVICE_INSTANCE_ID,
+    SERVICE_NAME, URL_FULL, URL_PATH,
 };
 pub use opentelemetry_semantic_conventions::metric::HTTP_SERVER_REQUEST_DURATION;
 

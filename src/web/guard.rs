@@ -264,6 +264,17 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
+/// Middleware for a web address served over TLS: browsers that reached it once over https keep
+/// to https for a year, so a network attacker cannot downgrade a later visit to clear text.
+pub async fn strict_transport_security(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .entry(header::STRICT_TRANSPORT_SECURITY)
+        .or_insert(HeaderValue::from_static("max-age=31536000"));
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,8 +59,18 @@ pub fn router(query: Query, prometheus: PrometheusHandle, readiness: Readiness) 
 /// Wraps the finished web router (the outermost layers, so they cover routes merged by any
 /// module, the fallback 404 and each other's refusals): the security headers on every
 /// response, the Host allowlist, credentials when configured, and the CSRF guard on every
-/// unsafe method.
-pub fn protect(router: Router, web_auth: auth::WebAuth, hosts: guard::AllowedHosts) -> Router {
+/// unsafe method; over TLS (`https`), Strict-Transport-Security too.
+pub fn protect(
+    router: Router,
+    web_auth: auth::WebAuth,
+    hosts: guard::AllowedHosts,
+    https: bool,
+) -> Router {
+    let router = if https {
+        router.layer(axum::middleware::from_fn(guard::strict_transport_security))
+    } else {
+        router
+    };
     router
         .layer(axum::middleware::from_fn(auth::csrf_guard))
         .layer(axum::middleware::from_fn_with_state(

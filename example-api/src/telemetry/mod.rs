@@ -69,6 +69,9 @@ pub struct ExportConfig {
     pub sampling: Sampling,
     /// `OTEL_BSP_*`: the batch span processor's queue.
     pub batch: BatchSettings,
+    /// The resource's `service.instance.id`, telling apart instances of one service that
+    /// export to the same place (`OTEL_RESOURCE_ATTRIBUTES` can set it too).
+    pub instance_id: Option<String>,
 }
 
 impl ExportConfig {
@@ -87,6 +90,7 @@ impl ExportConfig {
                 .is_some_and(|v| v.eq_ignore_ascii_case("base2_exponential_bucket_histogram")),
             sampling: Sampling::from_env(),
             batch: BatchSettings::from_env(),
+            instance_id: None,
         }
     }
 
@@ -172,7 +176,7 @@ impl Telemetry {
     /// Export according to `cfg`; without an endpoint, spans are not recorded at all (an
     /// `always_off` sampler), which is the "telemetry off" side of the overhead benchmark.
     pub fn new(service_name: &str, cfg: &ExportConfig) -> Result<Self, TelemetryError> {
-        let mp = SdkMeterProvider::builder().with_resource(service_resource(service_name));
+        let mp = SdkMeterProvider::builder().with_resource(service_resource(service_name, cfg));
         match cfg.endpoint.as_deref() {
             Some(endpoint) if !cfg.disabled => {
                 let reader = PeriodicReader::builder(metric_exporter(endpoint, cfg)?)
@@ -214,12 +218,12 @@ impl Telemetry {
                 .build()
         };
         let tracer_provider = SdkTracerProvider::builder()
-            .with_resource(service_resource(service_name))
+            .with_resource(service_resource(service_name, cfg))
             .with_sampler(cfg.sampling.clone())
             .with_span_processor(processor)
             .build();
         let logger_provider = SdkLoggerProvider::builder()
-            .with_resource(service_resource(service_name))
+            .with_resource(service_resource(service_name, cfg))
             .with_batch_exporter(log_exporter(endpoint, cfg)?)
             .build();
         let mut telemetry =
@@ -477,10 +481,14 @@ impl Telemetry {
 
 /// The OpenTelemetry resource of a service: `service.name` plus what the SDK detects
 /// (`OTEL_RESOURCE_ATTRIBUTES`, the SDK's own attributes).
-fn service_resource(service_name: &str) -> Resource {
-    Resource::builder()
-        .with_service_name(service_name.to_string())
-        .build()
+fn service_resource(service_name: &str, cfg: &ExportConfig) -> Resource {
+    let builder = Resource::builder().with_service_name(service_name.to_string());
+    match &cfg.instance_id {
+        Some(id) => builder
+            .with_attribute(KeyValue::new("service.instance.id", id.clone()))
+            .build(),
+        None => builder.build(),
+    }
 }
 
 fn proc_cpu_seconds() -> Option<f64> {

@@ -95,3 +95,35 @@ async fn demo_explains_a_missing_redline_binary() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cargo build --release --workspace"), "{err}");
 }
+
+/// `demo --instances 2` refuses to start without Redis, with the reason alone: nothing has
+/// started yet (no telemetry failing to export to a redline that never ran).
+#[tokio::test]
+async fn demo_with_two_instances_refuses_an_unreachable_redis_before_starting_anything() {
+    // Any existing file passes the binary check; nothing listens on port 1.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_example-api"))
+        .args([
+            "demo",
+            "--instances",
+            "2",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ])
+        .arg("--redline")
+        .arg(env!("CARGO_BIN_EXE_example-api"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Redis at redis://127.0.0.1:1 is unreachable"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("opentelemetry"),
+        "nothing exported before the check: {err}"
+    );
+    assert!(out.stdout.is_empty(), "nothing started: {:?}", out.stdout);
+}

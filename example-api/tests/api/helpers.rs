@@ -53,6 +53,7 @@ pub fn export_config(
             schedule_delay: metric_interval,
             export_timeout: Duration::from_secs(10),
         },
+        instance_id: None,
     }
 }
 
@@ -108,8 +109,13 @@ impl TestApp {
         tel: Arc<Telemetry>,
         dtel: Arc<Telemetry>,
     ) -> TestApp {
-        let db_path = cfg.db_path.clone();
         let app = App::build(cfg, tel, dtel).await.expect("app builds");
+        Self::run(app, dir)
+    }
+
+    /// Runs an app built elsewhere (e.g. by the demo's [`example_api::demo::start_instances`]).
+    pub fn run(app: App, dir: Arc<tempfile::TempDir>) -> TestApp {
+        let db_path = app.state().cfg.db_path.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let (addr, admin, state) = (app.addr(), app.admin_addr(), app.state());
         let handle = tokio::spawn(app.run_until_stopped(async {

@@ -1,6 +1,8 @@
 //! One integration-test binary: every test starts the API on port 0 with a temporary database.
 
 mod cli;
+mod demo_alerts;
+mod demo_instances;
 mod hardening;
 mod helpers;
 mod instrumentation;

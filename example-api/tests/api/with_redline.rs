@@ -14,26 +14,43 @@ use redline::config::{Settings, SettingsLayer};
 
 use crate::helpers::{TestApp, export_config, test_config};
 
-struct RunningRedline {
-    grpc: std::net::SocketAddr,
-    http: std::net::SocketAddr,
-    web: std::net::SocketAddr,
+pub(crate) struct RunningRedline {
+    pub(crate) grpc: std::net::SocketAddr,
+    pub(crate) http: std::net::SocketAddr,
+    pub(crate) web: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    /// Its data directory (the `.eml` outbox is `outbox/` in it).
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl RunningRedline {
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
 }
 
 async fn start_redline() -> RunningRedline {
+    start_redline_with(|_, _| {}).await
+}
+
+/// A redline in this process on port 0, its data in a temporary directory, without alert
+/// rules unless `f` (given the settings and that directory) sets some.
+pub(crate) async fn start_redline_with(
+    f: impl FnOnce(&mut SettingsLayer, &std::path::Path),
+) -> RunningRedline {
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings::resolve(SettingsLayer {
+    let mut layer = SettingsLayer {
         otlp_grpc_addr: Some("127.0.0.1:0".into()),
         otlp_http_addr: Some("127.0.0.1:0".into()),
         web_addr: Some("127.0.0.1:0".into()),
         data_dir: Some(dir.path().to_path_buf()),
         alerts_file: Some(dir.path().join("no-alerts.toml")),
         ..Default::default()
-    })
-    .unwrap();
+    };
+    f(&mut layer, dir.path());
+    let settings = Settings::resolve(layer).unwrap();
     let app = Redline::build(settings).await.expect("redline starts");
     let (grpc, http, web) = (app.grpc_addr(), app.http_addr(), app.web_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -50,7 +67,7 @@ async fn start_redline() -> RunningRedline {
         web,
         stop,
         task,
-        _dir: dir,
+        dir,
     }
 }
 

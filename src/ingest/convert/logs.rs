@@ -13,13 +13,15 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::logs::v1::LogRecord as OtlpLogRecord;
 
-use super::{Converted, attribute_text, service_name};
+use super::{Converted, attribute_text, instance_id, service_name};
 use crate::model::limits::{self, Field, limit_str, limit_string};
 use crate::model::log_record::{
     ERROR_ATTRIBUTE, IncomingLog, LOG_RECORDS_METRIC, LOG_RECORDS_UNIT, LogRecord,
     MAX_SEVERITY_NUMBER, SEVERITY_ATTRIBUTE, Severity, WARN_NUMBER,
 };
-use crate::model::{MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality};
+use crate::model::{
+    InstanceSeen, MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality,
+};
 use crate::self_metrics;
 
 /// Why a log record is rejected, per the OTLP data model.
@@ -36,6 +38,12 @@ pub fn convert_logs(request: ExportLogsServiceRequest, now_ms: i64) -> Converted
     let mut counts: HashMap<(Arc<str>, Severity, i64), u64> = HashMap::default();
     for resource_logs in request.resource_logs {
         let service: Arc<str> = service_name(resource_logs.resource.as_ref()).into();
+        if let Some(instance) = instance_id(resource_logs.resource.as_ref()) {
+            out.batch.instances.push(InstanceSeen {
+                service: service.clone(),
+                instance,
+            });
+        }
         for scope_logs in resource_logs.scope_logs {
             for record in scope_logs.log_records {
                 let severity_number = match u8::try_from(record.severity_number) {
@@ -155,6 +163,8 @@ fn count_point(service: &str, severity: Severity, second_ms: i64, count: u64) ->
             name: LOG_RECORDS_METRIC.to_string(),
             attributes,
         },
+        // Delta counts: no cumulative state to keep apart.
+        stream: 0,
         kind: MetricKind::Counter,
         unit: LOG_RECORDS_UNIT.to_string(),
         description: "Log records redline received, by severity".to_string(),

@@ -6,32 +6,64 @@
 use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Metric, NumberDataPoint, metric, number_data_point,
 };
 
+use prost::Message;
+
 use super::points::{self, InvalidPoint};
-use super::{Converted, attribute_text, service_name};
+use super::{Converted, attribute_text, instance_id, service_name};
 use crate::model::limits::{
     Field, MAX_METRIC_ATTRIBUTE_BYTES, MAX_METRIC_POINT_ATTRIBUTES, limit_str,
 };
 use crate::model::log_record::LOG_RECORDS_METRIC;
-use crate::model::{MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality};
+use crate::model::{
+    InstanceSeen, MetricKind, MetricPoint, MetricSeriesKey, MetricValue, Temporality,
+};
 
 /// Converts a metrics export. Summary metrics and malformed points are rejected.
 pub fn convert_metrics(request: ExportMetricsServiceRequest) -> Converted {
     let mut out = Converted::default();
     for resource_metrics in request.resource_metrics {
         let service = service_name(resource_metrics.resource.as_ref());
+        if let Some(instance) = instance_id(resource_metrics.resource.as_ref()) {
+            out.batch.instances.push(InstanceSeen {
+                service: service.as_str().into(),
+                instance,
+            });
+        }
+        let resource = resource_metrics
+            .resource
+            .as_ref()
+            .map(Message::encode_to_vec)
+            .unwrap_or_default();
         for scope_metrics in resource_metrics.scope_metrics {
+            let stream = stream_of(&resource, scope_metrics.scope.as_ref());
             for metric in scope_metrics.metrics {
-                convert_metric(&service, metric, &mut out);
+                convert_metric(&service, stream, metric, &mut out);
             }
         }
     }
     out
 }
+
+/// The identity of a metric stream's producer: its resource (as encoded, which one SDK repeats
+/// byte for byte) and its instrumentation scope. A fixed seed keeps it the same for the life of
+/// the process, which is as long as the cumulative state it keys.
+fn stream_of(resource: &[u8], scope: Option<&InstrumentationScope>) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = foldhash::fast::FixedState::with_seed(STREAM_SEED).build_hasher();
+    resource.hash(&mut hasher);
+    if let Some(scope) = scope {
+        scope.name.hash(&mut hasher);
+        scope.version.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+const STREAM_SEED: u64 = 0x7265_646c_696e_6531;
 
 fn temporality(value: i32) -> Option<Temporality> {
     match AggregationTemporality::try_from(value).ok()? {
@@ -46,6 +78,7 @@ struct PointContext<'a> {
     /// "gauge", "sum", …: how rejections name the metric's type.
     what: &'static str,
     service: &'a str,
+    stream: u64,
     name: &'a str,
     unit: &'a str,
     description: &'a str,
@@ -70,6 +103,7 @@ impl PointContext<'_> {
                     name: self.name.to_string(),
                     attributes: series_attributes(attributes),
                 },
+                stream: self.stream,
                 kind: self.kind,
                 unit: self.unit.to_string(),
                 description: self.description.to_string(),
@@ -83,7 +117,7 @@ impl PointContext<'_> {
     }
 }
 
-fn convert_metric(service: &str, metric: Metric, out: &mut Converted) {
+fn convert_metric(service: &str, stream: u64, metric: Metric, out: &mut Converted) {
     if metric.name.is_empty() {
         out.reject(count_points(&metric.data), || {
             "metric without a name".into()
@@ -102,6 +136,7 @@ fn convert_metric(service: &str, metric: Metric, out: &mut Converted) {
     let context = |what, kind, temporality| PointContext {
         what,
         service,
+        stream,
         name: &name,
         unit: &unit,
         description: &description,

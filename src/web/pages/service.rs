@@ -89,8 +89,17 @@ pub struct ServicePage {
     pub resources: Vec<ChartPanel>,
     pub logs: super::logs::LogPanel,
     pub traces_href: String,
+    /// Instances (`service.instance.id`) heard from lately, most recent first.
+    pub instances: Vec<InstanceRow>,
+    pub more_instances: u64,
     pub help: EmptyHelp,
     pub empty_title: String,
+}
+
+pub struct InstanceRow {
+    pub id: String,
+    /// How long ago it last exported, e.g. "4s".
+    pub seen: String,
 }
 
 /// Sort keys of the endpoints table.
@@ -215,6 +224,19 @@ pub async fn build_service(
     let resources = resource_panels(pages, &service, range).await?;
     let logs = super::logs::service_panel(pages, &service, range).await?;
     let empty_title = format!("No requests from {service} in this time range");
+    let heard = pages.live.instances(&service);
+    let now = crate::vocab::now_ms();
+    let instances = heard
+        .instances
+        .into_iter()
+        .map(|(id, at_ms)| InstanceRow {
+            id,
+            seen: humantime::format_duration(std::time::Duration::from_secs(
+                (now.saturating_sub(at_ms) / 1000).max(0) as u64,
+            ))
+            .to_string(),
+        })
+        .collect();
     Ok(ServicePage {
         layout: Layout::new(
             pages,
@@ -235,6 +257,8 @@ pub async fn build_service(
         resources,
         logs,
         traces_href: format!("/traces?service={}", url_component(&service)),
+        instances,
+        more_instances: heard.more,
         help: EmptyHelp::of(pages),
         empty_title,
         service,
