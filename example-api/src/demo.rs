@@ -15,8 +15,8 @@ pub use redline::{MailDestination, alerts_file, eml_subject, mail_destination};
 
 use crate::app::StartError;
 use crate::config::{Config, RatePolicy};
-use crate::faults::Faults;
 use crate::db::pgcluster::{ClusterError, Replicated};
+use crate::faults::Faults;
 use crate::loadgen;
 use crate::telemetry::{ExportConfig, TelemetryError};
 use std::net::SocketAddr;

@@ -254,8 +254,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Serve(a) => serve(*a).await,
         Cmd::Loadgen(a) => {
             init_logs(None);
-            let mut opts =
-                loadgen::Options::new(a.target, a.rate, Duration::from_secs(a.duration));
+            let mut opts = loadgen::Options::new(a.target, a.rate, Duration::from_secs(a.duration));
             opts.only = a.only.map(|p| (p, a.only_max_id));
             opts.traffic = a.traffic;
             let report = loadgen::run(opts, demo::shutdown_signal())
