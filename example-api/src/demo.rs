@@ -15,6 +15,7 @@ pub use redline::{MailDestination, alerts_file, eml_subject, mail_destination};
 
 use crate::app::StartError;
 use crate::config::{Config, RatePolicy};
+use crate::db::pgcluster::{ClusterError, Replicated};
 use crate::faults::Faults;
 use crate::loadgen;
 use crate::telemetry::{ExportConfig, TelemetryError};
@@ -70,6 +71,9 @@ pub struct DemoOptions {
     /// Redis for the instances' shared cache and limits; `None`: `REDIS_URL`, and with several
     /// instances [`DEFAULT_REDIS_URL`] after that.
     pub redis_url: Option<String>,
+    /// The API on a PostgreSQL primary and standby in ./data/postgres instead of SQLite.
+    pub postgres: bool,
+    pub traffic: loadgen::Traffic,
 }
 
 /// A demo whose prerequisites are checked: the redline binary, the alert rules and, for
@@ -125,6 +129,8 @@ pub enum DemoError {
     Api(#[from] StartError),
     #[error("load generator: {0}")]
     Loadgen(#[from] loadgen::LoadgenError),
+    #[error("starting PostgreSQL: {0}")]
+    Postgres(#[from] ClusterError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -184,6 +190,7 @@ fn api_config(o: &DemoOptions, instances: usize) -> Config {
 /// their e-mails go, and for several instances a reachable Redis.
 pub async fn prepare(mut o: DemoOptions) -> Result<Prepared, DemoError> {
     o.instances = o.instances.clamp(1, MAX_INSTANCES);
+    o.traffic.validate().map_err(loadgen::LoadgenError::from)?;
     if !tokio::fs::try_exists(&o.redline).await.unwrap_or(false) {
         return Err(DemoError::RedlineMissing(o.redline));
     }
@@ -211,7 +218,7 @@ pub async fn prepare(mut o: DemoOptions) -> Result<Prepared, DemoError> {
 pub async fn run(p: Prepared, tel: DemoTelemetry) -> Result<(), DemoError> {
     let Prepared {
         o,
-        cfg,
+        mut cfg,
         alerts,
         mail,
     } = p;
@@ -223,10 +230,26 @@ pub async fn run(p: Prepared, tel: DemoTelemetry) -> Result<(), DemoError> {
         web: REDLINE_WEB,
     };
     let mut redline = redline::start(&o.redline, &addrs, data_dir, &alerts).await?;
+    let pg = match o.postgres {
+        true => match Replicated::start(PathBuf::from("./data/postgres")).await {
+            Ok(pg) => Some(pg),
+            Err(e) => {
+                redline::stop(&mut redline).await;
+                return Err(e.into());
+            }
+        },
+        false => None,
+    };
+    if let Some(pg) = &pg {
+        pg.configure(&mut cfg);
+    }
 
     let apps = match start_instances(&cfg, &tel).await {
         Ok(apps) => apps,
         Err(e) => {
+            if let Some(pg) = pg {
+                pg.stop().await;
+            }
             redline::stop(&mut redline).await;
             return Err(e);
         }
@@ -250,6 +273,9 @@ pub async fn run(p: Prepared, tel: DemoTelemetry) -> Result<(), DemoError> {
         && let Some(url) = &cfg.redis_url
     {
         println!("shared Redis:      {url} (cache, rate limits, invalidations)");
+    }
+    if let Some(pg) = &pg {
+        println!("PostgreSQL:        {pg} (./data/postgres)");
     }
     println!(
         "load: {:.0} req/s{}; scenario: the recommendations service fails after {} s for {} s, \
@@ -283,8 +309,9 @@ pub async fn run(p: Prepared, tel: DemoTelemetry) -> Result<(), DemoError> {
     // One load generator per instance, each with its share of the rate.
     let share = o.rate / instances as f64;
     let load = futures_util::future::join_all(targets.iter().map(|target| {
-        let opts =
+        let mut opts =
             loadgen::Options::new(target.clone(), share, Duration::from_secs(365 * 24 * 3600));
+        opts.traffic = o.traffic.clone();
         loadgen::run(opts, waiter(stop_rx.clone()))
     }));
     tokio::pin!(load);
@@ -324,6 +351,9 @@ pub async fn run(p: Prepared, tel: DemoTelemetry) -> Result<(), DemoError> {
         }
     }
     tel.shutdown().await;
+    if let Some(pg) = pg {
+        pg.stop().await;
+    }
     redline::stop(&mut redline).await;
     match failed {
         Some(e) => Err(e.into()),

@@ -116,6 +116,14 @@ struct LoadgenArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// GET only this path instead of the mix (`{id}` becomes a uniform random id up to
+    /// --only-max-id), e.g. `/v1/products?limit=20`.
+    #[arg(long, value_name = "PATH")]
+    only: Option<String>,
+    #[arg(long, default_value_t = 10_000, requires = "only")]
+    only_max_id: i64,
+    #[command(flatten)]
+    traffic: loadgen::Traffic,
 }
 
 #[derive(Args)]
@@ -142,6 +150,12 @@ struct DemoArgs {
     /// several instances]; the demo refuses to start several instances without it.
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
+    /// Run the API on a PostgreSQL primary and a streaming hot standby, started in
+    /// ./data/postgres (and stopped on exit) instead of SQLite.
+    #[arg(long)]
+    postgres: bool,
+    #[command(flatten)]
+    traffic: loadgen::Traffic,
 }
 
 /// Logs to stderr, filtered by `RUST_LOG`. With `tel`, the service's telemetry also becomes the
@@ -240,7 +254,9 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Serve(a) => serve(*a).await,
         Cmd::Loadgen(a) => {
             init_logs(None);
-            let opts = loadgen::Options::new(a.target, a.rate, Duration::from_secs(a.duration));
+            let mut opts = loadgen::Options::new(a.target, a.rate, Duration::from_secs(a.duration));
+            opts.only = a.only.map(|p| (p, a.only_max_id));
+            opts.traffic = a.traffic;
             let report = loadgen::run(opts, demo::shutdown_signal())
                 .await
                 .context("load generator")?;
@@ -265,6 +281,8 @@ async fn main() -> anyhow::Result<()> {
                 fail_for: Duration::from_secs(a.fail_for),
                 instances,
                 redis_url: a.redis_url,
+                postgres: a.postgres,
+                traffic: a.traffic,
             })
             .await
             .context("demo")?;

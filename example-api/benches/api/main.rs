@@ -12,6 +12,10 @@
 //!    limit against a fixed one (`--max-concurrency`), interleaved over `--rounds`, then the
 //!    cost of a rejection.
 //!
+//! 3. with `--only-postgres` (not part of the default run: it starts PostgreSQL), the
+//!    PostgreSQL mode against the SQLite mode ([`postgres`]): a cached and an uncached read at
+//!    `--rate`, interleaved over `--rounds`.
+//!
 //! `--only-telemetry` / `--only-overload` run one of them; `--pin` gives the servers the last
 //! CPU and the load generator (this process) the others. Telemetry goes over OTLP/HTTP to a
 //! sink in this process that counts and discards it.
@@ -20,6 +24,7 @@
 #[path = "../../../benches/shared/host.rs"]
 mod host;
 mod overload;
+mod postgres;
 mod servers;
 mod telemetry;
 
@@ -64,8 +69,11 @@ struct Args {
     #[arg(long, conflicts_with = "only_overload")]
     only_telemetry: bool,
     /// Only the overload benchmark.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "only_postgres")]
     only_overload: bool,
+    /// Only the PostgreSQL-mode benchmark (needs PostgreSQL's server programs installed).
+    #[arg(long, conflicts_with = "only_telemetry")]
+    only_postgres: bool,
     /// Also saturate servers of an older build of `example-api` (telemetry on and off), for a
     /// before/after comparison in the same run.
     #[arg(long)]
@@ -131,8 +139,9 @@ fn main() -> Result<(), BenchError> {
         &o,
         cpus,
         server_cpu,
-        !a.only_overload,
-        !a.only_telemetry,
+        !a.only_overload && !a.only_postgres,
+        !a.only_telemetry && !a.only_postgres,
+        a.only_postgres,
     ))?;
     print!("{report}");
     Ok(())
@@ -145,6 +154,7 @@ async fn run(
     server_cpu: Option<usize>,
     telemetry: bool,
     overload: bool,
+    postgres: bool,
 ) -> Result<String, BenchError> {
     std::fs::create_dir_all(&o.dir)?;
     let seen = Arc::new(Seen::default());
@@ -164,6 +174,9 @@ async fn run(
     }
     if overload {
         overload::overload(o, server_cpu, &sink, &mut out).await?;
+    }
+    if postgres {
+        postgres::postgres_vs_sqlite(o, server_cpu, &mut out).await?;
     }
     Ok(out)
 }

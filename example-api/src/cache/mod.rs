@@ -34,6 +34,33 @@ impl From<crate::db::DbError> for LoadError {
     }
 }
 
+/// Where a product read was answered from; the API sends it as the `X-Cache` response header
+/// so clients (the load generator) can split latency by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// From this instance's L1.
+    L1Hit,
+    /// From the shared L2 (Redis), filling L1.
+    L2Hit,
+    /// Loaded from the database, filling both levels.
+    Miss,
+    /// Not looked up: a client that just wrote reads straight from the primary.
+    Bypass,
+}
+
+impl CacheOutcome {
+    pub const HEADER: &'static str = "x-cache";
+
+    pub fn header_value(self) -> &'static str {
+        match self {
+            CacheOutcome::L1Hit => "hit",
+            CacheOutcome::L2Hit => "hit-l2",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Bypass => "bypass",
+        }
+    }
+}
+
 struct L2 {
     conn: ConnectionManager,
     prefix: String,
@@ -99,7 +126,11 @@ impl ProductCache {
     }
 
     /// Cache-aside read: L1, then L2, then `load` (the database). One load per key at a time.
-    pub async fn get_or_load<F, Fut>(&self, id: i64, load: F) -> Result<Product, LoadError>
+    pub async fn get_or_load<F, Fut>(
+        &self,
+        id: i64,
+        load: F,
+    ) -> Result<(Product, CacheOutcome), LoadError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Map<String, Value>>, LoadError>>,
@@ -133,12 +164,20 @@ impl ProductCache {
                 let fresh = e.is_fresh();
                 self.record(CacheLevel::L1, !fresh);
                 span.set_attribute(KeyValue::new("cache.l1.hit", !fresh));
+                let mut outcome = if fresh {
+                    CacheOutcome::Miss
+                } else {
+                    CacheOutcome::L1Hit
+                };
                 if fresh && self.l2.is_some() {
                     let hit = l2_hit.load(std::sync::atomic::Ordering::Relaxed);
                     self.record(CacheLevel::L2, hit);
                     span.set_attribute(KeyValue::new("cache.l2.hit", hit));
+                    if hit {
+                        outcome = CacheOutcome::L2Hit;
+                    }
                 }
-                Ok(e.into_value())
+                Ok((e.into_value(), outcome))
             }
             Err(e) => {
                 self.record(CacheLevel::L1, false);

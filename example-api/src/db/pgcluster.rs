@@ -3,9 +3,12 @@
 //! in its own directory under one parent, on free ports. PostgreSQL refuses to run as root,
 //! so under root the servers run as the `postgres` user (`runuser`), owning the parent.
 //! Durability is off (`fsync = off`): these clusters hold generated data only. The calls
-//! block (they run the server programs); call them from `spawn_blocking` in async code.
+//! block (they run the server programs); call them from `spawn_blocking` in async code, or use
+//! [`Replicated`], which does, and which the demo configures the API from.
 
+use crate::config::Config;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,6 +16,8 @@ use std::process::Command;
 pub enum ClusterError {
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    #[error("the PostgreSQL start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("{what} failed ({status}): {stderr}")]
     Command {
         what: String,
@@ -69,6 +74,9 @@ fn is_root() -> bool {
 impl PgCluster {
     /// Creates both servers under `dir` (which must exist) and starts them.
     pub fn start(dir: &Path) -> Result<PgCluster, ClusterError> {
+        // The programs run in `dir`: relative paths would not resolve from there.
+        let dir = &std::path::absolute(dir)
+            .map_err(|e| ClusterError::Io(dir.display().to_string(), e))?;
         let c = PgCluster {
             dir: dir.to_path_buf(),
             bin: bin_dir(),
@@ -114,6 +122,32 @@ impl PgCluster {
         )?;
         c.start_server(Server::Standby)?;
         Ok(c)
+    }
+
+    /// Like [`start`](Self::start), in `dir` created afresh: servers a killed run left
+    /// running there are stopped and its data removed first.
+    pub fn recreate(dir: &Path) -> Result<PgCluster, ClusterError> {
+        let io = |e| ClusterError::Io(dir.display().to_string(), e);
+        if dir.exists() {
+            let dir = std::path::absolute(dir).map_err(io)?;
+            let old = PgCluster {
+                dir: dir.clone(),
+                bin: bin_dir(),
+                primary_port: 0,
+                standby_port: 0,
+            };
+            for server in [Server::Standby, Server::Primary] {
+                if old.data(server).join("postmaster.pid").exists() {
+                    // Whether it still runs or only its pid file is left, it is gone after.
+                    let _ = old.stop_server(server, true);
+                }
+            }
+            // (Its drop asks both to stop once more: a no-op now.)
+            drop(old);
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        std::fs::create_dir_all(dir).map_err(io)?;
+        PgCluster::start(dir)
     }
 
     pub fn url(&self, server: Server) -> String {
@@ -168,6 +202,9 @@ impl PgCluster {
         args(&mut cmd);
         // Relative paths and the server's working directory must be the owner's to read.
         cmd.current_dir(&self.dir);
+        // Its own process group: a terminal's Ctrl-C reaches only the demo, which stops the
+        // servers itself once the API has stopped using them.
+        cmd.process_group(0);
         self.run(program, &mut cmd)
     }
 
@@ -194,6 +231,49 @@ fn append(path: &Path, text: &str) -> Result<(), ClusterError> {
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .map_err(|e| ClusterError::Io(path.display().to_string(), e))
+}
+
+impl std::fmt::Display for Replicated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.cluster();
+        write!(
+            f,
+            "primary 127.0.0.1:{}, streaming standby 127.0.0.1:{} (reads)",
+            c.primary_port, c.standby_port
+        )
+    }
+}
+
+/// A [`PgCluster`] owned by async code: started and stopped off the runtime's threads.
+pub struct Replicated {
+    cluster: Option<PgCluster>,
+}
+
+impl Replicated {
+    /// Starts a primary and a standby in `dir`, created afresh ([`PgCluster::recreate`]).
+    pub async fn start(dir: PathBuf) -> Result<Replicated, ClusterError> {
+        let cluster = tokio::task::spawn_blocking(move || PgCluster::recreate(&dir)).await??;
+        Ok(Replicated {
+            cluster: Some(cluster),
+        })
+    }
+
+    pub fn cluster(&self) -> &PgCluster {
+        self.cluster.as_ref().expect("running until stopped")
+    }
+
+    /// Points the API at the primary for writes and at the standby for reads.
+    pub fn configure(&self, cfg: &mut Config) {
+        cfg.database_url = Some(self.cluster().url(Server::Primary));
+        cfg.replica_urls = vec![self.cluster().url(Server::Standby)];
+    }
+
+    /// Stops both servers (fast shutdown) and waits for them.
+    pub async fn stop(mut self) {
+        if let Some(c) = self.cluster.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(c)).await;
+        }
+    }
 }
 
 impl Drop for PgCluster {

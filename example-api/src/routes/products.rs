@@ -7,7 +7,7 @@ use super::{
     ApiError, AppState, Client, RawQuery, cached_json, int_param, parse_fields, parse_include,
     product_etag, project,
 };
-use crate::cache::{LoadError, Product, etag};
+use crate::cache::{CacheOutcome, LoadError, Product, etag};
 use crate::db::queries::{
     self, NewProduct, PRODUCT_FIELDS, ProductFilter, ProductSort, REVIEW_FIELDS,
 };
@@ -204,7 +204,11 @@ pub async fn list(
 
 /// Loads one product: cache-aside, except right after this client wrote (read-your-writes:
 /// straight from the primary).
-async fn load_product(st: &AppState, client: &Client, id: i64) -> Result<Product, ApiError> {
+async fn load_product(
+    st: &AppState,
+    client: &Client,
+    id: i64,
+) -> Result<(Product, CacheOutcome), ApiError> {
     if st.db.read_target(Some(&client.key)) == Target::Primary {
         let p = st
             .db
@@ -212,7 +216,9 @@ async fn load_product(st: &AppState, client: &Client, id: i64) -> Result<Product
                 queries::get_product(sql, id).map_err(ApiError::from)
             })
             .await?;
-        return p.map(Arc::new).ok_or(ApiError::NotFound);
+        return p
+            .map(|p| (Arc::new(p), CacheOutcome::Bypass))
+            .ok_or(ApiError::NotFound);
     }
     let db = st.db.clone();
     let key = client.key.clone();
@@ -241,7 +247,7 @@ pub async fn get_one(
     let id = parse_id(&id)?;
     let fields = parse_fields(q.get("fields").map(String::as_str), &product_field_names())?;
     let include = parse_include(q.get("include").map(String::as_str), INCLUDES)?;
-    let product = load_product(&st, &client, id).await?;
+    let (product, outcome) = load_product(&st, &client, id).await?;
     let inc = if include.is_empty() {
         Included::default()
     } else {
@@ -256,12 +262,17 @@ pub async fn get_one(
     // Counted write-behind; waits only if the queue is full (backpressure).
     let _ = st.views.record(id).await;
     let body = json!({ "data": render(&product, fields.as_deref(), &include, &inc) });
-    Ok(cached_json(
+    let mut resp = cached_json(
         &headers,
         StatusCode::OK,
         &body,
         "public, max-age=30, stale-while-revalidate=60",
-    ))
+    );
+    resp.headers_mut().insert(
+        CacheOutcome::HEADER,
+        HeaderValue::from_static(outcome.header_value()),
+    );
+    Ok(resp)
 }
 
 /// Body of POST and PATCH; unknown fields are rejected.

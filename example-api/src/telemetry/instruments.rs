@@ -74,6 +74,23 @@ impl CacheRequests {
             .map(|((l, r), c)| (l, r, c.load(Ordering::Relaxed)))
             .filter(|(_, _, c)| *c > 0)
     }
+
+    /// Per level, hits over lookups since `last` (the counts at the previous call, updated),
+    /// for the levels looked up since then: the hit ratio of the last export interval.
+    pub fn interval_hit_ratios(&self, last: &mut [u64; 4]) -> Vec<(&'static str, f64)> {
+        let mut out = Vec::new();
+        for (level, name) in ["l1", "l2"].into_iter().enumerate() {
+            let (h, m) = (2 * level, 2 * level + 1);
+            let hits = self.counts[h].load(Ordering::Relaxed);
+            let misses = self.counts[m].load(Ordering::Relaxed);
+            let (dh, dm) = (hits - last[h], misses - last[m]);
+            (last[h], last[m]) = (hits, misses);
+            if dh + dm > 0 {
+                out.push((name, dh as f64 / (dh + dm) as f64));
+            }
+        }
+        out
+    }
 }
 
 /// `http.server.request.duration`, with each attribute set (method, route, status code) bound

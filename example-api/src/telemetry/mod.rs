@@ -367,6 +367,27 @@ impl Telemetry {
                 }
             })
             .build();
+        // The ratio itself, which a dashboard cannot derive from the counter's series.
+        let cache = self.m.cache_requests.clone();
+        let last = std::sync::Mutex::new([0u64; 4]);
+        let _ratio = self
+            .meter
+            .f64_observable_gauge("cache.hit_ratio")
+            .with_unit("1")
+            .with_description("Hits over lookups of the product cache in the last interval")
+            .with_callback(move |obs| {
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                for (level, ratio) in cache.interval_hit_ratios(&mut last) {
+                    obs.observe(
+                        ratio,
+                        &[
+                            KeyValue::new("cache.name", "product"),
+                            KeyValue::new("cache.level", level),
+                        ],
+                    );
+                }
+            })
+            .build();
     }
 
     /// Exports every finished span, then stops both providers. The SDK's shutdown blocks, so

@@ -4,7 +4,19 @@
 //! stalls, the requests that should have been sent meanwhile are charged the stall, instead of
 //! silently not being sent (a closed loop would also need `record_corrected_value`; an open
 //! loop measured from the schedule does not). Latencies go into an HDR histogram (1 µs – 60 s,
-//! 3 significant digits). The mix of endpoints is weighted like real catalog traffic.
+//! 3 significant digits). The mix of endpoints is weighted like real catalog traffic, and its
+//! shape ([`traffic`]) too: Zipf-skewed product popularity, bursts of writes to popular
+//! products, an optional diurnal swing of the rate; the report splits product reads by how the
+//! API's cache answered them ([`report`]).
+
+pub mod report;
+pub mod traffic;
+
+pub use report::{CacheResult, EndpointCounts, Report};
+pub use traffic::{Traffic, TrafficError};
+
+use report::{MAX_LATENCY_MICROS, latency_histogram};
+use traffic::{Arrival, Popularity, Schedule};
 
 use hdrhistogram::Histogram;
 use rand::Rng;
@@ -19,6 +31,8 @@ use tokio::time::Instant;
 pub enum LoadgenError {
     #[error("invalid options: {0}")]
     Options(String),
+    #[error(transparent)]
+    Traffic(#[from] TrafficError),
     #[error("HTTP client: {0}")]
     Client(#[from] reqwest::Error),
 }
@@ -32,12 +46,14 @@ pub struct Options {
     /// Requests allowed in flight; beyond it a scheduled request is counted as `client_overload`
     /// (and charged as an error) instead of letting the generator's own memory grow.
     pub max_in_flight: usize,
-    /// API keys to spread traffic over (simulated client applications).
+    /// API keys to spread traffic over (simulated client applications); the first also sends
+    /// every write.
     pub users: usize,
     pub timeout: Duration,
-    /// Instead of the mix, GET only this path; `{id}` becomes a random id in `1..=max_id`
-    /// (benchmarks of one endpoint).
+    /// Instead of the mix, GET only this path; `{id}` becomes a uniformly random id in
+    /// `1..=max_id` (benchmarks of one endpoint; no write bursts).
     pub only: Option<(String, i64)>,
+    pub traffic: Traffic,
 }
 
 impl Options {
@@ -50,6 +66,7 @@ impl Options {
             users: 8,
             timeout: Duration::from_secs(10),
             only: None,
+            traffic: Traffic::default(),
         }
     }
 }
@@ -66,115 +83,13 @@ pub const MIX: &[(&str, &str, u32)] = &[
     ("POST", "/v1/products/{id}/reviews", 4),
 ];
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EndpointCounts {
-    /// Requests sent (what the server, and redline, can have seen).
-    pub requests: u64,
-    /// Sent requests that failed: 5xx or a transport failure.
-    pub errors: u64,
-    /// Scheduled but never sent because `max_in_flight` was reached (charged as errors in
-    /// `by_status` as `client_overload`, but invisible to the server).
-    pub not_sent: u64,
-}
-
 struct Shared {
     hist: Histogram<u64>,
     admitted: Histogram<u64>,
     by_status: BTreeMap<String, u64>,
     by_endpoint: BTreeMap<String, EndpointCounts>,
     admitted_by_endpoint: BTreeMap<String, Histogram<u64>>,
-}
-
-/// The outcome of a run.
-pub struct Report {
-    pub scheduled: u64,
-    pub completed: u64,
-    pub elapsed: Duration,
-    pub hist: Histogram<u64>,
-    /// Latencies of requests the server admitted (everything except 429, 503 and failures).
-    pub admitted: Histogram<u64>,
-    /// Count per status code (`"200"`) or client-side failure (`"timeout"`, `"connect"`,
-    /// `"client_overload"`).
-    pub by_status: BTreeMap<String, u64>,
-    /// Requests and errors (5xx and transport failures) per `METHOD /route/{template}`.
-    pub by_endpoint: BTreeMap<String, EndpointCounts>,
-    /// Latencies of admitted requests per endpoint: which route a tail comes from.
-    pub admitted_by_endpoint: BTreeMap<String, Histogram<u64>>,
-    /// Requests sent before the measured run (API keys, catalog size), per endpoint, so totals
-    /// can be compared with what the server (or redline) counted.
-    pub setup: BTreeMap<String, u64>,
-    pub target_rate: f64,
-}
-
-impl Report {
-    fn ms(&self, q: f64) -> f64 {
-        self.hist.value_at_quantile(q) as f64 / 1000.0
-    }
-
-    pub fn achieved_rate(&self) -> f64 {
-        self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "target_rate": self.target_rate,
-            "achieved_rate": self.achieved_rate(),
-            "scheduled": self.scheduled,
-            "completed": self.completed,
-            "elapsed_s": self.elapsed.as_secs_f64(),
-            "latency_ms": { "p50": self.ms(0.5), "p95": self.ms(0.95), "p99": self.ms(0.99), "max": self.hist.max() as f64 / 1000.0 },
-            "admitted_latency_ms": {
-                "count": self.admitted.len(),
-                "p50": self.admitted.value_at_quantile(0.5) as f64 / 1000.0,
-                "p99": self.admitted.value_at_quantile(0.99) as f64 / 1000.0,
-            },
-            "by_status": self.by_status,
-            "setup": self.setup,
-            "by_endpoint": self.by_endpoint.iter().map(|(k, v)| (k.clone(), json!({"requests": v.requests, "errors": v.errors, "not_sent": v.not_sent}))).collect::<serde_json::Map<_, _>>(),
-        })
-    }
-
-    pub fn render(&self) -> String {
-        let mut s = format!(
-            "target {:.1} req/s, achieved {:.1} req/s ({} scheduled, {} completed in {:.1} s)\n\
-             latency (from intended start): p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n\
-             responses by status:\n",
-            self.target_rate,
-            self.achieved_rate(),
-            self.scheduled,
-            self.completed,
-            self.elapsed.as_secs_f64(),
-            self.ms(0.5),
-            self.ms(0.95),
-            self.ms(0.99),
-            self.hist.max() as f64 / 1000.0,
-        );
-        for (k, v) in &self.by_status {
-            s.push_str(&format!("  {k:>16}  {v}\n"));
-        }
-        s.push_str("by endpoint (requests / errors; admitted p50 / p99 ms):\n");
-        for (k, v) in &self.by_endpoint {
-            let (p50, p99) = self.admitted_by_endpoint.get(k).map_or((0.0, 0.0), |h| {
-                (
-                    h.value_at_quantile(0.5) as f64 / 1000.0,
-                    h.value_at_quantile(0.99) as f64 / 1000.0,
-                )
-            });
-            s.push_str(&format!(
-                "  {k:<45} {:>8} / {:<8} {p50:>7.2} / {p99:.2}\n",
-                v.requests, v.errors
-            ));
-        }
-        s
-    }
-}
-
-/// Latencies above this are recorded as this (the histogram's upper bound, 60 s).
-const MAX_LATENCY_MICROS: u64 = 60_000_000;
-
-/// A histogram of latencies in µs, 1 µs – 60 s, 3 significant digits.
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3).expect("valid histogram bounds")
+    by_cache: BTreeMap<CacheResult, Histogram<u64>>,
 }
 
 /// Picks an endpoint index by weight.
@@ -208,6 +123,15 @@ async fn fetch_keys(client: &reqwest::Client, target: &str, n: usize) -> Vec<Str
     keys
 }
 
+/// One request to send: the endpoint (index into [`MIX`]), the product and a random number
+/// for the rest of its parameters.
+struct Request {
+    idx: usize,
+    id: i64,
+    seq: u64,
+    burst: bool,
+}
+
 /// Runs until `duration` elapses or `stop` resolves, then waits (up to the request timeout)
 /// for requests in flight.
 pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report, LoadgenError> {
@@ -216,6 +140,7 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
             "rate must be a positive number".into(),
         ));
     }
+    opts.traffic.validate()?;
     let target = opts.target.trim_end_matches('/').to_string();
     let client = reqwest::Client::builder()
         .timeout(opts.timeout)
@@ -235,22 +160,25 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         Err(_) => 1000,
     }
     .max(1);
+    let popularity = Popularity::new(products, opts.traffic.zipf_exponent)?;
+    let mut schedule = Schedule::new(opts.rate, &opts.traffic, opts.only.is_none());
     let shared = Arc::new(Mutex::new(Shared {
         hist: latency_histogram(),
         admitted: latency_histogram(),
         by_status: BTreeMap::new(),
         by_endpoint: BTreeMap::new(),
         admitted_by_endpoint: BTreeMap::new(),
+        by_cache: BTreeMap::new(),
     }));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.max_in_flight.max(1)));
-    let period = Duration::from_secs_f64(1.0 / opts.rate);
     let start = Instant::now();
     let end = start + opts.duration;
     let mut tasks = tokio::task::JoinSet::new();
-    let mut scheduled = 0u64;
+    let (mut scheduled, mut burst_writes) = (0u64, 0u64);
     tokio::pin!(stop);
     loop {
-        let intended = start + period.mul_f64(scheduled as f64);
+        let (offset, kind) = schedule.next_arrival();
+        let intended = start + traffic::seconds(offset);
         if intended >= end {
             break;
         }
@@ -261,18 +189,30 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         scheduled += 1;
         // Reap finished tasks so the set does not grow with the run length.
         while tasks.try_join_next().is_some() {}
-        let (idx, id, seq) = {
+        let r = {
             let mut rng = rand::rng();
-            let skew: f64 = rng.random::<f64>();
-            // Skewed ids: a few products are hot, as in real catalogs (and caches matter).
-            let id = 1 + ((skew * skew * products as f64) as i64).min(products - 1);
-            (pick(rng.random()), id, rng.random::<u64>())
+            let id = popularity.sample(&mut rng);
+            match kind {
+                Arrival::Regular => Request {
+                    idx: pick(rng.random()),
+                    id,
+                    seq: rng.random(),
+                    burst: false,
+                },
+                Arrival::BurstWrite => Request {
+                    idx: MIX.len() - 1,
+                    id,
+                    seq: rng.random(),
+                    burst: true,
+                },
+            }
         };
-        let (method, route, _) = MIX[idx];
+        burst_writes += u64::from(r.burst);
+        let (method, route, _) = MIX[r.idx];
         let only = opts.only.as_ref().map(|(p, max)| {
             p.replace(
                 "{id}",
-                &(1 + (seq as i64).rem_euclid((*max).max(1))).to_string(),
+                &(1 + (r.seq as i64).rem_euclid((*max).max(1))).to_string(),
             )
         });
         let label = match &opts.only {
@@ -290,7 +230,19 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         let keys = keys.clone();
         let shared = shared.clone();
         tasks.spawn(async move {
-            let key = (!keys.is_empty()).then(|| keys[(seq as usize) % keys.len()].clone());
+            let Request { idx, id, seq, .. } = r;
+            // Writes come from one client of the `users` (as in a catalog, few clients write),
+            // reads from all: a client's reads go to the primary, past the cache, for a while
+            // after its write (read-your-writes), which only the writer's reads should pay.
+            let write = only.is_none() && idx == MIX.len() - 1;
+            let key = (!keys.is_empty()).then(|| {
+                let i = if write {
+                    0
+                } else {
+                    (seq as usize) % keys.len()
+                };
+                keys[i].clone()
+            });
             let req = match (only, idx) {
                 (Some(path), _) => client.get(format!("{target}{path}")),
                 (None, 0) => client.get(format!("{target}/v1/products/{id}")),
@@ -326,6 +278,12 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
                 Err(e) if e.is_connect() => "connect".to_string(),
                 Err(_) => "error".to_string(),
             };
+            let cache = result.as_ref().ok().and_then(|r| {
+                r.headers()
+                    .get("x-cache")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(CacheResult::from_header)
+            });
             // Drain the body so the connection is reused and the latency includes it.
             if let Ok(r) = result {
                 let _ = r.bytes().await;
@@ -343,6 +301,13 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
                 let _ = s
                     .admitted_by_endpoint
                     .entry(label.clone())
+                    .or_insert_with(latency_histogram)
+                    .record(micros);
+            }
+            if let Some(c) = cache {
+                let _ = s
+                    .by_cache
+                    .entry(c)
                     .or_insert_with(latency_histogram)
                     .record(micros);
             }
@@ -378,6 +343,8 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<Report
         by_status: s.by_status.clone(),
         by_endpoint: s.by_endpoint.clone(),
         admitted_by_endpoint: s.admitted_by_endpoint.clone(),
+        by_cache: s.by_cache.clone(),
+        burst_writes,
         target_rate: opts.rate,
     })
 }
