@@ -22,6 +22,7 @@
 pub mod alerts;
 mod assets;
 mod custom;
+mod instances;
 mod layout;
 mod logs;
 mod metrics;

@@ -2,6 +2,7 @@
 //! `/services/{service}/endpoints?method=…&route=…` (the same charts for one endpoint, the
 //! latency distribution and exemplar traces).
 
+use super::instances::{InstanceRow, instance_rows};
 use std::collections::BTreeMap;
 
 use askama::Template;
@@ -94,12 +95,6 @@ pub struct ServicePage {
     pub more_instances: u64,
     pub help: EmptyHelp,
     pub empty_title: String,
-}
-
-pub struct InstanceRow {
-    pub id: String,
-    /// How long ago it last exported, e.g. "4s".
-    pub seen: String,
 }
 
 /// Sort keys of the endpoints table.
@@ -224,19 +219,7 @@ pub async fn build_service(
     let resources = resource_panels(pages, &service, range).await?;
     let logs = super::logs::service_panel(pages, &service, range).await?;
     let empty_title = format!("No requests from {service} in this time range");
-    let heard = pages.live.instances(&service);
-    let now = crate::vocab::now_ms();
-    let instances = heard
-        .instances
-        .into_iter()
-        .map(|(id, at_ms)| InstanceRow {
-            id,
-            seen: humantime::format_duration(std::time::Duration::from_secs(
-                (now.saturating_sub(at_ms) / 1000).max(0) as u64,
-            ))
-            .to_string(),
-        })
-        .collect();
+    let (instances, more_instances) = instance_rows(pages, &service);
     Ok(ServicePage {
         layout: Layout::new(
             pages,
@@ -258,7 +241,7 @@ pub async fn build_service(
         logs,
         traces_href: format!("/traces?service={}", url_component(&service)),
         instances,
-        more_instances: heard.more,
+        more_instances,
         help: EmptyHelp::of(pages),
         empty_title,
         service,
