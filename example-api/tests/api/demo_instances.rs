@@ -15,7 +15,7 @@ use example_api::sampling::Sampling;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use prost::Message;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::helpers::{REDIS_URL, TestApp, eventually, export_config, redis_prefix, test_config};
 use crate::with_redline::start_redline_with;
@@ -129,21 +129,7 @@ async fn demo_instances_share_invalidations_and_the_downstream_with_their_own_in
     let (status, before) = b.get_json("/v1/products/11").await;
     assert_eq!(status, 200);
     assert_ne!(before["data"]["name"], "Changed on instance 1");
-    let token = a.token().await;
-    let etag = a.get("/v1/products/11").send().await.unwrap().headers()["etag"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let r = a
-        .http
-        .patch(a.url("/v1/products/11"))
-        .bearer_auth(&token)
-        .header("if-match", etag)
-        .json(&json!({"name": "Changed on instance 1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    a.rename_product(11, "Changed on instance 1").await;
     eventually(
         "instance 2 sees instance 1's write",
         Duration::from_secs(10),

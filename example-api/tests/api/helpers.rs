@@ -163,6 +163,26 @@ impl TestApp {
             .to_string()
     }
 
+    /// Renames product `id` as the demo user, with the ETag it has now; asserts 200.
+    pub async fn rename_product(&self, id: u64, name: &str) {
+        let token = self.token().await;
+        let path = format!("/v1/products/{id}");
+        let etag = self.get(&path).send().await.unwrap().headers()["etag"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let r = self
+            .http
+            .patch(self.url(&path))
+            .bearer_auth(&token)
+            .header("if-match", etag)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
     pub async fn set_faults(&self, f: FaultSettings) {
         let r = self
             .http
