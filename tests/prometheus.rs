@@ -161,15 +161,25 @@ async fn assert_hostile_name_survives(prometheus: &TestPrometheus) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_write_gives_prometheus_redlines_own_figures() {
-    let prometheus = TestPrometheus::start("global:\n  scrape_interval: 15s\n").await;
+/// A Prometheus that only takes remote writes (it scrapes nothing).
+const REMOTE_WRITE_ONLY: &str = "global:\n  scrape_interval: 15s\n";
+
+/// redline pushing to `prometheus` every second, labelled `host` when given.
+async fn redline_writing_to(prometheus: &TestPrometheus, host: Option<&str>) -> TestRedline {
     let write_url = prometheus.write_url();
-    let redline = TestRedline::start_with(|layer| {
+    let host = host.map(|h| format!("host={h}"));
+    TestRedline::start_with(move |layer| {
         layer.remote_write_url = Some(vec![write_url]);
         layer.remote_write_interval = Some("1s".into());
+        layer.external_labels = host.map(|h| vec![h]);
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_gives_prometheus_redlines_own_figures() {
+    let prometheus = TestPrometheus::start(REMOTE_WRITE_ONLY).await;
+    let redline = redline_writing_to(&prometheus, None).await;
     let load = send_load(&redline, "rw-api", 400, 0).await;
     send_load(&redline, HOSTILE_SERVICE, 3, 0).await;
     assert_prometheus_agrees(&prometheus, &redline, "rw-api", load).await;
@@ -276,15 +286,8 @@ async fn authorised_endpoint(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_of_two_redlines_adds_up_in_one_prometheus() {
-    let prometheus = TestPrometheus::start("global:\n  scrape_interval: 15s\n").await;
-    let start = |host: &'static str| {
-        let write_url = prometheus.write_url();
-        TestRedline::start_with(move |layer| {
-            layer.remote_write_url = Some(vec![write_url]);
-            layer.remote_write_interval = Some("1s".into());
-            layer.external_labels = Some(vec![format!("host={host}")]);
-        })
-    };
+    let prometheus = TestPrometheus::start(REMOTE_WRITE_ONLY).await;
+    let start = |host: &'static str| redline_writing_to(&prometheus, Some(host));
     let (a, b) = (start("host-a").await, start("host-b").await);
     let load_a = send_load(&a, "fleet-api", 200, 0).await;
     let load_b = send_load(&b, "fleet-api", 300, 3).await;
@@ -367,13 +370,8 @@ async fn every_grafana_panel_query_returns_data() {
         .collect();
     assert!(variables.contains(&"service") && variables.contains(&"route"));
 
-    let prometheus = TestPrometheus::start("global:\n  scrape_interval: 15s\n").await;
-    let write_url = prometheus.write_url();
-    let redline = TestRedline::start_with(|layer| {
-        layer.remote_write_url = Some(vec![write_url]);
-        layer.remote_write_interval = Some("1s".into());
-    })
-    .await;
+    let prometheus = TestPrometheus::start(REMOTE_WRITE_ONLY).await;
+    let redline = redline_writing_to(&prometheus, None).await;
     // Two bursts a few pushes apart, so that rates over them are not zero.
     let first = send_load(&redline, "grafana-api", 200, 0).await;
     prometheus
